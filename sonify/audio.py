@@ -1,0 +1,86 @@
+"""Audio primitives: probe, streamed mono decode, chunk planning, on-demand chunk loading.
+
+Chunks are never stored as audio. A chunk is (source file, start frame, frame count) at the
+source's native rate; each consumer decodes it and resamples with soxr to the rate it needs
+(CLAP 48 kHz, mixing and AST 16 kHz), so no model is fed an upsampled copy of a downsampled copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+
+def to_mono(block: np.ndarray) -> np.ndarray:
+    """Average channels: (frames, channels) -> (frames,), float32."""
+    if block.ndim == 1:
+        return block.astype(np.float32, copy=False)
+    return block.mean(axis=1, dtype=np.float32)
+
+
+def dbfs(value: float) -> float:
+    return 20.0 * math.log10(value) if value > 0 else float("-inf")
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """soxr high-quality resampling; a no-op at equal rates."""
+    if sr_in == sr_out or x.size == 0:
+        return x.astype(np.float32, copy=False)
+    return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def iter_mono_blocks(path: str, block_frames: int) -> Iterator[np.ndarray]:
+    """Decode a file in blocks of `block_frames` (memory bounded by one block), downmixed to mono."""
+    with sf.SoundFile(path) as f:
+        while True:
+            block = f.read(block_frames, dtype="float32", always_2d=True)
+            if block.shape[0] == 0:
+                return
+            yield to_mono(block)
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    index: int
+    start_frame: int
+    num_frames: int        # real audio frames
+    pad_frames: int        # zero padding to the full chunk length
+
+
+def plan_chunks(total_frames: int, sample_rate: int, chunk_seconds: float) -> list[ChunkSpan]:
+    """Non-overlapping chunks; the last is zero-padded (34 s -> 7 chunks, the last with 1 s of padding)."""
+    chunk_frames = chunk_frames_at(sample_rate, chunk_seconds)
+    spans = []
+    for i, start in enumerate(range(0, total_frames, chunk_frames)):
+        n = min(chunk_frames, total_frames - start)
+        spans.append(ChunkSpan(i, start, n, chunk_frames - n))
+    return spans
+
+
+def chunk_frames_at(sample_rate: int, chunk_seconds: float) -> int:
+    return int(round(sample_rate * chunk_seconds))
+
+
+def load_chunk(uri: str, start_frame: int, num_frames: int, target_sr: int,
+               chunk_seconds: float | None = None) -> np.ndarray:
+    """Decode one chunk from its source, mono, resampled to `target_sr`.
+
+    With `chunk_seconds`, the result is zero-padded (or trimmed by rounding) to exactly
+    round(target_sr * chunk_seconds) samples, so every chunk has the same length.
+    """
+    with sf.SoundFile(uri) as f:
+        src_sr = f.samplerate
+        f.seek(start_frame)
+        block = f.read(num_frames, dtype="float32", always_2d=True)
+    if block.shape[0] < num_frames:
+        raise ValueError(f"{uri}: expected {num_frames} frames at {start_frame}, decoded {block.shape[0]} (file changed or truncated)")
+    y = resample(to_mono(block), src_sr, target_sr)
+    if chunk_seconds is not None:
+        n = chunk_frames_at(target_sr, chunk_seconds)
+        y = np.pad(y, (0, n - y.size)) if y.size < n else y[:n]
+    return y

@@ -1,0 +1,220 @@
+"""Pipeline configuration: typed defaults here, pipelines in `pipelines/*.yaml`, `key=value` overrides.
+
+Unknown keys and bad choices fail in one line that names the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RunConf:
+    name: str = "${pipeline}"          # outputs go to <root>/<name>/
+    root: str = "runs"
+    dir: str = "${run.root}/${run.name}"
+    seed: int = 0
+    force: bool = False                # recompute finished partitions
+    executor: str = "ray"              # ray | local (plain loop in this process, for debugging)
+    progress: bool = True
+
+
+@dataclass
+class RayConf:
+    address: Optional[str] = None      # join this cluster; else RAY_ADDRESS; else start a local Ray
+    num_cpus: Optional[int] = None     # CPUs of the local Ray (None: all cores)
+    object_store_memory: Optional[int] = None
+
+
+@dataclass
+class SourceConf:
+    name: str = "default"
+    kind: str = "folder"               # folder | tar | parquet | csv
+    path: str = ""
+    uri_column: str = "uri"            # list sources: column holding the path or URL
+    labels_column: str = "labels"      # audio list sources: labels (list, or ';'-separated string)
+    recursive: bool = True
+
+
+@dataclass
+class SourcesConf:
+    images: List[SourceConf] = field(default_factory=list)
+    audio: List[SourceConf] = field(default_factory=list)
+
+
+@dataclass
+class StageConf:
+    partition_rows: int = 256          # input rows per output Parquet file (the unit of resume)
+    batch_size: int = 64               # rows per call of the stage's process_batch
+    concurrency: int = 2               # Ray actors for this stage
+    num_cpus: float = 1.0              # per actor
+    num_gpus: float = 0.0              # per actor
+
+
+@dataclass
+class ImagesStageConf(StageConf):
+    max_pixels: int = 89_478_485       # larger images are error rows (decompression bombs); PIL's default
+    decode_check: str = "full"         # full: decode every pixel (catches truncation) | header
+    url_timeout_s: float = 20.0
+    extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"])
+
+
+@dataclass
+class AudioStageConf(StageConf):
+    chunk_seconds: float = 5.0         # the paper's chunk length (A.7)
+    silence_dbfs: float = -90.0        # chunks whose peak is below this are error rows 'silent'
+    extensions: List[str] = field(default_factory=lambda: [".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"])
+
+
+@dataclass
+class StagesConf:
+    images: ImagesStageConf = field(default_factory=ImagesStageConf)
+    audio: AudioStageConf = field(default_factory=AudioStageConf)
+
+
+@dataclass
+class ModelsConf:
+    """Hugging Face ids or local paths; 'tiny:<kind>' builds a tiny random model (tests, demo)."""
+    clap: str = "laion/clap-htsat-unfused"
+    vlms: List[str] = field(default_factory=lambda: ["llava-hf/llava-1.5-7b-hf"])
+    ast: str = "MIT/ast-finetuned-audioset-10-10-0.4593"
+    vae: str = "PixArt-alpha/PixArt-XL-2-512x512"
+    dit: str = "PixArt-alpha/PixArt-XL-2-512x512"
+    trust_remote_code: bool = False    # needed for CogVLM (THUDM/cogvlm-chat-hf); opt-in
+    tiny_dir: str = "${run.root}/_tiny_models"
+
+
+@dataclass
+class DemoDataConf:
+    enabled: bool = False              # generate the offline demo data before running stages
+    dir: str = "${run.dir}/data"
+    num_images: int = 30
+    seed: int = 0
+
+
+@dataclass
+class SonifyConf:
+    pipeline: str = "demo"
+    stage: str = "all"
+    run: RunConf = field(default_factory=RunConf)
+    ray: RayConf = field(default_factory=RayConf)
+    sources: SourcesConf = field(default_factory=SourcesConf)
+    stages: StagesConf = field(default_factory=StagesConf)
+    models: ModelsConf = field(default_factory=ModelsConf)
+    demo_data: DemoDataConf = field(default_factory=DemoDataConf)
+
+
+CHOICES = {
+    "run.executor": ["ray", "local"],
+    "stages.images.decode_check": ["full", "header"],
+}
+SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv"], "audio": ["folder", "parquet", "csv"]}
+
+
+def pipelines_dir() -> Path:
+    env = os.environ.get("SONIFY_PIPELINES")
+    if env:
+        return Path(env)
+    cwd = Path.cwd() / "pipelines"
+    return cwd if cwd.is_dir() else REPO_ROOT / "pipelines"
+
+
+def available_pipelines() -> list[str]:
+    return sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
+
+
+def _pipeline_file(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    candidate = pipelines_dir() / f"{name}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"unknown pipeline {name!r}; valid choices: {', '.join(available_pipelines())} (or a path to a .yaml file)")
+
+
+def _check_keys(cls: type, data: Any, prefix: str) -> None:
+    """Walk user data against the dataclass tree; fail on the first unknown key."""
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in data.items():
+        if key not in hints:
+            where = f" under '{prefix[:-1]}'" if prefix else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys{where}: {', '.join(names)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            _check_keys(typ, value, f"{prefix}{key}.")
+        elif typing.get_origin(typ) in (list, List) and isinstance(value, list):
+            (elem,) = typing.get_args(typ)
+            if dataclasses.is_dataclass(elem):
+                for i, item in enumerate(value):
+                    _check_keys(elem, item, f"{prefix}{key}[{i}].")
+
+
+def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
+    valid_stages = stage_names + ["all"]
+    stages = [s.strip() for s in str(cfg.stage).split(",")]
+    for s in stages:
+        if s not in valid_stages:
+            raise ConfigError(f"unknown stage {s!r} for key 'stage'; valid choices: {', '.join(valid_stages)}")
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"bad value {value!r} for key '{key}'; valid choices: {', '.join(choices)}")
+    for role, kinds in SOURCE_KINDS.items():
+        for i, src in enumerate(cfg.sources[role]):
+            if src.kind not in kinds:
+                raise ConfigError(f"bad value {src.kind!r} for key 'sources.{role}[{i}].kind'; valid choices: {', '.join(kinds)}")
+            if not src.path:
+                raise ConfigError(f"key 'sources.{role}[{i}].path' is empty; give the folder or list file of source {src.name!r}")
+        names = [s.name for s in cfg.sources[role]]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"source names under 'sources.{role}' must be unique; repeated: {', '.join(sorted(dup))}")
+
+
+def load_config(overrides: list[str], stage_names: list[str] | None = None) -> DictConfig:
+    """Defaults <- pipelines/<pipeline>.yaml <- `key=value` overrides, validated and resolved."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"argument {item!r} is not key=value (e.g. pipeline=demo stage=audio run.force=true)")
+    try:
+        override_cfg = OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
+    override_data = OmegaConf.to_container(override_cfg)
+    pipeline = str(override_data.get("pipeline", SonifyConf.pipeline))
+    path = _pipeline_file(pipeline)
+    file_data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    _check_keys(SonifyConf, file_data, "")
+    _check_keys(SonifyConf, override_data, "")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(SonifyConf), file_data, override_data)
+        cfg.pipeline = Path(pipeline).stem if path.suffix else pipeline
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"bad value for key '{key}': {msg}") from None
+    _check_choices(cfg, stage_names or [])
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)

@@ -1,0 +1,184 @@
+"""Runs one stage over its partitions, locally (plain loop) or on Ray Data (an actor pool).
+
+This is the only code that writes outputs, stats and completion state. A partition is finished when
+every output table has its file; files appear atomically, so a killed run loses at most the
+partitions in flight and a re-run never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import error_reason
+from .manifest import STATUS_OK
+from .partitions import Partition, dedupe_sorted, plan_partitions, table_from_bytes, table_to_bytes
+from .stages import get_stage
+from .tables import TableStore
+
+log = logging.getLogger("sonify")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class PartitionWorker:
+    """Processes whole partitions of one stage. Ray Data maps it (`__call__`); the local loop calls
+    `run_partition`. The stage (and its models) is built once, in `__init__`."""
+
+    def __init__(self, stage_name: str, cfg: dict):
+        self.cfg = OmegaConf.create(cfg)
+        self.stage = get_stage(stage_name)(self.cfg)
+        self.store = TableStore(self.cfg.run.dir)
+        self.stats_dir = Path(self.cfg.run.dir) / "stats" / stage_name
+
+    def run_partition(self, name: str, rows: pa.Table) -> dict:
+        t0 = time.perf_counter()
+        stats = {"partition": name, "rows_in": rows.num_rows, "failed": None}
+        try:
+            outputs = self._process(rows)
+            for table_name, table in outputs.items():
+                self.store.write_partition(table_name, name, table)
+            first = outputs[self.stage.outputs[0]]
+            statuses = first.column("status").to_pylist()
+            stats["ok"] = sum(s == STATUS_OK for s in statuses)
+            stats["errors"] = dict(Counter(error_reason(e) for s, e in zip(statuses, first.column("error").to_pylist()) if s != STATUS_OK))
+            stats["rows_out"] = {t: v.num_rows for t, v in outputs.items()}
+        except Exception as e:
+            stats["failed"] = f"{type(e).__name__}: {e}"
+            log.error("partition %s of stage %s failed:\n%s", name, self.stage.name, traceback.format_exc())
+        stats["seconds"] = round(time.perf_counter() - t0, 4)
+        _atomic_write_text(self.stats_dir / f"{name}.json", json.dumps(stats))
+        return stats
+
+    def _process(self, rows: pa.Table) -> dict[str, pa.Table]:
+        bs = max(1, int(self.stage.conf.batch_size))
+        pieces: dict[str, list[pa.Table]] = {t: [] for t in self.stage.outputs}
+        for start in range(0, rows.num_rows, bs):
+            result = self.stage.process_batch(rows.slice(start, bs))
+            for t in self.stage.outputs:
+                pieces[t].append(result[t])
+        outputs = {t: pa.concat_tables(v) if v else None for t, v in pieces.items()}
+        first = outputs[self.stage.outputs[0]]
+        got, want = first.column("id").to_pylist(), rows.column("id").to_pylist()
+        if sorted(got) != sorted(want):
+            raise RuntimeError(f"stage {self.stage.name} returned {len(got)} rows for {len(want)} inputs "
+                               f"(every input row must yield exactly one result or error row)")
+        return outputs
+
+    def __call__(self, batch: dict) -> dict:
+        stats = [self.run_partition(str(n), table_from_bytes(b)) for n, b in zip(batch["partition"], batch["rows"])]
+        return {"stats": [json.dumps(s) for s in stats]}
+
+
+@dataclass
+class StageRun:
+    """What happened in one run of one stage (the printed summary is made from this and the tables)."""
+    stage: str
+    rows_in: int = 0
+    duplicates_dropped: int = 0
+    partitions: int = 0
+    skipped: int = 0
+    computed: int = 0
+    failed: list[str] = field(default_factory=list)
+    stale_removed: int = 0
+    seconds: float = 0.0
+    tables: dict = field(default_factory=dict)
+
+
+def _run_local(stage_name: str, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
+    worker = PartitionWorker(stage_name, OmegaConf.to_container(cfg))
+    results = []
+    for p in todo:
+        results.append(worker.run_partition(p.name, p.rows))
+        progress(results[-1])
+    return results
+
+
+def _run_ray(stage_name: str, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
+    import ray
+
+    conf = cfg.stages[stage_name]
+    items = [{"partition": p.name, "rows": table_to_bytes(p.rows)} for p in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        PartitionWorker,
+        fn_constructor_args=(stage_name, OmegaConf.to_container(cfg)),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(conf.concurrency))),
+        num_cpus=float(conf.num_cpus),
+        num_gpus=float(conf.num_gpus),
+    )
+    results = []
+    for row in ds.iter_rows():
+        results.append(json.loads(row["stats"]))
+        progress(results[-1])
+    return results
+
+
+def table_counts(store: TableStore, table: str) -> dict:
+    """Rows, ok and errors by reason of a whole table, read from disk (the source of truth)."""
+    if not store.exists(table):
+        return {"rows": 0, "ok": 0, "errors": {}}
+    t = store.read(table, columns=["status", "error"])
+    statuses, errors = t.column("status").to_pylist(), t.column("error").to_pylist()
+    reasons = Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK)
+    return {"rows": t.num_rows, "ok": sum(s == STATUS_OK for s in statuses), "errors": dict(reasons.most_common())}
+
+
+def run_stage(stage_name: str, cfg: DictConfig, progress_bar: bool = True) -> StageRun:
+    """Plan, skip what is finished, run the rest, and count the outputs."""
+    t0 = time.perf_counter()
+    cls = get_stage(stage_name)
+    store = TableStore(cfg.run.dir)
+    run = StageRun(stage=stage_name)
+    work, run.duplicates_dropped = dedupe_sorted(cls.work_list(cfg, store))
+    if run.duplicates_dropped:
+        log.warning("stage %s: %d duplicate input ids dropped (kept the first of each)", stage_name, run.duplicates_dropped)
+    run.rows_in = work.num_rows
+    parts = plan_partitions(work, int(cfg.stages[stage_name].partition_rows), cls.fingerprint(cfg))
+    run.partitions = len(parts)
+    planned = {p.name for p in parts}
+    done = None
+    for t in cls.outputs:
+        store.clean_temp_files(t)
+        stale = store.partitions(t) - planned
+        if stale:
+            store.remove_partitions(t, stale)
+            run.stale_removed += len(stale)
+        done = store.partitions(t) if done is None else done & store.partitions(t)
+    todo = parts if cfg.run.force else [p for p in parts if p.name not in done]
+    run.skipped = len(parts) - len(todo)
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(todo), desc=f"{stage_name}", unit="part", disable=not progress_bar or not todo)
+
+    failures = [0]
+
+    def progress(stats: dict) -> None:
+        bar.update(1)
+        failures[0] += bool(stats["failed"])
+        bar.set_postfix(rows=stats["rows_in"], failed=failures[0])
+
+    if todo:
+        runner = _run_local if cfg.run.executor == "local" else _run_ray
+        results = runner(stage_name, cfg, todo, progress)
+        run.computed = sum(1 for r in results if not r["failed"])
+        run.failed = [f"{r['partition']}: {r['failed']}" for r in results if r["failed"]]
+    bar.close()
+    run.tables = {t: table_counts(store, t) for t in cls.outputs}
+    run.seconds = time.perf_counter() - t0
+    return run

@@ -1,0 +1,90 @@
+"""Table schemas, declared once. Every table is a directory of Parquet files.
+
+Each schema carries its version in the Parquet metadata; readers check it and fail loudly
+(`tables.read_table`). Bump `version` when a table's columns change meaning or shape.
+Reserved columns: the id column, ``status`` (``ok`` | ``error``) and ``error`` (``reason: detail``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+_STATUS = [pa.field("status", pa.string(), nullable=False), pa.field("error", pa.string())]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    version: int
+    id_column: str
+    schema: pa.Schema
+    doc: str
+
+
+def _spec(name: str, version: int, doc: str, fields: list[tuple[str, pa.DataType, str]]) -> TableSpec:
+    schema = pa.schema(
+        [pa.field(n, t, metadata={"doc": d}) for n, t, d in fields] + _STATUS,
+        metadata={"sonify.table": name, "sonify.schema_version": str(version)},
+    )
+    return TableSpec(name=name, version=version, id_column=fields[0][0], schema=schema, doc=doc)
+
+
+IMAGES = _spec("images", 1, "One row per input image: where it is, what it is, whether it decodes.", [
+    ("id", pa.string(), "stable id: hash of source name and the image's path inside the source"),
+    ("source", pa.string(), "name of the image source in the pipeline config"),
+    ("uri", pa.string(), "file path, URL, or 'shard.tar#member' for images inside a tar"),
+    ("tar_offset", pa.int64(), "byte offset of the member's data inside its tar (null otherwise)"),
+    ("nbytes", pa.int64(), "size of the encoded image in bytes"),
+    ("sha256", pa.string(), "sha256 of the encoded bytes"),
+    ("format", pa.string(), "PIL format (JPEG, PNG, ...)"),
+    ("mode", pa.string(), "PIL mode as stored (RGB, L, CMYK, I;16, ...)"),
+    ("width", pa.int32(), "width after EXIF orientation"),
+    ("height", pa.int32(), "height after EXIF orientation"),
+    ("exif_orientation", pa.int8(), "EXIF orientation tag (1 = upright)"),
+])
+
+AUDIO_FILES = _spec("audio_files", 1, "One row per input audio file.", [
+    ("id", pa.string(), "stable id: hash of source name and the file's path inside the source"),
+    ("source", pa.string(), "name of the audio source in the pipeline config (e.g. fsd50k)"),
+    ("uri", pa.string(), "file path"),
+    ("relpath", pa.string(), "path relative to the source root, as a release manifest names it"),
+    ("labels", pa.list_(pa.string()), "labels from the source list, if any"),
+    ("format", pa.string(), "container format (WAV, FLAC, OGG, MP3...)"),
+    ("sample_rate", pa.int32(), "native sample rate in Hz"),
+    ("channels", pa.int16(), "channel count (chunks are downmixed to mono)"),
+    ("frames", pa.int64(), "decoded length in frames"),
+    ("duration", pa.float64(), "decoded length in seconds"),
+    ("nbytes", pa.int64(), "file size"),
+    ("peak_dbfs", pa.float32(), "sample peak of the mono downmix in dBFS (-inf if silent)"),
+    ("num_chunks", pa.int32(), "number of chunks cut from this file"),
+])
+
+AUDIO_CHUNKS = _spec("audio_chunks", 1, "Non-overlapping mono chunks that point into their source file.", [
+    ("id", pa.string(), "'<file id>-<chunk index>'"),
+    ("file_id", pa.string(), "id in audio_files"),
+    ("source", pa.string(), "audio source name"),
+    ("uri", pa.string(), "source file path (chunks are decoded from it on demand)"),
+    ("chunk_index", pa.int32(), "position of the chunk in its file"),
+    ("sample_rate", pa.int32(), "native sample rate of the source"),
+    ("start_frame", pa.int64(), "first frame in the source, at its native rate"),
+    ("num_frames", pa.int64(), "frames of real audio (the rest of the chunk is zero padding)"),
+    ("offset", pa.float64(), "start in seconds"),
+    ("duration", pa.float64(), "seconds of real audio"),
+    ("padding", pa.float64(), "seconds of zero padding at the end (last chunk only)"),
+    ("peak_dbfs", pa.float32(), "sample peak of the chunk in dBFS"),
+    ("rms_dbfs", pa.float32(), "RMS level of the real audio in dBFS"),
+])
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, AUDIO_FILES, AUDIO_CHUNKS)}
+
+
+def table_spec(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; tables: {', '.join(sorted(TABLES))}") from None

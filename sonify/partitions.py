@@ -1,0 +1,55 @@
+"""Cut a work list into partitions named by their inputs.
+
+A partition's name is a hash of the stage fingerprint (name, version, output-relevant config) and
+the ids it holds, so a re-run with the same inputs finds the same names and skips finished ones,
+and a change of inputs or config gives new names (the old files are then stale and removed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@dataclass
+class Partition:
+    name: str
+    rows: pa.Table
+
+
+def dedupe_sorted(work: pa.Table, id_column: str = "id") -> tuple[pa.Table, int]:
+    """Sort by id and keep the first row of each id; returns the table and how many rows were dropped."""
+    work = work.take(pc.sort_indices(work, sort_keys=[(id_column, "ascending")]))
+    ids = work.column(id_column).to_pylist()
+    keep = [i for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
+    if len(keep) == len(ids):
+        return work, 0
+    return work.take(pa.array(keep, pa.int64())), len(ids) - len(keep)
+
+
+def plan_partitions(work: pa.Table, partition_rows: int, fingerprint: str, id_column: str = "id") -> list[Partition]:
+    """`work` must be sorted and unique by id (see `dedupe_sorted`)."""
+    if partition_rows < 1:
+        raise ValueError("partition_rows must be >= 1")
+    parts = []
+    for start in range(0, work.num_rows, partition_rows):
+        rows = work.slice(start, partition_rows)
+        h = hashlib.sha1(fingerprint.encode())
+        for i in rows.column(id_column).to_pylist():
+            h.update(b"\x00" + i.encode())
+        parts.append(Partition(name=f"part-{h.hexdigest()[:16]}", rows=rows))
+    return parts
+
+
+def table_to_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_bytes(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()

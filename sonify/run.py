@@ -1,0 +1,89 @@
+"""Run pipeline stages: `python -m sonify.run pipeline=demo stage=all [key=value ...]`.
+
+Starts a local Ray by default (CPU count from `ray.num_cpus`), joins a cluster when `ray.address` or
+RAY_ADDRESS is set (which is how `ray job submit -- python -m sonify.run ...` runs), or runs in
+this process with `run.executor=local`. Outputs go to `<run.dir>/manifests/<table>/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import load_config, save_config
+from .errors import SonifyError
+from .stages import stage_names
+
+log = logging.getLogger("sonify")
+
+
+def selected_stages(cfg: DictConfig) -> list[str]:
+    wanted = [s.strip() for s in str(cfg.stage).split(",")]
+    return stage_names() if "all" in wanted else [s for s in stage_names() if s in wanted]
+
+
+def connect_ray(cfg: DictConfig) -> None:
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
+                 include_dashboard=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # sonify shows one bar per stage instead
+    ctx.print_on_execution_start = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print(f"stages, in order: {', '.join(stage_names())} (or all; several: stage=images,audio)")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(argv, stage_names())
+        return run_pipeline(cfg)
+    except SonifyError as e:
+        print(f"sonify: {e}", file=sys.stderr)
+        return 2
+
+
+def run_pipeline(cfg: DictConfig) -> int:
+    from .executor import run_stage
+    from .summary import format_summary, save_summary
+
+    t0 = time.perf_counter()
+    run_dir = cfg.run.dir
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    if cfg.demo_data.enabled:
+        from .demo_data import ensure_demo_data
+        ensure_demo_data(cfg.demo_data.dir, cfg.demo_data.num_images, cfg.demo_data.seed)
+        print(f"demo data (generated offline, nothing downloaded): {cfg.demo_data.dir}")
+    if any(str(m).startswith("tiny:") for m in [cfg.models.clap, cfg.models.ast, cfg.models.vae, cfg.models.dit, *cfg.models.vlms]):
+        print("models: tiny random models built from configs (demo only; outputs are not meaningful)")
+    if cfg.run.executor == "ray":
+        connect_ray(cfg)
+    runs = []
+    for name in selected_stages(cfg):
+        runs.append(run_stage(name, cfg, progress_bar=cfg.run.progress))
+    print()
+    print(format_summary(runs))
+    summary_path = save_summary(runs, run_dir)
+    print(f"\ndone in {time.perf_counter() - t0:.1f}s; outputs in {run_dir}/manifests, summary in {summary_path}")
+    print(f'query them: python -m sonify.query run={run_dir} "SELECT status, count(*) FROM images GROUP BY status"')
+    return 1 if any(r.failed for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

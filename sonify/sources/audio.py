@@ -1,0 +1,49 @@
+"""Audio sources: a folder (labels empty), or a CSV/Parquet list with paths and labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from . import read_list_file, resolve_list_path, stable_id, walk_files
+
+LISTING_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
+    ("labels", pa.list_(pa.string())), ("list_error", pa.string()),
+])
+
+
+def _labels(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v is not None]
+    return [s.strip() for s in str(value).replace(",", ";").split(";") if s.strip()]
+
+
+def list_audio(source, extensions: list[str]) -> pa.Table:
+    """The work list of one audio source (a `SourceConf`)."""
+    root = Path(source.path)
+    rows: list[dict] = []
+
+    def add(rel: str, uri: str, labels=None, list_error=None):
+        rows.append({"id": stable_id(source.name, rel), "source": source.name, "uri": uri, "relpath": rel,
+                     "labels": _labels(labels), "list_error": list_error})
+
+    if not root.exists():
+        add(str(root), str(root), list_error=f"not_found: source path {root} does not exist")
+    elif source.kind == "folder":
+        for p in walk_files(root, extensions, source.recursive):
+            add(str(p.relative_to(root)), str(p))
+    else:
+        table = read_list_file(root, source.kind)
+        if source.uri_column not in table.column_names:
+            raise ValueError(f"{root}: no column {source.uri_column!r} (set sources.audio[].uri_column); columns: {table.column_names}")
+        uris = table.column(source.uri_column).to_pylist()
+        labels = (table.column(source.labels_column).to_pylist()
+                  if source.labels_column in table.column_names else [None] * len(uris))
+        for uri, lab in zip(uris, labels):
+            if uri is not None:
+                add(uri, resolve_list_path(uri, root), lab)
+    return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)

@@ -1,0 +1,76 @@
+"""Image sources: a folder, tar/WebDataset shards (SA-1B ships tars of JPEG + JSON), a list of URIs."""
+
+from __future__ import annotations
+
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import pyarrow as pa
+
+from . import read_list_file, resolve_list_path, stable_id, walk_files
+
+LISTING_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()),
+    ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("list_error", pa.string()),
+])
+
+
+def _row(source: str, rel: str, uri: str, tar_offset=None, nbytes=None, list_error=None) -> dict:
+    return {"id": stable_id(source, rel), "source": source, "uri": uri,
+            "tar_offset": tar_offset, "nbytes": nbytes, "list_error": list_error}
+
+
+def _list_tar(source: str, tar_path: Path, root: Path, exts: set[str]) -> list[dict]:
+    rel_tar = str(tar_path.relative_to(root)) if tar_path != root else tar_path.name
+    rows = []
+    try:
+        with tarfile.open(tar_path, "r:") as tf:  # uncompressed only: members are read by offset
+            for m in tf:
+                if m.isfile() and Path(m.name).suffix.lower() in exts:
+                    rows.append(_row(source, f"{rel_tar}#{m.name}", f"{tar_path}#{m.name}", m.offset_data, m.size))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        rows.append(_row(source, rel_tar, str(tar_path), list_error=f"unreadable_tar: {type(e).__name__}: {e}"))
+    return rows
+
+
+def list_images(source, extensions: list[str]) -> pa.Table:
+    """The work list of one image source (a `SourceConf`)."""
+    root = Path(source.path)
+    exts = {e.lower() for e in extensions}
+    rows: list[dict] = []
+    if not root.exists():
+        rows.append(_row(source.name, str(root), str(root), list_error=f"not_found: source path {root} does not exist"))
+    elif source.kind == "folder":
+        for p in walk_files(root, exts, source.recursive):
+            rows.append(_row(source.name, str(p.relative_to(root)), str(p)))
+    elif source.kind == "tar":
+        tars = [root] if root.is_file() else list(walk_files(root, [".tar"], source.recursive))
+        for t in tars:
+            rows.extend(_list_tar(source.name, t, root, exts))
+    else:  # parquet | csv list of URIs
+        table = read_list_file(root, source.kind)
+        if source.uri_column not in table.column_names:
+            raise ValueError(f"{root}: no column {source.uri_column!r} (set sources.images[].uri_column); columns: {table.column_names}")
+        for uri in table.column(source.uri_column).to_pylist():
+            if uri is None:
+                continue
+            rows.append(_row(source.name, uri, resolve_list_path(uri, root)))
+    return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
+
+
+def read_image_bytes(uri: str, tar_offset: int | None, nbytes: int | None, timeout_s: float = 20.0) -> bytes:
+    """The encoded bytes of an image, from a file, a tar member (by offset) or an http(s) URL."""
+    if tar_offset is not None:
+        tar_path = uri.split("#", 1)[0]
+        with open(tar_path, "rb") as f:
+            f.seek(tar_offset)
+            data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise EOFError(f"tar member truncated: wanted {nbytes} bytes, got {len(data)}")
+        return data
+    if uri.startswith(("http://", "https://")):
+        with urllib.request.urlopen(uri, timeout=timeout_s) as r:
+            return r.read()
+    with open(uri, "rb") as f:
+        return f.read()

@@ -1,0 +1,21 @@
+"""Stage registry, in pipeline order. Classes import lazily so the CLI starts fast."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Stage
+
+STAGES: dict[str, str] = {
+    "images": "sonify.stages.images:ImagesStage",
+    "audio": "sonify.stages.audio:AudioStage",
+}
+
+
+def stage_names() -> list[str]:
+    return list(STAGES)
+
+
+def get_stage(name: str) -> type[Stage]:
+    module, cls = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)

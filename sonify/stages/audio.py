@@ -1,0 +1,92 @@
+"""Stage `audio`: probe each file, decode it once in chunk-sized blocks, and cut 5 s mono chunks.
+
+Chunks point into the source file (start frame, frame count at the native rate); nothing is
+resampled or copied here. Decoding the whole file catches truncation and measures each chunk's
+peak and RMS, so digitally silent chunks become error rows instead of retrieval candidates.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import soundfile as sf
+
+from ..audio import chunk_frames_at, dbfs, iter_mono_blocks
+from ..errors import error_text
+from ..manifest import STATUS_ERROR, STATUS_OK
+from ..sources.audio import list_audio
+from ..tables import rows_to_table
+from .base import Stage
+
+
+class AudioStage(Stage):
+    name = "audio"
+    outputs = ("audio_files", "audio_chunks")
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        tables = [list_audio(src, list(cfg.stages.audio.extensions)) for src in cfg.sources.audio]
+        if not tables:
+            raise ValueError("no audio sources configured (sources.audio is empty)")
+        return pa.concat_tables(tables)
+
+    def _file(self, row: dict) -> tuple[dict, list[dict]]:
+        out = {k: row[k] for k in ("id", "source", "uri", "relpath", "labels")}
+
+        def fail(reason, detail):
+            return {**out, "status": STATUS_ERROR, "error": error_text(reason, detail)}, []
+
+        if row["list_error"]:
+            return {**out, "status": STATUS_ERROR, "error": row["list_error"]}, []
+        path = row["uri"]
+        try:
+            out["nbytes"] = os.path.getsize(path)
+        except OSError as e:
+            return fail("not_found", e)
+        if out["nbytes"] == 0:
+            return fail("empty", "zero bytes")
+        try:
+            info = sf.info(path)
+        except Exception as e:
+            return fail("corrupt", f"{type(e).__name__}: {e}")
+        sr = int(info.samplerate)
+        out.update(format=info.format, sample_rate=sr, channels=info.channels)
+        if sr <= 0 or info.channels <= 0:
+            return fail("corrupt", f"sample rate {sr}, channels {info.channels}")
+        chunk_frames = chunk_frames_at(sr, self.conf.chunk_seconds)
+        chunks, total, peak = [], 0, 0.0
+        try:
+            for i, block in enumerate(iter_mono_blocks(path, chunk_frames)):
+                n = block.shape[0]
+                bpeak = float(np.max(np.abs(block))) if n else 0.0
+                rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))) if n else 0.0
+                if not np.isfinite(bpeak):
+                    return fail("corrupt", f"non-finite samples in chunk {i}")
+                peak = max(peak, bpeak)
+                chunk = {"id": f"{row['id']}-{i:05d}", "file_id": row["id"], "source": row["source"], "uri": path,
+                         "chunk_index": i, "sample_rate": sr, "start_frame": total, "num_frames": n,
+                         "offset": total / sr, "duration": n / sr, "padding": (chunk_frames - n) / sr,
+                         "peak_dbfs": dbfs(bpeak), "rms_dbfs": dbfs(rms), "status": STATUS_OK, "error": None}
+                if dbfs(bpeak) < self.conf.silence_dbfs:
+                    chunk.update(status=STATUS_ERROR, error=error_text("silent", f"peak {dbfs(bpeak):.1f} dBFS < {self.conf.silence_dbfs}"))
+                chunks.append(chunk)
+                total += n
+        except Exception as e:
+            reason = "truncated" if total else "corrupt"
+            return fail(reason, f"decode failed after {total} frames: {type(e).__name__}: {e}")
+        if total == 0:
+            return fail("empty", "no audio frames")
+        out.update(frames=total, duration=total / sr, peak_dbfs=dbfs(peak), num_chunks=len(chunks))
+        if dbfs(peak) < self.conf.silence_dbfs:
+            return {**out, "status": STATUS_ERROR, "error": error_text("silent", f"whole file peak {dbfs(peak):.1f} dBFS")}, chunks
+        return {**out, "status": STATUS_OK, "error": None}, chunks
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        files, chunks = [], []
+        for row in batch.to_pylist():
+            f, c = self._file(row)
+            files.append(f)
+            chunks.extend(c)
+        return {"audio_files": rows_to_table("audio_files", files), "audio_chunks": rows_to_table("audio_chunks", chunks)}

@@ -1,0 +1,44 @@
+"""The stage contract. Stages never import Ray: the executor decides where they run.
+
+A stage is a class whose `__init__` loads what it needs (models load once per worker), whose
+classmethod `work_list` says which rows to process, and whose `process_batch` maps a batch of those
+rows to one table per output. Every input row must come back as a result or an error row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import pyarrow as pa
+from omegaconf import DictConfig, OmegaConf
+
+from ..tables import TableStore
+
+# Stage settings that change where and how fast work runs, not what it produces.
+RUNTIME_KEYS = {"batch_size", "concurrency", "num_cpus", "num_gpus"}
+
+
+class Stage:
+    name: ClassVar[str]
+    version: ClassVar[int] = 1          # bump when outputs change: finished partitions are then recomputed
+    outputs: ClassVar[tuple[str, ...]]  # table names; the first is keyed by the input id
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.conf = cfg.stages[self.name]
+
+    @classmethod
+    def work_list(cls, cfg: DictConfig, store: TableStore) -> pa.Table:
+        """The rows to process, with a unique `id` column."""
+        raise NotImplementedError
+
+    @classmethod
+    def fingerprint(cls, cfg: DictConfig) -> str:
+        """What the outputs depend on besides the input ids; part of every partition's name."""
+        conf = OmegaConf.to_container(cfg.stages[cls.name])
+        conf = {k: v for k, v in conf.items() if k not in RUNTIME_KEYS}
+        return json.dumps({"stage": cls.name, "version": cls.version, "conf": conf}, sort_keys=True)
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        raise NotImplementedError

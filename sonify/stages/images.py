@@ -1,0 +1,48 @@
+"""Stage `images`: list image sources, record id, uri, size, mode, sha256, and check each decodes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+from ..errors import error_text
+from ..imaging import ImageRejected, inspect_image
+from ..manifest import STATUS_ERROR, STATUS_OK
+from ..sources.images import list_images, read_image_bytes
+from ..tables import rows_to_table
+from .base import Stage
+
+
+class ImagesStage(Stage):
+    name = "images"
+    outputs = ("images",)
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        tables = [list_images(src, list(cfg.stages.images.extensions)) for src in cfg.sources.images]
+        if not tables:
+            raise ValueError("no image sources configured (sources.images is empty)")
+        return pa.concat_tables(tables)
+
+    def _one(self, row: dict) -> dict:
+        out = {k: row[k] for k in ("id", "source", "uri", "tar_offset", "nbytes")}
+        if row["list_error"]:
+            return {**out, "status": STATUS_ERROR, "error": row["list_error"]}
+        try:
+            data = read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"], self.conf.url_timeout_s)
+        except FileNotFoundError as e:
+            return {**out, "status": STATUS_ERROR, "error": error_text("not_found", e)}
+        except Exception as e:
+            return {**out, "status": STATUS_ERROR, "error": error_text("unreadable", f"{type(e).__name__}: {e}")}
+        out["nbytes"] = len(data)
+        out["sha256"] = hashlib.sha256(data).hexdigest()
+        try:
+            info = inspect_image(data, self.conf.max_pixels, full_decode=self.conf.decode_check == "full")
+        except ImageRejected as e:
+            return {**out, "status": STATUS_ERROR, "error": error_text(e.reason, e.detail)}
+        return {**out, "format": info.format, "mode": info.mode, "width": info.width, "height": info.height,
+                "exif_orientation": info.exif_orientation, "status": STATUS_OK, "error": None}
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        return {"images": rows_to_table("images", [self._one(r) for r in batch.to_pylist()])}

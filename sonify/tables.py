@@ -1,0 +1,115 @@
+"""Reading and writing tables: one directory of Parquet partitions per table.
+
+A partition appears atomically (write to a hidden temp file, then `os.replace`), so a reader or a
+re-run never sees half a file, and a finished partition file doubles as its completion marker.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import SchemaError
+from .manifest import TableSpec, table_spec
+
+TMP_PREFIX = ".tmp-"
+
+
+def rows_to_table(name: str, rows: list[dict]) -> pa.Table:
+    """Python rows to a table of the declared schema (keys missing from a row become nulls)."""
+    return pa.Table.from_pylist(rows, schema=table_spec(name).schema)
+
+
+def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
+    """Order and cast columns to the declared schema; missing nullable columns become nulls."""
+    cols = []
+    for field in spec.schema:
+        if field.name in table.column_names:
+            cols.append(table.column(field.name).cast(field.type))
+        elif field.nullable:
+            cols.append(pa.nulls(table.num_rows, field.type))
+        else:
+            raise SchemaError(f"table {spec.name}: column {field.name!r} is required but missing")
+    extra = set(table.column_names) - set(spec.schema.names)
+    if extra:
+        raise SchemaError(f"table {spec.name}: columns not in the schema: {sorted(extra)}")
+    return pa.Table.from_arrays(cols, schema=spec.schema)
+
+
+def check_schema(path: Path, spec: TableSpec) -> None:
+    meta = pq.read_schema(path).metadata or {}
+    name = meta.get(b"sonify.table", b"?").decode()
+    version = meta.get(b"sonify.schema_version", b"?").decode()
+    if name != spec.name or version != str(spec.version):
+        raise SchemaError(
+            f"{path}: holds table {name!r} schema v{version}, code expects {spec.name!r} v{spec.version}; "
+            f"re-run the stage with force=true or use a matching sonify version"
+        )
+
+
+class TableStore:
+    """The tables of one run: ``<run_dir>/manifests/<table>/<partition>.parquet``."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / "manifests"
+
+    def table_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def files(self, name: str) -> list[Path]:
+        d = self.table_dir(name)
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+    def partitions(self, name: str) -> set[str]:
+        return {p.stem for p in self.files(name)}
+
+    def exists(self, name: str) -> bool:
+        return bool(self.files(name))
+
+    def write_partition(self, name: str, partition: str, table: pa.Table) -> Path:
+        spec = table_spec(name)
+        table = conform(table, spec)
+        d = self.table_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        final = d / f"{partition}.parquet"
+        tmp = d / f"{TMP_PREFIX}{partition}-{uuid.uuid4().hex[:8]}.parquet"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)
+        return final
+
+    def remove_partitions(self, name: str, partitions: set[str]) -> None:
+        for part in partitions:
+            (self.table_dir(name) / f"{part}.parquet").unlink(missing_ok=True)
+
+    def clean_temp_files(self, name: str) -> int:
+        """Remove temp files left by a killed writer; returns how many."""
+        d = self.table_dir(name)
+        stale = list(d.glob(f"{TMP_PREFIX}*")) if d.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+    def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        spec = table_spec(name)
+        files = self.files(name)
+        if not files:
+            raise FileNotFoundError(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first")
+        for f in files:
+            check_schema(f, spec)
+        parts = [pq.read_table(f, columns=columns) for f in files]
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def iter_batches(self, name: str, batch_size: int = 65536, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream a table batch by batch: memory is bounded by the batch, not the table."""
+        spec = table_spec(name)
+        for f in self.files(name):
+            check_schema(f, spec)
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
