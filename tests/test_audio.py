@@ -1,0 +1,93 @@
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile as sf
+
+from sonify.audio import load_chunk, plan_chunks
+from sonify.stages.audio import AudioStage
+
+
+def test_plan_chunks_34s_gives_seven_with_one_second_padding():
+    spans = plan_chunks(34 * 48000, 48000, 5.0)
+    assert len(spans) == 7
+    assert [s.start_frame for s in spans] == [i * 240000 for i in range(7)]
+    assert spans[-1].num_frames == 4 * 48000 and spans[-1].pad_frames == 48000
+    assert all(s.pad_frames == 0 for s in spans[:-1])
+
+
+def test_plan_chunks_short_and_exact():
+    (only,) = plan_chunks(int(0.3 * 16000), 16000, 5.0)
+    assert only.num_frames == 4800 and only.pad_frames == 80000 - 4800
+    assert len(plan_chunks(10 * 22050, 22050, 5.0)) == 2
+    assert plan_chunks(0, 16000, 5.0) == []
+
+
+@pytest.mark.parametrize("sr", [8000, 22050, 44100])
+def test_load_chunk_resamples_from_source_and_pads(tmp_path, sr):
+    t = np.arange(int(sr * 7.0)) / sr
+    x = 0.5 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / "tone.wav"
+    sf.write(path, np.stack([x, x], 1), sr, subtype="FLOAT")
+    last = load_chunk(str(path), 5 * sr, 2 * sr, 48000, chunk_seconds=5.0)
+    assert last.shape == (240000,) and last.dtype == np.float32
+    assert np.all(last[2 * 48000 + 200:] == 0)                  # padding after the real 2 s
+    assert 0.45 < np.max(np.abs(last[:2 * 48000])) < 0.55        # stereo downmix keeps the level
+    # the dominant frequency survives resampling
+    spec = np.abs(np.fft.rfft(last[:96000]))
+    assert abs(np.argmax(spec) * 48000 / 96000 - 440) < 2
+
+
+def _stage(make_cfg, *o):
+    return AudioStage(make_cfg(*o))
+
+
+def _process(stage, listing: pa.Table):
+    out = stage.process_batch(listing)
+    return out["audio_files"].to_pylist(), out["audio_chunks"].to_pylist()
+
+
+def test_audio_stage_on_demo_sources(make_cfg):
+    cfg = make_cfg()
+    stage = AudioStage(cfg)
+    files, chunks = _process(stage, AudioStage.work_list(cfg, None))
+    by_name = {f["uri"].rsplit("/", 1)[1]: f for f in files}
+    engine = by_name["engine_48000hz_2ch.flac"]
+    assert engine["status"] == "ok" and engine["num_chunks"] == 7 and engine["channels"] == 2
+    eng_chunks = [c for c in chunks if c["file_id"] == engine["id"]]
+    assert len(eng_chunks) == 7 and math.isclose(eng_chunks[-1]["padding"], 1.0)
+    assert {f["sample_rate"] for f in files if f["status"] == "ok"} >= {8000, 16000, 22050, 44100, 48000}
+    assert math.isclose(by_name["click_48000hz_1ch.wav"]["duration"], 0.3)
+    assert by_name["empty.wav"]["error"].startswith("empty:")
+    assert by_name["corrupt.wav"]["error"].startswith("corrupt:")
+    assert by_name["truncated.flac"]["status"] == "error"
+    assert by_name["missing.wav"]["error"].startswith("not_found:")
+    silent = by_name["silent_16000hz_1ch.wav"]
+    assert silent["error"].startswith("silent:")
+    assert all(c["error"].startswith("silent:") for c in chunks if c["file_id"] == silent["id"])
+    labelled = by_name["crowd_cheer.flac"]
+    assert labelled["labels"] == ["Cheering", "Crowd"] and labelled["relpath"] == "labelled/crowd_cheer.flac"
+    # chunk ids are unique and every ok chunk decodes to exactly 5 s at 48 kHz
+    assert len({c["id"] for c in chunks}) == len(chunks)
+    for c in [c for c in chunks if c["status"] == "ok"][:5]:
+        assert load_chunk(c["uri"], c["start_frame"], c["num_frames"], 48000, 5.0).shape == (240000,)
+
+
+def test_audio_stage_wrong_rate_and_many_channels(tmp_path, make_cfg):
+    path = tmp_path / "six.wav"
+    sf.write(path, np.full((11025, 6), 0.1, np.float32), 11025, subtype="FLOAT")
+    listing = pa.Table.from_pylist([{"id": "x", "source": "t", "uri": str(path), "relpath": "six.wav", "labels": [], "list_error": None}])
+    files, chunks = _process(_stage(make_cfg), listing)
+    assert files[0]["status"] == "ok" and files[0]["channels"] == 6 and files[0]["sample_rate"] == 11025
+    assert len(chunks) == 1 and math.isclose(chunks[0]["peak_dbfs"], 20 * math.log10(0.1), abs_tol=1e-3)
+
+
+def test_audio_stage_nonfinite_samples_are_error_rows(tmp_path, make_cfg):
+    path = tmp_path / "nan.wav"
+    x = np.zeros(16000, np.float32)
+    x[100] = np.nan
+    sf.write(path, x, 16000, subtype="FLOAT")
+    listing = pa.Table.from_pylist([{"id": "n", "source": "t", "uri": str(path), "relpath": "nan.wav", "labels": [], "list_error": None}])
+    files, chunks = _process(_stage(make_cfg), listing)
+    assert files[0]["error"].startswith("corrupt:") and chunks == []

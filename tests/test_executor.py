@@ -1,0 +1,120 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import yaml
+from PIL import Image
+
+from sonify.config import load_config
+from sonify.executor import run_stage
+from sonify.sources import stable_id
+from sonify.stages import stage_names
+from sonify.stages.images import ImagesStage
+from sonify.tables import TableStore
+
+
+def _ids(store, table):
+    return store.read(table, columns=["id"]).column("id").to_pylist()
+
+
+def test_rerun_skips_finished_partitions_and_force_recomputes(make_cfg):
+    cfg = make_cfg()
+    first = run_stage("audio", cfg, progress_bar=False)
+    assert first.computed == first.partitions > 1 and first.skipped == 0 and not first.failed
+    store = TableStore(cfg.run.dir)
+    mtimes = {p: p.stat().st_mtime_ns for p in store.files("audio_files")}
+    again = run_stage("audio", cfg, progress_bar=False)
+    assert again.computed == 0 and again.skipped == first.partitions
+    assert {p: p.stat().st_mtime_ns for p in store.files("audio_files")} == mtimes
+    forced = run_stage("audio", make_cfg("run.force=true"), progress_bar=False)
+    assert forced.computed == first.partitions
+    ids = _ids(store, "audio_files")
+    assert len(ids) == len(set(ids)) == first.rows_in
+
+
+def test_every_input_row_has_exactly_one_output_row(make_cfg):
+    cfg = make_cfg()
+    run = run_stage("images", cfg, progress_bar=False)
+    listing_ids = ImagesStage.work_list(cfg, None).column("id").to_pylist()
+    out = _ids(TableStore(cfg.run.dir), "images")
+    assert sorted(out) == sorted(set(listing_ids)) and run.tables["images"]["rows"] == len(out)
+    counts = run.tables["images"]
+    assert counts["ok"] + sum(counts["errors"].values()) == counts["rows"]
+    assert {"corrupt", "truncated", "empty", "decompression_bomb"} <= set(counts["errors"])
+
+
+def test_config_change_replaces_stale_partitions_without_duplicates(make_cfg):
+    run_stage("audio", make_cfg(), progress_bar=False)
+    cfg2 = make_cfg("stages.audio.chunk_seconds=2.0")
+    run2 = run_stage("audio", cfg2, progress_bar=False)
+    assert run2.stale_removed > 0 and run2.computed == run2.partitions
+    store = TableStore(cfg2.run.dir)
+    chunks = store.read("audio_chunks")
+    assert pc.max(chunks.column("duration")).as_py() <= 2.0 + 1e-9
+    ids = _ids(store, "audio_files")
+    assert len(ids) == len(set(ids))
+
+
+def test_temp_files_from_a_killed_writer_are_ignored_and_cleaned(make_cfg):
+    cfg = make_cfg()
+    run_stage("audio", cfg, progress_bar=False)
+    store = TableStore(cfg.run.dir)
+    junk = store.table_dir("audio_files") / ".tmp-part-dead-1234.parquet"
+    junk.write_bytes(b"half a parquet file")
+    assert junk not in store.files("audio_files")
+    store.read("audio_files")  # the junk is not read
+    run_stage("audio", cfg, progress_bar=False)
+    assert not junk.exists()
+
+
+def test_stage_that_drops_a_row_fails_its_partition_loudly(make_cfg, monkeypatch):
+    cfg = make_cfg("stages.images.partition_rows=1000")
+    real = ImagesStage.process_batch
+    monkeypatch.setattr(ImagesStage, "process_batch", lambda self, b: {"images": real(self, b)["images"].slice(1)})
+    run = run_stage("images", cfg, progress_bar=False)
+    assert run.computed == 0 and len(run.failed) == 1 and "every input row" in run.failed[0]
+    assert not TableStore(cfg.run.dir).exists("images")
+
+
+def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_dir):
+    """A FIFO among the images blocks the reader: the run is provably mid-way when we SIGKILL it."""
+    src = tmp_path / "imgs"
+    shutil.copytree(demo_dir / "images", src, ignore=shutil.ignore_patterns("huge.png"))
+    existing = [str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()]
+    # name the FIFO so that its id sorts last: every other partition runs before it blocks
+    top = max(stable_id("kill", r) for r in existing)
+    name = next(f"zz_{i}.png" for i in range(10_000) if stable_id("kill", f"zz_{i}.png") > top)
+    os.mkfifo(src / name)
+    pipeline = tmp_path / "killtest.yaml"
+    pipeline.write_text(yaml.safe_dump({"sources": {"images": [{"name": "kill", "kind": "folder", "path": str(src)}]}}))
+    args = [f"pipeline={pipeline}", "stage=images", f"run.root={tmp_path / 'runs'}", "run.executor=local",
+            "run.progress=false", "stages.images.partition_rows=1"]
+    total = len(existing) + 1
+    store = TableStore(tmp_path / "runs" / "killtest")
+    proc = subprocess.Popen([sys.executable, "-m", "sonify.run", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while len(store.files("images")) < total - 1 and time.time() < deadline:
+            assert proc.poll() is None, "run ended before it reached the blocking FIFO"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        done_before_kill = len(store.files("images"))
+        assert done_before_kill == total - 1 and proc.poll() is None  # blocked on the last partition
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    os.unlink(src / name)
+    Image.new("RGB", (4, 4)).save(src / name)
+    cfg = load_config(args, stage_names())
+    rerun = run_stage("images", cfg, progress_bar=False)
+    assert rerun.skipped == done_before_kill and rerun.computed == 1
+    ids = _ids(store, "images")
+    assert len(ids) == len(set(ids)) == total
+    assert stable_id("kill", name) in ids
