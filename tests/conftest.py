@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; read at import by huggingface_hub
+
 import pytest
 
 from sonify.config import load_config

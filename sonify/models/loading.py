@@ -1,0 +1,38 @@
+"""Models by name: a Hugging Face id or a local path, loaded with the library's own `from_pretrained`.
+
+`tiny:<kind>` names a tiny random model that `sonify.models.tiny` builds from configs and saves in
+Hugging Face format; it is then loaded through this same path, so tests and the offline demo
+exercise the real loading code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelNotAvailable
+
+TINY_PREFIX = "tiny:"
+
+
+def resolve_model(name: str, tiny_dir: str | Path) -> str:
+    """A loadable id or path; builds the tiny model first when `name` is 'tiny:<kind>'."""
+    if name.startswith(TINY_PREFIX):
+        from .tiny import build_tiny
+        return str(build_tiny(name[len(TINY_PREFIX):], Path(tiny_dir)))
+    return name
+
+
+def load_pretrained(cls: Any, name: str, tiny_dir: str | Path = "runs/_tiny_models", role: str = "model", **kwargs) -> Any:
+    """`cls.from_pretrained(name)`, with a one-line error that says how to provide a missing model."""
+    path = resolve_model(name, tiny_dir)
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if Path(path).exists():
+            raise ModelNotAvailable(f"{role} at {path} could not be loaded by {cls.__name__}: {first}") from None
+        raise ModelNotAvailable(
+            f"{role} {name!r} could not be fetched (offline, or not on the Hugging Face Hub): {first}. "
+            f"Download it where the Hub is reachable (`hf download {name} --local-dir DIR`), copy DIR here "
+            f"and set models.{role}=DIR") from None

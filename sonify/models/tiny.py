@@ -1,0 +1,141 @@
+"""Deterministic tiny random models, built from configs and saved in Hugging Face format.
+
+They have the architecture of the real ones (CLAP, a LLaVA-style VLM, AST, the PixArt VAE and
+transformer) at a few hundred kB, so tests and the offline demo run the real code paths. Their
+outputs mean nothing. Tokenizers are trained offline with `tokenizers` on a few sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+MARKER = "sonify_tiny.json"
+KINDS = ("clap", "vlm", "ast", "vae", "dit")
+VERSION = 4
+
+_CORPUS = [
+    "the sound of a dog barking in the park", "water splashing against the rocks", "a car engine running",
+    "birds chirping in the trees", "people talking in a crowded room", "wind blowing through the leaves",
+    "1. Dog - The sound of barking", "2. Car: engine humming", "provide a short and concise description",
+    "As a numbered list, provide sounds associated with prominent objects visible in the image",
+]
+
+
+def _bpe(special: list[str], vocab_size: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_CORPUS, trainer)
+    return tok
+
+
+def _clap(out: Path) -> None:
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizerFast
+
+    tok = RobertaTokenizerFast(tokenizer_object=_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]),
+                               bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                               mask_token="<mask>", cls_token="<s>", sep_token="</s>", model_max_length=77)
+    cfg = ClapConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        # audio hidden_size must equal patch_embeds_hidden_size * 2 ** (len(depths) - 1)
+        audio_config=dict(patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2],
+                          hidden_size=32, window_size=8, spec_size=256, patch_stride=4, num_mel_bins=64, enable_fusion=False),
+        projection_dim=32)
+    ClapModel(cfg).save_pretrained(out)
+    ClapProcessor(feature_extractor=ClapFeatureExtractor(feature_size=64, sampling_rate=48000, frequency_min=50, truncation="rand_trunc", padding="repeatpad"), tokenizer=tok).save_pretrained(out)
+
+
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{{ '\\n' }}{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{{ ' ' }}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")  # LLaVA-1.5: "USER: <image>\n... ASSISTANT:"
+
+
+def _vlm(out: Path) -> None:
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlamaTokenizerFast,
+                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+
+    tok = LlamaTokenizerFast(tokenizer_object=_bpe(["<unk>", "<s>", "</s>", "<pad>", "<image>"]),
+                             unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                             padding_side="left", add_bos_token=True, add_eos_token=False)
+    image_token = tok.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
+                      vision_feature_layer=-1, vision_feature_select_strategy="default")
+    LlavaForConditionalGeneration(cfg).save_pretrained(out)
+    ip = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    num_tokens = (32 // 8) ** 2
+    LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, image_token="<image>", chat_template=VLM_CHAT_TEMPLATE).save_pretrained(out)
+    (out / "sonify_image_tokens.txt").write_text(str(num_tokens))
+
+
+def _ast(out: Path) -> None:
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+
+    cfg = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    num_mel_bins=128, max_length=512, frequency_stride=10, time_stride=10, patch_size=16)
+    ASTModel(cfg).save_pretrained(out)
+    ASTFeatureExtractor(num_mel_bins=128, sampling_rate=16000, max_length=512).save_pretrained(out)
+
+
+def _vae(out: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=0.18215).save_pretrained(out / "vae")
+
+
+def _dit(out: Path) -> None:
+    from diffusers import PixArtTransformer2DModel
+
+    PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+                             num_layers=2, sample_size=8, patch_size=2, cross_attention_dim=32,
+                             caption_channels=32, norm_type="ada_norm_single",
+                             use_additional_conditions=False).save_pretrained(out / "transformer")
+
+
+_BUILDERS = {"clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit}
+
+
+def build_tiny(kind: str, root: str | Path) -> Path:
+    """Build (once) and return the folder of tiny model `kind` under `root`; safe under concurrency."""
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown tiny model {kind!r}; valid choices: {', '.join(KINDS)}")
+    out = Path(root) / kind
+    marker = out / MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
+        return out
+    tmp = Path(root) / f".tmp-{kind}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        _BUILDERS[kind](tmp)
+        (tmp / MARKER).write_text(json.dumps({"kind": kind, "version": VERSION}))
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another worker won the race: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        torch.random.set_rng_state(state)
+    return out
