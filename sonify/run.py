@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import load_config, save_config
 from .errors import SonifyError
-from .stages import stage_names
+from .models.loading import TINY_PREFIX
+from .stages import get_stage, stage_names
 
 log = logging.getLogger("sonify")
 
@@ -24,6 +25,13 @@ log = logging.getLogger("sonify")
 def selected_stages(cfg: DictConfig) -> list[str]:
     wanted = [s.strip() for s in str(cfg.stage).split(",")]
     return stage_names() if "all" in wanted else [s for s in stage_names() if s in wanted]
+
+
+def tiny_model_roles(cfg: DictConfig, stages: list[str]) -> list[str]:
+    """Model roles used by these stages that name tiny random models (the demo says so)."""
+    roles = {role for name in stages for role in get_stage(name).models}
+    names = OmegaConf.to_container(cfg.models)
+    return sorted(r for r in roles if any(str(m).startswith(TINY_PREFIX) for m in (names[r] if isinstance(names[r], list) else [names[r]])))
 
 
 def connect_ray(cfg: DictConfig) -> None:
@@ -70,18 +78,23 @@ def run_pipeline(cfg: DictConfig) -> int:
         from .demo_data import ensure_demo_data
         ensure_demo_data(cfg.demo_data.dir, cfg.demo_data.num_images, cfg.demo_data.seed)
         print(f"demo data (generated offline, nothing downloaded): {cfg.demo_data.dir}")
-    if any(str(m).startswith("tiny:") for m in [cfg.models.clap, cfg.models.ast, cfg.models.vae, cfg.models.dit, *cfg.models.vlms]):
-        print("models: tiny random models built from configs (demo only; outputs are not meaningful)")
+    stages = selected_stages(cfg)
+    tiny = tiny_model_roles(cfg, stages)
+    if tiny:
+        print(f"models: tiny random models built from configs for {', '.join(tiny)} (offline demo; outputs are not meaningful)")
     if cfg.run.executor == "ray":
         connect_ray(cfg)
     runs = []
-    for name in selected_stages(cfg):
+    for name in stages:
         runs.append(run_stage(name, cfg, progress_bar=cfg.run.progress))
     print()
     print(format_summary(runs))
     summary_path = save_summary(runs, run_dir)
     print(f"\ndone in {time.perf_counter() - t0:.1f}s; outputs in {run_dir}/manifests, summary in {summary_path}")
-    print(f'query them: python -m sonify.query run={run_dir} "SELECT status, count(*) FROM images GROUP BY status"')
+    if runs:
+        table = next(iter(runs[-1].tables))
+        print(f'query them: python -m sonify.query run={run_dir} "SELECT status, count(*) FROM {table} GROUP BY status"')
+        print(f"            python -m sonify.query run={run_dir} --file manifests/status_by_table.sql   (more in manifests/)")
     return 1 if any(r.failed for r in runs) else 0
 
 

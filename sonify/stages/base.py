@@ -23,6 +23,7 @@ class Stage:
     name: ClassVar[str]
     version: ClassVar[int] = 1          # bump when outputs change: finished partitions are then recomputed
     outputs: ClassVar[tuple[str, ...]]  # table names; the first is keyed by the input id
+    models: ClassVar[tuple[str, ...]] = ()  # keys of cfg.models this stage loads
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg

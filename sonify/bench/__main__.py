@@ -1,0 +1,17 @@
+"""`python -m sonify.bench <name> [options]`; names: audio."""
+
+import importlib
+import sys
+
+BENCHES = {"audio": "sonify.bench.audio"}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
+        print(f"usage: python -m sonify.bench {{{','.join(BENCHES)}}} [--help]", file=sys.stderr)
+        sys.exit(2)
+    importlib.import_module(BENCHES[sys.argv[1]]).main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Timing helpers shared by the benchmarks: best-of-N wall time and peak RSS."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from typing import Callable
+
+
+def best_of(fn: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
+    """(min, median) wall seconds over `repeats` runs; min is the least noisy estimate on shared machines."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
