@@ -34,12 +34,13 @@ def tiny_model_roles(cfg: DictConfig, stages: list[str]) -> list[str]:
     return sorted(r for r in roles if any(str(m).startswith(TINY_PREFIX) for m in (names[r] if isinstance(names[r], list) else [names[r]])))
 
 
-def connect_ray(cfg: DictConfig) -> None:
+def connect_ray(cfg: DictConfig) -> bool:
+    """Start or join Ray; True when this call connected (and the caller should shut it down)."""
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
@@ -49,6 +50,7 @@ def connect_ray(cfg: DictConfig) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # sonify shows one bar per stage instead
     ctx.print_on_execution_start = False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +84,15 @@ def run_pipeline(cfg: DictConfig) -> int:
     tiny = tiny_model_roles(cfg, stages)
     if tiny:
         print(f"models: tiny random models built from configs for {', '.join(tiny)} (offline demo; outputs are not meaningful)")
-    if cfg.run.executor == "ray":
-        connect_ray(cfg)
+    started_ray = cfg.run.executor == "ray" and connect_ray(cfg)
     runs = []
-    for name in stages:
-        runs.append(run_stage(name, cfg, progress_bar=cfg.run.progress))
+    try:
+        for name in stages:
+            runs.append(run_stage(name, cfg, progress_bar=cfg.run.progress))
+    finally:
+        if started_ray:
+            import ray
+            ray.shutdown()
     print()
     print(format_summary(runs))
     summary_path = save_summary(runs, run_dir)
