@@ -10,7 +10,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -79,9 +79,42 @@ class AudioStageConf(StageConf):
 
 
 @dataclass
+class ConceptImportConf:
+    name: str = "import"               # the `vlm` value of its rows (one variant)
+    path: str = ""                     # Parquet or JSONL with: image_id or relpath, concepts, [caption]
+    image_source: str = ""             # with a relpath column: the image source the paths belong to
+
+
+@dataclass
+class ConceptsStageConf(StageConf):
+    generate: bool = True              # run every VLM in models.vlms
+    imports: List[ConceptImportConf] = field(default_factory=list)
+    backend: str = "hf"                # hf (transformers generate) | vllm (GPU clusters; needs the vllm extra)
+    concepts_prompt: str = "prompts/concepts.txt"   # a file, or the prompt text itself
+    caption_prompt: str = "prompts/caption.txt"
+    max_concepts: int = 3
+    text_template: str = "{sound}"     # the CLAP query from a parsed item; {object} and {sound}
+    dtype: str = "auto"                # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    max_image_side: int = 1024         # images are decoded no larger than this before the processor
+    max_pixels: int = 89_478_485
+    generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 96, "do_sample": False, "num_beams": 1})
+    caption_generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 40, "do_sample": False, "num_beams": 1})
+
+
+@dataclass
+class FilterStageConf(StageConf):
+    keywords: str = "prompts/silent_keywords.txt"   # one word per line; plurals match too
+    drop_on_keyword: bool = True
+    drop_without_concepts: bool = True
+
+
+@dataclass
 class StagesConf:
     images: ImagesStageConf = field(default_factory=ImagesStageConf)
     audio: AudioStageConf = field(default_factory=AudioStageConf)
+    concepts: ConceptsStageConf = field(default_factory=lambda: ConceptsStageConf(partition_rows=64, batch_size=8, concurrency=1))
+    filter: FilterStageConf = field(default_factory=lambda: FilterStageConf(partition_rows=4096, batch_size=4096))
 
 
 @dataclass
@@ -119,8 +152,21 @@ class SonifyConf:
 CHOICES = {
     "run.executor": ["ray", "local"],
     "stages.images.decode_check": ["full", "header"],
+    "stages.concepts.backend": ["hf", "vllm"],
+    "stages.concepts.dtype": ["auto", "float32", "bfloat16", "float16"],
 }
 SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv"], "audio": ["folder", "parquet", "csv"]}
+
+
+def resolve_text(value: str) -> str:
+    """A prompt setting is either a path to a text file (relative to cwd or the repo) or the text itself."""
+    for base in (Path.cwd(), REPO_ROOT):
+        p = base / value
+        if len(value) < 4096 and p.suffix == ".txt" and p.is_file():
+            return p.read_text().strip()
+    if value.endswith(".txt"):
+        raise ConfigError(f"prompt file {value!r} not found (relative to {Path.cwd()} or {REPO_ROOT})")
+    return value.strip()
 
 
 def pipelines_dir() -> Path:

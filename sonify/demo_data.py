@@ -179,10 +179,54 @@ def write_labelled(out_dir: Path, rng: np.random.Generator) -> Path:
     return path
 
 
+SOUNDING = [
+    ("Dog", "The sound of a dog barking"), ("Car", "A car engine running"), ("Bird", "Birds chirping in the trees"),
+    ("Rain", "Rain falling on a roof"), ("Bell", "A bell ringing"), ("Crowd", "People cheering in a crowd"),
+    ("Keyboard", "Typing on a keyboard"), ("Wind", "Wind blowing through leaves"), ("Water", "Water splashing"),
+]
+
+
+def write_concepts_import(out_dir: Path, num_images: int, rng: np.random.Generator,
+                          folder_source: str = "demo_folder", tar_source: str = "demo_sa1b") -> Path:
+    """Concepts for the demo images as a released table would hold them (source, relpath, concepts, caption).
+
+    The source names match pipelines/demo.yaml. Includes the cases the filter must handle: logos
+    (caption keyword), an image with no concepts, one with five items, and an image that does not decode.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for i in range(num_images):
+        ext = "png" if i % 3 == 0 else "jpg"
+        picks = rng.choice(len(SOUNDING), size=int(rng.integers(1, 4)), replace=False)
+        items = [f"{SOUNDING[k][0]} - {SOUNDING[k][1]}" for k in picks]
+        caption = f"A colourful scene with a {SOUNDING[picks[0]][0].lower()} and some shapes."
+        if i == 1:
+            items = []  # the VLM found nothing that sounds: dropped as no_concepts
+        if i == 2:
+            items = [f"{o}: {s}" for o, s in SOUNDING[:5]]  # five items: the first three are kept
+        rows.append({"source": folder_source, "relpath": f"scene_{i:03d}.{ext}", "concepts": items, "caption": caption})
+    for name in ("acme", "logo", "icon"):
+        rows.append({"source": folder_source, "relpath": f"logo_{name}.png", "concepts": ["Circle - no sound"],
+                     "caption": f"A simple {name.upper()} logo drawn on a white background."})
+    for name in ("gray.png", "rgba.png", "cmyk.jpg", "exif_rotated.jpg"):
+        rows.append({"source": folder_source, "relpath": f"awkward/{name}", "concepts": ["Bird - Birds chirping in the trees"],
+                     "caption": "A blurry photo of birds in a garden, no signal of design."})
+    rows.append({"source": folder_source, "relpath": "broken/corrupt.jpg", "concepts": ["Dog - barking"], "caption": "?"})
+    for i in range(6):
+        k = int(rng.integers(0, len(SOUNDING)))
+        rows.append({"source": tar_source, "relpath": f"sa_000000.tar#sa_{1000 + i}.jpg",
+                     "concepts": [f"{i + 1}. {SOUNDING[k][0]} - {SOUNDING[k][1]}"], "caption": "A photo from SA-1B."})
+    path = out_dir / "concepts_import.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
 def ensure_demo_data(out: str | Path, num_images: int = 30, seed: int = 0) -> Path:
     """Write the demo data once; a marker with the parameters makes this idempotent."""
     out = Path(out)
-    params = {"num_images": num_images, "seed": seed, "version": 1}
+    params = {"num_images": num_images, "seed": seed, "version": 2}
     marker = out / MARKER
     if marker.exists() and json.loads(marker.read_text()) == params:
         return out
@@ -191,6 +235,7 @@ def ensure_demo_data(out: str | Path, num_images: int = 30, seed: int = 0) -> Pa
     write_sa1b_tar(out / "sa1b", 6, rng)
     write_audio(out / "audio", rng)
     write_labelled(out, rng)
+    write_concepts_import(out, num_images, rng)
     marker.write_text(json.dumps(params))
     return out
 

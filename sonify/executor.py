@@ -20,7 +20,7 @@ import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import error_reason
-from .manifest import STATUS_OK
+from .manifest import STATUS_OK, table_spec
 from .partitions import Partition, dedupe_sorted, plan_partitions, table_from_bytes, table_to_bytes
 from .stages import get_stage
 from .tables import TableStore
@@ -136,7 +136,12 @@ def table_counts(store: TableStore, table: str) -> dict:
     t = store.read(table, columns=["status", "error"])
     statuses, errors = t.column("status").to_pylist(), t.column("error").to_pylist()
     reasons = Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK)
-    return {"rows": t.num_rows, "ok": sum(s == STATUS_OK for s in statuses), "errors": dict(reasons.most_common())}
+    counts = {"rows": t.num_rows, "ok": sum(s == STATUS_OK for s in statuses), "errors": dict(reasons.most_common())}
+    if {"kept", "reason"} <= set(table_spec(table).schema.names):  # decision tables: why rows were dropped
+        d = store.read(table, columns=["kept", "reason"])
+        counts["kept"] = sum(bool(k) for k in d.column("kept").to_pylist())
+        counts["dropped"] = dict(Counter(r for k, r in zip(d.column("kept").to_pylist(), d.column("reason").to_pylist()) if not k).most_common())
+    return counts
 
 
 def run_stage(stage_name: str, cfg: DictConfig, progress_bar: bool = True) -> StageRun:

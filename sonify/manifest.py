@@ -80,7 +80,39 @@ AUDIO_CHUNKS = _spec("audio_chunks", 1, "Non-overlapping mono chunks that point 
     ("rms_dbfs", pa.float32(), "RMS level of the real audio in dBFS"),
 ])
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, AUDIO_FILES, AUDIO_CHUNKS)}
+CONCEPT_TYPE = pa.struct([("object", pa.string()), ("sound", pa.string()), ("text", pa.string())])
+
+CONCEPTS = _spec("concepts", 1, "One row per (image, VLM): the sounding concepts parsed from the VLM's reply.", [
+    ("id", pa.string(), "'<vlm key>-<image id>'"),
+    ("image_id", pa.string(), "id in images"),
+    ("vlm", pa.string(), "model id or path, or the import's name; each is one variant of the image"),
+    ("origin", pa.string(), "'generate' (a VLM ran) or 'import' (read from a concepts table)"),
+    ("prompt", pa.string(), "the prompt text used"),
+    ("raw", pa.string(), "the VLM's reply, verbatim (or the imported items joined by newlines)"),
+    ("concepts", pa.list_(CONCEPT_TYPE), "up to max_concepts (object, sound, text); text is the CLAP query"),
+    ("n_concepts", pa.int32(), "len(concepts)"),
+    ("items_found", pa.int32(), "list items in the reply before keeping the first max_concepts"),
+])
+
+CAPTIONS = _spec("captions", 1, "One row per (image, VLM): the VLM's short caption, used by the silent-image filter.", [
+    ("id", pa.string(), "same id as the concepts row"),
+    ("image_id", pa.string(), "id in images"),
+    ("vlm", pa.string(), "model id or path, or the import's name"),
+    ("origin", pa.string(), "'generate' or 'import'"),
+    ("prompt", pa.string(), "the prompt text used"),
+    ("caption", pa.string(), "the caption, verbatim"),
+])
+
+KEPT_IMAGES = _spec("kept_images", 1, "One row per image that decoded: kept for sonification or dropped, with the reason.", [
+    ("id", pa.string(), "id in images"),
+    ("kept", pa.bool_(), "true: the image goes on to retrieval and mixing"),
+    ("reason", pa.string(), "why dropped: 'keyword:<word>' (caption names a silent thing) or 'no_concepts'"),
+    ("vlms", pa.list_(pa.string()), "variants with at least one concept"),
+    ("n_variants", pa.int32(), "len(vlms)"),
+    ("caption_hits", pa.list_(pa.string()), "captions that matched a silent keyword"),
+])
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, AUDIO_FILES, AUDIO_CHUNKS, CONCEPTS, CAPTIONS, KEPT_IMAGES)}
 
 
 def table_spec(name: str) -> TableSpec:

@@ -15,6 +15,9 @@ def format_summary(runs: list[StageRun]) -> str:
         for i, (table, c) in enumerate(r.tables.items()):
             n_err = sum(c["errors"].values())
             reasons = ", ".join(f"{k}={v}" for k, v in c["errors"].items()) or "-"
+            if "kept" in c:
+                dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "none"
+                reasons += f"; kept={c['kept']}, dropped: {dropped}"
             parts = f"{r.computed}/{r.skipped}/{len(r.failed)}" if i == 0 else ""
             rows_in = str(r.rows_in) if i == 0 else ""
             secs = f"{r.seconds:.1f}s" if i == 0 else ""

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = {"audio": "sonify.bench.audio"}
+BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts"}
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ from .base import Stage
 STAGES: dict[str, str] = {
     "images": "sonify.stages.images:ImagesStage",
     "audio": "sonify.stages.audio:AudioStage",
+    "concepts": "sonify.stages.concepts:ConceptsStage",
+    "filter": "sonify.stages.filter:FilterStage",
 }
 
 

@@ -1,0 +1,82 @@
+"""`python -m sonify.bench concepts`: images/s of the concepts stage against bare `generate` calls.
+
+Same images, same batches, same tiny VLM, same run:
+  stage     ConceptsStage on whole partitions: read bytes, decode to bounded RGB, caption + concepts
+            prompts through the processor and generate, parse, build both tables, write Parquet
+  baseline  the processor and `model.generate` for both prompts on the same batches of images
+            decoded beforehand (outside the timer)
+The ratio stage/baseline is what the stage adds over the model (target <= 1.15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from .common import best_of, peak_rss_mib
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sonify.bench concepts", description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=48, help="demo images to generate and caption")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--vlm", default="tiny:vlm", help="model id or path (default: the tiny random VLM)")
+    a = ap.parse_args(argv)
+
+    from omegaconf import OmegaConf
+
+    from ..config import load_config
+    from ..executor import PartitionWorker, run_stage
+    from ..imaging import load_rgb
+    from ..sources.images import read_image_bytes
+    from ..stages import stage_names
+    from ..stages.concepts import ConceptsStage
+    from ..tables import TableStore
+
+    with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
+        # fixed length (min = max new tokens) so both runs generate exactly the same number of tokens
+        gen = f"{{max_new_tokens: {a.max_new_tokens}, min_new_tokens: {a.max_new_tokens}, do_sample: false}}"
+        cfg = load_config([
+            "pipeline=demo", f"run.root={tmp}", "run.executor=local", "run.progress=false", f"demo_data.num_images={a.images}",
+            f"models.vlms=[{a.vlm}]", "stages.concepts.imports=[]", f"stages.concepts.batch_size={a.batch_size}",
+            f"stages.concepts.generation={gen}", f"stages.concepts.caption_generation={gen}",
+        ], stage_names())
+        from ..demo_data import ensure_demo_data
+        ensure_demo_data(cfg.demo_data.dir, a.images, 0)
+        run_stage("images", cfg, progress_bar=False)
+        work = ConceptsStage.work_list(cfg, TableStore(cfg.run.dir))
+        n = work.num_rows
+        worker = PartitionWorker("concepts", OmegaConf.to_container(cfg))
+        stage = worker.stage
+        vlm = stage.vlms[a.vlm]
+        batches = [work.slice(s, a.batch_size) for s in range(0, n, a.batch_size)]
+        decoded = [[load_rgb(read_image_bytes(r["uri"], r["tar_offset"], r["nbytes"]), stage.conf.max_pixels, stage.conf.max_image_side)
+                    for r in b.to_pylist()] for b in batches]
+
+        def stage_run():
+            stats = worker.run_partition("bench", work)
+            assert not stats["failed"], stats["failed"]
+
+        def bare_run():
+            for images in decoded:
+                vlm.generate_from(vlm.prepare(images, stage.caption_prompt), stage.caption_generation)
+                vlm.generate_from(vlm.prepare(images, stage.concepts_prompt), stage.generation)
+
+        bare_run()  # warm-up
+        t_stage, m_stage = best_of(stage_run, a.repeats)
+        t_bare, m_bare = best_of(bare_run, a.repeats)
+
+    print(f"{n} images, batches of {a.batch_size}, VLM {a.vlm}, {a.max_new_tokens} new tokens per prompt, 2 prompts per image; "
+          f"best of {a.repeats}, torch threads as configured")
+    print(f"{'measurement':<52} {'seconds':>8} {'images/s':>9} {'ratio':>6}")
+    print(f"{'concepts stage (read, decode, 2 x generate, parse, write)':<52} {t_stage:>8.3f} {n / t_stage:>9.1f} {t_stage / t_bare:>6.2f}")
+    print(f"{'  baseline: processor + generate on the same batches':<52} {t_bare:>8.3f} {n / t_bare:>9.1f} {1.0:>6.2f}")
+    print(f"stage/baseline ratio: {t_stage / t_bare:.3f} (target <= 1.15); medians {m_stage:.3f}s vs {m_bare:.3f}s; "
+          f"peak RSS {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

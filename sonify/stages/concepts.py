@@ -1,0 +1,207 @@
+"""Stage `concepts`: ask each VLM for an image's sounding concepts and a short caption.
+
+Every (image, VLM) pair is one variant (the paper's augmentation) and one row in `concepts` and
+`captions`. Concepts can also be imported from a table (released or earlier concepts), which
+makes a variant without running a model. Replies that hold no list become `parse_error` rows
+with the raw reply kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..concept_parser import Concept, make_text, parse_concepts, split_item
+from ..config import resolve_text
+from ..errors import error_text
+from ..imaging import ImageRejected, load_rgb
+from ..manifest import STATUS_ERROR, STATUS_OK
+from ..sources import stable_id
+from ..sources.images import read_image_bytes
+from ..tables import rows_to_table
+from .base import Stage
+
+WORK_SCHEMA = pa.schema([
+    ("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()), ("origin", pa.string()),
+    ("uri", pa.string()), ("tar_offset", pa.int64()), ("nbytes", pa.int64()),
+    ("import_json", pa.string()), ("import_caption", pa.string()), ("list_error", pa.string()),
+])
+
+
+def vlm_key(vlm: str) -> str:
+    """Short stable key of a variant name, the prefix of its rows' ids (groups a VLM's rows together)."""
+    return hashlib.sha1(vlm.encode()).hexdigest()[:8]
+
+
+def read_import(path: str) -> list[dict]:
+    """Rows of a concepts import: Parquet, or JSON Lines (where `concepts` may differ in type per line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"concepts import {path} not found")
+    if p.suffix in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"concepts import {path}, line {n}: {e}") from None
+        return rows
+    import pyarrow.parquet as pq
+    return pq.read_table(p).to_pylist()
+
+
+def _import_rows(imp, ok_images: dict[str, dict]) -> list[dict]:
+    records = read_import(imp.path)
+    cols = set().union(*(r.keys() for r in records)) if records else set()
+    if records and ("concepts" not in cols or not ({"image_id", "relpath"} & cols)):
+        raise ValueError(f"concepts import {imp.path}: needs a 'concepts' field and 'image_id' or 'relpath'; has {sorted(cols)}")
+    rows = []
+    for r in records:
+        image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
+        image = ok_images.get(image_id)
+        rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name, "origin": "import",
+                     "uri": image["uri"] if image else None, "import_json": json.dumps(r.get("concepts")),
+                     "import_caption": r.get("caption"),
+                     "list_error": None if image else f"unknown_image: {image_id} is not a decodable image of this run"})
+    return rows
+
+
+class ConceptsStage(Stage):
+    name = "concepts"
+    outputs = ("concepts", "captions")
+    models = ("vlms",)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from ..vlm import load_vlm
+
+        self.concepts_prompt = resolve_text(self.conf.concepts_prompt)
+        self.caption_prompt = resolve_text(self.conf.caption_prompt)
+        self.generation = dict(self.conf.generation)
+        self.caption_generation = dict(self.conf.caption_generation)
+        self.vlms = {}
+        if self.conf.generate:
+            for name in cfg.models.vlms:
+                self.vlms[name] = load_vlm(name, self.conf.backend, cfg.models.tiny_dir, self.conf.device,
+                                           self.conf.dtype, cfg.models.trust_remote_code)
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        images = store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "status"])
+        images = images.filter(pc.equal(images.column("status"), "ok")).drop(["status"])
+        parts = []
+        conf = cfg.stages.concepts
+        if conf.generate:
+            n = images.num_rows
+            for vlm in cfg.models.vlms:
+                parts.append(pa.table({
+                    "id": pc.binary_join_element_wise(pa.array([vlm_key(vlm)] * n, pa.string()), images.column("id"), "-"),
+                    "image_id": images.column("id"), "vlm": pa.array([vlm] * n, pa.string()),
+                    "origin": pa.array(["generate"] * n, pa.string()), "uri": images.column("uri"),
+                    "tar_offset": images.column("tar_offset"), "nbytes": images.column("nbytes"),
+                    "import_json": pa.nulls(n, pa.string()), "import_caption": pa.nulls(n, pa.string()),
+                    "list_error": pa.nulls(n, pa.string())}, schema=WORK_SCHEMA))
+        if conf.imports:
+            ok = {r["id"]: r for r in images.select(["id", "uri"]).to_pylist()}
+            for imp in conf.imports:
+                parts.append(pa.Table.from_pylist(_import_rows(imp, ok), schema=WORK_SCHEMA))
+        if not parts:
+            raise ValueError("stage concepts has nothing to do: no models.vlms with generate=true and no imports")
+        return pa.concat_tables(parts)
+
+    @classmethod
+    def fingerprint(cls, cfg) -> str:
+        conf = cfg.stages.concepts
+        extra = {"vlms": list(cfg.models.vlms), "prompts": [resolve_text(conf.concepts_prompt), resolve_text(conf.caption_prompt)],
+                 "imports": [Path(i.path).stat().st_mtime_ns if Path(i.path).exists() else None for i in conf.imports]}
+        return super().fingerprint(cfg) + json.dumps(extra, sort_keys=True)
+
+    def _base(self, row: dict, prompt: str) -> dict:
+        return {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "origin": row["origin"], "prompt": prompt}
+
+    def _concepts_row(self, row: dict, prompt: str, raw: str | None, parsed=None, error: str | None = None) -> dict:
+        out = {**self._base(row, prompt), "raw": raw}
+        if error is None and parsed is not None and parsed.error:
+            error = parsed.error
+        if parsed is not None:
+            out.update(concepts=[c.__dict__ for c in parsed.concepts], n_concepts=len(parsed.concepts), items_found=parsed.items_found)
+        return {**out, "status": STATUS_ERROR if error else STATUS_OK, "error": error}
+
+    def _caption_row(self, row: dict, caption: str | None, error: str | None = None) -> dict:
+        return {**self._base(row, self.caption_prompt), "caption": caption,
+                "status": STATUS_ERROR if error else STATUS_OK, "error": error}
+
+    def _imported(self, row: dict) -> tuple[dict, dict]:
+        items = json.loads(row["import_json"]) if row["import_json"] else None
+        if isinstance(items, str):
+            parsed = parse_concepts(items, self.conf.max_concepts, self.conf.text_template)
+            raw = items
+        else:
+            concepts = []
+            for item in items or []:
+                if isinstance(item, dict):
+                    obj, sound = str(item.get("object") or "").strip(), str(item.get("sound") or item.get("object") or "").strip()
+                    text = item.get("text") or make_text(obj, sound, self.conf.text_template)
+                elif item:
+                    obj, sound = split_item(str(item))
+                    text = make_text(obj, sound, self.conf.text_template)
+                else:
+                    continue
+                if obj:
+                    concepts.append(Concept(obj, sound, text))
+            from ..concept_parser import ParseResult
+            parsed = ParseResult(concepts=concepts[: self.conf.max_concepts], items_found=len(concepts),
+                                 error=None if concepts else "parse_error: the imported concept list is empty")
+            raw = "\n".join(str(i) for i in items or [])
+        return (self._concepts_row(row, "(imported)", raw, parsed),
+                self._caption_row(row, row["import_caption"], None if row["import_caption"] is not None else None))
+
+    def _generated(self, rows: list[dict]) -> list[tuple[dict, dict]]:
+        out: dict[str, tuple[dict, dict]] = {}
+        images, good = [], []
+        for row in rows:
+            try:
+                data = read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"])
+                images.append(load_rgb(data, self.conf.max_pixels, self.conf.max_image_side))
+                good.append(row)
+            except ImageRejected as e:
+                err = error_text(e.reason, e.detail)
+                out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
+            except Exception as e:
+                err = error_text("unreadable", f"{type(e).__name__}: {e}")
+                out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
+        if good:
+            vlm = self.vlms[good[0]["vlm"]]
+            try:
+                captions = vlm.generate(images, self.caption_prompt, self.caption_generation)
+                replies = vlm.generate(images, self.concepts_prompt, self.generation)
+            except Exception as e:
+                err = error_text("vlm_error", f"{type(e).__name__}: {e}")
+                for row in good:
+                    out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
+            else:
+                for row, caption, reply in zip(good, captions, replies):
+                    parsed = parse_concepts(reply, self.conf.max_concepts, self.conf.text_template)
+                    out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, reply, parsed), self._caption_row(row, caption))
+        return [out[r["id"]] for r in rows]
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        results = []
+        by_vlm = defaultdict(list)
+        for row in batch.to_pylist():
+            if row["list_error"]:
+                results.append((self._concepts_row(row, "", None, error=row["list_error"]), self._caption_row(row, None, row["list_error"])))
+            elif row["origin"] == "import":
+                results.append(self._imported(row))
+            else:
+                by_vlm[row["vlm"]].append(row)
+        for rows in by_vlm.values():
+            results.extend(self._generated(rows))
+        return {"concepts": rows_to_table("concepts", [c for c, _ in results]),
+                "captions": rows_to_table("captions", [c for _, c in results])}

@@ -1,0 +1,73 @@
+"""Stage `filter`: keep images that can sound.
+
+An image is dropped when any of its captions names a silent thing (logo, icon, emblem, symbol,
+trademark, sign: whole words, plurals too; 'signal' and 'design' do not match), or when no VLM
+variant gave it a concept. Every decoded image gets a row with the decision and its reason.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from ..config import resolve_text
+from ..manifest import STATUS_OK
+from ..tables import rows_to_table
+from .base import Stage
+
+
+def keyword_pattern(words: list[str]) -> re.Pattern:
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"\b({alternatives})(?:s|es)?\b", re.IGNORECASE)
+
+
+def read_keywords(setting: str) -> list[str]:
+    text = resolve_text(setting)
+    return [w.strip().lower() for w in text.splitlines() if w.strip() and not w.strip().startswith("#")]
+
+
+class FilterStage(Stage):
+    name = "filter"
+    outputs = ("kept_images",)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.pattern = keyword_pattern(read_keywords(self.conf.keywords))
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        """Each decoded image with its variants that have concepts and all its captions."""
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("images", store.read("images", columns=["id", "status"]))
+        con.register("concepts", store.read("concepts", columns=["image_id", "vlm", "status", "n_concepts"]))
+        con.register("captions", store.read("captions", columns=["image_id", "caption", "status"]))
+        return con.sql("""
+            SELECT i.id, v.vlms, c.captions
+            FROM images i
+            LEFT JOIN (SELECT image_id, list(DISTINCT vlm ORDER BY vlm) AS vlms FROM concepts
+                       WHERE status = 'ok' AND n_concepts > 0 GROUP BY image_id) v ON v.image_id = i.id
+            LEFT JOIN (SELECT image_id, list(caption) AS captions FROM captions
+                       WHERE status = 'ok' AND caption IS NOT NULL GROUP BY image_id) c ON c.image_id = i.id
+            WHERE i.status = 'ok'""").to_arrow_table()
+
+    @classmethod
+    def fingerprint(cls, cfg) -> str:
+        return super().fingerprint(cfg) + "|" + ",".join(read_keywords(cfg.stages.filter.keywords))
+
+    def decide(self, vlms: list[str] | None, captions: list[str] | None) -> dict:
+        vlms = sorted(set(vlms or []))
+        hits = [c for c in captions or [] if self.pattern.search(c)]
+        reason = None
+        if self.conf.drop_on_keyword and hits:
+            reason = f"keyword:{self.pattern.search(hits[0]).group(1).lower()}"
+        elif self.conf.drop_without_concepts and not vlms:
+            reason = "no_concepts"
+        return {"kept": reason is None, "reason": reason, "vlms": vlms, "n_variants": len(vlms), "caption_hits": hits}
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        rows = [{"id": r["id"], **self.decide(r["vlms"], r["captions"]), "status": STATUS_OK, "error": None}
+                for r in batch.to_pylist()]
+        return {"kept_images": rows_to_table("kept_images", rows)}

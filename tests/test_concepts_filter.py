@@ -1,0 +1,171 @@
+"""Stages `concepts` and `filter`: the tiny VLM through real generate, imports, provenance, decisions."""
+
+import importlib.util
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sonify.errors import ConfigError
+from sonify.executor import run_stage
+from sonify.stages.concepts import ConceptsStage, vlm_key
+from sonify.stages.filter import FilterStage, keyword_pattern
+from sonify.tables import TableStore
+
+
+@pytest.fixture
+def ingested(make_cfg):
+    """A config whose images stage has run; the concepts stage settings come from demo.yaml."""
+    def make(*overrides):
+        cfg = make_cfg(*overrides)
+        run_stage("images", cfg, progress_bar=False)
+        return cfg
+    return make
+
+
+def _concepts(cfg):
+    return TableStore(cfg.run.dir).read("concepts").to_pylist()
+
+
+def test_tiny_vlm_runs_real_generate_and_noise_becomes_parse_errors(ingested, tmp_path):
+    cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", "stages.concepts.imports=[]")
+    run = run_stage("concepts", cfg, progress_bar=False)
+    rows = _concepts(cfg)
+    n_images = TableStore(cfg.run.dir).read("images").filter(pa.compute.equal(pa.compute.field("status"), "ok")).num_rows
+    assert run.rows_in == len(rows) == n_images
+    assert all(r["vlm"] == "tiny:vlm" and r["origin"] == "generate" for r in rows)
+    assert all(r["status"] == "error" and r["error"].startswith("parse_error:") and r["raw"] for r in rows)
+    assert rows[0]["prompt"].startswith("As a numbered list, provide one to up to three sound(s)")  # recorded with every row
+    caps = TableStore(cfg.run.dir).read("captions").to_pylist()
+    assert all(c["status"] == "ok" and c["prompt"].startswith("Provide a short and concise description") for c in caps)
+
+
+def test_imported_concepts_feed_the_filter(ingested):
+    cfg = ingested("models.vlms=[]")
+    run_stage("concepts", cfg, progress_bar=False)
+    rows = {r["id"]: r for r in _concepts(cfg)}
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    assert ok and all(r["vlm"] == "demo-import" and r["origin"] == "import" for r in ok)
+    five = [r for r in ok if r["items_found"] == 5]
+    assert len(five) == 1 and five[0]["n_concepts"] == 3
+    assert [r["error"].split(":")[0] for r in rows.values() if r["status"] == "error"].count("unknown_image") == 1
+    sa = [r for r in ok if r["raw"].startswith(("1.", "2.", "3.", "4.", "5.", "6."))]
+    assert sa and all(not c["object"][0].isdigit() for r in sa for c in r["concepts"])  # "1. Dog - ..." parsed
+    run_stage("filter", cfg, progress_bar=False)
+    kept = {r["id"]: r for r in TableStore(cfg.run.dir).read("kept_images").to_pylist()}
+    images = {r["id"]: r for r in TableStore(cfg.run.dir).read("images").to_pylist() if r["status"] == "ok"}
+    assert set(kept) == set(images)  # one decision per decoded image
+    by_uri = {images[i]["uri"].rsplit("/", 1)[1]: k for i, k in kept.items()}
+    assert by_uri["logo_acme.png"]["reason"] == "keyword:logo" and not by_uri["logo_acme.png"]["kept"]
+    assert by_uri["logo_icon.png"]["reason"] in ("keyword:icon", "keyword:logo")
+    assert by_uri["scene_001.png"]["reason"] == "no_concepts" if "scene_001.png" in by_uri else True
+    assert by_uri["scene_002.jpg"]["kept"] and by_uri["scene_002.jpg"]["vlms"] == ["demo-import"]
+    assert by_uri["gray.png"]["kept"]  # its caption says "signal" and "design": not keywords
+
+
+def test_several_vlms_give_one_variant_each(ingested, tmp_path):
+    from sonify.models.tiny import build_tiny
+
+    copy = tmp_path / "second-vlm"
+    shutil.copytree(build_tiny("vlm", tmp_path / "tiny"), copy)
+    cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", f"models.vlms=[tiny:vlm,{copy}]",
+                   "stages.concepts.generation={max_new_tokens: 4}", "stages.concepts.caption_generation={max_new_tokens: 4}")
+    run_stage("concepts", cfg, progress_bar=False)
+    rows = [r for r in _concepts(cfg) if not (r["error"] or "").startswith("unknown_image")]
+    per_image = {}
+    for r in rows:
+        per_image.setdefault(r["image_id"], set()).add(r["vlm"])
+        assert r["id"] == f"{vlm_key(r['vlm'])}-{r['image_id']}"
+    assert per_image and all(v == {"tiny:vlm", str(copy), "demo-import"} for i, v in per_image.items()
+                             if any(x["image_id"] == i and x["origin"] == "import" and x["status"] == "ok" for x in rows))
+    assert {len(v) for v in per_image.values()} <= {2, 3}
+
+
+def test_parseable_replies_become_concepts(ingested, monkeypatch, tmp_path):
+    from sonify import vlm as vlm_module
+
+    def fake_generate(self, images, prompt, generation):
+        if prompt.startswith("Provide a short"):
+            return ["A dog on a beach."] * len(images)
+        return ["Sure!\n1. **Dog** - The sound of a dog barking\n2) Waves: crashing waves"] * len(images)
+
+    monkeypatch.setattr(vlm_module.HFVLM, "generate", fake_generate)
+    cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", "stages.concepts.imports=[]")
+    run_stage("concepts", cfg, progress_bar=False)
+    rows = _concepts(cfg)
+    assert rows and all(r["status"] == "ok" and [c["object"] for c in r["concepts"]] == ["Dog", "Waves"] for r in rows)
+    assert rows[0]["concepts"][0]["text"] == "The sound of a dog barking"
+
+
+def test_image_gone_after_ingest_is_an_error_row(ingested, tmp_path, demo_dir):
+    cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", "stages.concepts.imports=[]")
+    work = ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)).slice(0, 3)
+    rows = work.to_pylist()
+    bad = tmp_path / "truncated_now.jpg"
+    bad.write_bytes((demo_dir / "images/broken/truncated.jpg").read_bytes())
+    rows[0]["uri"], rows[0]["tar_offset"] = str(bad), None
+    rows[1]["uri"], rows[1]["tar_offset"] = str(tmp_path / "deleted.jpg"), None
+    out = ConceptsStage(cfg).process_batch(pa.Table.from_pylist(rows, schema=work.schema))
+    c = out["concepts"].to_pylist()
+    assert c[0]["error"].startswith("truncated:") and c[1]["error"].startswith("unreadable:")
+    assert c[2]["error"].startswith("parse_error:")  # the good one went through the model
+    assert [r["id"] for r in c] == [r["id"] for r in rows]
+
+
+def test_import_formats_jsonl_with_image_ids_and_structs(ingested, tmp_path):
+    cfg = ingested("models.vlms=[]")
+    images = [r for r in TableStore(cfg.run.dir).read("images").to_pylist() if r["status"] == "ok"][:2]
+    path = tmp_path / "released.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"image_id": images[0]["id"], "concepts": [{"object": "Dog", "sound": "barking"}], "caption": "a dog"},
+        {"image_id": images[1]["id"], "concepts": "1. Car - honking\n2. Bell - ringing", "caption": "a street sign"},
+    ]))
+    cfg2 = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: released, path: '{path}'}}]")
+    run_stage("concepts", cfg2, progress_bar=False)
+    rows = {r["image_id"]: r for r in _concepts(cfg2)}
+    assert rows[images[0]["id"]]["concepts"] == [{"object": "Dog", "sound": "barking", "text": "barking"}]
+    assert [c["object"] for c in rows[images[1]["id"]]["concepts"]] == ["Car", "Bell"]
+    run_stage("filter", cfg2, progress_bar=False)
+    kept = {r["id"]: r for r in TableStore(cfg2.run.dir).read("kept_images").to_pylist()}
+    assert kept[images[0]["id"]]["kept"] and kept[images[1]["id"]]["reason"] == "keyword:sign"
+
+
+@pytest.mark.parametrize("caption, word", [
+    ("A company logo", "logo"), ("Two logos side by side", "logo"), ("Road SIGNS at dusk", "sign"),
+    ("An emblem and symbols", "emblem"), ("app icons", "icon"), ("the Nike trademark", "trademark"),
+])
+def test_keywords_match_as_words_with_plurals(caption, word):
+    m = keyword_pattern(["logo", "icon", "emblem", "symbol", "trademark", "sign"]).search(caption)
+    assert m and m.group(1).lower() == word
+
+
+@pytest.mark.parametrize("caption", ["a traffic signal", "interior design", "an iconic view", "signature dish", "logotype"])
+def test_keywords_do_not_match_inside_other_words(caption):
+    assert keyword_pattern(["logo", "icon", "emblem", "symbol", "trademark", "sign"]).search(caption) is None
+
+
+def test_filter_rules_are_configurable(make_cfg):
+    stage = FilterStage(make_cfg("stages.filter.drop_on_keyword=false"))
+    assert stage.decide(["v"], ["a logo"])["kept"]
+    stage = FilterStage(make_cfg("stages.filter.drop_without_concepts=false"))
+    assert stage.decide([], ["a dog"])["kept"]
+    stage = FilterStage(make_cfg())
+    d = stage.decide(None, None)
+    assert not d["kept"] and d["reason"] == "no_concepts"
+
+
+def test_cogvlm_needs_remote_code_opt_in():
+    from sonify.vlm import load_vlm
+
+    with pytest.raises(ConfigError, match="models.trust_remote_code=true"):
+        load_vlm("THUDM/cogvlm-chat-hf", "hf", "/tmp", "cpu", "float32", False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_backend_without_vllm_says_how_to_install_it():
+    from sonify.vlm import load_vlm
+
+    with pytest.raises(ConfigError, match="sonify\\[vllm\\]"):
+        load_vlm("tiny:vlm", "vllm", "/tmp", "cpu", "float32", False)
