@@ -110,11 +110,30 @@ class FilterStageConf(StageConf):
 
 
 @dataclass
+class EmbedStageConf(StageConf):
+    text_batch_size: int = 256         # concept texts per forward pass (audio uses batch_size)
+    dtype: str = "auto"                # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"
+
+
+@dataclass
+class RetrieveStageConf(StageConf):
+    mode: str = "ssr"                  # ssr (Algorithm 1) | raw (same threshold, no SSR) | argmax | softmax
+    ablation_modes: List[str] = field(default_factory=list)  # also pick with these (table match_ablations)
+    k: int = 32                        # top-k of the dynamic threshold (pool smaller than k: the whole pool)
+    temperature: float = 0.05          # softmax mode: sampling over the top-k cosines / temperature
+    device: str = "auto"               # the pool sits here (cuda when present)
+    block_mb: int = 256                # memory for one block of query x pool scores
+
+
+@dataclass
 class StagesConf:
     images: ImagesStageConf = field(default_factory=ImagesStageConf)
     audio: AudioStageConf = field(default_factory=AudioStageConf)
     concepts: ConceptsStageConf = field(default_factory=lambda: ConceptsStageConf(partition_rows=64, batch_size=8, concurrency=1))
     filter: FilterStageConf = field(default_factory=lambda: FilterStageConf(partition_rows=4096, batch_size=4096))
+    embed: EmbedStageConf = field(default_factory=lambda: EmbedStageConf(partition_rows=1024, batch_size=32, concurrency=1))
+    retrieve: RetrieveStageConf = field(default_factory=lambda: RetrieveStageConf(partition_rows=8192, batch_size=8192, concurrency=1))
 
 
 @dataclass
@@ -154,6 +173,8 @@ CHOICES = {
     "stages.images.decode_check": ["full", "header"],
     "stages.concepts.backend": ["hf", "vllm"],
     "stages.concepts.dtype": ["auto", "float32", "bfloat16", "float16"],
+    "stages.embed.dtype": ["auto", "float32", "bfloat16", "float16"],
+    "stages.retrieve.mode": ["ssr", "raw", "argmax", "softmax"],
 }
 SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv"], "audio": ["folder", "parquet", "csv"]}
 
@@ -221,6 +242,9 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"bad value {value!r} for key '{key}'; valid choices: {', '.join(choices)}")
+    for mode in cfg.stages.retrieve.ablation_modes:
+        if mode not in CHOICES["stages.retrieve.mode"]:
+            raise ConfigError(f"bad value {mode!r} in key 'stages.retrieve.ablation_modes'; valid choices: {', '.join(CHOICES['stages.retrieve.mode'])}")
     for role, kinds in SOURCE_KINDS.items():
         for i, src in enumerate(cfg.sources[role]):
             if src.kind not in kinds:

@@ -52,10 +52,11 @@ class PartitionWorker:
             outputs = self._process(rows)
             for table_name, table in outputs.items():
                 self.store.write_partition(table_name, name, table)
-            first = outputs[self.stage.outputs[0]]
-            statuses = first.column("status").to_pylist()
+            keyed = [outputs[t] for t in self.stage.keyed_outputs()]
+            statuses = [s for t in keyed for s in t.column("status").to_pylist()]
+            errors = [e for t in keyed for e in t.column("error").to_pylist()]
             stats["ok"] = sum(s == STATUS_OK for s in statuses)
-            stats["errors"] = dict(Counter(error_reason(e) for s, e in zip(statuses, first.column("error").to_pylist()) if s != STATUS_OK))
+            stats["errors"] = dict(Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK))
             stats["rows_out"] = {t: v.num_rows for t, v in outputs.items()}
         except Exception as e:
             stats["failed"] = f"{type(e).__name__}: {e}"
@@ -71,9 +72,10 @@ class PartitionWorker:
             result = self.stage.process_batch(rows.slice(start, bs))
             for t in self.stage.outputs:
                 pieces[t].append(result[t])
-        outputs = {t: pa.concat_tables(v) if v else None for t, v in pieces.items()}
-        first = outputs[self.stage.outputs[0]]
-        got, want = first.column("id").to_pylist(), rows.column("id").to_pylist()
+        # empty pieces carry the declared types (e.g. list for a fixed-size embedding): leave them out
+        outputs = {t: pa.concat_tables([p for p in v if p.num_rows] or v[:1]) for t, v in pieces.items()}
+        got = [i for t in self.stage.keyed_outputs() for i in outputs[t].column("id").to_pylist()]
+        want = rows.column("id").to_pylist()
         if sorted(got) != sorted(want):
             raise RuntimeError(f"stage {self.stage.name} returned {len(got)} rows for {len(want)} inputs "
                                f"(every input row must yield exactly one result or error row)")
@@ -184,6 +186,8 @@ def run_stage(stage_name: str, cfg: DictConfig, progress_bar: bool = True) -> St
         run.computed = sum(1 for r in results if not r["failed"])
         run.failed = [f"{r['partition']}: {r['failed']}" for r in results if r["failed"]]
     bar.close()
+    if not run.failed:
+        cls.finalize(cfg, store)
     run.tables = {t: table_counts(store, t) for t in cls.outputs}
     run.seconds = time.perf_counter() - t0
     return run

@@ -112,7 +112,54 @@ KEPT_IMAGES = _spec("kept_images", 1, "One row per image that decoded: kept for 
     ("caption_hits", pa.list_(pa.string()), "captions that matched a silent keyword"),
 ])
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, AUDIO_FILES, AUDIO_CHUNKS, CONCEPTS, CAPTIONS, KEPT_IMAGES)}
+# Embedding columns are declared as lists of float16; they are written as fixed-size lists of the
+# model's width (`tables.conform` keeps a fixed-size list whose value type matches).
+EMBEDDING = pa.list_(pa.float16())
+
+AUDIO_EMBEDDINGS = _spec("audio_embeddings", 1, "One row per usable audio chunk: its CLAP audio embedding.", [
+    ("id", pa.string(), "chunk id in audio_chunks"),
+    ("file_id", pa.string(), "id in audio_files"),
+    ("model", pa.string(), "CLAP model id or path"),
+    ("embedding", EMBEDDING, "L2-normalised CLAP audio embedding, float16"),
+    ("norm", pa.float32(), "norm of the projection before re-normalisation (NaN/zero rows are errors)"),
+])
+
+CONCEPT_EMBEDDINGS = _spec("concept_embeddings", 1, "One row per parsed concept: its CLAP text embedding.", [
+    ("id", pa.string(), "'<concepts row id>-<concept index>'"),
+    ("concept_id", pa.string(), "id in concepts"),
+    ("image_id", pa.string(), "id in images"),
+    ("vlm", pa.string(), "variant"),
+    ("concept_index", pa.int8(), "position of the concept in its variant (0..2)"),
+    ("text", pa.string(), "the CLAP query text"),
+    ("model", pa.string(), "CLAP model id or path"),
+    ("embedding", EMBEDDING, "L2-normalised CLAP text embedding, float16"),
+    ("norm", pa.float32(), "norm before re-normalisation"),
+])
+
+MATCHES = _spec("matches", 1, "One row per concept: the audio chunk Algorithm 1 picked for it.", [
+    ("id", pa.string(), "id in concept_embeddings"),
+    ("image_id", pa.string(), "id in images"),
+    ("vlm", pa.string(), "variant"),
+    ("concept_index", pa.int8(), "position of the concept in its variant"),
+    ("text", pa.string(), "the CLAP query text"),
+    ("chunk_id", pa.string(), "id in audio_chunks of the chosen chunk"),
+    ("cosine", pa.float32(), "cosine similarity of concept and chunk"),
+    ("score", pa.float32(), "the score the rule used (SSR of the cosine in mode ssr)"),
+    ("threshold", pa.float32(), "lb = mean of the top-k scores (NaN for argmax and softmax)"),
+    ("n_eligible", pa.int32(), "size of the eligible set the chunk was drawn from"),
+    ("rank", pa.int32(), "rank of the chosen chunk among the top k (0 = best)"),
+    ("mode", pa.string(), "ssr | raw | argmax | softmax"),
+    ("k", pa.int32(), "top-k used (min(k, pool size))"),
+    ("fallback", pa.string(), "'ties_at_max' when nothing was strictly above the threshold"),
+])
+
+MATCH_ABLATIONS = TableSpec(
+    name="match_ablations", version=1, id_column="id",
+    schema=MATCHES.schema.with_metadata({"sonify.table": "match_ablations", "sonify.schema_version": "1"}),
+    doc="Matches of stages.retrieve.ablation_modes (same columns as matches; id is '<concept embedding id>:<mode>').")
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, AUDIO_FILES, AUDIO_CHUNKS, CONCEPTS, CAPTIONS, KEPT_IMAGES,
+                                                    AUDIO_EMBEDDINGS, CONCEPT_EMBEDDINGS, MATCHES, MATCH_ABLATIONS)}
 
 
 def table_spec(name: str) -> TableSpec:

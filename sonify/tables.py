@@ -27,18 +27,25 @@ def rows_to_table(name: str, rows: list[dict]) -> pa.Table:
 
 def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
     """Order and cast columns to the declared schema; missing nullable columns become nulls."""
-    cols = []
+    cols, fields = [], []
     for field in spec.schema:
         if field.name in table.column_names:
-            cols.append(table.column(field.name).cast(field.type))
+            col = table.column(field.name)
+            if (pa.types.is_list(field.type) and pa.types.is_fixed_size_list(col.type)
+                    and col.type.value_type == field.type.value_type):
+                cols.append(col)  # fixed-size embeddings keep their width
+                fields.append(field.with_type(col.type))
+                continue
+            cols.append(col.cast(field.type))
         elif field.nullable:
             cols.append(pa.nulls(table.num_rows, field.type))
         else:
             raise SchemaError(f"table {spec.name}: column {field.name!r} is required but missing")
+        fields.append(field)
     extra = set(table.column_names) - set(spec.schema.names)
     if extra:
         raise SchemaError(f"table {spec.name}: columns not in the schema: {sorted(extra)}")
-    return pa.Table.from_arrays(cols, schema=spec.schema)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields, metadata=spec.schema.metadata))
 
 
 def check_schema(path: Path, spec: TableSpec) -> None:

@@ -11,6 +11,8 @@ STAGES: dict[str, str] = {
     "audio": "sonify.stages.audio:AudioStage",
     "concepts": "sonify.stages.concepts:ConceptsStage",
     "filter": "sonify.stages.filter:FilterStage",
+    "embed": "sonify.stages.embed:EmbedStage",
+    "retrieve": "sonify.stages.retrieve:RetrieveStage",
 }
 
 

@@ -22,7 +22,9 @@ RUNTIME_KEYS = {"batch_size", "concurrency", "num_cpus", "num_gpus"}
 class Stage:
     name: ClassVar[str]
     version: ClassVar[int] = 1          # bump when outputs change: finished partitions are then recomputed
-    outputs: ClassVar[tuple[str, ...]]  # table names; the first is keyed by the input id
+    outputs: ClassVar[tuple[str, ...]]  # table names
+    # outputs that together hold exactly one row per input id (default: the first output)
+    id_outputs: ClassVar[tuple[str, ...] | None] = None
     models: ClassVar[tuple[str, ...]] = ()  # keys of cfg.models this stage loads
 
     def __init__(self, cfg: DictConfig):
@@ -40,6 +42,14 @@ class Stage:
         conf = OmegaConf.to_container(cfg.stages[cls.name])
         conf = {k: v for k, v in conf.items() if k not in RUNTIME_KEYS}
         return json.dumps({"stage": cls.name, "version": cls.version, "conf": conf}, sort_keys=True)
+
+    @classmethod
+    def keyed_outputs(cls) -> tuple[str, ...]:
+        return cls.id_outputs or cls.outputs[:1]
+
+    @classmethod
+    def finalize(cls, cfg: DictConfig, store: TableStore) -> None:
+        """Runs in the driver once every partition is finished (e.g. to build matrix files)."""
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         raise NotImplementedError

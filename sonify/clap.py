@@ -1,0 +1,57 @@
+"""CLAP through transformers (`ClapModel`, `ClapProcessor`): audio and text into one L2-normalised space.
+
+Audio must be mono at the feature extractor's rate (48 kHz for LAION CLAP). A chunk is passed
+with its real length; the feature extractor repeat-pads it to the model's 10 s window, as LAION's
+`repeatpad` did in training, so a 5 s chunk is seen twice and a 0.3 s tail many times.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .models.loading import load_pretrained
+from .vlm import pick_device, pick_dtype
+
+
+class ClapEmbedder:
+    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto"):
+        from transformers import ClapModel, ClapProcessor
+
+        self.name = name
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.processor = load_pretrained(ClapProcessor, name, tiny_dir, role="clap")
+        self.model = load_pretrained(ClapModel, name, tiny_dir, role="clap", dtype=self.dtype).to(self.device).eval()
+        self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
+        self.dim = int(self.model.config.projection_dim)
+
+    def _finish(self, out) -> np.ndarray:
+        emb = (out.pooler_output if hasattr(out, "pooler_output") else out).float()
+        return emb.cpu().numpy()
+
+    def embed_audio(self, clips: list[np.ndarray]) -> np.ndarray:
+        """(B,) mono float32 arrays at `sampling_rate` -> (B, D) float32 (not yet re-normalised)."""
+        import torch
+
+        inputs = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="pt")
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
+        with torch.inference_mode():
+            return self._finish(self.model.get_audio_features(**inputs))
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            return self._finish(self.model.get_text_features(**inputs))
+
+
+def normalise(emb: np.ndarray, min_norm: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """L2-normalise rows; returns (unit rows, norms, ok mask). NaN or near-zero rows are not ok."""
+    emb = emb.astype(np.float32, copy=False)
+    norms = np.linalg.norm(emb, axis=1)
+    ok = np.isfinite(norms) & (norms > min_norm) & np.all(np.isfinite(emb), axis=1)
+    unit = np.zeros_like(emb)
+    unit[ok] = emb[ok] / norms[ok, None]
+    return unit, norms, ok

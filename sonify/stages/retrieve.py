@@ -1,0 +1,78 @@
+"""Stage `retrieve`: Algorithm 1 for every embedded concept against the whole audio pool.
+
+Each worker holds the pool (the audio embedding matrix) in memory once, on GPU when present, and
+runs queries in blocks (matmul + top-k); see `sonify.retrieval`. The choice is keyed by
+(run.seed, image, vlm, concept index), so matches do not depend on block size, workers or order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import error_text
+from ..manifest import STATUS_ERROR, STATUS_OK
+from ..matrices import load_matrix
+from ..retrieval import BlockedRetriever, choose, keyed_rng
+from ..tables import TableStore, rows_to_table
+from .base import Stage
+
+
+class RetrieveStage(Stage):
+    name = "retrieve"
+    outputs = ("matches", "match_ablations")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        store = TableStore(cfg.run.dir)
+        pool, self.chunk_ids = load_matrix(store, "audio_embeddings")
+        self.retriever = BlockedRetriever(np.asarray(pool, dtype=np.float32), self.conf.k, self.conf.device,
+                                          int(self.conf.block_mb) << 20)
+        self.queries, query_ids = load_matrix(store, "concept_embeddings")
+        self.query_row = {i: r for r, i in enumerate(query_ids)}
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        t = store.read("concept_embeddings", columns=["id", "image_id", "vlm", "concept_index", "text", "status"])
+        return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
+
+    @classmethod
+    def fingerprint(cls, cfg) -> str:
+        from ..matrices import matrix_paths
+        import json
+
+        store = TableStore(cfg.run.dir)
+        metas = [matrix_paths(store, t)[2] for t in ("audio_embeddings", "concept_embeddings")]
+        built = [json.loads(m.read_text()).get("partitions") if m.exists() else None for m in metas]
+        # matches change with the seed and with the embeddings, not only with the concept ids
+        return super().fingerprint(cfg) + json.dumps({"seed": int(cfg.run.seed), "matrices": built})
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        rows = batch.to_pylist()
+        seed, primary = int(self.cfg.run.seed), self.conf.mode
+        modes = [primary] + [m for m in self.conf.ablation_modes if m != primary]
+        base = lambda r, mode: ({k: r[k] for k in ("id", "image_id", "vlm", "concept_index", "text")}
+                                | {"mode": mode, "k": self.retriever.k})
+        out, ablations, todo = {}, [], []
+        for r in rows:
+            if r["id"] not in self.query_row:
+                out[r["id"]] = {**base(r, primary), "status": STATUS_ERROR, "error": error_text("no_embedding", "not in the concept matrix; re-run embed")}
+            else:
+                todo.append(r)
+        if todo:
+            q = np.asarray(self.queries[[self.query_row[r["id"]] for r in todo]], dtype=np.float32)
+            need_ties = any(m in ("ssr", "raw", "argmax") for m in modes)
+            for r, (vals, idx, ties) in zip(todo, self.retriever.topk(q, need_ties)):
+                for mode in modes:  # one top-k, every rule: a fresh keyed generator each, as in a run of that mode alone
+                    m = choose(vals, idx, mode, keyed_rng(seed, r["image_id"], r["vlm"], r["concept_index"]),
+                               self.conf.temperature, ties)
+                    row = {**base(r, mode), "chunk_id": self.chunk_ids[m.chunk], "cosine": m.cosine, "score": m.score,
+                           "threshold": m.threshold, "n_eligible": m.n_eligible, "rank": m.rank,
+                           "fallback": m.fallback, "status": STATUS_OK, "error": None}
+                    if mode == primary:
+                        out[r["id"]] = row
+                    else:
+                        ablations.append({**row, "id": f"{r['id']}:{mode}"})
+        return {"matches": rows_to_table("matches", [out[r["id"]] for r in rows]),
+                "match_ablations": rows_to_table("match_ablations", ablations)}

@@ -1,0 +1,86 @@
+"""Algorithm 1: the blocked top-k path equals the literal full-vector algorithm, ties included."""
+
+import numpy as np
+import pytest
+
+from sonify.retrieval import BlockedRetriever, choose, eligible_set, keyed_rng, literal_algorithm1
+
+
+def _integer_data(seed=0, n=2000, d=16, q=150):
+    """Integer-valued vectors: dot products are exact, so ties are real and plentiful."""
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(-1, 2, size=(n, d)).astype(np.float32)
+    pool[50:70] = pool[3]                     # duplicate chunks: ties inside the top-k
+    queries = rng.integers(-1, 2, size=(q, d)).astype(np.float32)
+    queries[:4] = 0                           # all scores 0: everything tied (fallback)
+    queries[4] = pool[3]                      # the duplicated chunk is the best match, 21 times over
+    return pool, queries
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 32, 5000])
+@pytest.mark.parametrize("block_bytes", [2000 * 4 * 1, 2000 * 4 * 13, 1 << 30])
+def test_eligible_sets_and_choices_equal_the_literal_algorithm(k, block_bytes):
+    pool, queries = _integer_data()
+    r = BlockedRetriever(pool, k, "cpu", block_bytes)
+    for j, (vals, idx, ties) in enumerate(r.topk(queries)):
+        eligible, lb, fallback = eligible_set(vals, idx, "ssr", ties)
+        lit_eligible, lit_choice = literal_algorithm1(queries[j], pool, k, keyed_rng(0, str(j), "v", 0))
+        assert np.array_equal(eligible, lit_eligible), (k, j)
+        m = choose(vals, idx, "ssr", keyed_rng(0, str(j), "v", 0), ties_at_max=ties)
+        assert m.chunk == lit_choice and m.n_eligible == lit_eligible.size
+
+
+def test_ties_and_fallback_are_visible():
+    pool, queries = _integer_data()
+    r = BlockedRetriever(pool, 32, "cpu")
+    results = list(r.topk(queries[:5]))
+    for vals, idx, ties in results[:4]:  # all-zero queries: nothing strictly above the threshold
+        el, _, fallback = eligible_set(vals, idx, "ssr", ties)
+        assert fallback == "ties_at_max" and el.size == len(pool)
+    vals, idx, ties = results[4]
+    el, _, fallback = eligible_set(vals, idx, "ssr", ties)
+    assert fallback is None and {3, *range(50, 70)} <= set(el.tolist())
+
+
+def test_pool_smaller_than_k_uses_the_whole_pool():
+    pool = np.eye(4, dtype=np.float32)
+    r = BlockedRetriever(pool, 32, "cpu")
+    assert r.k == 4
+    (vals, idx, ties), = r.topk(np.array([[1, 0.5, 0, 0]], np.float32))
+    assert sorted(idx.tolist()) == [0, 1, 2, 3]
+
+
+def test_k_equal_one_is_argmax():
+    rng = np.random.default_rng(1)
+    pool = rng.standard_normal((500, 8)).astype(np.float32)
+    queries = rng.standard_normal((20, 8)).astype(np.float32)
+    for j, (vals, idx, ties) in enumerate(BlockedRetriever(pool, 1, "cpu").topk(queries)):
+        m = choose(vals, idx, "ssr", keyed_rng(0, str(j), "v", 0), ties_at_max=ties)
+        assert m.chunk == int(np.argmax(pool @ queries[j])) and m.fallback == "ties_at_max"
+
+
+def test_empty_pool_is_a_clear_error():
+    with pytest.raises(ValueError, match="audio pool is empty"):
+        BlockedRetriever(np.zeros((0, 8), np.float32), 4, "cpu")
+
+
+def test_choice_depends_on_ids_not_order():
+    a = keyed_rng(7, "img", "llava", 2).integers(1000, size=5)
+    b = keyed_rng(7, "img", "llava", 2).integers(1000, size=5)
+    c = keyed_rng(7, "img", "llava", 1).integers(1000, size=5)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("mode", ["raw", "argmax", "softmax"])
+def test_ablation_modes(mode):
+    rng = np.random.default_rng(2)
+    pool = rng.standard_normal((300, 8)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    q = pool[:10] + 0.01
+    for j, (vals, idx, ties) in enumerate(BlockedRetriever(pool, 16, "cpu").topk(q)):
+        m = choose(vals, idx, mode, keyed_rng(0, str(j), "v", 0), temperature=0.05, ties_at_max=ties)
+        assert m.chunk in idx.tolist()
+        if mode == "argmax":
+            assert m.chunk == idx[0] and m.rank == 0
+        if mode == "raw":
+            assert m.cosine > vals.mean() and np.isfinite(m.threshold)
