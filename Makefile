@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO := runs/demo
+
 demo: $(STAMP)
 	$(PY) -m sonify.run pipeline=demo stage=all
+	@echo "rebuilding every demo mixture from the release manifest alone, and checking the hashes:"
+	$(PY) -m sonify.mix --manifest $(DEMO)/release/release.parquet --out $(DEMO)/rebuilt --force --check --no-progress \
+	    --audio-root demo_sfx=$(DEMO)/data/audio --audio-root demo_labelled=$(DEMO)/data
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -20,6 +20,8 @@ def to_mono(block: np.ndarray) -> np.ndarray:
     """Average channels: (frames, channels) -> (frames,), float32."""
     if block.ndim == 1:
         return block.astype(np.float32, copy=False)
+    if block.shape[1] == 1:  # mono: a view, no reduction
+        return block[:, 0].astype(np.float32, copy=False)
     return block.mean(axis=1, dtype=np.float32)
 
 

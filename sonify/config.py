@@ -127,6 +127,15 @@ class RetrieveStageConf(StageConf):
 
 
 @dataclass
+class MixStageConf(StageConf):
+    sample_rate: int = 16000           # rate of the mixtures (AST takes 16 kHz)
+    lufs_min: float = -24.0            # each component's target is drawn uniformly from [lufs_min, lufs_max]
+    lufs_max: float = -22.0            # (a narrow range around EBU R128's -23 LUFS)
+    peak_ceiling_dbfs: float = -1.0    # the summed mixture is scaled down if its sample peak is above this
+    release_jsonl: bool = False        # also write release/release.jsonl beside release.parquet
+
+
+@dataclass
 class StagesConf:
     images: ImagesStageConf = field(default_factory=ImagesStageConf)
     audio: AudioStageConf = field(default_factory=AudioStageConf)
@@ -134,6 +143,7 @@ class StagesConf:
     filter: FilterStageConf = field(default_factory=lambda: FilterStageConf(partition_rows=4096, batch_size=4096))
     embed: EmbedStageConf = field(default_factory=lambda: EmbedStageConf(partition_rows=1024, batch_size=32, concurrency=1))
     retrieve: RetrieveStageConf = field(default_factory=lambda: RetrieveStageConf(partition_rows=8192, batch_size=8192, concurrency=1))
+    mix: MixStageConf = field(default_factory=lambda: MixStageConf(partition_rows=512, batch_size=64, concurrency=2))
 
 
 @dataclass

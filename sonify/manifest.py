@@ -34,10 +34,11 @@ def _spec(name: str, version: int, doc: str, fields: list[tuple[str, pa.DataType
     return TableSpec(name=name, version=version, id_column=fields[0][0], schema=schema, doc=doc)
 
 
-IMAGES = _spec("images", 1, "One row per input image: where it is, what it is, whether it decodes.", [
+IMAGES = _spec("images", 2, "One row per input image: where it is, what it is, whether it decodes.", [
     ("id", pa.string(), "stable id: hash of source name and the image's path inside the source"),
     ("source", pa.string(), "name of the image source in the pipeline config"),
     ("uri", pa.string(), "file path, URL, or 'shard.tar#member' for images inside a tar"),
+    ("relpath", pa.string(), "path inside the source ('shard.tar#member' for tars), as a release manifest names it"),
     ("tar_offset", pa.int64(), "byte offset of the member's data inside its tar (null otherwise)"),
     ("nbytes", pa.int64(), "size of the encoded image in bytes"),
     ("sha256", pa.string(), "sha256 of the encoded bytes"),
@@ -158,8 +159,33 @@ MATCH_ABLATIONS = TableSpec(
     schema=MATCHES.schema.with_metadata({"sonify.table": "match_ablations", "sonify.schema_version": "1"}),
     doc="Matches of stages.retrieve.ablation_modes (same columns as matches; id is '<concept embedding id>:<mode>').")
 
+COMPONENT_TYPE = pa.struct([
+    ("concept_index", pa.int8()), ("text", pa.string()), ("chunk_id", pa.string()),
+    ("dataset", pa.string()), ("relpath", pa.string()), ("uri", pa.string()),
+    ("source_rate", pa.int32()), ("start_frame", pa.int64()), ("num_frames", pa.int64()),
+    ("offset", pa.float64()), ("duration", pa.float64()), ("cosine", pa.float32()),
+    ("target_lufs", pa.float64()), ("measured_lufs", pa.float64()), ("gain_db", pa.float64()),
+    ("included", pa.bool_()), ("reason", pa.string()),
+])
+
+MIXES = _spec("mixes", 1, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
+    ("id", pa.string(), "the variant id ('<vlm key>-<image id>', as in concepts)"),
+    ("image_id", pa.string(), "id in images"),
+    ("vlm", pa.string(), "variant"),
+    ("components", pa.list_(COMPONENT_TYPE), "per matched chunk: where it is, its concept, target and measured LUFS, gain, and whether it was summed"),
+    ("n_components", pa.int32(), "components summed (silent ones are left out with a reason)"),
+    ("sample_rate", pa.int32(), "rate of the mixture"),
+    ("duration", pa.float64(), "seconds"),
+    ("mix_gain_db", pa.float64(), "gain applied to the sum by the peak guard (0 when the peak was under the ceiling)"),
+    ("lufs", pa.float64(), "integrated loudness of the mixture"),
+    ("peak_dbfs", pa.float64(), "sample peak of the mixture"),
+    ("path", pa.string(), "FLAC file, relative to the run folder"),
+    ("pcm24_sha256", pa.string(), "sha256 of the mixture quantised to 24-bit PCM (encoder-independent)"),
+    ("flac_sha256", pa.string(), "sha256 of the FLAC file's bytes"),
+])
+
 TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, AUDIO_FILES, AUDIO_CHUNKS, CONCEPTS, CAPTIONS, KEPT_IMAGES,
-                                                    AUDIO_EMBEDDINGS, CONCEPT_EMBEDDINGS, MATCHES, MATCH_ABLATIONS)}
+                                                    AUDIO_EMBEDDINGS, CONCEPT_EMBEDDINGS, MATCHES, MATCH_ABLATIONS, MIXES)}
 
 
 def table_spec(name: str) -> TableSpec:

@@ -29,9 +29,13 @@ def ssr(x):
     return x.sign() * x.abs().sqrt() if hasattr(x, "sign") and not isinstance(x, np.ndarray) else np.sign(x) * np.sqrt(np.abs(x))
 
 
-def keyed_rng(seed: int, image_id: str, vlm: str, concept_index: int) -> np.random.Generator:
-    """A Philox (counter-based) generator keyed by the ids, never by processing order."""
-    digest = hashlib.sha256(f"{seed}\x00{image_id}\x00{vlm}\x00{concept_index}".encode()).digest()
+def keyed_rng(seed: int, image_id: str, vlm: str, concept_index: int, purpose: str = "") -> np.random.Generator:
+    """A Philox (counter-based) generator keyed by the ids, never by processing order.
+
+    `purpose` separates independent streams for the same concept (retrieval uses "", mixing "mix").
+    """
+    tag = f"\x00{purpose}" if purpose else ""
+    digest = hashlib.sha256(f"{seed}\x00{image_id}\x00{vlm}\x00{concept_index}{tag}".encode()).digest()
     return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 
 

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts", "retrieval": "sonify.bench.retrieval"}
+BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts", "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix"}
 
 
 def main() -> None:

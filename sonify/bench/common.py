@@ -8,10 +8,15 @@ import time
 from typing import Callable
 
 
-def best_of(fn: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
-    """(min, median) wall seconds over `repeats` runs; min is the least noisy estimate on shared machines."""
+def best_of(fn: Callable[[], object], repeats: int = 3, setup: Callable[[], object] | None = None) -> tuple[float, float]:
+    """(min, median) wall seconds over `repeats` runs; min is the least noisy estimate on shared machines.
+
+    `setup` runs before each repeat, outside the timer (e.g. to remove the previous repeat's outputs).
+    """
     times = []
     for _ in range(repeats):
+        if setup is not None:
+            setup()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

@@ -11,13 +11,13 @@ import pyarrow as pa
 from . import read_list_file, resolve_list_path, stable_id, walk_files
 
 LISTING_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()),
+    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
     ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("list_error", pa.string()),
 ])
 
 
 def _row(source: str, rel: str, uri: str, tar_offset=None, nbytes=None, list_error=None) -> dict:
-    return {"id": stable_id(source, rel), "source": source, "uri": uri,
+    return {"id": stable_id(source, rel), "source": source, "uri": uri, "relpath": rel,
             "tar_offset": tar_offset, "nbytes": nbytes, "list_error": list_error}
 
 

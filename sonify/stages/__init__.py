@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "filter": "sonify.stages.filter:FilterStage",
     "embed": "sonify.stages.embed:EmbedStage",
     "retrieve": "sonify.stages.retrieve:RetrieveStage",
+    "mix": "sonify.stages.mix:MixStage",
 }
 
 

@@ -1,0 +1,72 @@
+"""Mixing primitives shared by the `mix` stage and `python -m sonify.mix` (rendering from a manifest).
+
+Both paths decode components with `audio.load_chunk` and call `sum_components` and
+`apply_mix_gain` with the same float64 gains, so a mixture rebuilt from a release manifest is
+bit-for-bit the pipeline's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def db_to_gain(db: float) -> float:
+    return float(10.0 ** (db / 20.0))
+
+
+def sum_components(signals: list[np.ndarray], gains_db: list[float]) -> np.ndarray:
+    """Sum of gain-scaled components in float64 (all the same length)."""
+    out = np.zeros(signals[0].shape[0], dtype=np.float64)
+    for x, g in zip(signals, gains_db):
+        out += x.astype(np.float64) * db_to_gain(g)
+    return out
+
+
+def peak_guard_db(mix: np.ndarray, ceiling_dbfs: float) -> float:
+    """Gain in dB (<= 0) that brings the sample peak down to the ceiling; 0 when it is already below."""
+    peak = float(np.max(np.abs(mix))) if mix.size else 0.0
+    ceiling = db_to_gain(ceiling_dbfs)
+    return float(20.0 * np.log10(ceiling / peak)) if peak > ceiling else 0.0
+
+
+def apply_mix_gain(mix: np.ndarray, mix_gain_db: float) -> np.ndarray:
+    return mix * db_to_gain(mix_gain_db) if mix_gain_db != 0.0 else mix
+
+
+def quantise24(mix: np.ndarray) -> np.ndarray:
+    """The mixture as 24-bit integers (round to nearest, clipped): exactly the samples the FLAC holds."""
+    return np.clip(np.round(mix * (1 << 23)), -(1 << 23), (1 << 23) - 1).astype("<i4")
+
+
+def pcm24_sha256(mix: np.ndarray) -> str:
+    """sha256 of the mixture quantised to 24-bit integers: identifies the audio independently of the FLAC encoder."""
+    return hashlib.sha256(quantise24(mix).tobytes()).hexdigest()
+
+
+def write_flac(path: str | Path, mix: np.ndarray, rate: int) -> tuple[str, str]:
+    """Write a 24-bit FLAC atomically; returns (sha256 of the file's bytes, pcm24_sha256 of the audio).
+
+    The quantisation is ours (`quantise24`), not libsndfile's, and the file is encoded in memory and
+    written in one call (libsndfile's own file writes are many small ones).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    q = quantise24(mix)
+    buf = io.BytesIO()
+    sf.write(buf, q << 8, rate, format="FLAC", subtype="PCM_24")  # int32 left-justified: 24 bits kept exactly
+    data = buf.getbuffer()
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest(), hashlib.sha256(q.tobytes()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,124 @@
+"""Stage `mix`: one mixture per (image, variant) from its matched chunks.
+
+Each chunk is decoded from its source at the output rate (16 kHz by default), measured with the
+BS.1770-4 meter (`sonify.loudness`), scaled to a target drawn uniformly from
+[lufs_min, lufs_max] by a generator keyed by (seed, image, vlm, concept index), and summed.
+Silent components (loudness -inf: below the absolute gate) are left out with a reason; a variant
+with none left is an error row. A sum whose sample peak is above the ceiling is scaled down and
+the gain recorded. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
+release manifest (`sonify.release`) is written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ..audio import dbfs, load_chunk
+from ..errors import error_text
+from ..loudness import LoudnessMeter
+from ..manifest import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
+from ..mixing import apply_mix_gain, peak_guard_db, sum_components, write_flac
+from ..retrieval import keyed_rng
+from ..tables import rows_to_table
+from .base import Stage
+
+WORK_COMPONENT = pa.struct([f for f in COMPONENT_TYPE if f.name not in
+                            ("target_lufs", "measured_lufs", "gain_db", "included", "reason")])
+WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()),
+                         ("components", pa.list_(WORK_COMPONENT))])
+
+
+def mix_relpath(variant_id: str) -> str:
+    """Where a mixture lives under the run folder (and under `sonify.mix --out`)."""
+    vlm_key, image_id = variant_id.split("-", 1)
+    return f"mixes/{vlm_key}/{image_id}.flac"
+
+
+class MixStage(Stage):
+    name = "mix"
+    outputs = ("mixes",)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.rate = int(self.conf.sample_rate)
+        self.meter = LoudnessMeter(self.rate)
+        self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
+        self.run_dir = Path(cfg.run.dir)
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("matches", store.read("matches", columns=["id", "image_id", "vlm", "concept_index", "text", "chunk_id", "cosine", "status"]))
+        con.register("chunks", store.read("audio_chunks", columns=["id", "file_id", "uri", "sample_rate", "start_frame", "num_frames", "offset", "duration"]))
+        con.register("files", store.read("audio_files", columns=["id", "source", "relpath"]))
+        return con.sql("""
+            SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm,
+                   list(struct_pack(concept_index := m.concept_index, text := m.text, chunk_id := m.chunk_id,
+                                    dataset := f.source, relpath := f.relpath, uri := c.uri,
+                                    source_rate := c.sample_rate, start_frame := c.start_frame, num_frames := c.num_frames,
+                                    "offset" := c."offset", duration := c.duration, cosine := m.cosine)
+                        ORDER BY m.concept_index) AS components
+            FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
+            WHERE m.status = 'ok'
+            GROUP BY ALL
+        """).to_arrow_table().cast(WORK_SCHEMA)
+
+    @classmethod
+    def fingerprint(cls, cfg) -> str:
+        return super().fingerprint(cfg) + f"|seed={int(cfg.run.seed)}|chunk={float(cfg.stages.audio.chunk_seconds)}"
+
+    @classmethod
+    def finalize(cls, cfg, store) -> None:
+        from ..release import write_release
+
+        write_release(cfg, store)
+
+    def _mix(self, row: dict) -> dict:
+        conf, seed = self.conf, int(self.cfg.run.seed)
+        out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate}
+        comps, signals, weighted, gains = [], [], [], []
+        for c in row["components"]:
+            rng = keyed_rng(seed, row["image_id"], row["vlm"], c["concept_index"], purpose="mix")
+            comp = {**c, "target_lufs": conf.lufs_min + (conf.lufs_max - conf.lufs_min) * float(rng.random()),
+                    "measured_lufs": None, "gain_db": None, "included": False, "reason": None}
+            try:
+                x = load_chunk(c["uri"], c["start_frame"], c["num_frames"], self.rate, self.chunk_seconds)
+            except Exception as e:
+                comp["reason"] = error_text("decode_error", f"{type(e).__name__}: {e}")
+                comps.append(comp)
+                continue
+            y = self.meter.k_weight(self.meter.pad(x))
+            measured = self.meter.integrated_weighted(y)
+            if not math.isfinite(measured):
+                comp["reason"] = error_text("below_gate", "silent, or quieter than the -70 LUFS absolute gate")
+            else:
+                comp.update(measured_lufs=measured, gain_db=comp["target_lufs"] - measured, included=True)
+                signals.append(x)
+                weighted.append(y)
+                gains.append(comp["gain_db"])
+            comps.append(comp)
+        out.update(components=comps, n_components=len(signals))
+        if not signals:
+            reasons = sorted({(c["reason"] or "").split(":")[0] for c in comps}) or ["no_components"]
+            return {**out, "status": STATUS_ERROR,
+                    "error": error_text("no_audible_component", f"{len(comps)} components, none summed ({', '.join(reasons)})")}
+        summed = sum_components(signals, gains)
+        mix_gain = peak_guard_db(summed, conf.peak_ceiling_dbfs)
+        final = apply_mix_gain(summed, mix_gain)
+        path = mix_relpath(row["id"])
+        flac_sha, pcm_sha = write_flac(self.run_dir / path, final, self.rate)
+        # the mixture's K-weighted signal from its components' (the filter is linear): no second filtering
+        lufs = self.meter.integrated_weighted(apply_mix_gain(sum_components(weighted, gains), mix_gain))
+        return {**out, "duration": final.shape[0] / self.rate, "mix_gain_db": mix_gain,
+                "lufs": lufs, "peak_dbfs": dbfs(float(np.max(np.abs(final)))),
+                "path": path, "pcm24_sha256": pcm_sha, "flac_sha256": flac_sha,
+                "status": STATUS_OK, "error": None}
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        return {"mixes": rows_to_table("mixes", [self._mix(r) for r in batch.to_pylist()])}
