@@ -136,6 +136,32 @@ class MixStageConf(StageConf):
 
 
 @dataclass
+class FeaturesStageConf(StageConf):
+    pooling: str = "mean"              # pool AST patch tokens over frequency: mean | max | none
+    input_frames: Optional[int] = None # filterbank frames fed to AST; null: the mixtures' length (5 s -> 498)
+    dtype: str = "auto"
+    device: str = "auto"
+
+
+@dataclass
+class LatentsStageConf(StageConf):
+    resolution: int = 512              # shorter side resized to this, then centre-cropped square
+    vae_subfolder: str = "vae"         # the VAE inside models.vae (PixArt-alpha repos keep it in vae/)
+    dtype: str = "auto"
+    device: str = "auto"
+    max_pixels: int = 89_478_485
+
+
+@dataclass
+class ShardsStageConf(StageConf):
+    samples_per_shard: int = 1000
+    val_fraction: float = 0.01         # by a hash of the image id: all variants of an image on one side
+    include_jpg: bool = False          # the centre-cropped image as jpg
+    include_flac: bool = False         # the mixture as flac
+    jpg_quality: int = 90
+
+
+@dataclass
 class StagesConf:
     images: ImagesStageConf = field(default_factory=ImagesStageConf)
     audio: AudioStageConf = field(default_factory=AudioStageConf)
@@ -144,6 +170,9 @@ class StagesConf:
     embed: EmbedStageConf = field(default_factory=lambda: EmbedStageConf(partition_rows=1024, batch_size=32, concurrency=1))
     retrieve: RetrieveStageConf = field(default_factory=lambda: RetrieveStageConf(partition_rows=8192, batch_size=8192, concurrency=1))
     mix: MixStageConf = field(default_factory=lambda: MixStageConf(partition_rows=512, batch_size=64, concurrency=2))
+    features: FeaturesStageConf = field(default_factory=lambda: FeaturesStageConf(partition_rows=512, batch_size=32, concurrency=1))
+    latents: LatentsStageConf = field(default_factory=lambda: LatentsStageConf(partition_rows=512, batch_size=16, concurrency=1))
+    shards: ShardsStageConf = field(default_factory=lambda: ShardsStageConf(batch_size=1000, concurrency=2))
 
 
 @dataclass
@@ -185,6 +214,9 @@ CHOICES = {
     "stages.concepts.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.embed.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.retrieve.mode": ["ssr", "raw", "argmax", "softmax"],
+    "stages.features.pooling": ["mean", "max", "none"],
+    "stages.features.dtype": ["auto", "float32", "bfloat16", "float16"],
+    "stages.latents.dtype": ["auto", "float32", "bfloat16", "float16"],
 }
 SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv"], "audio": ["folder", "parquet", "csv"]}
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import error_reason
 from .manifest import STATUS_OK, table_spec
-from .partitions import Partition, dedupe_sorted, plan_partitions, table_from_bytes, table_to_bytes
+from .partitions import Partition, dedupe_sorted, plan_groups, plan_partitions, table_from_bytes, table_to_bytes
 from .stages import get_stage
 from .tables import TableStore
 
@@ -66,7 +66,7 @@ class PartitionWorker:
         return stats
 
     def _process(self, rows: pa.Table) -> dict[str, pa.Table]:
-        bs = max(1, int(self.stage.conf.batch_size))
+        bs = rows.num_rows if self.stage.whole_partition else max(1, int(self.stage.conf.batch_size))
         pieces: dict[str, list[pa.Table]] = {t: [] for t in self.stage.outputs}
         for start in range(0, rows.num_rows, bs):
             result = self.stage.process_batch(rows.slice(start, bs))
@@ -156,7 +156,10 @@ def run_stage(stage_name: str, cfg: DictConfig, progress_bar: bool = True) -> St
     if run.duplicates_dropped:
         log.warning("stage %s: %d duplicate input ids dropped (kept the first of each)", stage_name, run.duplicates_dropped)
     run.rows_in = work.num_rows
-    parts = plan_partitions(work, int(cfg.stages[stage_name].partition_rows), cls.fingerprint(cfg))
+    if cls.partition_by:
+        parts = plan_groups(work, cls.partition_by, cls.fingerprint(cfg))
+    else:
+        parts = plan_partitions(work, int(cfg.stages[stage_name].partition_rows), cls.fingerprint(cfg))
     run.partitions = len(parts)
     planned = {p.name for p in parts}
     done = None

@@ -184,8 +184,47 @@ MIXES = _spec("mixes", 1, "One row per (image, variant): the loudness-normalised
     ("flac_sha256", pa.string(), "sha256 of the FLAC file's bytes"),
 ])
 
+AUDIO_FEATURES = _spec("audio_features", 1, "One row per mixture: its AST time series (a float16 .npy file).", [
+    ("id", pa.string(), "the mixture (variant) id"),
+    ("image_id", pa.string(), "id in images"),
+    ("vlm", pa.string(), "variant"),
+    ("model", pa.string(), "AST model id or path"),
+    ("path", pa.string(), "the .npy file (T x D float16), relative to the run folder"),
+    ("frames", pa.int32(), "T: time steps after pooling over frequency"),
+    ("dim", pa.int32(), "D: the AST width (768)"),
+    ("pooling", pa.string(), "mean | max (over frequency) | none (all F x T patch tokens)"),
+    ("input_frames", pa.int32(), "filterbank frames fed to AST (the clip length, not 1024)"),
+])
+
+IMAGE_LATENTS = _spec("image_latents", 1, "One row per kept image: its VAE latent distribution (a float16 .npy file).", [
+    ("id", pa.string(), "id in images"),
+    ("model", pa.string(), "VAE id or path"),
+    ("path", pa.string(), "the .npy file: [mean, std] stacked, shape (2, C, h, w), float16, relative to the run folder"),
+    ("channels", pa.int32(), "C"),
+    ("height", pa.int32(), "h"),
+    ("width", pa.int32(), "w"),
+    ("resolution", pa.int32(), "the square image size that was encoded"),
+    ("scaling_factor", pa.float32(), "the VAE's scaling factor (multiply a sampled latent by it for the DiT)"),
+])
+
+SHARD_INDEX = _spec("shard_index", 1, "One row per training sample: which WebDataset shard holds it.", [
+    ("id", pa.string(), "the sample key inside the shard ('<image id>_<vlm key>')"),
+    ("split", pa.string(), "train | val (by a hash of the image id: every variant of an image on one side)"),
+    ("shard", pa.string(), "shard file name, e.g. train-000000.tar"),
+    ("position", pa.int32(), "position of the sample inside its shard"),
+    ("image_id", pa.string(), "id in images"),
+    ("variant", pa.string(), "the VLM variant"),
+    ("mix_id", pa.string(), "id in mixes"),
+    ("latent_bytes", pa.int64(), "size of latent.npy"),
+    ("ast_bytes", pa.int64(), "size of ast.npy"),
+    ("json_bytes", pa.int64(), "size of the json member"),
+    ("jpg_bytes", pa.int64(), "size of jpg (0 when not included)"),
+    ("flac_bytes", pa.int64(), "size of flac (0 when not included)"),
+])
+
 TABLES: dict[str, TableSpec] = {t.name: t for t in (IMAGES, AUDIO_FILES, AUDIO_CHUNKS, CONCEPTS, CAPTIONS, KEPT_IMAGES,
-                                                    AUDIO_EMBEDDINGS, CONCEPT_EMBEDDINGS, MATCHES, MATCH_ABLATIONS, MIXES)}
+                                                    AUDIO_EMBEDDINGS, CONCEPT_EMBEDDINGS, MATCHES, MATCH_ABLATIONS, MIXES,
+                                                    AUDIO_FEATURES, IMAGE_LATENTS, SHARD_INDEX)}
 
 
 def table_spec(name: str) -> TableSpec:

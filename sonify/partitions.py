@@ -44,6 +44,23 @@ def plan_partitions(work: pa.Table, partition_rows: int, fingerprint: str, id_co
     return parts
 
 
+def plan_groups(work: pa.Table, group_column: str, fingerprint: str, id_column: str = "id") -> list[Partition]:
+    """One partition per value of `group_column` (e.g. one per output shard), rows in id order."""
+    parts = []
+    groups = work.column(group_column).to_pylist()
+    ids = work.column(id_column).to_pylist()
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    for g in sorted(by_group):
+        rows = work.take(pa.array(by_group[g], pa.int64()))
+        h = hashlib.sha1(f"{fingerprint}\x00{g}".encode())
+        for i in (ids[j] for j in by_group[g]):
+            h.update(b"\x00" + i.encode())
+        parts.append(Partition(name=f"part-{h.hexdigest()[:16]}", rows=rows))
+    return parts
+
+
 def table_to_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts", "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix"}
+BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts", "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix", "shards": "sonify.bench.shards"}
 
 
 def main() -> None:

@@ -14,6 +14,9 @@ STAGES: dict[str, str] = {
     "embed": "sonify.stages.embed:EmbedStage",
     "retrieve": "sonify.stages.retrieve:RetrieveStage",
     "mix": "sonify.stages.mix:MixStage",
+    "features": "sonify.stages.features:FeaturesStage",
+    "latents": "sonify.stages.latents:LatentsStage",
+    "shards": "sonify.stages.shards:ShardsStage",
 }
 
 

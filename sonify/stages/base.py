@@ -26,6 +26,9 @@ class Stage:
     # outputs that together hold exactly one row per input id (default: the first output)
     id_outputs: ClassVar[tuple[str, ...] | None] = None
     models: ClassVar[tuple[str, ...]] = ()  # keys of cfg.models this stage loads
+    # a work-list column whose values name the partitions (e.g. one per shard); default: cut by count
+    partition_by: ClassVar[str | None] = None
+    whole_partition: ClassVar[bool] = False  # process_batch gets the whole partition (e.g. one shard) at once
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg

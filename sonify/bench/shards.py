@@ -1,0 +1,109 @@
+"""`python -m sonify.bench shards`: shard-writing throughput against plain `tarfile` on the same bytes.
+
+Samples shaped like the paper's (latent [mean, std] 2 x 4 x 64 x 64 float16 = 64 KiB, AST 49 x 768
+float16 = 73.5 KiB, a ~1 KiB json) are written as .npy files as the features and latents stages
+leave them. Then, in the same run:
+  stage     ShardsStage.process_batch per shard: read the plan rows, read each file, write the tar
+            (temp + rename), the per-shard JSON summary and the index rows
+  baseline  `tarfile` writing the same members from the same files, nothing else
+Target: stage/baseline <= 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .common import best_of, peak_rss_mib
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sonify.bench shards", description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--samples-per-shard", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of one stage run")
+    a = ap.parse_args(argv)
+
+    from ..config import load_config
+    from ..stages import stage_names
+    from ..stages.shards import PLAN, ShardsStage
+
+    with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
+        cfg = load_config(["pipeline=demo", f"run.root={tmp}", "run.executor=local",
+                           f"stages.shards.samples_per_shard={a.samples_per_shard}",
+                           "stages.shards.include_jpg=false", "stages.shards.include_flac=false"], stage_names())
+        run = Path(cfg.run.dir)
+        rng = np.random.default_rng(0)
+        rows = []
+        for i in range(a.samples):
+            key = f"{i:016x}_bench"
+            lat, ast = f"features/latents/{i}.npy", f"features/ast/{i}.npy"
+            for rel, shape in ((lat, (2, 4, 64, 64)), (ast, (49, 768))):
+                (run / rel).parent.mkdir(parents=True, exist_ok=True)
+                np.save(run / rel, rng.standard_normal(shape).astype(np.float16))
+            meta = json.dumps({"image_id": f"{i:016x}", "variant": "bench", "components": [{"concept": "x" * 40}] * 3, "pad": "y" * 600})
+            rows.append({"shard": f"train-{i // a.samples_per_shard:06d}.tar", "position": i % a.samples_per_shard, "split": "train",
+                         "id": key, "image_id": f"{i:016x}", "vlm": "bench", "mix_id": f"m{i}", "ast_path": ast,
+                         "latent_path": lat, "mix_path": "", "uri": "", "tar_offset": None, "nbytes": None, "meta": meta})
+        plan = pa.Table.from_pylist(rows)
+        (run / "shards").mkdir(parents=True, exist_ok=True)
+        pq.write_table(plan, run / PLAN, row_group_size=a.samples_per_shard)
+        shards = sorted({r["shard"] for r in rows})
+        work = {s: plan.filter(pa.compute.equal(plan.column("shard"), s)).select(["id", "split", "shard", "position"]) for s in shards}
+        stage = ShardsStage(cfg)
+        bare_dir = Path(tmp) / "bare"
+
+        def stage_run():
+            for s in shards:
+                index = stage.process_batch(work[s])["shard_index"]
+                assert index.num_rows == work[s].num_rows and set(index.column("status").to_pylist()) == {"ok"}
+
+        def bare_run():
+            bare_dir.mkdir(exist_ok=True)
+            for s in shards:
+                with tarfile.open(bare_dir / s, "w", format=tarfile.USTAR_FORMAT) as tf:
+                    for r in rows:
+                        if r["shard"] != s:
+                            continue
+                        for name, data in ((f"{r['id']}.latent.npy", (run / r["latent_path"]).read_bytes()),
+                                           (f"{r['id']}.ast.npy", (run / r["ast_path"]).read_bytes()),
+                                           (f"{r['id']}.json", r["meta"].encode())):
+                            info = tarfile.TarInfo(name)
+                            info.size = len(data)
+                            tf.addfile(info, io.BytesIO(data))
+
+        def fresh():  # new files each repeat, as a first run writes them
+            shutil.rmtree(bare_dir, ignore_errors=True)
+            for s in shards:
+                (run / "shards" / s).unlink(missing_ok=True)
+
+        stage_run(), bare_run()
+        if a.profile:
+            import cProfile, pstats
+            fresh()
+            cProfile.runctx("stage_run()", globals(), locals(), "/tmp/sonify-shards.prof")
+            pstats.Stats("/tmp/sonify-shards.prof").sort_stats("tottime").print_stats(14)
+        t_stage, _ = best_of(stage_run, a.repeats, setup=fresh)
+        mb = sum((run / "shards" / s).stat().st_size for s in shards) / 2**20
+        t_bare, _ = best_of(bare_run, a.repeats, setup=fresh)
+
+    print(f"{a.samples} samples (latent 64 KiB + AST 73.5 KiB + json), {len(shards)} shards of {a.samples_per_shard}, "
+          f"{mb:.0f} MiB; best of {a.repeats}, one process")
+    print(f"{'measurement':<46} {'seconds':>8} {'MB/s':>8} {'samples/s':>10} {'ratio':>6}")
+    print(f"{'shards stage (plan, read, tar, summary, index)':<46} {t_stage:>8.3f} {mb / t_stage:>8.0f} {a.samples / t_stage:>10.0f} {t_stage / t_bare:>6.2f}")
+    print(f"{'  baseline: tarfile, same bytes':<46} {t_bare:>8.3f} {mb / t_bare:>8.0f} {a.samples / t_bare:>10.0f} {1.0:>6.2f}")
+    print(f"stage/baseline ratio: {t_stage / t_bare:.2f} (target <= 1.3); peak RSS {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
