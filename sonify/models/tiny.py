@@ -17,7 +17,7 @@ import torch
 
 MARKER = "sonify_tiny.json"
 KINDS = ("clap", "vlm", "ast", "vae", "dit")
-VERSION = 4
+VERSION = 5
 
 _CORPUS = [
     "the sound of a dog barking in the park", "water splashing against the rocks", "a car engine running",
@@ -107,7 +107,7 @@ def _dit(out: Path) -> None:
     from diffusers import PixArtTransformer2DModel
 
     PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
-                             num_layers=2, sample_size=8, patch_size=2, cross_attention_dim=32,
+                             num_layers=2, sample_size=32, patch_size=2, cross_attention_dim=32,
                              caption_channels=32, norm_type="ada_norm_single",
                              use_additional_conditions=False).save_pretrained(out / "transformer")
 
