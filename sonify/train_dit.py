@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -129,7 +128,6 @@ def check_against_shards(cfg: TrainConf, urls: list[str], model_cfg) -> dict:
 
 def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device: str | None = None) -> dict:
     """The training loop shared by the local and the Ray Train paths; returns final metrics."""
-    import numpy as np
     import torch
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
     from diffusers.optimization import get_scheduler

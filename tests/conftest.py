@@ -34,6 +34,36 @@ def make_cfg(tmp_path, demo_dir):
     return make
 
 
+ALL_STAGES = ("images", "audio", "concepts", "filter", "embed", "retrieve", "mix", "features", "latents", "shards")
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, demo_dir):
+    """Every stage once over the demo data (imported concepts only, local executor), shared read-only.
+
+    Returns (cfg, args); tests that change a run copy it first (`copy_run`).
+    """
+    from sonify.executor import run_stage
+
+    root = tmp_path_factory.mktemp("full_run")
+    args = ["pipeline=demo", f"run.root={root / 'runs'}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
+            "run.executor=local", "run.progress=false", "models.vlms=[]", f"models.tiny_dir={root / 'tiny'}",
+            "stages.mix.release_jsonl=true"]
+    cfg = load_config(args, stage_names())
+    for stage in ALL_STAGES:
+        assert not run_stage(stage, cfg, progress_bar=False).failed, stage
+    return cfg, args
+
+
+def copy_run(full_run, dest: Path, *overrides: str):
+    """A private copy of the shared run under `dest`, with config overrides."""
+    import shutil
+
+    cfg, args = full_run
+    shutil.copytree(cfg.run.dir, dest / "runs" / "demo")
+    return load_config([*args, f"run.root={dest / 'runs'}", *overrides], stage_names())
+
+
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
     monkeypatch.chdir(REPO)

@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from sonify.errors import ConfigError

@@ -1,39 +1,26 @@
 """Stages `embed` and `retrieve` on the demo data with tiny CLAP."""
 
-import shutil
-
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from sonify.audio import load_chunk
-from sonify.config import load_config
 from sonify.executor import run_stage
 from sonify.matrices import load_matrix
 from sonify.retrieval import keyed_rng, literal_algorithm1
-from sonify.stages import stage_names
 from sonify.tables import TableStore
 
-UPSTREAM = ("images", "audio", "concepts", "filter")
+from conftest import copy_run
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory, demo_dir):
-    root = tmp_path_factory.mktemp("er")
-    args = ["pipeline=demo", f"run.root={root / 'runs'}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
-            "run.executor=local", "run.progress=false", "models.vlms=[]", f"models.tiny_dir={root / 'tiny'}"]
-    cfg = load_config(args, stage_names())
-    for s in (*UPSTREAM, "embed", "retrieve"):
-        r = run_stage(s, cfg, progress_bar=False)
-        assert not r.failed, r.failed
-    return cfg, args
+@pytest.fixture
+def base_run(full_run):
+    return full_run
 
 
 def _copy_run(base_run, tmp_path, *overrides):
-    cfg, args = base_run
-    shutil.copytree(cfg.run.dir, tmp_path / "runs" / "demo")
-    return load_config([*args, f"run.root={tmp_path / 'runs'}", *overrides], stage_names())
+    return copy_run(base_run, tmp_path, *overrides)
 
 
 def test_embeddings_cover_usable_chunks_and_kept_concepts(base_run):

@@ -4,10 +4,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.compute as pc
-import pytest
 import yaml
 from PIL import Image
 

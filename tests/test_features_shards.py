@@ -3,7 +3,6 @@
 import glob
 import hashlib
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,18 +16,11 @@ from sonify.executor import run_stage
 from sonify.stages import stage_names
 from sonify.tables import TableStore
 
-STAGES = ("images", "audio", "concepts", "filter", "embed", "retrieve", "mix", "features", "latents", "shards")
+from conftest import copy_run
 
-
-@pytest.fixture(scope="module")
-def shard_run(tmp_path_factory, demo_dir):
-    root = tmp_path_factory.mktemp("shards")
-    args = ["pipeline=demo", f"run.root={root / 'runs'}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
-            "run.executor=local", "run.progress=false", "models.vlms=[]", f"models.tiny_dir={root / 'tiny'}"]
-    cfg = load_config(args, stage_names())
-    for s in STAGES:
-        assert not run_stage(s, cfg, progress_bar=False).failed, s
-    return cfg, args
+@pytest.fixture
+def shard_run(full_run):
+    return full_run
 
 
 def test_ast_time_series_for_5s_clips(shard_run):
@@ -110,8 +102,7 @@ def test_every_kept_variant_exactly_once_and_images_on_one_side(shard_run):
 
 def test_shards_are_deterministic_and_skip_when_done(shard_run, tmp_path):
     cfg, args = shard_run
-    shutil.copytree(cfg.run.dir, tmp_path / "runs" / "demo")
-    other = load_config([*args, f"run.root={tmp_path / 'runs'}", "run.force=true"], stage_names())
+    other = copy_run(shard_run, tmp_path, "run.force=true")
     run_stage("shards", other, progress_bar=False)
     digest = lambda d: {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in glob.glob(f"{d}/shards/*.tar")}
     assert digest(cfg.run.dir) == digest(other.run.dir)
@@ -120,9 +111,7 @@ def test_shards_are_deterministic_and_skip_when_done(shard_run, tmp_path):
 
 
 def test_missing_feature_file_is_an_error_row_and_the_shard_is_still_written(shard_run, tmp_path):
-    cfg, args = shard_run
-    shutil.copytree(cfg.run.dir, tmp_path / "runs" / "demo")
-    other = load_config([*args, f"run.root={tmp_path / 'runs'}", "run.force=true"], stage_names())
+    other = copy_run(shard_run, tmp_path, "run.force=true")
     victim = TableStore(other.run.dir).read("audio_features").to_pylist()[0]
     (Path(other.run.dir) / victim["path"]).unlink()
     run = run_stage("shards", other, progress_bar=False)
@@ -135,9 +124,7 @@ def test_corrupt_mixture_and_vanished_image_are_error_rows(shard_run, tmp_path):
     from sonify.stages.features import FeaturesStage
     from sonify.stages.latents import LatentsStage
 
-    cfg, args = shard_run
-    shutil.copytree(cfg.run.dir, tmp_path / "runs" / "demo")
-    other = load_config([*args, f"run.root={tmp_path / 'runs'}"], stage_names())
+    other = copy_run(shard_run, tmp_path)
     store = TableStore(other.run.dir)
     work = FeaturesStage.work_list(other, store).slice(0, 2)
     (Path(other.run.dir) / work.column("path")[0].as_py()).write_bytes(b"not flac")

@@ -1,6 +1,5 @@
 """Loudness against pyloudnorm, the mix stage, the release manifest and `python -m sonify.mix`."""
 
-import math
 import shutil
 from pathlib import Path
 
@@ -10,14 +9,14 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from sonify.config import load_config
 from sonify.executor import run_stage
 from sonify.loudness import LoudnessMeter
 from sonify.mix import main as mix_main
 from sonify.mixing import apply_mix_gain, db_to_gain, peak_guard_db, sum_components
 from sonify.release import read_release, release_paths
-from sonify.stages import stage_names
 from sonify.tables import TableStore
+
+from conftest import copy_run
 
 
 def _sine(sr, seconds, dbfs_peak, freq=1000.0):
@@ -69,16 +68,9 @@ def test_peak_guard_holds_on_loud_sums():
     assert peak_guard_db(quiet, -1.0) == 0.0 and apply_mix_gain(quiet, 0.0) is quiet
 
 
-@pytest.fixture(scope="module")
-def mixed_run(tmp_path_factory, demo_dir):
-    root = tmp_path_factory.mktemp("mix")
-    args = ["pipeline=demo", f"run.root={root / 'runs'}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
-            "run.executor=local", "run.progress=false", "models.vlms=[]", f"models.tiny_dir={root / 'tiny'}",
-            "stages.mix.release_jsonl=true"]
-    cfg = load_config(args, stage_names())
-    for s in ("images", "audio", "concepts", "filter", "embed", "retrieve", "mix"):
-        assert not run_stage(s, cfg, progress_bar=False).failed
-    return cfg, args
+@pytest.fixture
+def mixed_run(full_run):
+    return full_run
 
 
 def test_mixes_hit_their_targets_and_record_everything(mixed_run):
@@ -103,9 +95,8 @@ def test_mixes_hit_their_targets_and_record_everything(mixed_run):
 
 
 def test_targets_are_keyed_by_ids_not_order(mixed_run, tmp_path):
-    cfg, args = mixed_run
-    shutil.copytree(cfg.run.dir, tmp_path / "runs" / "demo")
-    other = load_config([*args, f"run.root={tmp_path / 'runs'}", "stages.mix.partition_rows=3", "stages.mix.batch_size=2"], stage_names())
+    cfg, _ = mixed_run
+    other = copy_run(mixed_run, tmp_path, "stages.mix.partition_rows=3", "stages.mix.batch_size=2")
     run_stage("mix", other, progress_bar=False)
     a = {m["id"]: m["flac_sha256"] for m in TableStore(cfg.run.dir).read("mixes").to_pylist()}
     b = {m["id"]: m["flac_sha256"] for m in TableStore(other.run.dir).read("mixes").to_pylist()}
@@ -115,7 +106,7 @@ def test_targets_are_keyed_by_ids_not_order(mixed_run, tmp_path):
 def test_silent_components_are_left_out_and_all_silent_is_an_error(mixed_run, tmp_path):
     from sonify.stages.mix import MixStage
 
-    cfg, _ = mixed_run
+    cfg = copy_run(mixed_run, tmp_path)   # _mix writes mixture files: never into the shared run
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(16000 * 5, np.float32), 16000)
     work = MixStage.work_list(cfg, TableStore(cfg.run.dir)).to_pylist()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 from .common import best_of, peak_rss_mib
 

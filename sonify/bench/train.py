@@ -29,7 +29,6 @@ def main(argv=None) -> None:
     ap.add_argument("--latent", type=int, default=32)
     a = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from ..dit import AudioConditioner, load_dit
