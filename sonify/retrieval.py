@@ -24,9 +24,9 @@ import numpy as np
 MODES = ("ssr", "raw", "argmax", "softmax")
 
 
-def ssr(x):
-    """Signed square root, for numpy arrays and torch tensors alike."""
-    return x.sign() * x.abs().sqrt() if hasattr(x, "sign") and not isinstance(x, np.ndarray) else np.sign(x) * np.sqrt(np.abs(x))
+def ssr(x: np.ndarray) -> np.ndarray:
+    """Signed square root."""
+    return np.sign(x) * np.sqrt(np.abs(x))
 
 
 def keyed_rng(seed: int, image_id: str, vlm: str, concept_index: int, purpose: str = "") -> np.random.Generator:

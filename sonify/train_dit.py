@@ -126,6 +126,20 @@ def check_against_shards(cfg: TrainConf, urls: list[str], model_cfg) -> dict:
     return s
 
 
+def sync_grads(params, world: int) -> None:
+    """Average gradients of parameters outside the DDP module across ranks (zeros where a rank has none)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
 def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device: str | None = None) -> dict:
     """The training loop shared by the local and the Ray Train paths; returns final metrics."""
     import torch
@@ -239,6 +253,8 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
             if micro < accum:
                 continue
             micro = 0
+            if world > 1:
+                sync_grads(conditioner.parameters(), world)   # DDP wraps the transformer only
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()

@@ -172,3 +172,25 @@ def test_fast_npy_reader_equals_np_load(array):
     data = _npy(array)
     got, want = load_npy(data), np.load(io.BytesIO(data))
     assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+
+
+def _sync_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    from sonify.train_dit import sync_grads
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = None if rank == 1 else torch.tensor([2.0, 4.0, 6.0])   # rank 1 dropped no sample: no gradient
+    sync_grads([p], world)
+    torch.save(p.grad, f"{out_dir}/grad{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_sync_grads_averages_parameters_outside_ddp_across_ranks(tmp_path):
+    """The null-audio token lives outside the DDP module: every rank must end with the same averaged gradient."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = torch.load(tmp_path / "grad0.pt"), torch.load(tmp_path / "grad1.pt")
+    assert torch.equal(g0, g1) and torch.equal(g0, torch.tensor([1.0, 2.0, 3.0]))

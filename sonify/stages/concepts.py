@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..concept_parser import Concept, make_text, parse_concepts, split_item
+from ..concept_parser import Concept, ParseResult, make_text, parse_concepts, split_item
 from ..config import resolve_text
 from ..errors import error_text
 from ..imaging import ImageRejected, load_rgb
@@ -155,12 +155,10 @@ class ConceptsStage(Stage):
                     continue
                 if obj:
                     concepts.append(Concept(obj, sound, text))
-            from ..concept_parser import ParseResult
             parsed = ParseResult(concepts=concepts[: self.conf.max_concepts], items_found=len(concepts),
                                  error=None if concepts else "parse_error: the imported concept list is empty")
             raw = "\n".join(str(i) for i in items or [])
-        return (self._concepts_row(row, "(imported)", raw, parsed),
-                self._caption_row(row, row["import_caption"], None if row["import_caption"] is not None else None))
+        return self._concepts_row(row, "(imported)", raw, parsed), self._caption_row(row, row["import_caption"])
 
     def _generated(self, rows: list[dict]) -> list[tuple[dict, dict]]:
         out: dict[str, tuple[dict, dict]] = {}
