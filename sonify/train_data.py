@@ -122,6 +122,36 @@ def epoch_batches(urls: list[str], epoch: int, cfg, rank: int, world: int, skipp
         yield collate(buf, cfg.seed, epoch, scaling, cfg.cond_dropout, cfg.max_audio_frames)
 
 
+def _as_is(batch):
+    """The batches are collated already (module-level: picklable under the spawn start method)."""
+    return batch
+
+
+class EpochBatches(torch.utils.data.IterableDataset):
+    """One epoch of batches for a DataLoader with workers: `wds.split_by_worker` gives each worker its
+    share of this rank's shards, and the DataLoader takes from the workers in turn, so the order is a
+    function of (seed, epoch, number of workers). Read errors are logged in the worker processes."""
+
+    def __init__(self, urls: list[str], epoch: int, cfg, rank: int, world: int, scaling: float):
+        super().__init__()
+        self.args = (urls, epoch, cfg, rank, world)
+        self.scaling = scaling
+
+    def __iter__(self):
+        urls, epoch, cfg, rank, world = self.args
+        yield from epoch_batches(urls, epoch, cfg, rank, world, SkippedShards(), self.scaling)
+
+
+def loader(urls: list[str], epoch: int, cfg, rank: int, world: int, skipped: SkippedShards, scaling: float):
+    """This rank's batches of one epoch: in-process (with a prefetch thread) or from DataLoader workers."""
+    if cfg.loader_workers > 0:
+        dl = torch.utils.data.DataLoader(EpochBatches(urls, epoch, cfg, rank, world, scaling), batch_size=None,
+                                         num_workers=cfg.loader_workers, collate_fn=_as_is)
+        return iter(dl)
+    batches = epoch_batches(urls, epoch, cfg, rank, world, skipped, scaling)
+    return prefetch(batches, cfg.prefetch) if cfg.prefetch > 0 else batches
+
+
 def prefetch(batches, depth: int = 2):
     """Produce batches on a background thread (decoding overlaps the model step); order is unchanged."""
     import queue

@@ -60,7 +60,8 @@ class TrainConf:
     resume: Optional[str] = None       # latest | a checkpoint folder
     log_every: int = 10
     seed: int = 0
-    prefetch: int = 2                  # batches decoded ahead on a background thread (0: none)
+    prefetch: int = 2                  # batches decoded ahead on a background thread (0: none; loader_workers=0 only)
+    loader_workers: int = 0            # DataLoader worker processes, each reading its share of the rank's shards
     trainer: str = "local"             # local | ray
     num_workers: int = 1               # Ray Train workers (one per GPU)
     use_gpu: bool = False
@@ -148,7 +149,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     from diffusers.training_utils import EMAModel
 
     from .dit import AudioConditioner, load_dit
-    from .train_data import SkippedShards, epoch_batches, expand_shards, prefetch
+    from .train_data import SkippedShards, expand_shards, loader
 
     device = device or ("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
@@ -177,6 +178,9 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     noise_scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear",
                                     beta_start=0.0001, beta_end=0.02)
+    from .diffusion_loss import DiffusionLoss
+
+    loss_fn = DiffusionLoss(noise_scheduler.betas)
     step, epoch, batches_in_epoch = 0, 0, 0
     if resume_from:
         state = torch.load(resume_from / "training_state.pt", map_location="cpu", weights_only=False)
@@ -228,9 +232,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     micro = 0   # micro-batches accumulated towards the next optimizer step (carried across epochs)
     while step < cfg.steps:
         done_epoch = True
-        batches = epoch_batches(urls, epoch, cfg, rank, world, skipped, scaling)
-        if cfg.prefetch > 0:
-            batches = prefetch(batches, cfg.prefetch)
+        batches = loader(urls, epoch, cfg, rank, world, skipped, scaling)
         for i, batch in enumerate(batches):
             if i < batches_in_epoch:   # resume mid-epoch: skip what was consumed
                 continue
@@ -244,8 +246,8 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
             with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 pred = train_model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
                                    added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-            pred = pred[:, :latents.shape[1]] if pred.shape[1] == 2 * latents.shape[1] else pred  # learned sigma: eps first
-            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+            terms = loss_fn(pred, noise, latents, noisy, t)   # MSE(eps), + the variational bound for learned sigma
+            loss = terms["loss"]
             (loss / accum).backward()
             micro += 1
             batches_in_epoch = i + 1
@@ -264,7 +266,8 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                metrics = {"step": step, "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                metrics = {"step": step, "loss": loss.item(), "mse": terms["mse"].item(), "vb": float(terms.get("vb", 0.0)),
+                           "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                            "samples_per_s": samples_since / max(now - t_last, 1e-9), "step_time_s": (now - t_last) / cfg.log_every,
                            "skipped_shard_errors": skipped.count}
                 t_last, samples_since = now, 0

@@ -61,9 +61,17 @@ def _params(path):
 
 
 def test_loss_falls_when_overfitting_a_handful_of_samples(shards, tiny_dir, tmp_path, monkeypatch):
+    from sonify.diffusion_loss import DiffusionLoss
+
     losses = []
-    real = torch.nn.functional.mse_loss
-    monkeypatch.setattr(torch.nn.functional, "mse_loss", lambda a, b: losses.append(real(a, b).detach().item()) or real(a, b))
+    real = DiffusionLoss.__call__
+
+    def record(self, *args):
+        terms = real(self, *args)
+        losses.append(terms["mse"].item())
+        return terms
+
+    monkeypatch.setattr(DiffusionLoss, "__call__", record)
     cfg = _cfg(shards, tiny_dir, tmp_path / "out", "steps=60", "cond_dropout=0", "lr=2e-3", "checkpoint_every=1000")
     train_loop(cfg)
     assert len(losses) == 60
@@ -84,6 +92,17 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(shards, tiny_d
         assert all(torch.equal(a[k], b[k]) for k in a), sub
     state = torch.load(tmp_path / "part/checkpoint-6/training_state.pt", weights_only=False)
     assert state["step"] == 6 and state["epoch"] >= 1   # 8 samples / batch 4 with accumulation 2: a step per epoch
+
+
+def test_loader_workers_split_shards_and_resume_exactly(tmp_path, tiny_dir):
+    """Two DataLoader workers over four shards: a resumed run matches an uninterrupted one."""
+    pattern = write_shards(tmp_path / "s4", n_samples=16, per_shard=4)
+    common = ["per_device_batch=2", "global_batch=2", "loader_workers=2", "checkpoint_every=3"]
+    train_loop(_cfg(pattern, tiny_dir, tmp_path / "full", "steps=6", *common))
+    train_loop(_cfg(pattern, tiny_dir, tmp_path / "part", "steps=3", *common))
+    train_loop(_cfg(pattern, tiny_dir, tmp_path / "part", "steps=6", "resume=latest", *common))
+    a, b = _params(tmp_path / "full/checkpoint-6/transformer"), _params(tmp_path / "part/checkpoint-6/transformer")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_saved_transformer_loads_with_plain_diffusers(shards, tiny_dir, tmp_path):
@@ -194,3 +213,40 @@ def test_sync_grads_averages_parameters_outside_ddp_across_ranks(tmp_path):
     mp.spawn(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     g0, g1 = torch.load(tmp_path / "grad0.pt"), torch.load(tmp_path / "grad1.pt")
     assert torch.equal(g0, g1) and torch.equal(g0, torch.tensor([1.0, 2.0, 3.0]))
+
+
+def _diffusion():
+    from diffusers import DDPMScheduler
+
+    from sonify.diffusion_loss import DiffusionLoss
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    return sched, DiffusionLoss(sched.betas)
+
+
+def test_hybrid_loss_is_mse_without_learned_sigma_and_zero_vb_for_a_perfect_model():
+    sched, loss = _diffusion()
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 1, 10, 100, 500, 999])
+    xt = sched.add_noise(x0, noise, t)
+    eps_only = loss(noise + 0.1, noise, x0, xt, t)
+    assert set(eps_only) == {"loss", "mse"} and eps_only["loss"].item() == pytest.approx(0.01, rel=1e-4)
+    t_pos = torch.tensor([1, 2, 10, 100, 500, 999])   # t = 0 is the decoder NLL, not a KL
+    xt_pos = sched.add_noise(x0, noise, t_pos)
+    # eps exact and v = -1 (the posterior's own variance): the model's p equals the true q, so the KL is 0
+    perfect = loss(torch.cat([noise, -torch.ones_like(noise)], 1), noise, x0, xt_pos, t_pos)
+    assert perfect["mse"].item() == 0 and perfect["vb"].item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_vb_is_positive_and_trains_only_the_variance_channels():
+    sched, loss = _diffusion()
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([3, 50, 400, 900])
+    xt = sched.add_noise(x0, noise, t)
+    pred = torch.randn(4, 8, 8, 8, generator=g).requires_grad_()
+    terms = loss(pred, noise, x0, xt, t)
+    assert terms["vb"].item() > 0
+    terms["vb"].backward()
+    assert pred.grad[:, :4].abs().sum() == 0 and pred.grad[:, 4:].abs().sum() > 0   # eps is stop-gradient in the bound

@@ -4,7 +4,8 @@ Tiny PixArt (or `--dit` any transformer) on generated shards in the shards stage
   train_dit  the real loop: WebDataset streaming and decoding, latent sampling from mean/std,
              conditioning dropout, noise and timesteps, forward, loss, backward, clipping, AdamW,
              LR schedule, EMA; samples/s over the last `--measure` steps (after warm-up)
-  bare       forward + loss + backward + AdamW step on the same batches already in memory as tensors
+  bare       forward + the same loss (MSE + variational bound) + backward + AdamW step on the same
+             batches already in memory as tensors
 Target: train_dit/bare time <= 1.2 (the data path keeps the model fed).
 """
 
@@ -62,7 +63,12 @@ def main(argv=None) -> None:
                 b = next(it)
             batches.append(b)
         gen = torch.Generator().manual_seed(0)
-        from diffusers import PixArtTransformer2DModel
+        from diffusers import DDPMScheduler, PixArtTransformer2DModel
+
+        from ..diffusion_loss import DiffusionLoss
+
+        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+        loss_fn = DiffusionLoss(sched.betas)
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(model.parameters(), decay=0.9999, model_cls=PixArtTransformer2DModel, model_config=model.config)
@@ -72,9 +78,10 @@ def main(argv=None) -> None:
             noise = torch.randn(b.latents.shape, generator=gen)
             t = torch.randint(0, 1000, (b.latents.shape[0],), generator=gen)
             tokens, mask = cond(b.tokens, b.mask, b.drop)
-            pred = model(b.latents + noise, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
-                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample[:, :4]
-            torch.nn.functional.mse_loss(pred, noise).backward()
+            noisy = sched.add_noise(b.latents, noise, t)
+            pred = model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
+                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            loss_fn(pred, noise, b.latents, noisy, t)["loss"].backward()   # the same loss as the train loop
             if full:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
