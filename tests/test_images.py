@@ -107,3 +107,29 @@ def test_parquet_uri_list_source(tmp_path, make_cfg):
 def test_missing_source_path_is_an_error_row():
     rows = list_images(SourceConf(name="x", kind="folder", path="/nonexistent/dir"), [".jpg"]).to_pylist()
     assert len(rows) == 1 and rows[0]["list_error"].startswith("not_found:")
+
+
+def test_url_list_source_against_a_local_http_server(tmp_path, make_cfg):
+    """Images listed by http URL: fetched, checked, and a 404 or a corrupt body is an error row."""
+    import functools
+    import http.server
+    import threading
+
+    Image.new("RGB", (9, 4)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        pq.write_table(pa.table({"uri": [f"{base}/ok.png", f"{base}/missing.png", f"{base}/bad.jpg"]}), tmp_path / "urls.parquet")
+        listing = list_images(SourceConf(name="web", kind="parquet", path=str(tmp_path / "urls.parquet")), [".png"])
+        rows = ImagesStage(make_cfg()).process_batch(listing)["images"].to_pylist()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rows[0]["status"] == "ok" and (rows[0]["width"], rows[0]["height"]) == (9, 4)
+    assert rows[1]["error"].startswith("unreadable:") and "404" in rows[1]["error"]
+    assert rows[2]["error"].startswith("corrupt:")
