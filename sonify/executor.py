@@ -135,14 +135,15 @@ def table_counts(store: TableStore, table: str) -> dict:
     """Rows, ok and errors by reason of a whole table, read from disk (the source of truth)."""
     if not store.exists(table):
         return {"rows": 0, "ok": 0, "errors": {}}
-    t = store.read(table, columns=["status", "error"])
+    decision = {"kept", "reason"} <= set(table_spec(table).schema.names)  # decision tables: why rows were dropped
+    t = store.read(table, columns=["status", "error"] + (["kept", "reason"] if decision else []))
     statuses, errors = t.column("status").to_pylist(), t.column("error").to_pylist()
     reasons = Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK)
     counts = {"rows": t.num_rows, "ok": sum(s == STATUS_OK for s in statuses), "errors": dict(reasons.most_common())}
-    if {"kept", "reason"} <= set(table_spec(table).schema.names):  # decision tables: why rows were dropped
-        d = store.read(table, columns=["kept", "reason"])
-        counts["kept"] = sum(bool(k) for k in d.column("kept").to_pylist())
-        counts["dropped"] = dict(Counter(r for k, r in zip(d.column("kept").to_pylist(), d.column("reason").to_pylist()) if not k).most_common())
+    if decision:
+        kept = t.column("kept").to_pylist()
+        counts["kept"] = sum(bool(k) for k in kept)
+        counts["dropped"] = dict(Counter(r for k, r in zip(kept, t.column("reason").to_pylist()) if not k).most_common())
     return counts
 
 

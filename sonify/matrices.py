@@ -38,13 +38,9 @@ def build_matrix(store: TableStore, table: str, column: str = "embedding") -> Pa
     order = pc.sort_indices(all_ids)
     sorted_ids = all_ids.take(order)
     row_of = {i: r for r, i in enumerate(sorted_ids.to_pylist())}
-    dim = None
-    for f in files:
-        t = pq.read_table(f, columns=[column, "status"])
-        t = t.filter(pc.equal(t.column("status"), "ok"))
-        if t.num_rows:
-            dim = len(t.column(column)[0].as_py())
-            break
+    # the width is in the schema of any partition that holds vectors (a fixed-size list); no data read for it
+    widths = (pq.read_schema(f).field(column).type for f in files)
+    dim = next((t.list_size for t in widths if pa.types.is_fixed_size_list(t)), None)
     npy.parent.mkdir(parents=True, exist_ok=True)
     tmp = npy.with_name(f".tmp-{npy.name}")
     mat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(row_of), dim or 0))

@@ -20,6 +20,14 @@ class Partition:
     rows: pa.Table
 
 
+def partition_name(prefix: str, ids: list[str]) -> str:
+    """'part-' + 16 hex digits of sha1(prefix, ids): the same inputs always give the same name."""
+    h = hashlib.sha1(prefix.encode())
+    for i in ids:
+        h.update(b"\x00" + i.encode())
+    return f"part-{h.hexdigest()[:16]}"
+
+
 def dedupe_sorted(work: pa.Table, id_column: str = "id") -> tuple[pa.Table, int]:
     """Sort by id and keep the first row of each id; returns the table and how many rows were dropped."""
     work = work.take(pc.sort_indices(work, sort_keys=[(id_column, "ascending")]))
@@ -37,10 +45,7 @@ def plan_partitions(work: pa.Table, partition_rows: int, fingerprint: str, id_co
     parts = []
     for start in range(0, work.num_rows, partition_rows):
         rows = work.slice(start, partition_rows)
-        h = hashlib.sha1(fingerprint.encode())
-        for i in rows.column(id_column).to_pylist():
-            h.update(b"\x00" + i.encode())
-        parts.append(Partition(name=f"part-{h.hexdigest()[:16]}", rows=rows))
+        parts.append(Partition(name=partition_name(fingerprint, rows.column(id_column).to_pylist()), rows=rows))
     return parts
 
 
@@ -54,10 +59,7 @@ def plan_groups(work: pa.Table, group_column: str, fingerprint: str, id_column: 
         by_group.setdefault(g, []).append(i)
     for g in sorted(by_group):
         rows = work.take(pa.array(by_group[g], pa.int64()))
-        h = hashlib.sha1(f"{fingerprint}\x00{g}".encode())
-        for i in (ids[j] for j in by_group[g]):
-            h.update(b"\x00" + i.encode())
-        parts.append(Partition(name=f"part-{h.hexdigest()[:16]}", rows=rows))
+        parts.append(Partition(name=partition_name(f"{fingerprint}\x00{g}", [ids[j] for j in by_group[g]]), rows=rows))
     return parts
 
 

@@ -59,6 +59,22 @@ def list_images(source, extensions: list[str]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
 
 
+def load_image(row: dict, max_pixels: int, max_side: int | None = None):
+    """The upright RGB image of a work row (uri, tar_offset, nbytes), bounded by `max_side`.
+
+    Raises `ImageRejected` for every failure: the decoder's reason, or 'unreadable' when the bytes
+    cannot be read (the file changed since ingest, a URL failed).
+    """
+    from ..imaging import ImageRejected, load_rgb
+
+    try:
+        return load_rgb(read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"]), max_pixels, max_side)
+    except ImageRejected:
+        raise
+    except Exception as e:
+        raise ImageRejected("unreadable", f"{type(e).__name__}: {e}") from None
+
+
 def read_image_bytes(uri: str, tar_offset: int | None, nbytes: int | None, timeout_s: float = 20.0) -> bytes:
     """The encoded bytes of an image, from a file, a tar member (by offset) or an http(s) URL."""
     if tar_offset is not None:

@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 from ..concept_parser import Concept, ParseResult, make_text, parse_concepts, split_item
 from ..config import resolve_text
 from ..errors import error_text
-from ..imaging import ImageRejected, load_rgb
+from ..imaging import ImageRejected
 from ..manifest import STATUS_ERROR, STATUS_OK
 from ..sources import stable_id
-from ..sources.images import read_image_bytes
+from ..sources.images import load_image
 from ..tables import rows_to_table
 from .base import Stage
 
@@ -163,17 +163,13 @@ class ConceptsStage(Stage):
     def _generated(self, rows: list[dict]) -> list[tuple[dict, dict]]:
         out: dict[str, tuple[dict, dict]] = {}
         images, good = [], []
+        failed = lambda row, err: (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
         for row in rows:
             try:
-                data = read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"])
-                images.append(load_rgb(data, self.conf.max_pixels, self.conf.max_image_side))
+                images.append(load_image(row, self.conf.max_pixels, self.conf.max_image_side))
                 good.append(row)
             except ImageRejected as e:
-                err = error_text(e.reason, e.detail)
-                out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
-            except Exception as e:
-                err = error_text("unreadable", f"{type(e).__name__}: {e}")
-                out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
+                out[row["id"]] = failed(row, error_text(e.reason, e.detail))
         if good:
             vlm = self.vlms[good[0]["vlm"]]
             try:
@@ -182,7 +178,7 @@ class ConceptsStage(Stage):
             except Exception as e:
                 err = error_text("vlm_error", f"{type(e).__name__}: {e}")
                 for row in good:
-                    out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
+                    out[row["id"]] = failed(row, err)
             else:
                 for row, caption, reply in zip(good, captions, replies):
                     parsed = parse_concepts(reply, self.conf.max_concepts, self.conf.text_template)

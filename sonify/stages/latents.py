@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from ..encoders import VAEEncoder, center_crop
 from ..errors import error_text
-from ..imaging import ImageRejected, load_rgb
+from ..imaging import ImageRejected
 from ..manifest import STATUS_ERROR, STATUS_OK
-from ..sources.images import read_image_bytes
+from ..sources.images import load_image
 from ..tables import rows_to_table
 from .base import Stage
 from .features import save_npy
@@ -46,13 +46,10 @@ class LatentsStage(Stage):
         base = lambda r: {"id": r["id"], "model": self.cfg.models.vae, "resolution": size, "scaling_factor": self.vae.scaling_factor}
         for r in rows:
             try:
-                im = load_rgb(read_image_bytes(r["uri"], r["tar_offset"], r["nbytes"]), self.conf.max_pixels)
-                images.append(center_crop(im, size))
+                images.append(center_crop(load_image(r, self.conf.max_pixels), size))
                 good.append(r)
             except ImageRejected as e:
                 out[r["id"]] = {**base(r), "status": STATUS_ERROR, "error": error_text(e.reason, e.detail)}
-            except Exception as e:
-                out[r["id"]] = {**base(r), "status": STATUS_ERROR, "error": error_text("unreadable", f"{type(e).__name__}: {e}")}
         if good:
             try:
                 mean, std = self.vae.encode(images)

@@ -110,11 +110,9 @@ class ShardsStage(Stage):
 
     def _jpg(self, r: dict) -> bytes:
         from ..encoders import center_crop
-        from ..imaging import load_rgb
-        from ..sources.images import read_image_bytes
+        from ..sources.images import load_image
 
-        im = center_crop(load_rgb(read_image_bytes(r["uri"], r["tar_offset"], r["nbytes"]), 10**9),
-                         int(self.cfg.stages.latents.resolution))
+        im = center_crop(load_image(r, int(self.cfg.stages.latents.max_pixels)), int(self.cfg.stages.latents.resolution))
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=int(self.conf.jpg_quality))
         return buf.getvalue()
