@@ -12,8 +12,8 @@ from pathlib import Path
 
 import duckdb
 
-from .manifest import TABLES
-from .tables import TableStore
+from sonify.engine.schemas import TABLES
+from sonify.engine.store import TableStore
 
 
 def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
@@ -27,7 +27,7 @@ def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
         if not files:
             continue
         if d.name in TABLES:
-            from .tables import check_schema
+            from sonify.engine.store import check_schema
             for f in files:
                 check_schema(f, TABLES[d.name])
         pattern = str(d / "[!.]*.parquet").replace("'", "''")

@@ -14,10 +14,10 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import load_config, save_config
-from .errors import SonifyError
-from .models.loading import TINY_PREFIX
-from .stages import get_stage, stage_names
+from sonify.engine.config import load_config, save_config
+from sonify.engine.errors import SonifyError
+from sonify.models.loading import TINY_PREFIX
+from sonify.stages import get_stage, stage_names
 
 log = logging.getLogger("sonify")
 
@@ -32,25 +32,6 @@ def tiny_model_roles(cfg: DictConfig, stages: list[str]) -> list[str]:
     roles = {role for name in stages for role in get_stage(name).models}
     names = OmegaConf.to_container(cfg.models)
     return sorted(r for r in roles if any(str(m).startswith(TINY_PREFIX) for m in (names[r] if isinstance(names[r], list) else [names[r]])))
-
-
-def connect_ray(cfg: DictConfig) -> bool:
-    """Start or join Ray; True when this call connected (and the caller should shut it down)."""
-    import ray
-
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
-                 include_dashboard=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # sonify shows one bar per stage instead
-    ctx.print_on_execution_start = False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,15 +50,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pipeline(cfg: DictConfig) -> int:
-    from .executor import run_stage
-    from .summary import format_summary, save_summary
+    from sonify.engine.cluster import connect_ray
+    from sonify.engine.executor import run_stage
+    from sonify.engine.summary import format_summary, save_summary
 
     t0 = time.perf_counter()
     run_dir = cfg.run.dir
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     if cfg.demo_data.enabled:
-        from .demo_data import ensure_demo_data
+        from sonify.sources.demo import ensure_demo_data
         ensure_demo_data(cfg.demo_data.dir, cfg.demo_data.num_images, cfg.demo_data.seed)
         print(f"demo data (generated offline, nothing downloaded): {cfg.demo_data.dir}")
     stages = selected_stages(cfg)
@@ -88,7 +70,7 @@ def run_pipeline(cfg: DictConfig) -> int:
     runs = []
     try:
         for name in stages:
-            runs.append(run_stage(name, cfg, progress_bar=cfg.run.progress))
+            runs.append(run_stage(get_stage(name), cfg, progress_bar=cfg.run.progress))
     finally:
         if started_ray:
             import ray

@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; read 
 
 import pytest
 
-from sonify.config import load_config
-from sonify.demo_data import ensure_demo_data
-from sonify.stages import stage_names
+from sonify.engine.config import load_config
+from sonify.sources.demo import ensure_demo_data
+from sonify.stages import get_stage, stage_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def full_run(tmp_path_factory, demo_dir):
 
     Returns (cfg, args); tests that change a run copy it first (`copy_run`).
     """
-    from sonify.executor import run_stage
+    from sonify.engine.executor import run_stage
 
     root = tmp_path_factory.mktemp("full_run")
     args = ["pipeline=demo", f"run.root={root / 'runs'}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
@@ -51,7 +51,7 @@ def full_run(tmp_path_factory, demo_dir):
             "stages.mix.release_jsonl=true"]
     cfg = load_config(args, stage_names())
     for stage in ALL_STAGES:
-        assert not run_stage(stage, cfg, progress_bar=False).failed, stage
+        assert not run_stage(get_stage(stage), cfg, progress_bar=False).failed, stage
     return cfg, args
 
 

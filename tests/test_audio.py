@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from sonify.audio import load_chunk, plan_chunks
+from sonify.media.audio import load_chunk, plan_chunks
 from sonify.stages.audio import AudioStage
 
 

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sonify.concept_parser import parse_concepts, split_item
+from sonify.concepts.parser import parse_concepts, split_item
 
 REPLIES = [
     ("1. Dog - The sound of barking\n2. Car - Engine humming\n3. Bird - Chirping",

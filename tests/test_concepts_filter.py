@@ -7,11 +7,13 @@ import shutil
 import pyarrow as pa
 import pytest
 
-from sonify.errors import ConfigError
-from sonify.executor import run_stage
+from sonify.engine.errors import ConfigError
+from sonify.engine.executor import run_stage
+from sonify.stages import get_stage
 from sonify.stages.concepts import ConceptsStage, vlm_key
-from sonify.stages.filter import FilterStage, keyword_pattern
-from sonify.tables import TableStore
+from sonify.concepts.keywords import keyword_pattern
+from sonify.stages.filter import FilterStage
+from sonify.engine.store import TableStore
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def ingested(make_cfg):
     """A config whose images stage has run; the concepts stage settings come from demo.yaml."""
     def make(*overrides):
         cfg = make_cfg(*overrides)
-        run_stage("images", cfg, progress_bar=False)
+        run_stage(get_stage("images"), cfg, progress_bar=False)
         return cfg
     return make
 
@@ -30,7 +32,7 @@ def _concepts(cfg):
 
 def test_tiny_vlm_runs_real_generate_and_noise_becomes_parse_errors(ingested, tmp_path):
     cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", "stages.concepts.imports=[]")
-    run = run_stage("concepts", cfg, progress_bar=False)
+    run = run_stage(get_stage("concepts"), cfg, progress_bar=False)
     rows = _concepts(cfg)
     n_images = TableStore(cfg.run.dir).read("images").filter(pa.compute.equal(pa.compute.field("status"), "ok")).num_rows
     assert run.rows_in == len(rows) == n_images
@@ -43,7 +45,7 @@ def test_tiny_vlm_runs_real_generate_and_noise_becomes_parse_errors(ingested, tm
 
 def test_imported_concepts_feed_the_filter(ingested):
     cfg = ingested("models.vlms=[]")
-    run_stage("concepts", cfg, progress_bar=False)
+    run_stage(get_stage("concepts"), cfg, progress_bar=False)
     rows = {r["id"]: r for r in _concepts(cfg)}
     ok = [r for r in rows.values() if r["status"] == "ok"]
     assert ok and all(r["vlm"] == "demo-import" and r["origin"] == "import" for r in ok)
@@ -52,7 +54,7 @@ def test_imported_concepts_feed_the_filter(ingested):
     assert [r["error"].split(":")[0] for r in rows.values() if r["status"] == "error"].count("unknown_image") == 1
     sa = [r for r in ok if r["raw"].startswith(("1.", "2.", "3.", "4.", "5.", "6."))]
     assert sa and all(not c["object"][0].isdigit() for r in sa for c in r["concepts"])  # "1. Dog - ..." parsed
-    run_stage("filter", cfg, progress_bar=False)
+    run_stage(get_stage("filter"), cfg, progress_bar=False)
     kept = {r["id"]: r for r in TableStore(cfg.run.dir).read("kept_images").to_pylist()}
     images = {r["id"]: r for r in TableStore(cfg.run.dir).read("images").to_pylist() if r["status"] == "ok"}
     assert set(kept) == set(images)  # one decision per decoded image
@@ -71,7 +73,7 @@ def test_several_vlms_give_one_variant_each(ingested, tmp_path):
     shutil.copytree(build_tiny("vlm", tmp_path / "tiny"), copy)
     cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", f"models.vlms=[tiny:vlm,{copy}]",
                    "stages.concepts.generation={max_new_tokens: 4}", "stages.concepts.caption_generation={max_new_tokens: 4}")
-    run_stage("concepts", cfg, progress_bar=False)
+    run_stage(get_stage("concepts"), cfg, progress_bar=False)
     rows = [r for r in _concepts(cfg) if not (r["error"] or "").startswith("unknown_image")]
     per_image = {}
     for r in rows:
@@ -83,7 +85,7 @@ def test_several_vlms_give_one_variant_each(ingested, tmp_path):
 
 
 def test_parseable_replies_become_concepts(ingested, monkeypatch, tmp_path):
-    from sonify import vlm as vlm_module
+    from sonify.models import vlm as vlm_module
 
     def fake_generate(self, images, prompt, generation):
         if prompt.startswith("Provide a short"):
@@ -92,7 +94,7 @@ def test_parseable_replies_become_concepts(ingested, monkeypatch, tmp_path):
 
     monkeypatch.setattr(vlm_module.HFVLM, "generate", fake_generate)
     cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", "stages.concepts.imports=[]")
-    run_stage("concepts", cfg, progress_bar=False)
+    run_stage(get_stage("concepts"), cfg, progress_bar=False)
     rows = _concepts(cfg)
     assert rows and all(r["status"] == "ok" and [c["object"] for c in r["concepts"]] == ["Dog", "Waves"] for r in rows)
     assert rows[0]["concepts"][0]["text"] == "The sound of a dog barking"
@@ -122,11 +124,11 @@ def test_import_formats_jsonl_with_image_ids_and_structs(ingested, tmp_path):
         {"image_id": images[1]["id"], "concepts": "1. Car - honking\n2. Bell - ringing", "caption": "a street sign"},
     ]))
     cfg2 = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: released, path: '{path}'}}]")
-    run_stage("concepts", cfg2, progress_bar=False)
+    run_stage(get_stage("concepts"), cfg2, progress_bar=False)
     rows = {r["image_id"]: r for r in _concepts(cfg2)}
     assert rows[images[0]["id"]]["concepts"] == [{"object": "Dog", "sound": "barking", "text": "barking"}]
     assert [c["object"] for c in rows[images[1]["id"]]["concepts"]] == ["Car", "Bell"]
-    run_stage("filter", cfg2, progress_bar=False)
+    run_stage(get_stage("filter"), cfg2, progress_bar=False)
     kept = {r["id"]: r for r in TableStore(cfg2.run.dir).read("kept_images").to_pylist()}
     assert kept[images[0]["id"]]["kept"] and kept[images[1]["id"]]["reason"] == "keyword:sign"
 
@@ -156,7 +158,7 @@ def test_filter_rules_are_configurable(make_cfg):
 
 
 def test_cogvlm_needs_remote_code_opt_in():
-    from sonify.vlm import load_vlm
+    from sonify.models.vlm import load_vlm
 
     with pytest.raises(ConfigError, match="models.trust_remote_code=true"):
         load_vlm("THUDM/cogvlm-chat-hf", "hf", "/tmp", "cpu", "float32", False)
@@ -164,7 +166,7 @@ def test_cogvlm_needs_remote_code_opt_in():
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_vllm_backend_without_vllm_says_how_to_install_it():
-    from sonify.vlm import load_vlm
+    from sonify.models.vlm import load_vlm
 
     with pytest.raises(ConfigError, match="sonify\\[vllm\\]"):
         load_vlm("tiny:vlm", "vllm", "/tmp", "cpu", "float32", False)

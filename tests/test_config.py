@@ -1,8 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from sonify.config import load_config
-from sonify.errors import ConfigError
+from sonify.engine.config import load_config
+from sonify.engine.errors import ConfigError
 from sonify.run import main
 from sonify.stages import stage_names
 

@@ -5,11 +5,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sonify.audio import load_chunk
-from sonify.executor import run_stage
-from sonify.matrices import load_matrix
-from sonify.retrieval import keyed_rng, literal_algorithm1
-from sonify.tables import TableStore
+from sonify.media.audio import load_chunk
+from sonify.engine.executor import run_stage
+from sonify.stages import get_stage
+from sonify.retrieval.matrices import load_matrix
+from sonify.engine.keys import keyed_rng
+from sonify.retrieval.algorithm import literal_algorithm1
+from sonify.engine.store import TableStore
 
 from conftest import copy_run
 
@@ -50,7 +52,7 @@ def test_matrix_file_matches_the_table_sorted_by_id(base_run):
 
 
 def test_chunks_are_decoded_from_the_source_at_48k(base_run):
-    from sonify.clap import ClapEmbedder, normalise
+    from sonify.models.clap import ClapEmbedder, normalise
 
     cfg, _ = base_run
     store = TableStore(cfg.run.dir)
@@ -62,7 +64,7 @@ def test_chunks_are_decoded_from_the_source_at_48k(base_run):
 
 
 def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypatch):
-    from sonify.clap import ClapEmbedder
+    from sonify.models.clap import ClapEmbedder
     from sonify.stages.embed import EmbedStage
 
     cfg = _copy_run(base_run, tmp_path)
@@ -107,7 +109,7 @@ def test_matches_do_not_depend_on_blocks_batches_or_partitions(base_run, tmp_pat
     other = _copy_run(base_run, tmp_path, "stages.retrieve.partition_rows=5", "stages.retrieve.batch_size=3",
                       "stages.retrieve.block_mb=0")
     assert other.stages.retrieve.block_mb == 0  # one query per block
-    run = run_stage("retrieve", other, progress_bar=False)
+    run = run_stage(get_stage("retrieve"), other, progress_bar=False)
     assert run.computed > 3
     assert _matches(other) == _matches(cfg)
 
@@ -115,7 +117,7 @@ def test_matches_do_not_depend_on_blocks_batches_or_partitions(base_run, tmp_pat
 def test_seed_changes_choices_but_not_eligibility(base_run, tmp_path):
     cfg, _ = base_run
     other = _copy_run(base_run, tmp_path, "run.seed=123")
-    run_stage("retrieve", other, progress_bar=False)
+    run_stage(get_stage("retrieve"), other, progress_bar=False)
     a, b = _matches(cfg), _matches(other)
     assert {k: v[1] for k, v in a.items()} == {k: v[1] for k, v in b.items()}
     assert any(a[k][0] != b[k][0] for k in a)
@@ -123,7 +125,7 @@ def test_seed_changes_choices_but_not_eligibility(base_run, tmp_path):
 
 def test_pool_smaller_than_k_and_ablation_rows(base_run, tmp_path):
     other = _copy_run(base_run, tmp_path, "stages.retrieve.k=100000", "stages.retrieve.ablation_modes=[argmax]")
-    run_stage("retrieve", other, progress_bar=False)
+    run_stage(get_stage("retrieve"), other, progress_bar=False)
     store = TableStore(other.run.dir)
     pool_size = store.read("audio_embeddings").num_rows
     assert {r["k"] for r in store.read("matches").to_pylist()} == {pool_size}
@@ -134,13 +136,13 @@ def test_pool_smaller_than_k_and_ablation_rows(base_run, tmp_path):
 @pytest.mark.ray
 def test_matches_do_not_depend_on_worker_count(base_run, tmp_path):
     import ray
-    from sonify.run import connect_ray
+    from sonify.engine.cluster import connect_ray
 
     cfg, _ = base_run
     other = _copy_run(base_run, tmp_path, "run.executor=ray", "stages.retrieve.concurrency=2", "stages.retrieve.partition_rows=9")
     connect_ray(other)
     try:
-        run = run_stage("retrieve", other, progress_bar=False)
+        run = run_stage(get_stage("retrieve"), other, progress_bar=False)
     finally:
         ray.shutdown()
     assert run.computed > 2 and _matches(other) == _matches(cfg)

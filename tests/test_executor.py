@@ -9,12 +9,12 @@ import pyarrow.compute as pc
 import yaml
 from PIL import Image
 
-from sonify.config import load_config
-from sonify.executor import run_stage
-from sonify.sources import stable_id
-from sonify.stages import stage_names
+from sonify.engine.config import load_config
+from sonify.engine.executor import run_stage
+from sonify.engine.keys import stable_id
+from sonify.stages import get_stage, stage_names
 from sonify.stages.images import ImagesStage
-from sonify.tables import TableStore
+from sonify.engine.store import TableStore
 
 
 def _ids(store, table):
@@ -23,14 +23,14 @@ def _ids(store, table):
 
 def test_rerun_skips_finished_partitions_and_force_recomputes(make_cfg):
     cfg = make_cfg()
-    first = run_stage("audio", cfg, progress_bar=False)
+    first = run_stage(get_stage("audio"), cfg, progress_bar=False)
     assert first.computed == first.partitions > 1 and first.skipped == 0 and not first.failed
     store = TableStore(cfg.run.dir)
     mtimes = {p: p.stat().st_mtime_ns for p in store.files("audio_files")}
-    again = run_stage("audio", cfg, progress_bar=False)
+    again = run_stage(get_stage("audio"), cfg, progress_bar=False)
     assert again.computed == 0 and again.skipped == first.partitions
     assert {p: p.stat().st_mtime_ns for p in store.files("audio_files")} == mtimes
-    forced = run_stage("audio", make_cfg("run.force=true"), progress_bar=False)
+    forced = run_stage(get_stage("audio"), make_cfg("run.force=true"), progress_bar=False)
     assert forced.computed == first.partitions
     ids = _ids(store, "audio_files")
     assert len(ids) == len(set(ids)) == first.rows_in
@@ -38,7 +38,7 @@ def test_rerun_skips_finished_partitions_and_force_recomputes(make_cfg):
 
 def test_every_input_row_has_exactly_one_output_row(make_cfg):
     cfg = make_cfg()
-    run = run_stage("images", cfg, progress_bar=False)
+    run = run_stage(get_stage("images"), cfg, progress_bar=False)
     listing_ids = ImagesStage.work_list(cfg, None).column("id").to_pylist()
     out = _ids(TableStore(cfg.run.dir), "images")
     assert sorted(out) == sorted(set(listing_ids)) and run.tables["images"]["rows"] == len(out)
@@ -48,9 +48,9 @@ def test_every_input_row_has_exactly_one_output_row(make_cfg):
 
 
 def test_config_change_replaces_stale_partitions_without_duplicates(make_cfg):
-    run_stage("audio", make_cfg(), progress_bar=False)
+    run_stage(get_stage("audio"), make_cfg(), progress_bar=False)
     cfg2 = make_cfg("stages.audio.chunk_seconds=2.0")
-    run2 = run_stage("audio", cfg2, progress_bar=False)
+    run2 = run_stage(get_stage("audio"), cfg2, progress_bar=False)
     assert run2.stale_removed > 0 and run2.computed == run2.partitions
     store = TableStore(cfg2.run.dir)
     chunks = store.read("audio_chunks")
@@ -61,13 +61,13 @@ def test_config_change_replaces_stale_partitions_without_duplicates(make_cfg):
 
 def test_temp_files_from_a_killed_writer_are_ignored_and_cleaned(make_cfg):
     cfg = make_cfg()
-    run_stage("audio", cfg, progress_bar=False)
+    run_stage(get_stage("audio"), cfg, progress_bar=False)
     store = TableStore(cfg.run.dir)
     junk = store.table_dir("audio_files") / ".tmp-part-dead-1234.parquet"
     junk.write_bytes(b"half a parquet file")
     assert junk not in store.files("audio_files")
     store.read("audio_files")  # the junk is not read
-    run_stage("audio", cfg, progress_bar=False)
+    run_stage(get_stage("audio"), cfg, progress_bar=False)
     assert not junk.exists()
 
 
@@ -75,7 +75,7 @@ def test_stage_that_drops_a_row_fails_its_partition_loudly(make_cfg, monkeypatch
     cfg = make_cfg("stages.images.partition_rows=1000")
     real = ImagesStage.process_batch
     monkeypatch.setattr(ImagesStage, "process_batch", lambda self, b: {"images": real(self, b)["images"].slice(1)})
-    run = run_stage("images", cfg, progress_bar=False)
+    run = run_stage(get_stage("images"), cfg, progress_bar=False)
     assert run.computed == 0 and len(run.failed) == 1 and "every input row" in run.failed[0]
     assert not TableStore(cfg.run.dir).exists("images")
 
@@ -111,7 +111,7 @@ def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_
     os.unlink(src / name)
     Image.new("RGB", (4, 4)).save(src / name)
     cfg = load_config(args, stage_names())
-    rerun = run_stage("images", cfg, progress_bar=False)
+    rerun = run_stage(get_stage("images"), cfg, progress_bar=False)
     assert rerun.skipped == done_before_kill and rerun.computed == 1
     ids = _ids(store, "images")
     assert len(ids) == len(set(ids)) == total

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonify.config import load_config
-from sonify.encoders import center_crop, kaldi_frames
-from sonify.executor import run_stage
-from sonify.stages import stage_names
-from sonify.tables import TableStore
+from sonify.engine.config import load_config
+from sonify.media.image import center_crop
+from sonify.models.encoders import kaldi_frames
+from sonify.engine.executor import run_stage
+from sonify.stages import get_stage, stage_names
+from sonify.engine.store import TableStore
 
 from conftest import copy_run
 
@@ -33,7 +34,7 @@ def test_ast_time_series_for_5s_clips(shard_run):
 
 
 def test_ast_pooling_none_keeps_all_patch_tokens(tmp_path):
-    from sonify.encoders import ASTEncoder
+    from sonify.models.encoders import ASTEncoder
 
     enc = ASTEncoder("tiny:ast", str(tmp_path), 498, pooling="none", device="cpu", dtype="float32")
     (out,) = enc.encode([np.zeros(80000, np.float32)])
@@ -103,10 +104,10 @@ def test_every_kept_variant_exactly_once_and_images_on_one_side(shard_run):
 def test_shards_are_deterministic_and_skip_when_done(shard_run, tmp_path):
     cfg, args = shard_run
     other = copy_run(shard_run, tmp_path, "run.force=true")
-    run_stage("shards", other, progress_bar=False)
+    run_stage(get_stage("shards"), other, progress_bar=False)
     digest = lambda d: {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in glob.glob(f"{d}/shards/*.tar")}
     assert digest(cfg.run.dir) == digest(other.run.dir)
-    again = run_stage("shards", load_config([*args, f"run.root={tmp_path / 'runs'}"], stage_names()), progress_bar=False)
+    again = run_stage(get_stage("shards"), load_config([*args, f"run.root={tmp_path / 'runs'}"], stage_names()), progress_bar=False)
     assert again.computed == 0 and again.skipped == again.partitions
 
 
@@ -114,7 +115,7 @@ def test_missing_feature_file_is_an_error_row_and_the_shard_is_still_written(sha
     other = copy_run(shard_run, tmp_path, "run.force=true")
     victim = TableStore(other.run.dir).read("audio_features").to_pylist()[0]
     (Path(other.run.dir) / victim["path"]).unlink()
-    run = run_stage("shards", other, progress_bar=False)
+    run = run_stage(get_stage("shards"), other, progress_bar=False)
     assert not run.failed and run.tables["shard_index"]["errors"] == {"missing_input": 1}
     assert len(_samples(sorted(glob.glob(f"{other.run.dir}/shards/*.tar")))) == run.tables["shard_index"]["ok"]
 
@@ -140,7 +141,7 @@ def test_corrupt_mixture_and_vanished_image_are_error_rows(shard_run, tmp_path):
 def test_tar_stream_is_byte_identical_to_tarfile(tmp_path, sizes):
     import io
 
-    from sonify.tarwriter import TarStream
+    from sonify.media.tar import TarStream
 
     members = [(f"k{i:03d}_x.part{i}", bytes([i % 256]) * n) for i, n in enumerate(sizes)]
     with open(tmp_path / "ours.tar", "wb") as f:

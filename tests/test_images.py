@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sonify.config import SourceConf
-from sonify.imaging import ImageRejected, inspect_image, load_rgb
+from sonify.engine.config import SourceConf
+from sonify.media.image import ImageRejected, inspect_image, load_rgb
 from sonify.sources.images import list_images, read_image_bytes
 from sonify.stages.images import ImagesStage
 

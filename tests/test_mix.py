@@ -9,12 +9,14 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from sonify.executor import run_stage
-from sonify.loudness import LoudnessMeter
+from sonify.engine.executor import run_stage
+
+from sonify.stages import get_stage
+from sonify.media.loudness import LoudnessMeter
 from sonify.mix import main as mix_main
-from sonify.mixing import apply_mix_gain, db_to_gain, peak_guard_db, sum_components
-from sonify.release import read_release, release_paths
-from sonify.tables import TableStore
+from sonify.mixing.render import apply_mix_gain, db_to_gain, peak_guard_db, sum_components
+from sonify.mixing.release import read_release, release_paths
+from sonify.engine.store import TableStore
 
 from conftest import copy_run
 
@@ -97,7 +99,7 @@ def test_mixes_hit_their_targets_and_record_everything(mixed_run):
 def test_targets_are_keyed_by_ids_not_order(mixed_run, tmp_path):
     cfg, _ = mixed_run
     other = copy_run(mixed_run, tmp_path, "stages.mix.partition_rows=3", "stages.mix.batch_size=2")
-    run_stage("mix", other, progress_bar=False)
+    run_stage(get_stage("mix"), other, progress_bar=False)
     a = {m["id"]: m["flac_sha256"] for m in TableStore(cfg.run.dir).read("mixes").to_pylist()}
     b = {m["id"]: m["flac_sha256"] for m in TableStore(other.run.dir).read("mixes").to_pylist()}
     assert a == b
@@ -155,7 +157,7 @@ def test_missing_corrupt_and_escaping_sources_are_row_errors(mixed_run, tmp_path
     bad = tmp_path / "audio_root" / "demo_sfx"
     shutil.copytree(demo_dir / "audio", bad)
     (bad / rows[2]["components"][0]["relpath"]).write_bytes(b"garbage, not audio")
-    from sonify.release import RELEASE_SCHEMA
+    from sonify.mixing.release import RELEASE_SCHEMA
     manifest = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), manifest)
     out = tmp_path / "out"

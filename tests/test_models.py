@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sonify.errors import ModelNotAvailable
+from sonify.engine.errors import ModelNotAvailable
 from sonify.models.loading import load_pretrained
 from sonify.models.tiny import build_tiny
 

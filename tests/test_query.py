@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sonify.errors import SchemaError
+from sonify.engine.errors import SchemaError
 from sonify.query import connect, main
 from sonify.run import run_pipeline
-from sonify.tables import TableStore
+from sonify.engine.store import TableStore
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = sorted((REPO / "manifests").glob("*.sql"))
@@ -17,7 +17,7 @@ QUERIES = sorted((REPO / "manifests").glob("*.sql"))
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from sonify.config import load_config
+    from sonify.engine.config import load_config
     from sonify.stages import stage_names
 
     root = tmp_path_factory.mktemp("qruns")

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sonify.executor import run_stage
-from sonify.tables import TableStore
+from sonify.engine.executor import run_stage
+
+from sonify.stages import get_stage
+from sonify.engine.store import TableStore
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
@@ -27,19 +29,19 @@ def test_ray_data_executor_matches_local_executor(make_cfg, tmp_path):
 
     local_cfg = make_cfg()
     ray_cfg = make_cfg(f"run.root={tmp_path / 'ray_runs'}", "run.executor=ray")
-    from sonify.run import connect_ray
+    from sonify.engine.cluster import connect_ray
 
     connect_ray(ray_cfg)
     try:
         for stage in ("images", "audio"):
-            r_local = run_stage(stage, local_cfg, progress_bar=False)
-            r_ray = run_stage(stage, ray_cfg, progress_bar=False)
+            r_local = run_stage(get_stage(stage), local_cfg, progress_bar=False)
+            r_ray = run_stage(get_stage(stage), ray_cfg, progress_bar=False)
             assert r_ray.computed == r_ray.partitions > 1 and not r_ray.failed
             assert r_local.tables == r_ray.tables
         for table in ("images", "audio_files", "audio_chunks"):
             a, b = TableStore(local_cfg.run.dir).read(table), TableStore(ray_cfg.run.dir).read(table)
             assert _sorted(a) == _sorted(b), table
-        assert run_stage("audio", ray_cfg, progress_bar=False).skipped > 0  # resume works on Ray too
+        assert run_stage(get_stage("audio"), ray_cfg, progress_bar=False).skipped > 0  # resume works on Ray too
     finally:
         ray.shutdown()
 

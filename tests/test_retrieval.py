@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sonify.retrieval import BlockedRetriever, choose, eligible_set, keyed_rng, literal_algorithm1
+from sonify.engine.keys import keyed_rng
+from sonify.retrieval.algorithm import BlockedRetriever, choose, eligible_set, literal_algorithm1
 
 
 def _integer_data(seed=0, n=2000, d=16, q=150):

@@ -10,8 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from sonify.errors import ConfigError
-from sonify.train_dit import checkpoints, load_train_config, main, train_loop
+from sonify.engine.errors import ConfigError
+from sonify.train_dit import main
+from sonify.training.config import load_train_config
+from sonify.training.loop import checkpoints, train_loop
 
 
 def _npy(a):
@@ -61,7 +63,7 @@ def _params(path):
 
 
 def test_loss_falls_when_overfitting_a_handful_of_samples(shards, tiny_dir, tmp_path, monkeypatch):
-    from sonify.diffusion_loss import DiffusionLoss
+    from sonify.training.loss import DiffusionLoss
 
     losses = []
     real = DiffusionLoss.__call__
@@ -148,7 +150,7 @@ def test_cli_errors_are_one_line(capsys):
 def test_generate_writes_images_of_the_configured_size(shards, tiny_dir, tmp_path):
     from PIL import Image
 
-    from sonify.generate import condition_audio, generate
+    from sonify.training.sampling import condition_audio, generate
 
     train_loop(_cfg(shards, tiny_dir, tmp_path / "o", "steps=2", "checkpoint_every=2"))
     a, b = tmp_path / "a.wav", tmp_path / "b.wav"
@@ -171,7 +173,7 @@ def test_generate_writes_images_of_the_configured_size(shards, tiny_dir, tmp_pat
 def test_ray_train_with_two_cpu_workers(shards, tiny_dir, tmp_path):
     import ray
 
-    from sonify.train_dit import run_ray
+    from sonify.training.loop import run_ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
@@ -186,7 +188,7 @@ def test_ray_train_with_two_cpu_workers(shards, tiny_dir, tmp_path):
 @pytest.mark.parametrize("array", [np.zeros((2, 4, 8, 8), np.float16), np.arange(12, dtype="<f4").reshape(3, 4),
                                    np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.float32(3.5), np.zeros((0, 5), np.float16)])
 def test_fast_npy_reader_equals_np_load(array):
-    from sonify.train_data import load_npy
+    from sonify.training.data import load_npy
 
     data = _npy(array)
     got, want = load_npy(data), np.load(io.BytesIO(data))
@@ -196,7 +198,7 @@ def test_fast_npy_reader_equals_np_load(array):
 def _sync_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
-    from sonify.train_dit import sync_grads
+    from sonify.training.loop import sync_grads
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     p = torch.nn.Parameter(torch.zeros(3))
@@ -218,7 +220,7 @@ def test_sync_grads_averages_parameters_outside_ddp_across_ranks(tmp_path):
 def _diffusion():
     from diffusers import DDPMScheduler
 
-    from sonify.diffusion_loss import DiffusionLoss
+    from sonify.training.loss import DiffusionLoss
 
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     return sched, DiffusionLoss(sched.betas)

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, peak_rss_mib
 
 RATES = [(16000, 1, "WAV"), (22050, 2, "FLAC"), (44100, 2, "WAV"), (48000, 1, "FLAC")]
 
@@ -49,10 +49,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
 
-    from ..config import load_config
-    from ..executor import PartitionWorker
-    from ..stages import stage_names
-    from ..stages.audio import AudioStage
+    from sonify.engine.config import load_config
+    from sonify.engine.executor import PartitionWorker
+    from sonify.stages import get_stage, stage_names
+    from sonify.stages.audio import AudioStage
     from omegaconf import OmegaConf
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
                            f"sources.audio=[{{name: bench, kind: folder, path: '{tmp / 'audio'}'}}]",
                            "stages.audio.partition_rows=8", "stages.audio.batch_size=8"], stage_names())
         work = AudioStage.work_list(cfg, None)
-        worker = PartitionWorker("audio", OmegaConf.to_container(cfg))
+        worker = PartitionWorker(get_stage("audio"), OmegaConf.to_container(cfg))
 
         def stage_run():
             for start in range(0, work.num_rows, 8):
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
         t_bare16, m_bare16 = best_of(lambda: _bare(paths, 16000), a.repeats)
         t_read, _ = best_of(lambda: [sf.read(p, dtype="float32") for p in paths], a.repeats)
 
-        from ..audio import load_chunk
+        from sonify.media.audio import load_chunk
         chunks = worker.store.read("audio_chunks").to_pylist()
 
         def chunk_run():

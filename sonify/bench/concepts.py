@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from .common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -27,13 +27,13 @@ def main(argv=None) -> None:
 
     from omegaconf import OmegaConf
 
-    from ..config import load_config
-    from ..executor import PartitionWorker, run_stage
-    from ..imaging import load_rgb
-    from ..sources.images import read_image_bytes
-    from ..stages import stage_names
-    from ..stages.concepts import ConceptsStage
-    from ..tables import TableStore
+    from sonify.engine.config import load_config
+    from sonify.engine.executor import PartitionWorker, run_stage
+    from sonify.media.image import load_rgb
+    from sonify.sources.images import read_image_bytes
+    from sonify.stages import get_stage, stage_names
+    from sonify.stages.concepts import ConceptsStage
+    from sonify.engine.store import TableStore
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         # fixed length (min = max new tokens) so both runs generate exactly the same number of tokens
@@ -43,12 +43,12 @@ def main(argv=None) -> None:
             f"models.vlms=[{a.vlm}]", "stages.concepts.imports=[]", f"stages.concepts.batch_size={a.batch_size}",
             f"stages.concepts.generation={gen}", f"stages.concepts.caption_generation={gen}",
         ], stage_names())
-        from ..demo_data import ensure_demo_data
+        from sonify.sources.demo import ensure_demo_data
         ensure_demo_data(cfg.demo_data.dir, a.images, 0)
-        run_stage("images", cfg, progress_bar=False)
+        run_stage(get_stage("images"), cfg, progress_bar=False)
         work = ConceptsStage.work_list(cfg, TableStore(cfg.run.dir))
         n = work.num_rows
-        worker = PartitionWorker("concepts", OmegaConf.to_container(cfg))
+        worker = PartitionWorker(get_stage("concepts"), OmegaConf.to_container(cfg))
         stage = worker.stage
         vlm = stage.vlms[a.vlm]
         batches = [work.slice(s, a.batch_size) for s in range(0, n, a.batch_size)]

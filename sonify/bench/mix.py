@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -28,12 +28,12 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
 
-    from ..audio import load_chunk
-    from ..config import load_config
-    from ..mixing import sum_components
-    from ..stages import stage_names
-    from ..stages.mix import WORK_SCHEMA, MixStage
-    from .audio import make_corpus
+    from sonify.media.audio import load_chunk
+    from sonify.engine.config import load_config
+    from sonify.mixing.render import sum_components
+    from sonify.stages import stage_names
+    from sonify.stages.mix import WORK_SCHEMA, MixStage
+    from sonify.bench.audio import make_corpus
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         tmp = Path(tmp)

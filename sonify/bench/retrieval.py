@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .common import peak_rss_mib
+from sonify.bench.common import peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -33,7 +33,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from ..retrieval import BlockedRetriever, choose, keyed_rng, literal_algorithm1
+    from sonify.engine.keys import keyed_rng
+    from sonify.retrieval.algorithm import BlockedRetriever, choose, literal_algorithm1
 
     rng = np.random.default_rng(0)
     pool = rng.standard_normal((a.chunks, a.dim), dtype=np.float32)

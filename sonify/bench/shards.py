@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -34,9 +34,9 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one stage run")
     a = ap.parse_args(argv)
 
-    from ..config import load_config
-    from ..stages import stage_names
-    from ..stages.shards import PLAN, ShardsStage
+    from sonify.engine.config import load_config
+    from sonify.stages import stage_names
+    from sonify.stages.shards import PLAN, ShardsStage
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         cfg = load_config(["pipeline=demo", f"run.root={tmp}", "run.executor=local",

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import peak_rss_mib
+from sonify.bench.common import peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -32,9 +32,10 @@ def main(argv=None) -> None:
 
     import torch
 
-    from ..dit import AudioConditioner, load_dit
-    from ..train_data import SkippedShards, epoch_batches, expand_shards
-    from ..train_dit import load_train_config, train_loop
+    from sonify.training.dit import AudioConditioner, load_dit
+    from sonify.training.data import SkippedShards, epoch_batches, expand_shards
+    from sonify.training.config import load_train_config
+    from sonify.training.loop import train_loop
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         tmp = Path(tmp)
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
         gen = torch.Generator().manual_seed(0)
         from diffusers import DDPMScheduler, PixArtTransformer2DModel
 
-        from ..diffusion_loss import DiffusionLoss
+        from sonify.training.loss import DiffusionLoss
 
         sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
         loss_fn = DiffusionLoss(sched.betas)
@@ -114,7 +115,7 @@ def _write_shards(d: Path, n: int, per_shard: int, ast_dim: int, latent: tuple) 
     import io
     import numpy as np
 
-    from ..tarwriter import TarStream
+    from sonify.media.tar import TarStream
 
     rng = np.random.default_rng(0)
     d.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotAvailable
+from sonify.engine.errors import ModelNotAvailable
 
 TINY_PREFIX = "tiny:"
 
@@ -18,7 +18,7 @@ TINY_PREFIX = "tiny:"
 def resolve_model(name: str, tiny_dir: str | Path) -> str:
     """A loadable id or path; builds the tiny model first when `name` is 'tiny:<kind>'."""
     if name.startswith(TINY_PREFIX):
-        from .tiny import build_tiny
+        from sonify.models.tiny import build_tiny
         return str(build_tiny(name[len(TINY_PREFIX):], Path(tiny_dir)))
     return name
 

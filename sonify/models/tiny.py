@@ -8,12 +8,12 @@ outputs mean nothing. Tokenizers are trained offline with `tokenizers` on a few 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
+
+from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
 KINDS = ("clap", "vlm", "ast", "vae", "dit")
@@ -123,19 +123,15 @@ def build_tiny(kind: str, root: str | Path) -> Path:
     marker = out / MARKER
     if marker.exists() and json.loads(marker.read_text()).get("version") == VERSION:
         return out
-    tmp = Path(root) / f".tmp-{kind}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    if out.exists():  # an older version
+        shutil.rmtree(out, ignore_errors=True)
     state = torch.random.get_rng_state()
     try:
-        torch.manual_seed(0)
-        _BUILDERS[kind](tmp)
-        (tmp / MARKER).write_text(json.dumps({"kind": kind, "version": VERSION}))
-        if out.exists():
-            shutil.rmtree(out, ignore_errors=True)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another worker won the race: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(out, replace=False) as tmp:  # another worker may win the race: its copy stays
+            tmp.mkdir()
+            torch.manual_seed(0)
+            _BUILDERS[kind](tmp)
+            (tmp / MARKER).write_text(json.dumps({"kind": kind, "version": VERSION}))
     finally:
         torch.random.set_rng_state(state)
     return out

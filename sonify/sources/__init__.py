@@ -7,15 +7,9 @@ one row whose `list_error` says why.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
-
-
-def stable_id(source: str, relpath: str) -> str:
-    """16 hex digits from (source name, path inside the source): stable across runs and machines."""
-    return hashlib.sha1(f"{source}\x00{relpath}".encode()).hexdigest()[:16]
 
 
 def walk_files(root: Path, extensions: Iterable[str], recursive: bool = True) -> Iterator[Path]:
@@ -39,6 +33,16 @@ def resolve_list_path(uri: str, list_file: Path) -> str:
         return uri[len("file://"):] if uri.startswith("file://") else uri
     p = Path(uri)
     return str(p if p.is_absolute() else (list_file.parent / p))
+
+
+def list_sources(sources, lister, extensions, role: str):
+    """One work list over every configured source of a role (`images` or `audio`)."""
+    import pyarrow as pa
+
+    tables = [lister(src, list(extensions)) for src in sources]
+    if not tables:
+        raise ValueError(f"no {role} sources configured (sources.{role} is empty)")
+    return pa.concat_tables(tables)
 
 
 def read_list_file(path: Path, kind: str):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from . import read_list_file, resolve_list_path, stable_id, walk_files
+from sonify.engine.keys import stable_id
+from sonify.sources import read_list_file, resolve_list_path, walk_files
 
 LISTING_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from . import read_list_file, resolve_list_path, stable_id, walk_files
+from sonify.engine.keys import stable_id
+from sonify.sources import read_list_file, resolve_list_path, walk_files
 
 LISTING_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
@@ -65,7 +66,7 @@ def load_image(row: dict, max_pixels: int, max_side: int | None = None):
     Raises `ImageRejected` for every failure: the decoder's reason, or 'unreadable' when the bytes
     cannot be read (the file changed since ingest, a URL failed).
     """
-    from ..imaging import ImageRejected, load_rgb
+    from sonify.media.image import ImageRejected, load_rgb
 
     try:
         return load_rgb(read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"]), max_pixels, max_side)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Stage
+from sonify.stages.base import Stage
 
 STAGES: dict[str, str] = {
     "images": "sonify.stages.images:ImagesStage",

@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
-from ..audio import chunk_frames_at, dbfs, iter_mono_blocks
-from ..errors import error_text
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..sources.audio import list_audio
-from ..tables import rows_to_table
-from .base import Stage
+from sonify.media.audio import chunk_frames_at, dbfs, iter_mono_blocks
+from sonify.engine.errors import error_text
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.sources import list_sources
+from sonify.sources.audio import list_audio
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 
 class AudioStage(Stage):
@@ -27,10 +28,7 @@ class AudioStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
-        tables = [list_audio(src, list(cfg.stages.audio.extensions)) for src in cfg.sources.audio]
-        if not tables:
-            raise ValueError("no audio sources configured (sources.audio is empty)")
-        return pa.concat_tables(tables)
+        return list_sources(cfg.sources.audio, list_audio, cfg.stages.audio.extensions, "audio")
 
     def _file(self, row: dict) -> tuple[dict, list[dict]]:
         out = {k: row[k] for k in ("id", "source", "uri", "relpath", "labels")}

@@ -13,7 +13,7 @@ from typing import ClassVar
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from ..tables import TableStore
+from sonify.engine.store import TableStore
 
 # Stage settings that change where and how fast work runs, not what it produces.
 RUNTIME_KEYS = {"batch_size", "concurrency", "num_cpus", "num_gpus"}

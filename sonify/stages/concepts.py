@@ -16,15 +16,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..concept_parser import Concept, ParseResult, make_text, parse_concepts, split_item
-from ..config import resolve_text
-from ..errors import error_text
-from ..imaging import ImageRejected
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..sources import stable_id
-from ..sources.images import load_image
-from ..tables import rows_to_table
-from .base import Stage
+from sonify.concepts.parser import Concept, ParseResult, make_text, parse_concepts, split_item
+from sonify.engine.config import resolve_text
+from sonify.engine.errors import error_text
+from sonify.media.image import ImageRejected
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.keys import stable_id
+from sonify.sources.images import load_image
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 WORK_SCHEMA = pa.schema([
     ("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()), ("origin", pa.string()),
@@ -79,7 +79,7 @@ class ConceptsStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        from ..vlm import load_vlm
+        from sonify.models.vlm import load_vlm
 
         self.concepts_prompt = resolve_text(self.conf.concepts_prompt)
         self.caption_prompt = resolve_text(self.conf.caption_prompt)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..audio import load_chunk
-from ..clap import ClapEmbedder, normalise
-from ..errors import error_text
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..matrices import build_matrix
-from ..tables import rows_to_table
-from .base import Stage
+from sonify.media.audio import load_chunk
+from sonify.models.clap import ClapEmbedder, normalise
+from sonify.engine.errors import error_text
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.retrieval.matrices import build_matrix
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 WORK_SCHEMA = pa.schema([
     ("id", pa.string()), ("kind", pa.string()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +9,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import soundfile as sf
 
-from ..audio import resample
-from ..encoders import ASTEncoder, kaldi_frames
-from ..errors import error_text
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..tables import rows_to_table
-from .base import Stage
-
-
-def save_npy(path: Path, array: np.ndarray) -> int:
-    """np.save atomically; returns the file size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-    return path.stat().st_size
+from sonify.media.audio import resample
+from sonify.models.encoders import ASTEncoder, kaldi_frames
+from sonify.engine.errors import error_text
+from sonify.engine.files import save_npy
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 
 class FeaturesStage(Stage):

@@ -7,24 +7,12 @@ variant gave it a concept. Every decoded image gets a row with the decision and 
 
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
 
-from ..config import resolve_text
-from ..manifest import STATUS_OK
-from ..tables import rows_to_table
-from .base import Stage
-
-
-def keyword_pattern(words: list[str]) -> re.Pattern:
-    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"\b({alternatives})(?:s|es)?\b", re.IGNORECASE)
-
-
-def read_keywords(setting: str) -> list[str]:
-    text = resolve_text(setting)
-    return [w.strip().lower() for w in text.splitlines() if w.strip() and not w.strip().startswith("#")]
+from sonify.concepts.keywords import keyword_pattern, read_keywords
+from sonify.engine.schemas import STATUS_OK
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 
 class FilterStage(Stage):

@@ -6,12 +6,13 @@ import hashlib
 
 import pyarrow as pa
 
-from ..errors import error_text
-from ..imaging import ImageRejected, inspect_image
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..sources.images import list_images, read_image_bytes
-from ..tables import rows_to_table
-from .base import Stage
+from sonify.engine.errors import error_text
+from sonify.media.image import ImageRejected, inspect_image
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.sources import list_sources
+from sonify.sources.images import list_images, read_image_bytes
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 
 class ImagesStage(Stage):
@@ -20,10 +21,7 @@ class ImagesStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
-        tables = [list_images(src, list(cfg.stages.images.extensions)) for src in cfg.sources.images]
-        if not tables:
-            raise ValueError("no image sources configured (sources.images is empty)")
-        return pa.concat_tables(tables)
+        return list_sources(cfg.sources.images, list_images, cfg.stages.images.extensions, "images")
 
     def _one(self, row: dict) -> dict:
         out = {k: row[k] for k in ("id", "source", "uri", "relpath", "tar_offset", "nbytes")}

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..encoders import VAEEncoder, center_crop
-from ..errors import error_text
-from ..imaging import ImageRejected
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..sources.images import load_image
-from ..tables import rows_to_table
-from .base import Stage
-from .features import save_npy
+from sonify.models.encoders import VAEEncoder
+from sonify.engine.errors import error_text
+from sonify.engine.files import save_npy
+from sonify.media.image import ImageRejected, center_crop
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.sources.images import load_image
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 
 class LatentsStage(Stage):

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..audio import dbfs, load_chunk
-from ..errors import error_text
-from ..loudness import LoudnessMeter
-from ..manifest import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
-from ..mixing import apply_mix_gain, peak_guard_db, sum_components, write_flac
-from ..retrieval import keyed_rng
-from ..tables import rows_to_table
-from .base import Stage
+from sonify.media.audio import dbfs, load_chunk
+from sonify.engine.errors import error_text
+from sonify.engine.keys import keyed_rng
+from sonify.media.loudness import LoudnessMeter
+from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
+from sonify.mixing.render import render, write_flac
+from sonify.engine.store import rows_to_table
+from sonify.stages.base import Stage
 
 WORK_COMPONENT = pa.struct([f for f in COMPONENT_TYPE if f.name not in
                             ("target_lufs", "measured_lufs", "gain_db", "included", "reason")])
@@ -75,7 +75,7 @@ class MixStage(Stage):
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
-        from ..release import write_release
+        from sonify.mixing.release import write_release
 
         write_release(cfg, store)
 
@@ -84,7 +84,7 @@ class MixStage(Stage):
         out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate}
         comps, signals, weighted, gains = [], [], [], []
         for c in row["components"]:
-            rng = keyed_rng(seed, row["image_id"], row["vlm"], c["concept_index"], purpose="mix")
+            rng = keyed_rng(seed, row["image_id"], row["vlm"], c["concept_index"], "mix")
             comp = {**c, "target_lufs": conf.lufs_min + (conf.lufs_max - conf.lufs_min) * float(rng.random()),
                     "measured_lufs": None, "gain_db": None, "included": False, "reason": None}
             try:
@@ -108,13 +108,11 @@ class MixStage(Stage):
             reasons = sorted({(c["reason"] or "").split(":")[0] for c in comps}) or ["no_components"]
             return {**out, "status": STATUS_ERROR,
                     "error": error_text("no_audible_component", f"{len(comps)} components, none summed ({', '.join(reasons)})")}
-        summed = sum_components(signals, gains)
-        mix_gain = peak_guard_db(summed, conf.peak_ceiling_dbfs)
-        final = apply_mix_gain(summed, mix_gain)
+        final, mix_gain = render(signals, gains, ceiling_dbfs=conf.peak_ceiling_dbfs)
         path = mix_relpath(row["id"])
         flac_sha, pcm_sha = write_flac(self.run_dir / path, final, self.rate)
         # the mixture's K-weighted signal from its components' (the filter is linear): no second filtering
-        lufs = self.meter.integrated_weighted(apply_mix_gain(sum_components(weighted, gains), mix_gain))
+        lufs = self.meter.integrated_weighted(render(weighted, gains, mix_gain)[0])
         return {**out, "duration": final.shape[0] / self.rate, "mix_gain_db": mix_gain,
                 "lufs": lufs, "peak_dbfs": dbfs(float(np.max(np.abs(final)))),
                 "path": path, "pcm24_sha256": pcm_sha, "flac_sha256": flac_sha,

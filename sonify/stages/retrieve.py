@@ -11,12 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import error_text
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..matrices import load_matrix
-from ..retrieval import BlockedRetriever, choose, keyed_rng
-from ..tables import TableStore, rows_to_table
-from .base import Stage
+from sonify.engine.errors import error_text
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.retrieval.matrices import load_matrix
+from sonify.engine.keys import keyed_rng
+from sonify.retrieval.algorithm import BlockedRetriever, choose
+from sonify.engine.store import TableStore, rows_to_table
+from sonify.stages.base import Stage
 
 
 class RetrieveStage(Stage):
@@ -39,7 +40,7 @@ class RetrieveStage(Stage):
 
     @classmethod
     def fingerprint(cls, cfg) -> str:
-        from ..matrices import matrix_paths
+        from sonify.retrieval.matrices import matrix_paths
         import json
 
         store = TableStore(cfg.run.dir)

@@ -14,24 +14,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import error_text
-from ..manifest import STATUS_ERROR, STATUS_OK
-from ..tables import rows_to_table
-from ..tarwriter import TarStream
-from .base import Stage
+from sonify.engine.errors import error_text
+from sonify.engine.files import atomic_path, atomic_write
+from sonify.engine.keys import unit_hash
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.store import rows_to_table
+from sonify.media.tar import TarStream
+from sonify.stages.base import Stage
 
 PLAN = "shards/_plan.parquet"
-
-
-def unit_hash(text: str) -> float:
-    """A stable number in [0, 1) from a string."""
-    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2.0**64
 
 
 def _assign(keys: pa.Table, conf, seed: int) -> pa.Table:
@@ -96,12 +92,10 @@ class ShardsStage(Stage):
         assign = _assign(con.sql("SELECT id, image_id FROM samples").to_arrow_table(), conf, int(cfg.run.seed))
         con.register("assign", assign)
         plan = Path(cfg.run.dir) / PLAN
-        plan.parent.mkdir(parents=True, exist_ok=True)
-        tmp = plan.with_name(".tmp-plan.parquet")
-        con.execute(f"""COPY (SELECT a.shard, a.position, a.split, s.* FROM assign a JOIN samples s USING (id)
-                              ORDER BY a.shard, a.position)
-                        TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE {max(1, int(conf.samples_per_shard))})""")
-        os.replace(tmp, plan)
+        with atomic_path(plan) as tmp:
+            con.execute(f"""COPY (SELECT a.shard, a.position, a.split, s.* FROM assign a JOIN samples s USING (id)
+                                  ORDER BY a.shard, a.position)
+                            TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE {max(1, int(conf.samples_per_shard))})""")
         return assign
 
     @classmethod
@@ -109,8 +103,8 @@ class ShardsStage(Stage):
         return super().fingerprint(cfg) + f"|seed={int(cfg.run.seed)}"
 
     def _jpg(self, r: dict) -> bytes:
-        from ..encoders import center_crop
-        from ..sources.images import load_image
+        from sonify.media.image import center_crop
+        from sonify.sources.images import load_image
 
         im = center_crop(load_image(r, int(self.cfg.stages.latents.max_pixels)), int(self.cfg.stages.latents.resolution))
         buf = io.BytesIO()
@@ -124,10 +118,8 @@ class ShardsStage(Stage):
                                       "mix_path", "uri", "tar_offset", "nbytes", "meta"]).to_pylist()  # written in position order
         wanted = set(batch.column("id").to_pylist())
         out_dir = self.run_dir / "shards"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".tmp-{shard}-{os.getpid()}"
         index, total = [], 0
-        with open(tmp, "wb") as f:
+        with atomic_path(out_dir / shard) as tmp, open(tmp, "wb") as f:
             tf = TarStream(f)
             for r in plan:
                 if r["id"] not in wanted:
@@ -149,8 +141,7 @@ class ShardsStage(Stage):
                 index.append({**row, **dict(zip(("latent_bytes", "ast_bytes", "json_bytes", "jpg_bytes", "flac_bytes"), sizes)),
                               "status": STATUS_OK, "error": None})
             tf.close()
-        os.replace(tmp, out_dir / shard)
         summary = {"shard": shard, "count": sum(1 for i in index if i["status"] == STATUS_OK), "errors": sum(1 for i in index if i["status"] != STATUS_OK),
                    "payload_bytes": total, "file_bytes": (out_dir / shard).stat().st_size}
-        (out_dir / shard.replace(".tar", ".json")).write_text(json.dumps(summary))
+        atomic_write(out_dir / shard.replace(".tar", ".json"), json.dumps(summary))
         return {"shard_index": rows_to_table("shard_index", index)}

@@ -13,10 +13,9 @@ the latent distribution's mean and std are kept (PixArt-alpha samples a fresh la
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
-from .models.loading import load_pretrained
-from .vlm import pick_device, pick_dtype
+from sonify.models.loading import load_pretrained
+from sonify.models.device import pick_device, pick_dtype
 
 POOLINGS = ("mean", "max", "none")
 
@@ -75,16 +74,6 @@ class ASTEncoder:
         return list(out.cpu().numpy())
 
 
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` (bicubic), then crop the centre `size` x `size`."""
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 class VAEEncoder:
     def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", subfolder: str = "vae"):
         from diffusers import AutoencoderKL
@@ -95,7 +84,7 @@ class VAEEncoder:
         self.vae.to(self.device, self.dtype).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
-    def encode(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
         """Square RGB images -> (mean, std) of the latent distribution, each (B, C, h, w) float32."""
         import torch
 

@@ -11,7 +11,6 @@ and counted.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import logging
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from sonify.engine.keys import keyed_rng
 
 log = logging.getLogger("sonify.train")
 
@@ -33,11 +34,6 @@ def expand_shards(pattern: str) -> list[str]:
         for p in braceexpand.braceexpand(part.strip()):
             urls.extend(sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p])
     return urls
-
-
-def key_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{seed}\x00{epoch}\x00{key}".encode()).digest()
-    return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 
 
 class SkippedShards:
@@ -82,7 +78,7 @@ def load_npy(data: bytes) -> np.ndarray:
 def collate(samples: list[dict], seed: int, epoch: int, scaling: float, cond_dropout: float, max_frames: int) -> Batch:
     lat, toks, drops, keys = [], [], [], []
     for s in samples:
-        rng = key_rng(seed, epoch, s["__key__"])
+        rng = keyed_rng(seed, epoch, s["__key__"])
         moments = load_npy(s["latent.npy"]).astype(np.float32)
         mean, std = moments[0], moments[1]
         lat.append(mean + std * rng.standard_normal(mean.shape, dtype=np.float32))

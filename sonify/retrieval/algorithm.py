@@ -16,7 +16,6 @@ match does not depend on block size, worker count or order.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,16 +26,6 @@ MODES = ("ssr", "raw", "argmax", "softmax")
 def ssr(x: np.ndarray) -> np.ndarray:
     """Signed square root."""
     return np.sign(x) * np.sqrt(np.abs(x))
-
-
-def keyed_rng(seed: int, image_id: str, vlm: str, concept_index: int, purpose: str = "") -> np.random.Generator:
-    """A Philox (counter-based) generator keyed by the ids, never by processing order.
-
-    `purpose` separates independent streams for the same concept (retrieval uses "", mixing "mix").
-    """
-    tag = f"\x00{purpose}" if purpose else ""
-    digest = hashlib.sha256(f"{seed}\x00{image_id}\x00{vlm}\x00{concept_index}{tag}".encode()).digest()
-    return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 
 
 @dataclass

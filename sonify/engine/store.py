@@ -1,23 +1,22 @@
 """Reading and writing tables: one directory of Parquet partitions per table.
 
-A partition appears atomically (write to a hidden temp file, then `os.replace`), so a reader or a
-re-run never sees half a file, and a finished partition file doubles as its completion marker.
+A partition appears atomically (`engine.files.atomic_write`), so a reader or a re-run never sees
+half a file, and a finished partition file doubles as its completion marker.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SchemaError
-from .manifest import TableSpec, table_spec
+from sonify.engine.errors import SchemaError
+from sonify.engine.files import TMP_PREFIX, atomic_write, clean_temp_files
+from sonify.engine.schemas import TableSpec, table_spec
 
-TMP_PREFIX = ".tmp-"
 
 
 def rows_to_table(name: str, rows: list[dict]) -> pa.Table:
@@ -86,11 +85,7 @@ class TableStore:
         table = conform(table, spec)
         d = self.table_dir(name)
         d.mkdir(parents=True, exist_ok=True)
-        final = d / f"{partition}.parquet"
-        tmp = d / f"{TMP_PREFIX}{partition}-{uuid.uuid4().hex[:8]}.parquet"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, final)
-        return final
+        return atomic_write(d / f"{partition}.parquet", lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
     def remove_partitions(self, name: str, partitions: set[str]) -> None:
         for part in partitions:
@@ -98,11 +93,7 @@ class TableStore:
 
     def clean_temp_files(self, name: str) -> int:
         """Remove temp files left by a killed writer; returns how many."""
-        d = self.table_dir(name)
-        stale = list(d.glob(f"{TMP_PREFIX}*")) if d.is_dir() else []
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return len(stale)
+        return clean_temp_files(self.table_dir(name))
 
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
         spec = table_spec(name)

@@ -12,24 +12,9 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import ConfigError
-from .models.loading import load_pretrained
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def pick_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+from sonify.engine.errors import ConfigError
+from sonify.models.device import pick_device, pick_dtype
+from sonify.models.loading import load_pretrained
 
 
 class HFVLM:
@@ -120,7 +105,7 @@ class VLLMVLM:
             raise ConfigError("stages.concepts.backend=vllm needs vLLM: pip install 'sonify[vllm]' (GPU machines only)") from None
         from transformers import AutoProcessor
 
-        from .models.loading import resolve_model
+        from sonify.models.loading import resolve_model
 
         self.name = name
         path = resolve_model(name, tiny_dir)

@@ -8,7 +8,6 @@ into a memory-mapped file, so memory is bounded by one partition; rebuilt when t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .tables import TableStore
+from sonify.engine.files import atomic_path, atomic_write
+from sonify.engine.store import TableStore
 
 
 def matrix_paths(store: TableStore, table: str) -> tuple[Path, Path, Path]:
@@ -41,22 +41,21 @@ def build_matrix(store: TableStore, table: str, column: str = "embedding") -> Pa
     # the width is in the schema of any partition that holds vectors (a fixed-size list); no data read for it
     widths = (pq.read_schema(f).field(column).type for f in files)
     dim = next((t.list_size for t in widths if pa.types.is_fixed_size_list(t)), None)
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_name(f".tmp-{npy.name}")
-    mat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(row_of), dim or 0))
-    for f in files:
-        t = pq.read_table(f, columns=["id", column, "status"])
-        t = t.filter(pc.equal(t.column("status"), "ok"))
-        if not t.num_rows:
-            continue
-        flat = t.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        rows = np.fromiter((row_of[i] for i in t.column("id").to_pylist()), dtype=np.int64, count=t.num_rows)
-        mat[rows] = flat.reshape(t.num_rows, dim).astype(np.float16)
-    mat.flush()
-    del mat
-    os.replace(tmp, npy)
-    pq.write_table(pa.table({"id": sorted_ids, "row": pa.array(np.arange(len(row_of)), pa.int64())}), ids_path)
-    meta_path.write_text(json.dumps({"table": table, "rows": len(row_of), "dim": dim, "partitions": parts}))
+    with atomic_path(npy) as tmp:
+        mat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(row_of), dim or 0))
+        for f in files:
+            t = pq.read_table(f, columns=["id", column, "status"])
+            t = t.filter(pc.equal(t.column("status"), "ok"))
+            if not t.num_rows:
+                continue
+            flat = t.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            rows = np.fromiter((row_of[i] for i in t.column("id").to_pylist()), dtype=np.int64, count=t.num_rows)
+            mat[rows] = flat.reshape(t.num_rows, dim).astype(np.float16)
+        mat.flush()
+        del mat
+    ids = pa.table({"id": sorted_ids, "row": pa.array(np.arange(len(row_of)), pa.int64())})
+    atomic_write(ids_path, lambda tmp: pq.write_table(ids, tmp))
+    atomic_write(meta_path, json.dumps({"table": table, "rows": len(row_of), "dim": dim, "partitions": parts}))
     return npy
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .executor import StageRun
+from sonify.engine.executor import StageRun
 
 
 def format_summary(runs: list[StageRun]) -> str:

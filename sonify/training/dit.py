@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models.loading import load_pretrained
+from sonify.models.loading import load_pretrained
 
 
 def load_dit(name: str, tiny_dir: str, ast_dim: int, subfolder: str = "transformer", fresh_projector: bool = True):

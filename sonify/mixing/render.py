@@ -1,19 +1,19 @@
-"""Mixing primitives shared by the `mix` stage and `python -m sonify.mix` (rendering from a manifest).
+"""The one renderer: loudness-normalised components summed in float64, a peak guard, 24-bit FLAC.
 
-Both paths decode components with `audio.load_chunk` and call `sum_components` and
-`apply_mix_gain` with the same float64 gains, so a mixture rebuilt from a release manifest is
-bit-for-bit the pipeline's own.
+The `mix` stage, `python -m sonify.mix` (rebuilding from a release manifest) and `sonify.generate`
+all call `render` with float64 gains, so a rebuilt mixture is bit-for-bit the pipeline's own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from sonify.engine.files import atomic_write
 
 
 def db_to_gain(db: float) -> float:
@@ -39,6 +39,18 @@ def apply_mix_gain(mix: np.ndarray, mix_gain_db: float) -> np.ndarray:
     return mix * db_to_gain(mix_gain_db) if mix_gain_db != 0.0 else mix
 
 
+def render(signals: list[np.ndarray], gains_db: list[float], mix_gain_db: float | None = None,
+           ceiling_dbfs: float = -1.0) -> tuple[np.ndarray, float]:
+    """Sum the gained components; apply `mix_gain_db` as recorded, or (None) the peak guard's gain.
+
+    Returns the mixture (float64) and the mix gain applied.
+    """
+    summed = sum_components(signals, gains_db)
+    if mix_gain_db is None:
+        mix_gain_db = peak_guard_db(summed, ceiling_dbfs)
+    return apply_mix_gain(summed, mix_gain_db), mix_gain_db
+
+
 def quantise24(mix: np.ndarray) -> np.ndarray:
     """The mixture as 24-bit integers (round to nearest, clipped): exactly the samples the FLAC holds."""
     return np.clip(np.round(mix * (1 << 23)), -(1 << 23), (1 << 23) - 1).astype("<i4")
@@ -55,16 +67,11 @@ def write_flac(path: str | Path, mix: np.ndarray, rate: int) -> tuple[str, str]:
     The quantisation is ours (`quantise24`), not libsndfile's, and the file is encoded in memory and
     written in one call (libsndfile's own file writes are many small ones).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     q = quantise24(mix)
     buf = io.BytesIO()
     sf.write(buf, q << 8, rate, format="FLAC", subtype="PCM_24")  # int32 left-justified: 24 bits kept exactly
     data = buf.getbuffer()
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return hashlib.sha256(data).hexdigest(), hashlib.sha256(q.tobytes()).hexdigest()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import traceback
 from collections import Counter
@@ -19,31 +18,24 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import error_reason
-from .manifest import STATUS_OK, table_spec
-from .partitions import Partition, dedupe_sorted, plan_groups, plan_partitions, table_from_bytes, table_to_bytes
-from .stages import get_stage
-from .tables import TableStore
+from sonify.engine.errors import error_reason
+from sonify.engine.files import atomic_write
+from sonify.engine.schemas import STATUS_OK, table_spec
+from sonify.engine.partitions import Partition, dedupe_sorted, plan_groups, plan_partitions, table_from_bytes, table_to_bytes
+from sonify.engine.store import TableStore
 
 log = logging.getLogger("sonify")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class PartitionWorker:
     """Processes whole partitions of one stage. Ray Data maps it (`__call__`); the local loop calls
     `run_partition`. The stage (and its models) is built once, in `__init__`."""
 
-    def __init__(self, stage_name: str, cfg: dict):
+    def __init__(self, stage_cls: type, cfg: dict):
         self.cfg = OmegaConf.create(cfg)
-        self.stage = get_stage(stage_name)(self.cfg)
+        self.stage = stage_cls(self.cfg)
         self.store = TableStore(self.cfg.run.dir)
-        self.stats_dir = Path(self.cfg.run.dir) / "stats" / stage_name
+        self.stats_dir = Path(self.cfg.run.dir) / "stats" / stage_cls.name
 
     def run_partition(self, name: str, rows: pa.Table) -> dict:
         t0 = time.perf_counter()
@@ -62,7 +54,7 @@ class PartitionWorker:
             stats["failed"] = f"{type(e).__name__}: {e}"
             log.error("partition %s of stage %s failed:\n%s", name, self.stage.name, traceback.format_exc())
         stats["seconds"] = round(time.perf_counter() - t0, 4)
-        _atomic_write_text(self.stats_dir / f"{name}.json", json.dumps(stats))
+        atomic_write(self.stats_dir / f"{name}.json", json.dumps(stats))
         return stats
 
     def _process(self, rows: pa.Table) -> dict[str, pa.Table]:
@@ -101,8 +93,8 @@ class StageRun:
     tables: dict = field(default_factory=dict)
 
 
-def _run_local(stage_name: str, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
-    worker = PartitionWorker(stage_name, OmegaConf.to_container(cfg))
+def _run_local(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
+    worker = PartitionWorker(cls, OmegaConf.to_container(cfg))
     results = []
     for p in todo:
         results.append(worker.run_partition(p.name, p.rows))
@@ -110,15 +102,15 @@ def _run_local(stage_name: str, cfg: DictConfig, todo: list[Partition], progress
     return results
 
 
-def _run_ray(stage_name: str, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
+def _run_ray(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
     import ray
 
-    conf = cfg.stages[stage_name]
+    conf = cfg.stages[cls.name]
     items = [{"partition": p.name, "rows": table_to_bytes(p.rows)} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         PartitionWorker,
-        fn_constructor_args=(stage_name, OmegaConf.to_container(cfg)),
+        fn_constructor_args=(cls, OmegaConf.to_container(cfg)),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(conf.concurrency))),
         num_cpus=float(conf.num_cpus),
@@ -147,10 +139,11 @@ def table_counts(store: TableStore, table: str) -> dict:
     return counts
 
 
-def run_stage(stage_name: str, cfg: DictConfig, progress_bar: bool = True) -> StageRun:
-    """Plan, skip what is finished, run the rest, and count the outputs."""
+def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True) -> StageRun:
+    """Plan, skip what is finished, run the rest, and count the outputs. `cls` is a stage class
+    (`sonify.stages.get_stage`): the engine knows the stage contract, never the stages."""
     t0 = time.perf_counter()
-    cls = get_stage(stage_name)
+    stage_name = cls.name
     store = TableStore(cfg.run.dir)
     run = StageRun(stage=stage_name)
     work, run.duplicates_dropped = dedupe_sorted(cls.work_list(cfg, store))
@@ -186,7 +179,7 @@ def run_stage(stage_name: str, cfg: DictConfig, progress_bar: bool = True) -> St
 
     if todo:
         runner = _run_local if cfg.run.executor == "local" else _run_ray
-        results = runner(stage_name, cfg, todo, progress)
+        results = runner(cls, cfg, todo, progress)
         run.computed = sum(1 for r in results if not r["failed"])
         run.failed = [f"{r['partition']}: {r['failed']}" for r in results if r["failed"]]
     bar.close()

@@ -10,11 +10,12 @@ the mixture's peak-guard gain and the hashes of the result. No model is needed t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from sonify.engine.files import atomic_write
 
 RELEASE_VERSION = "1"
 
@@ -66,16 +67,9 @@ def build_release(cfg, store) -> pa.Table:
 def write_release(cfg, store) -> Path:
     parquet_path, jsonl_path = release_paths(cfg.run.dir)
     table = build_release(cfg, store)
-    parquet_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = parquet_path.with_name(".tmp-release.parquet")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, parquet_path)
+    atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     if cfg.stages.mix.release_jsonl:
-        tmp = jsonl_path.with_name(".tmp-release.jsonl")
-        with open(tmp, "w") as f:
-            for row in table.to_pylist():
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, jsonl_path)
+        atomic_write(jsonl_path, "".join(json.dumps(row) + "\n" for row in table.to_pylist()))
     return parquet_path
 
 

@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from sonify.engine.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -240,21 +240,22 @@ def pipelines_dir() -> Path:
     return cwd if cwd.is_dir() else REPO_ROOT / "pipelines"
 
 
-def available_pipelines() -> list[str]:
-    return sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
+def available_pipelines(pattern: str = "*.yaml") -> list[str]:
+    return sorted(p.stem for p in pipelines_dir().glob(pattern))
 
 
-def _pipeline_file(name: str) -> Path:
+def config_file(name: str, what: str = "pipeline", pattern: str = "*.yaml") -> Path:
+    """`name` as a .yaml path, or as a file of `pipelines/`; else one line listing the valid names."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
     candidate = pipelines_dir() / f"{name}.yaml"
     if candidate.is_file():
         return candidate
-    raise ConfigError(f"unknown pipeline {name!r}; valid choices: {', '.join(available_pipelines())} (or a path to a .yaml file)")
+    raise ConfigError(f"unknown {what} {name!r}; valid choices: {', '.join(available_pipelines(pattern))} (or a path to a .yaml file)")
 
 
-def _check_keys(cls: type, data: Any, prefix: str) -> None:
+def check_keys(cls: type, data: Any, prefix: str = "") -> None:
     """Walk user data against the dataclass tree; fail on the first unknown key."""
     if not isinstance(data, dict):
         return
@@ -266,12 +267,12 @@ def _check_keys(cls: type, data: Any, prefix: str) -> None:
             raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys{where}: {', '.join(names)}")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
-            _check_keys(typ, value, f"{prefix}{key}.")
+            check_keys(typ, value, f"{prefix}{key}.")
         elif typing.get_origin(typ) in (list, List) and isinstance(value, list):
             (elem,) = typing.get_args(typ)
             if dataclasses.is_dataclass(elem):
                 for i, item in enumerate(value):
-                    _check_keys(elem, item, f"{prefix}{key}[{i}].")
+                    check_keys(elem, item, f"{prefix}{key}[{i}].")
 
 
 def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
@@ -280,10 +281,7 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
     for s in stages:
         if s not in valid_stages:
             raise ConfigError(f"unknown stage {s!r} for key 'stage'; valid choices: {', '.join(valid_stages)}")
-    for key, choices in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"bad value {value!r} for key '{key}'; valid choices: {', '.join(choices)}")
+    check_choices(cfg, CHOICES)
     for mode in cfg.stages.retrieve.ablation_modes:
         if mode not in CHOICES["stages.retrieve.mode"]:
             raise ConfigError(f"bad value {mode!r} in key 'stages.retrieve.ablation_modes'; valid choices: {', '.join(CHOICES['stages.retrieve.mode'])}")
@@ -299,29 +297,47 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
             raise ConfigError(f"source names under 'sources.{role}' must be unique; repeated: {', '.join(sorted(dup))}")
 
 
-def load_config(overrides: list[str], stage_names: list[str] | None = None) -> DictConfig:
-    """Defaults <- pipelines/<pipeline>.yaml <- `key=value` overrides, validated and resolved."""
+def check_choices(cfg: Any, choices: dict[str, list]) -> None:
+    for key, valid in choices.items():
+        value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else getattr(cfg, key)
+        if value not in valid:
+            raise ConfigError(f"bad value {value!r} for key '{key}'; valid choices: {', '.join(map(str, valid))}")
+
+
+def parse_overrides(overrides: list[str], example: str) -> dict:
+    """`key=value` arguments as a nested dict; anything else fails in one line with an example."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"argument {item!r} is not key=value (e.g. pipeline=demo stage=audio run.force=true)")
+            raise ConfigError(f"argument {item!r} is not key=value (e.g. {example})")
     try:
-        override_cfg = OmegaConf.from_dotlist(overrides)
+        return OmegaConf.to_container(OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
-    override_data = OmegaConf.to_container(override_cfg)
-    pipeline = str(override_data.get("pipeline", SonifyConf.pipeline))
-    path = _pipeline_file(pipeline)
+
+
+def compose(schema: type, path: Path, override_data: dict, **set_after: Any) -> DictConfig:
+    """The one config loader: defaults of `schema` <- the YAML file <- overrides, keys checked, resolved."""
     file_data = OmegaConf.to_container(OmegaConf.load(path)) or {}
-    _check_keys(SonifyConf, file_data, "")
-    _check_keys(SonifyConf, override_data, "")
+    check_keys(schema, file_data)
+    check_keys(schema, override_data)
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(SonifyConf), file_data, override_data)
-        cfg.pipeline = Path(pipeline).stem if path.suffix else pipeline
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), file_data, override_data)
+        for key, value in set_after.items():
+            cfg[key] = value
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"bad value for key '{key}': {msg}") from None
+    return cfg
+
+
+def load_config(overrides: list[str], stage_names: list[str] | None = None) -> DictConfig:
+    """Defaults <- pipelines/<pipeline>.yaml <- `key=value` overrides, validated and resolved."""
+    override_data = parse_overrides(overrides, "pipeline=demo stage=audio run.force=true")
+    pipeline = str(override_data.get("pipeline", SonifyConf.pipeline))
+    path = config_file(pipeline)
+    cfg = compose(SonifyConf, path, override_data, pipeline=Path(pipeline).stem if path.suffix else pipeline)
     _check_choices(cfg, stage_names or [])
     return cfg
 

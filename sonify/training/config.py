@@ -1,0 +1,80 @@
+"""The training configuration: defaults here, `pipelines/train_<name>.yaml` over them, `key=value` last.
+
+The defaults are the paper's (AdamW, lr 3.16e-5, weight decay 3e-2, global batch 640). The file and
+overrides go through the same loader as the pipeline's (`engine.config.compose`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from sonify.engine.config import check_choices, compose, config_file, parse_overrides
+from sonify.engine.errors import ConfigError
+
+
+@dataclass
+class TrainConf:
+    shards: str = "runs/demo/shards/train-*.tar"   # glob, brace pattern or comma list
+    output_dir: str = "runs/demo/dit"
+    dit: str = "PixArt-alpha/PixArt-XL-2-512x512"  # the pretrained transformer (id, path, or tiny:dit)
+    dit_subfolder: str = "transformer"
+    tiny_dir: str = "runs/_tiny_models"
+    ast: str = "MIT/ast-finetuned-audioset-10-10-0.4593"   # recorded for generation
+    vae: str = "PixArt-alpha/PixArt-XL-2-512x512"
+    ast_dim: int = 768                 # must match the shards' ast.npy width
+    latent_size: Optional[int] = None  # must match the shards' latents; null: the transformer's sample_size
+    max_audio_frames: int = 256
+    steps: int = 500_000
+    per_device_batch: int = 16
+    grad_accum: Optional[int] = None   # null: derived from global_batch / (per_device_batch x workers)
+    global_batch: int = 640
+    drop_last: bool = True
+    lr: float = 3.16e-5
+    weight_decay: float = 3e-2
+    warmup_steps: int = 1000
+    max_grad_norm: float = 1.0
+    cond_dropout: float = 0.1          # share of samples trained with the null token (classifier-free guidance)
+    ema_decay: float = 0.9999
+    gradient_checkpointing: bool = True
+    mixed_precision: str = "auto"      # auto (bf16 on GPU) | bf16 | no
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    resume: Optional[str] = None       # latest | a checkpoint folder
+    log_every: int = 10
+    seed: int = 0
+    prefetch: int = 2                  # batches decoded ahead on a background thread (0: none; loader_workers=0 only)
+    loader_workers: int = 0            # DataLoader worker processes, each reading its share of the rank's shards
+    trainer: str = "local"             # local | ray
+    num_workers: int = 1               # Ray Train workers (one per GPU)
+    use_gpu: bool = False
+    progress: bool = True
+    num_train_timesteps: int = 1000
+
+
+CHOICES = {"trainer": ["local", "ray"], "mixed_precision": ["auto", "bf16", "no"]}
+
+
+
+def load_train_config(argv: list[str]) -> TrainConf:
+    over = parse_overrides(argv, "config=train_demo steps=100")
+    path = config_file(str(over.pop("config", "train_demo")), "training config", "train_*.yaml")
+    try:
+        cfg = OmegaConf.to_object(compose(TrainConf, path, over))
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"bad training config: {str(e).splitlines()[0]}") from None
+    check_choices(cfg, CHOICES)
+    return cfg
+
+
+def grad_accum_steps(cfg: TrainConf, world: int) -> int:
+    if cfg.grad_accum:
+        return int(cfg.grad_accum)
+    per_step = cfg.per_device_batch * world
+    if cfg.global_batch % per_step:
+        raise ConfigError(f"global_batch={cfg.global_batch} is not a multiple of per_device_batch x workers = {per_step}")
+    return max(1, cfg.global_batch // per_step)

@@ -1,0 +1,119 @@
+"""Images from sound with a trained checkpoint: the conditioning clip, classifier-free guidance, DPM-Solver.
+
+The clip AST hears is made by the one renderer (`mixing.render`): inputs normalised to a loudness
+plus a per-input offset, then summed (or placed one after another). The transformer's EMA weights
+are used when present, with the null-audio token saved beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load_audio(path: str, rate: int, seconds: float) -> np.ndarray:
+    import soundfile as sf
+
+    from sonify.media.audio import resample, to_mono
+
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    y = resample(to_mono(x), sr, rate)
+    n = int(round(rate * seconds))
+    return np.pad(y, (0, n - y.size)) if y.size < n else y[:n]
+
+
+def condition_audio(paths: list[str], offsets: list[float], lufs: float, sequential: bool, rate: int, seconds: float) -> np.ndarray:
+    """The clip AST hears: inputs normalised to lufs + offset, then summed or concatenated."""
+    from sonify.media.loudness import LoudnessMeter
+    from sonify.mixing.render import render
+
+    meter = LoudnessMeter(rate)
+    clips, gains, n = [], [], int(round(rate * seconds))
+    for i, (p, off) in enumerate(zip(paths, offsets)):
+        x = load_audio(p, rate, seconds).astype(np.float64)
+        measured = meter.integrated(x)
+        if not np.isfinite(measured):
+            raise ValueError(f"{p} is silent (below the loudness gate)")
+        if sequential:  # one after another: each clip in its own slot of the longer clip
+            x = np.pad(x, (i * n, (len(paths) - 1 - i) * n))
+        clips.append(x)
+        gains.append(lufs + off - measured)
+    return render(clips, gains, ceiling_dbfs=-1.0)[0].astype(np.float32)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    if (path / "transformer").is_dir():
+        return path
+    from sonify.training.loop import checkpoints
+
+    found = checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"{path} holds no checkpoint-N folder")
+    return found[-1]
+
+
+def make_grid(images: list, cols: int):
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequential=False, guidance=4.5, steps=20,
+             seed=0, num_images=4, lufs=-23.0, seconds=5.0, use_ema=True, device="auto") -> list[Path]:
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    from sonify.training.dit import AudioConditioner
+    from sonify.models.encoders import ASTEncoder, kaldi_frames
+    from sonify.models.loading import load_pretrained
+    from sonify.models.device import pick_device
+
+    ckpt = resolve_checkpoint(Path(checkpoint))
+    train_cfg = json.loads((ckpt.parent / "train_config.json").read_text())
+    device = pick_device(device)
+    offsets = list(offsets or [0.0] * len(audio))
+    if len(offsets) != len(audio):
+        raise ValueError(f"{len(offsets)} offsets for {len(audio)} audio inputs")
+    sub = "transformer_ema" if use_ema and (ckpt / "transformer_ema").is_dir() else "transformer"
+    model = PixArtTransformer2DModel.from_pretrained(ckpt / sub).to(device).eval()
+    conditioner = AudioConditioner.from_pretrained(ckpt / "conditioner").to(device)
+    clip = condition_audio(audio, offsets, lufs, sequential, 16000, seconds)
+    ast = ASTEncoder(train_cfg["ast"], train_cfg["tiny_dir"], kaldi_frames(clip.size), "mean", device, "float32")
+    tokens = torch.from_numpy(ast.encode([clip])[0])[None].to(device)
+    vae = load_pretrained(AutoencoderKL, train_cfg["vae"], train_cfg["tiny_dir"], role="vae", subfolder="vae").to(device).eval()
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=train_cfg["num_train_timesteps"], beta_schedule="linear",
+                                            beta_start=0.0001, beta_end=0.02)
+    scheduler.set_timesteps(steps)
+    c, size = model.config.in_channels, train_cfg.get("latent_size") or model.config.sample_size
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn((num_images, c, size, size), generator=gen).to(device) * scheduler.init_noise_sigma
+    cond = tokens.expand(num_images, -1, -1)
+    cond_mask = torch.ones(cond.shape[:2], device=device)
+    null, null_mask = conditioner.unconditional(num_images, cond.shape[1])
+    with torch.inference_mode():
+        for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            pred = model(x, encoder_hidden_states=torch.cat([cond, null]), encoder_attention_mask=torch.cat([cond_mask, null_mask]),
+                         timestep=t.expand(x.shape[0]).to(device), added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            eps_c, eps_u = pred[:, :c].chunk(2)
+            latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    from PIL import Image
+
+    arr = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    images = [Image.fromarray(a) for a in arr]
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(out_dir / f"image_{i:02d}.png")
+        im.save(paths[-1])
+    make_grid(images, min(4, len(images))).save(out_dir / "grid.png")
+    return paths + [out_dir / "grid.png"]
