@@ -4,7 +4,7 @@
 
 `--audio-root DIR` holds one folder per audio dataset named as in the manifest (`DIR/<dataset>/<relpath>`);
 `--audio-root NAME=DIR` maps one dataset to a folder (repeatable). No model is needed. Components
-are decoded and gained exactly as the pipeline did (`sonify.mixing`), so the files are bit-for-bit
+are decoded and gained exactly as the pipeline did (`sonify.mixing.render`), so the files are bit-for-bit
 the pipeline's. Parallel over local processes, or over Ray with `--ray` (or when RAY_ADDRESS is set);
 resumable (existing outputs are kept unless --force); missing, corrupt or out-of-root sources
 become per-row errors and a non-zero exit. A report lands in <out>/render_report.parquet.

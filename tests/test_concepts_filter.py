@@ -7,13 +7,13 @@ import shutil
 import pyarrow as pa
 import pytest
 
+from sonify.concepts.keywords import keyword_pattern
 from sonify.engine.errors import ConfigError
 from sonify.engine.executor import run_stage
+from sonify.engine.store import TableStore
 from sonify.stages import get_stage
 from sonify.stages.concepts import ConceptsStage, vlm_key
-from sonify.concepts.keywords import keyword_pattern
 from sonify.stages.filter import FilterStage
-from sonify.engine.store import TableStore
 
 
 @pytest.fixture

@@ -4,16 +4,15 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from sonify.media.audio import load_chunk
-from sonify.engine.executor import run_stage
-from sonify.stages import get_stage
-from sonify.retrieval.matrices import load_matrix
-from sonify.engine.keys import keyed_rng
-from sonify.retrieval.algorithm import literal_algorithm1
-from sonify.engine.store import TableStore
-
 from conftest import copy_run
+
+from sonify.engine.executor import run_stage
+from sonify.engine.keys import keyed_rng
+from sonify.engine.store import TableStore
+from sonify.media.audio import load_chunk
+from sonify.retrieval.algorithm import literal_algorithm1
+from sonify.retrieval.matrices import load_matrix
+from sonify.stages import get_stage
 
 
 @pytest.fixture
@@ -136,6 +135,7 @@ def test_pool_smaller_than_k_and_ablation_rows(base_run, tmp_path):
 @pytest.mark.ray
 def test_matches_do_not_depend_on_worker_count(base_run, tmp_path):
     import ray
+
     from sonify.engine.cluster import connect_ray
 
     cfg, _ = base_run

@@ -12,9 +12,9 @@ from PIL import Image
 from sonify.engine.config import load_config
 from sonify.engine.executor import run_stage
 from sonify.engine.keys import stable_id
+from sonify.engine.store import TableStore
 from sonify.stages import get_stage, stage_names
 from sonify.stages.images import ImagesStage
-from sonify.engine.store import TableStore
 
 
 def _ids(store, table):

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_run
 from PIL import Image
 
 from sonify.engine.config import load_config
+from sonify.engine.executor import run_stage
+from sonify.engine.store import TableStore
 from sonify.media.image import center_crop
 from sonify.models.encoders import kaldi_frames
-from sonify.engine.executor import run_stage
 from sonify.stages import get_stage, stage_names
-from sonify.engine.store import TableStore
 
-from conftest import copy_run
 
 @pytest.fixture
 def shard_run(full_run):
@@ -122,6 +122,7 @@ def test_missing_feature_file_is_an_error_row_and_the_shard_is_still_written(sha
 
 def test_corrupt_mixture_and_vanished_image_are_error_rows(shard_run, tmp_path):
     import pyarrow as pa
+
     from sonify.stages.features import FeaturesStage
     from sonify.stages.latents import LatentsStage
 

@@ -8,17 +8,15 @@ import pyarrow.parquet as pq
 import pyloudnorm
 import pytest
 import soundfile as sf
+from conftest import copy_run
 
 from sonify.engine.executor import run_stage
-
-from sonify.stages import get_stage
+from sonify.engine.store import TableStore
 from sonify.media.loudness import LoudnessMeter
 from sonify.mix import main as mix_main
-from sonify.mixing.render import apply_mix_gain, db_to_gain, peak_guard_db, sum_components
 from sonify.mixing.release import read_release, release_paths
-from sonify.engine.store import TableStore
-
-from conftest import copy_run
+from sonify.mixing.render import apply_mix_gain, db_to_gain, peak_guard_db, sum_components
+from sonify.stages import get_stage
 
 
 def _sine(sr, seconds, dbfs_peak, freq=1000.0):

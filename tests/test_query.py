@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sonify.engine.errors import SchemaError
+from sonify.engine.store import TableStore
 from sonify.query import connect, main
 from sonify.run import run_pipeline
-from sonify.engine.store import TableStore
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = sorted((REPO / "manifests").glob("*.sql"))

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from sonify.engine.executor import run_stage
-
-from sonify.stages import get_stage
 from sonify.engine.store import TableStore
+from sonify.stages import get_stage
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from sonify.bench.common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, demo_config, peak_rss_mib
 
 RATES = [(16000, 1, "WAV"), (22050, 2, "FLAC"), (44100, 2, "WAV"), (48000, 1, "FLAC")]
 
@@ -49,19 +49,18 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
 
-    from sonify.engine.config import load_config
-    from sonify.engine.executor import PartitionWorker
-    from sonify.stages import get_stage, stage_names
-    from sonify.stages.audio import AudioStage
     from omegaconf import OmegaConf
+
+    from sonify.engine.executor import PartitionWorker
+    from sonify.stages import get_stage
+    from sonify.stages.audio import AudioStage
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         tmp = Path(tmp)
         paths = make_corpus(tmp / "audio", a.files, a.seconds)
         total_audio = a.files * a.seconds
-        cfg = load_config(["pipeline=demo", f"run.root={tmp / 'runs'}", "run.executor=local",
-                           f"sources.audio=[{{name: bench, kind: folder, path: '{tmp / 'audio'}'}}]",
-                           "stages.audio.partition_rows=8", "stages.audio.batch_size=8"], stage_names())
+        cfg = demo_config(tmp / 'runs', f"sources.audio=[{{name: bench, kind: folder, path: '{tmp / 'audio'}'}}]",
+                           "stages.audio.partition_rows=8", "stages.audio.batch_size=8")
         work = AudioStage.work_list(cfg, None)
         worker = PartitionWorker(get_stage("audio"), OmegaConf.to_container(cfg))
 

@@ -23,5 +23,13 @@ def best_of(fn: Callable[[], object], repeats: int = 3, setup: Callable[[], obje
     return min(times), statistics.median(times)
 
 
+def demo_config(root, *overrides: str):
+    """The demo pipeline's config with its runs under `root`, on the local executor, plus `overrides`."""
+    from sonify.engine.config import load_config
+    from sonify.stages import stage_names
+
+    return load_config(["pipeline=demo", f"run.root={root}", "run.executor=local", *overrides], stage_names())
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

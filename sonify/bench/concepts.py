@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from sonify.bench.common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, demo_config, peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -27,22 +27,20 @@ def main(argv=None) -> None:
 
     from omegaconf import OmegaConf
 
-    from sonify.engine.config import load_config
     from sonify.engine.executor import PartitionWorker, run_stage
+    from sonify.engine.store import TableStore
     from sonify.media.image import load_rgb
     from sonify.sources.images import read_image_bytes
-    from sonify.stages import get_stage, stage_names
+    from sonify.stages import get_stage
     from sonify.stages.concepts import ConceptsStage
-    from sonify.engine.store import TableStore
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         # fixed length (min = max new tokens) so both runs generate exactly the same number of tokens
         gen = f"{{max_new_tokens: {a.max_new_tokens}, min_new_tokens: {a.max_new_tokens}, do_sample: false}}"
-        cfg = load_config([
-            "pipeline=demo", f"run.root={tmp}", "run.executor=local", "run.progress=false", f"demo_data.num_images={a.images}",
+        cfg = demo_config(tmp, "run.progress=false", f"demo_data.num_images={a.images}",
             f"models.vlms=[{a.vlm}]", "stages.concepts.imports=[]", f"stages.concepts.batch_size={a.batch_size}",
             f"stages.concepts.generation={gen}", f"stages.concepts.caption_generation={gen}",
-        ], stage_names())
+        )
         from sonify.sources.demo import ensure_demo_data
         ensure_demo_data(cfg.demo_data.dir, a.images, 0)
         run_stage(get_stage("images"), cfg, progress_bar=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sonify.bench.common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, demo_config, peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -28,12 +28,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
 
-    from sonify.media.audio import load_chunk
-    from sonify.engine.config import load_config
-    from sonify.mixing.render import sum_components
-    from sonify.stages import stage_names
-    from sonify.stages.mix import WORK_SCHEMA, MixStage
     from sonify.bench.audio import make_corpus
+    from sonify.media.audio import load_chunk
+    from sonify.mixing.render import sum_components
+    from sonify.stages.mix import WORK_SCHEMA, MixStage
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         tmp = Path(tmp)
@@ -53,7 +51,7 @@ def main(argv=None) -> None:
                               "num_frames": 5 * sr, "offset": start / sr, "duration": 5.0, "cosine": 0.5})
             rows.append({"id": f"bench-{i:06d}", "image_id": f"{i:06d}", "vlm": "bench", "components": comps})
         work = pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
-        cfg = load_config(["pipeline=demo", f"run.root={tmp / 'runs'}", "run.executor=local"], stage_names())
+        cfg = demo_config(tmp / 'runs')
         stage = MixStage(cfg)
         chunk_seconds = float(cfg.stages.audio.chunk_seconds)
 

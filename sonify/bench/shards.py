@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sonify.bench.common import best_of, peak_rss_mib
+from sonify.bench.common import best_of, demo_config, peak_rss_mib
 
 
 def main(argv=None) -> None:
@@ -34,14 +34,11 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one stage run")
     a = ap.parse_args(argv)
 
-    from sonify.engine.config import load_config
-    from sonify.stages import stage_names
     from sonify.stages.shards import PLAN, ShardsStage
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
-        cfg = load_config(["pipeline=demo", f"run.root={tmp}", "run.executor=local",
-                           f"stages.shards.samples_per_shard={a.samples_per_shard}",
-                           "stages.shards.include_jpg=false", "stages.shards.include_flac=false"], stage_names())
+        cfg = demo_config(tmp, f"stages.shards.samples_per_shard={a.samples_per_shard}",
+                           "stages.shards.include_jpg=false", "stages.shards.include_flac=false")
         run = Path(cfg.run.dir)
         rng = np.random.default_rng(0)
         rows = []
@@ -89,7 +86,8 @@ def main(argv=None) -> None:
 
         stage_run(), bare_run()
         if a.profile:
-            import cProfile, pstats
+            import cProfile
+            import pstats
             fresh()
             cProfile.runctx("stage_run()", globals(), locals(), "/tmp/sonify-shards.prof")
             pstats.Stats("/tmp/sonify-shards.prof").sort_stats("tottime").print_stats(14)

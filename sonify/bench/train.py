@@ -32,9 +32,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from sonify.training.dit import AudioConditioner, load_dit
-    from sonify.training.data import SkippedShards, epoch_batches, expand_shards
     from sonify.training.config import load_train_config
+    from sonify.training.data import SkippedShards, epoch_batches, expand_shards
+    from sonify.training.dit import AudioConditioner, load_dit
     from sonify.training.loop import train_loop
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
@@ -113,6 +113,7 @@ def main(argv=None) -> None:
 
 def _write_shards(d: Path, n: int, per_shard: int, ast_dim: int, latent: tuple) -> None:
     import io
+
     import numpy as np
 
     from sonify.media.tar import TarStream

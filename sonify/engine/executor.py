@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.errors import error_reason
 from sonify.engine.files import atomic_write
-from sonify.engine.schemas import STATUS_OK, table_spec
 from sonify.engine.partitions import Partition, dedupe_sorted, plan_groups, plan_partitions, table_from_bytes, table_to_bytes
+from sonify.engine.schemas import STATUS_OK, table_spec
 from sonify.engine.store import TableStore
 
 log = logging.getLogger("sonify")

@@ -18,7 +18,6 @@ from sonify.engine.files import TMP_PREFIX, atomic_write, clean_temp_files
 from sonify.engine.schemas import TableSpec, table_spec
 
 
-
 def rows_to_table(name: str, rows: list[dict]) -> pa.Table:
     """Python rows to a table of the declared schema (keys missing from a row become nulls)."""
     return pa.Table.from_pylist(rows, schema=table_spec(name).schema)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sonify.models.loading import load_pretrained
 from sonify.models.device import pick_device, pick_dtype
+from sonify.models.loading import load_pretrained
 
 
 class ClapEmbedder:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sonify.models.loading import load_pretrained
 from sonify.models.device import pick_device, pick_dtype
+from sonify.models.loading import load_pretrained
 
 POOLINGS = ("mean", "max", "none")
 

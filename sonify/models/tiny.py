@@ -64,8 +64,7 @@ VLM_CHAT_TEMPLATE = (
 
 
 def _vlm(out: Path) -> None:
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlamaTokenizerFast,
-                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlamaTokenizerFast, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tok = LlamaTokenizerFast(tokenizer_object=_bpe(["<unk>", "<s>", "</s>", "<pad>", "<image>"]),
                              unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",

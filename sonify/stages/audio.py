@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
-from sonify.media.audio import chunk_frames_at, dbfs, iter_mono_blocks
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.store import rows_to_table
+from sonify.media.audio import chunk_frames_at, dbfs, iter_mono_blocks
 from sonify.sources import list_sources
 from sonify.sources.audio import list_audio
-from sonify.engine.store import rows_to_table
 from sonify.stages.base import Stage
 
 

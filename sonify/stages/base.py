@@ -8,6 +8,7 @@ rows to one table per output. Every input row must come back as a result or an e
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import ClassVar
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ class Stage:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.conf = cfg.stages[self.name]
+        self.run_dir = Path(cfg.run.dir)   # files a stage writes live under here, named by the rows that own them
 
     @classmethod
     def work_list(cls, cfg: DictConfig, store: TableStore) -> pa.Table:

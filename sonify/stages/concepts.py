@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 from sonify.concepts.parser import Concept, ParseResult, make_text, parse_concepts, split_item
 from sonify.engine.config import resolve_text
 from sonify.engine.errors import error_text
-from sonify.media.image import ImageRejected
-from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.keys import stable_id
-from sonify.sources.images import load_image
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
+from sonify.media.image import ImageRejected
+from sonify.sources.images import load_image
 from sonify.stages.base import Stage
 
 WORK_SCHEMA = pa.schema([

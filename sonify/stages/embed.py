@@ -3,7 +3,7 @@
 Chunks are decoded from their source file and resampled to CLAP's rate (48 kHz) here, not from a
 16 kHz copy. Only concepts of images the filter kept are embedded. Embeddings are L2-normalised
 and stored as float16 (Parquet, readable in DuckDB) and, once the stage finishes, as one
-contiguous matrix file per table (`sonify.matrices`) for retrieval.
+contiguous matrix file per table (`sonify.retrieval.matrices`) for retrieval.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from sonify.media.audio import load_chunk
-from sonify.models.clap import ClapEmbedder, normalise
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
-from sonify.retrieval.matrices import build_matrix
 from sonify.engine.store import rows_to_table
+from sonify.media.audio import load_chunk
+from sonify.models.clap import ClapEmbedder, normalise
+from sonify.retrieval.matrices import build_matrix
 from sonify.stages.base import Stage
 
 WORK_SCHEMA = pa.schema([

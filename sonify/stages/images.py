@@ -7,11 +7,11 @@ import hashlib
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
-from sonify.media.image import ImageRejected, inspect_image
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.store import rows_to_table
+from sonify.media.image import ImageRejected, inspect_image
 from sonify.sources import list_sources
 from sonify.sources.images import list_images, read_image_bytes
-from sonify.engine.store import rows_to_table
 from sonify.stages.base import Stage
 
 

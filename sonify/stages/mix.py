@@ -1,29 +1,28 @@
 """Stage `mix`: one mixture per (image, variant) from its matched chunks.
 
 Each chunk is decoded from its source at the output rate (16 kHz by default), measured with the
-BS.1770-4 meter (`sonify.loudness`), scaled to a target drawn uniformly from
+BS.1770-4 meter (`sonify.media.loudness`), scaled to a target drawn uniformly from
 [lufs_min, lufs_max] by a generator keyed by (seed, image, vlm, concept index), and summed.
 Silent components (loudness -inf: below the absolute gate) are left out with a reason; a variant
 with none left is an error row. A sum whose sample peak is above the ceiling is scaled down and
 the gain recorded. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
-release manifest (`sonify.release`) is written.
+release manifest (`sonify.mixing.release`) is written.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from sonify.media.audio import dbfs, load_chunk
 from sonify.engine.errors import error_text
 from sonify.engine.keys import keyed_rng
-from sonify.media.loudness import LoudnessMeter
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
-from sonify.mixing.render import render, write_flac
 from sonify.engine.store import rows_to_table
+from sonify.media.audio import dbfs, load_chunk
+from sonify.media.loudness import LoudnessMeter
+from sonify.mixing.render import render, write_flac
 from sonify.stages.base import Stage
 
 WORK_COMPONENT = pa.struct([f for f in COMPONENT_TYPE if f.name not in
@@ -47,7 +46,6 @@ class MixStage(Stage):
         self.rate = int(self.conf.sample_rate)
         self.meter = LoudnessMeter(self.rate)
         self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
-        self.run_dir = Path(cfg.run.dir)
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:

@@ -1,7 +1,7 @@
 """Stage `retrieve`: Algorithm 1 for every embedded concept against the whole audio pool.
 
 Each worker holds the pool (the audio embedding matrix) in memory once, on GPU when present, and
-runs queries in blocks (matmul + top-k); see `sonify.retrieval`. The choice is keyed by
+runs queries in blocks (matmul + top-k); see `sonify.retrieval.algorithm`. The choice is keyed by
 (run.seed, image, vlm, concept index), so matches do not depend on block size, workers or order.
 """
 
@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sonify.engine.errors import error_text
-from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
-from sonify.retrieval.matrices import load_matrix
 from sonify.engine.keys import keyed_rng
-from sonify.retrieval.algorithm import BlockedRetriever, choose
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import TableStore, rows_to_table
+from sonify.retrieval.algorithm import BlockedRetriever, choose
+from sonify.retrieval.matrices import load_matrix
 from sonify.stages.base import Stage
 
 
@@ -40,8 +40,9 @@ class RetrieveStage(Stage):
 
     @classmethod
     def fingerprint(cls, cfg) -> str:
-        from sonify.retrieval.matrices import matrix_paths
         import json
+
+        from sonify.retrieval.matrices import matrix_paths
 
         store = TableStore(cfg.run.dir)
         metas = [matrix_paths(store, t)[2] for t in ("audio_embeddings", "concept_embeddings")]

@@ -53,7 +53,6 @@ class ShardsStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.run_dir = Path(cfg.run.dir)
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:

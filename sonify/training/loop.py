@@ -66,8 +66,8 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from sonify.training.dit import AudioConditioner, load_dit
     from sonify.training.data import SkippedShards, expand_shards, loader
+    from sonify.training.dit import AudioConditioner, load_dit
 
     device = device or ("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)

@@ -70,10 +70,10 @@ def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequenti
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
 
-    from sonify.training.dit import AudioConditioner
+    from sonify.models.device import pick_device
     from sonify.models.encoders import ASTEncoder, kaldi_frames
     from sonify.models.loading import load_pretrained
-    from sonify.models.device import pick_device
+    from sonify.training.dit import AudioConditioner
 
     ckpt = resolve_checkpoint(Path(checkpoint))
     train_cfg = json.loads((ckpt.parent / "train_config.json").read_text())

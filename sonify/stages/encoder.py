@@ -1,0 +1,67 @@
+"""The shape shared by the stages that run one encoder over rows and keep one .npy per row.
+
+A subclass says how to decode a row (`decode`, raising to make an error row), how to encode a batch
+of decoded inputs (`encode`, one model call), and what a result row holds (`result`). This base
+owns the loop: decode failures and model failures become error rows with their reasons, and
+results are saved atomically under the run folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from sonify.engine.errors import error_text
+from sonify.engine.files import save_npy
+from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.store import rows_to_table
+from sonify.media.image import ImageRejected
+from sonify.stages.base import Stage
+
+
+class EncoderStage(Stage):
+    model_error: ClassVar[str]          # error reason when the batch's model call fails (ast_error, vae_error)
+
+    def base(self, row: dict) -> dict:
+        """Columns every output row carries, result or error."""
+        raise NotImplementedError
+
+    def decode(self, row: dict) -> Any:
+        raise NotImplementedError
+
+    def encode(self, inputs: list) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def result(self, row: dict, array: np.ndarray) -> tuple[str, dict]:
+        """(path of the .npy relative to the run folder, the row's result columns); raise ValueError for a bad output."""
+        raise NotImplementedError
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        rows, out, good, inputs = batch.to_pylist(), {}, [], []
+        fail = lambda r, reason, detail: {**self.base(r), "status": STATUS_ERROR, "error": error_text(reason, detail)}
+        for r in rows:
+            try:
+                inputs.append(self.decode(r))
+                good.append(r)
+            except ImageRejected as e:
+                out[r["id"]] = fail(r, e.reason, e.detail)
+            except Exception as e:
+                out[r["id"]] = fail(r, "decode_error", f"{type(e).__name__}: {e}")
+        arrays = []
+        if good:
+            try:
+                arrays = self.encode(inputs)
+            except Exception as e:
+                for r in good:
+                    out[r["id"]] = fail(r, self.model_error, f"{type(e).__name__}: {e}")
+        for r, a in zip(good, arrays):
+            if not np.all(np.isfinite(a)):
+                out[r["id"]] = fail(r, "bad_features", "NaN or inf in the model output")
+                continue
+            rel, columns = self.result(r, a)
+            save_npy(self.run_dir / rel, a.astype(np.float16))
+            out[r["id"]] = {**self.base(r), **columns, "path": rel, "status": STATUS_OK, "error": None}
+        table = self.outputs[0]
+        return {table: rows_to_table(table, [out[r["id"]] for r in rows])}

@@ -1,0 +1,31 @@
+"""The project's own files: the cluster config validates, the prompts are the paper's, the README's commands exist."""
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ray_cluster_yaml_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(yaml.safe_load((REPO / "ray_cluster.yaml").read_text()))
+    validate_config(cfg)
+    gpu_types = [t for t, v in cfg["available_node_types"].items() if v["resources"].get("GPU")]
+    assert gpu_types and cfg["available_node_types"][cfg["head_node_type"]]["resources"].get("GPU", 0) == 0
+
+
+def test_readme_opens_with_the_two_setup_commands_and_ci_runs_one():
+    readme = (REPO / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    commands = [l.split("#", 1)[0].strip() for l in first_block.splitlines()]
+    assert [c for c in commands if c and c != "sh"] == ["make demo", "make test"]
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_prompts_are_verbatim_from_the_paper():
+    assert (REPO / "prompts/concepts.txt").read_text().strip().startswith("As a numbered list, provide one to up to three sound(s)")
+    assert (REPO / "prompts/caption.txt").read_text().strip() == "Provide a short and concise description of the following image."
+    words = [l.strip() for l in (REPO / "prompts/silent_keywords.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert words == ["logo", "icon", "emblem", "symbol", "trademark", "sign"]
