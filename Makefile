@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.sonify-installed
 # CPU wheel by default; for GPUs see README ("GPU install").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-slow test-all bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -32,7 +32,13 @@ demo: $(STAMP)
 	    --audio $(DEMO)/data/audio/dog_bark_16000hz_1ch.wav $(DEMO)/data/audio/bell_8000hz_1ch.wav --offsets 0 -6
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+# heavier checks (browser, multi-rank, full-width models); pytest's exit 5 (none selected) is not a failure
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
+
+test-all: test test-slow
 
 bench: $(STAMP)
 	$(PY) -m sonify.bench audio
