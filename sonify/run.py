@@ -17,14 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from sonify.engine.config import load_config, save_config
 from sonify.engine.errors import SonifyError
 from sonify.models.loading import TINY_PREFIX
-from sonify.stages import get_stage, stage_names
+from sonify.stages import expand, get_stage, stage_names
 
 log = logging.getLogger("sonify")
 
 
 def selected_stages(cfg: DictConfig) -> list[str]:
-    wanted = [s.strip() for s in str(cfg.stage).split(",")]
-    return stage_names() if "all" in wanted else [s for s in stage_names() if s in wanted]
+    return expand([s.strip() for s in str(cfg.stage).split(",")])
 
 
 def tiny_model_roles(cfg: DictConfig, stages: list[str]) -> list[str]:
@@ -50,13 +49,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_pipeline(cfg: DictConfig) -> int:
+    """Run the selected stages in order under the run folder's lock; stop at the first failed stage."""
+    from sonify.engine.lock import RunLock
+
+    run_dir = cfg.run.dir
+    os.makedirs(run_dir, exist_ok=True)
+    with RunLock(run_dir) as lock:
+        if lock.took_over:
+            print(f"took over the lock of {lock.took_over}, which is no longer running")
+        return _run_locked(cfg, run_dir)
+
+
+def _run_locked(cfg: DictConfig, run_dir: str) -> int:
     from sonify.engine.cluster import connect_ray
     from sonify.engine.executor import run_stage
     from sonify.engine.summary import format_summary, save_summary
 
     t0 = time.perf_counter()
-    run_dir = cfg.run.dir
-    os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     if cfg.demo_data.enabled:
         from sonify.sources.demo import ensure_demo_data
@@ -66,13 +75,21 @@ def run_pipeline(cfg: DictConfig) -> int:
     tiny = tiny_model_roles(cfg, stages)
     if tiny:
         print(f"models: tiny random models built from configs for {', '.join(tiny)} (offline demo; outputs are not meaningful)")
-    started_ray = cfg.run.executor == "ray" and connect_ray(cfg)
+    started_ray = []
+
+    def connect() -> None:   # Ray starts with the first partition that needs it, not before
+        if not started_ray:
+            started_ray.append(connect_ray(cfg))
+
     runs = []
     try:
         for name in stages:
-            runs.append(run_stage(get_stage(name), cfg, progress_bar=cfg.run.progress))
+            runs.append(run_stage(get_stage(name), cfg, progress_bar=cfg.run.progress, connect=connect))
+            if runs[-1].failed:
+                print(f"sonify: stage {name} has {len(runs[-1].failed)} failed partition(s); later stages not run", file=sys.stderr)
+                break
     finally:
-        if started_ray:
+        if any(started_ray):
             import ray
             ray.shutdown()
     print()

@@ -34,7 +34,7 @@ def make_cfg(tmp_path, demo_dir):
     return make
 
 
-ALL_STAGES = ("images", "audio", "concepts", "filter", "embed", "retrieve", "mix", "features", "latents", "shards")
+ALL_STAGES = ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards")
 
 
 @pytest.fixture(scope="session")

@@ -64,11 +64,11 @@ def test_chunks_are_decoded_from_the_source_at_48k(base_run):
 
 def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypatch):
     from sonify.models.clap import ClapEmbedder
-    from sonify.stages.embed import EmbedStage
+    from sonify.stages.embed import EmbedAudioStage
 
     cfg = _copy_run(base_run, tmp_path)
-    work = EmbedStage.work_list(cfg, TableStore(cfg.run.dir))
-    audio = [r for r in work.to_pylist() if r["kind"] == "audio"][:3]
+    work = EmbedAudioStage.work_list(cfg, TableStore(cfg.run.dir))
+    audio = work.to_pylist()[:3]
     audio[2]["uri"] = str(tmp_path / "gone.wav")
     real = ClapEmbedder.embed_audio
 
@@ -79,7 +79,7 @@ def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypa
         return out
 
     monkeypatch.setattr(ClapEmbedder, "embed_audio", broken)
-    rows = EmbedStage(cfg).process_batch(pa.Table.from_pylist(audio, schema=work.schema))["audio_embeddings"].to_pylist()
+    rows = EmbedAudioStage(cfg).process_batch(pa.Table.from_pylist(audio, schema=work.schema))["audio_embeddings"].to_pylist()
     errors = {r["id"]: r["error"].split(":")[0] for r in rows}
     assert errors == {audio[0]["id"]: "bad_embedding", audio[1]["id"]: "bad_embedding", audio[2]["id"]: "decode_error"}
     assert all(r["embedding"] is None for r in rows)
@@ -108,6 +108,10 @@ def test_matches_do_not_depend_on_blocks_batches_or_partitions(base_run, tmp_pat
     other = _copy_run(base_run, tmp_path, "stages.retrieve.partition_rows=5", "stages.retrieve.batch_size=3",
                       "stages.retrieve.block_mb=0")
     assert other.stages.retrieve.block_mb == 0  # one query per block
+    assert run_stage(get_stage("retrieve"), other, progress_bar=False).computed == 0   # runtime settings: nothing stale
+    store = TableStore(other.run.dir)
+    for t in ("matches", "match_ablations"):
+        store.remove_partitions(t, store.partitions(t))
     run = run_stage(get_stage("retrieve"), other, progress_bar=False)
     assert run.computed > 3
     assert _matches(other) == _matches(cfg)
@@ -140,6 +144,9 @@ def test_matches_do_not_depend_on_worker_count(base_run, tmp_path):
 
     cfg, _ = base_run
     other = _copy_run(base_run, tmp_path, "run.executor=ray", "stages.retrieve.concurrency=2", "stages.retrieve.partition_rows=9")
+    store = TableStore(other.run.dir)
+    for t in ("matches", "match_ablations"):   # recomputed from scratch, cut into partitions of 9
+        store.remove_partitions(t, store.partitions(t))
     connect_ray(other)
     try:
         run = run_stage(get_stage("retrieve"), other, progress_bar=False)

@@ -17,6 +17,7 @@ from sonify.engine.store import TableStore
 from sonify.media.image import center_crop
 from sonify.models.encoders import kaldi_frames
 from sonify.stages import get_stage, stage_names
+from sonify.training.data import expand_shards
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def _samples(urls):
 def test_shards_read_back_with_webdataset_and_tarfile(shard_run):
     cfg, _ = shard_run
     store = TableStore(cfg.run.dir)
-    urls = sorted(glob.glob(f"{cfg.run.dir}/shards/*.tar"))
+    urls = expand_shards(f"{cfg.run.dir}/shards/train.txt") + expand_shards(f"{cfg.run.dir}/shards/val.txt")
     samples = _samples(urls)
     index = store.read("shard_index").to_pylist()
     assert len(samples) == len(index) and all(r["status"] == "ok" for r in index)
@@ -105,7 +106,7 @@ def test_shards_are_deterministic_and_skip_when_done(shard_run, tmp_path):
     cfg, args = shard_run
     other = copy_run(shard_run, tmp_path, "run.force=true")
     run_stage(get_stage("shards"), other, progress_bar=False)
-    digest = lambda d: {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in glob.glob(f"{d}/shards/*.tar")}
+    digest = lambda d: {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in glob.glob(f"{d}/shards/part-*/*.tar")}
     assert digest(cfg.run.dir) == digest(other.run.dir)
     again = run_stage(get_stage("shards"), load_config([*args, f"run.root={tmp_path / 'runs'}"], stage_names()), progress_bar=False)
     assert again.computed == 0 and again.skipped == again.partitions
@@ -117,7 +118,7 @@ def test_missing_feature_file_is_an_error_row_and_the_shard_is_still_written(sha
     (Path(other.run.dir) / victim["path"]).unlink()
     run = run_stage(get_stage("shards"), other, progress_bar=False)
     assert not run.failed and run.tables["shard_index"]["errors"] == {"missing_input": 1}
-    assert len(_samples(sorted(glob.glob(f"{other.run.dir}/shards/*.tar")))) == run.tables["shard_index"]["ok"]
+    assert len(_samples(sorted(glob.glob(f"{other.run.dir}/shards/part-*/*.tar")))) == run.tables["shard_index"]["ok"]
 
 
 def test_corrupt_mixture_and_vanished_image_are_error_rows(shard_run, tmp_path):
@@ -130,11 +131,15 @@ def test_corrupt_mixture_and_vanished_image_are_error_rows(shard_run, tmp_path):
     store = TableStore(other.run.dir)
     work = FeaturesStage.work_list(other, store).slice(0, 2)
     (Path(other.run.dir) / work.column("path")[0].as_py()).write_bytes(b"not flac")
-    rows = FeaturesStage(other).process_batch(work)["audio_features"].to_pylist()
+    features = FeaturesStage(other)
+    features.partition = "part-test"
+    rows = features.process_batch(work)["audio_features"].to_pylist()
     assert rows[0]["error"].startswith("decode_error:") and rows[1]["status"] == "ok"
     lw = LatentsStage.work_list(other, store).slice(0, 2).to_pylist()
     lw[0]["uri"], lw[0]["tar_offset"] = str(tmp_path / "gone.png"), None
-    out = LatentsStage(other).process_batch(pa.Table.from_pylist(lw))["image_latents"].to_pylist()
+    latents = LatentsStage(other)
+    latents.partition = "part-test"
+    out = latents.process_batch(pa.Table.from_pylist(lw))["image_latents"].to_pylist()
     assert out[0]["error"].startswith("unreadable:") and out[1]["status"] == "ok"
 
 

@@ -58,6 +58,8 @@ def main(argv=None) -> None:
         shards = sorted({r["shard"] for r in rows})
         work = {s: plan.filter(pa.compute.equal(plan.column("shard"), s)).select(["id", "split", "shard", "position"]) for s in shards}
         stage = ShardsStage(cfg)
+        stage.partition = "part-bench"   # the stage writes into its partition's folder
+        out_dir = run / "shards" / stage.partition
         bare_dir = Path(tmp) / "bare"
 
         def stage_run():
@@ -82,7 +84,7 @@ def main(argv=None) -> None:
         def fresh():  # new files each repeat, as a first run writes them
             shutil.rmtree(bare_dir, ignore_errors=True)
             for s in shards:
-                (run / "shards" / s).unlink(missing_ok=True)
+                (out_dir / s).unlink(missing_ok=True)
 
         stage_run(), bare_run()
         if a.profile:
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
             cProfile.runctx("stage_run()", globals(), locals(), "/tmp/sonify-shards.prof")
             pstats.Stats("/tmp/sonify-shards.prof").sort_stats("tottime").print_stats(14)
         t_stage, _ = best_of(stage_run, a.repeats, setup=fresh)
-        mb = sum((run / "shards" / s).stat().st_size for s in shards) / 2**20
+        mb = sum((out_dir / s).stat().st_size for s in shards) / 2**20
         t_bare, _ = best_of(bare_run, a.repeats, setup=fresh)
 
     print(f"{a.samples} samples (latent 64 KiB + AST 73.5 KiB + json), {len(shards)} shards of {a.samples_per_shard}, "

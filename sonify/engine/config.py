@@ -28,6 +28,7 @@ class RunConf:
     seed: int = 0
     force: bool = False                # recompute finished partitions
     executor: str = "ray"              # ray | local (plain loop in this process, for debugging)
+    torch_threads: int = 1             # threads of every model call, on any executor (float bits depend on it)
     progress: bool = True
 
 
@@ -90,6 +91,7 @@ class ConceptsStageConf(StageConf):
     generate: bool = True              # run every VLM in models.vlms
     imports: List[ConceptImportConf] = field(default_factory=list)
     backend: str = "hf"                # hf (transformers generate) | vllm (GPU clusters; needs the vllm extra)
+    model_batch: int = 8               # images per model call, a fixed shape (the last call padded): in the fingerprint
     concepts_prompt: str = "prompts/concepts.txt"   # a file, or the prompt text itself
     caption_prompt: str = "prompts/caption.txt"
     max_concepts: int = 3
@@ -111,7 +113,9 @@ class FilterStageConf(StageConf):
 
 @dataclass
 class EmbedStageConf(StageConf):
-    text_batch_size: int = 256         # concept texts per forward pass (audio uses batch_size)
+    text_batch_size: int = 256         # concept texts per process call (audio rows use batch_size)
+    model_batch: int = 8               # clips or texts per model call, a fixed shape (the last call padded): in the fingerprint
+    text_max_tokens: int = 77          # every text is padded (or cut) to this many tokens, as CLAP was trained
     dtype: str = "auto"                # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"
 
@@ -139,6 +143,7 @@ class MixStageConf(StageConf):
 class FeaturesStageConf(StageConf):
     pooling: str = "mean"              # pool AST patch tokens over frequency: mean | max | none
     input_frames: Optional[int] = None # filterbank frames fed to AST; null: the mixtures' length (5 s -> 498)
+    model_batch: int = 8               # clips per model call, a fixed shape (the last call padded): in the fingerprint
     dtype: str = "auto"
     device: str = "auto"
 
@@ -147,6 +152,7 @@ class FeaturesStageConf(StageConf):
 class LatentsStageConf(StageConf):
     resolution: int = 512              # shorter side resized to this, then centre-cropped square
     vae_subfolder: str = "vae"         # the VAE inside models.vae (PixArt-alpha repos keep it in vae/)
+    model_batch: int = 8               # images per model call, a fixed shape (the last call padded): in the fingerprint
     dtype: str = "auto"
     device: str = "auto"
     max_pixels: int = 89_478_485

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import traceback
 from collections import Counter
@@ -16,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.errors import error_reason
-from sonify.engine.files import atomic_write
-from sonify.engine.partitions import Partition, dedupe_sorted, plan_groups, plan_partitions, table_from_bytes, table_to_bytes
+from sonify.engine.files import atomic_write, clean_temp_files
+from sonify.engine.partitions import Partition, dedupe_sorted, plan, table_from_bytes, table_to_bytes
 from sonify.engine.schemas import STATUS_OK, table_spec
 from sonify.engine.store import TableStore
 
@@ -36,11 +38,17 @@ class PartitionWorker:
         self.stage = stage_cls(self.cfg)
         self.store = TableStore(self.cfg.run.dir)
         self.stats_dir = Path(self.cfg.run.dir) / "stats" / stage_cls.name
+        if stage_cls.models:   # model outputs depend on the thread count: it is fixed by config, not by the executor
+            import torch
+            torch.set_num_threads(int(self.cfg.run.torch_threads))
 
     def run_partition(self, name: str, rows: pa.Table) -> dict:
         t0 = time.perf_counter()
         stats = {"partition": name, "rows_in": rows.num_rows, "failed": None}
         try:
+            self.stage.partition = name
+            if self.stage.files_dir:   # files of an earlier, unfinished attempt at this partition
+                shutil.rmtree(Path(self.cfg.run.dir) / self.stage.files_dir / name, ignore_errors=True)
             outputs = self._process(rows)
             for table_name, table in outputs.items():
                 self.store.write_partition(table_name, name, table)
@@ -139,9 +147,41 @@ def table_counts(store: TableStore, table: str) -> dict:
     return counts
 
 
-def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True) -> StageRun:
+def existing_partitions(store: TableStore, cls: type) -> dict[str, list[str]]:
+    """The ids each partition on disk holds (from the stage's keyed outputs); partitions found only in
+    its other outputs (a writer killed between files) are listed with no ids, so they are never kept."""
+    found: dict[str, list[str]] = {}
+    for t in cls.keyed_outputs():
+        for f in store.files(t):
+            found.setdefault(f.stem, []).extend(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+    for t in cls.outputs:
+        for name in store.partitions(t) - set(found):
+            found[name] = []
+    return found
+
+
+def remove_unplanned(store: TableStore, cls: type, planned: set[str]) -> int:
+    """Remove every partition of the stage that is not planned, with its files and stats; returns how many."""
+    stale: set[str] = set()
+    for t in cls.outputs:
+        gone = store.partitions(t) - planned
+        store.remove_partitions(t, gone)
+        stale |= gone
+    owned = [store.run_dir / "stats" / cls.name]
+    if cls.files_dir:
+        owned.append(store.run_dir / cls.files_dir)
+        clean_temp_files(store.run_dir / cls.files_dir, recursive=True)
+    for folder in owned:
+        for p in folder.iterdir() if folder.is_dir() else []:
+            if p.name.startswith("part-") and p.name.split(".")[0] not in planned:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return len(stale)
+
+
+def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=None) -> StageRun:
     """Plan, skip what is finished, run the rest, and count the outputs. `cls` is a stage class
-    (`sonify.stages.get_stage`): the engine knows the stage contract, never the stages."""
+    (`sonify.stages.get_stage`): the engine knows the stage contract, never the stages.
+    `connect` is called before the first partition goes to Ray (so a run with nothing to do starts no Ray)."""
     t0 = time.perf_counter()
     stage_name = cls.name
     store = TableStore(cfg.run.dir)
@@ -150,20 +190,14 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True) -> StageRun
     if run.duplicates_dropped:
         log.warning("stage %s: %d duplicate input ids dropped (kept the first of each)", stage_name, run.duplicates_dropped)
     run.rows_in = work.num_rows
-    if cls.partition_by:
-        parts = plan_groups(work, cls.partition_by, cls.fingerprint(cfg))
-    else:
-        parts = plan_partitions(work, int(cfg.stages[stage_name].partition_rows), cls.fingerprint(cfg))
-    run.partitions = len(parts)
-    planned = {p.name for p in parts}
-    done = None
     for t in cls.outputs:
         store.clean_temp_files(t)
-        stale = store.partitions(t) - planned
-        if stale:
-            store.remove_partitions(t, stale)
-            run.stale_removed += len(stale)
-        done = store.partitions(t) if done is None else done & store.partitions(t)
+    planned = plan(work, cls.fingerprint(cfg, store), existing_partitions(store, cls),
+                   int(cls.settings(cfg).partition_rows), list(cls.content_columns or []) or None, cls.partition_by)
+    parts = planned.partitions
+    run.partitions = len(parts)
+    run.stale_removed = remove_unplanned(store, cls, {p.name for p in parts})
+    done = set.intersection(*(store.partitions(t) for t in cls.outputs))
     todo = parts if cfg.run.force else [p for p in parts if p.name not in done]
     run.skipped = len(parts) - len(todo)
 
@@ -178,6 +212,8 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True) -> StageRun
         bar.set_postfix(rows=stats["rows_in"], failed=failures[0])
 
     if todo:
+        if cfg.run.executor != "local" and connect is not None:
+            connect()   # Ray starts only when there is work for it
         runner = _run_local if cfg.run.executor == "local" else _run_ray
         results = runner(cls, cfg, todo, progress)
         run.computed = sum(1 for r in results if not r["failed"])

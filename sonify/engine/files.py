@@ -62,15 +62,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | memoryview | Calla
     return path
 
 
-def save_npy(path: str | os.PathLike, array) -> int:
-    """`np.save` atomically; returns the file size."""
+def save_npy(path: str | os.PathLike, array) -> str:
+    """`np.save` atomically; returns the sha256 of the file's bytes (what downstream content hashes use)."""
+    import hashlib
+    import io
+
     import numpy as np
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    return atomic_write(path, write).stat().st_size
+    buf = io.BytesIO()
+    np.save(buf, array)
+    data = buf.getbuffer()
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def clean_temp_files(folder: str | os.PathLike, recursive: bool = False) -> int:

@@ -1,13 +1,18 @@
-"""Cut a work list into partitions named by their inputs.
+"""Plan a stage's partitions so that finished work is kept and only new or changed rows are computed.
 
-A partition's name is a hash of the stage fingerprint (name, version, output-relevant config) and
-the ids it holds, so a re-run with the same inputs finds the same names and skips finished ones,
-and a change of inputs or config gives new names (the old files are then stale and removed).
+A partition's name hashes the stage's fingerprint (its lineage: config, models, prompt files,
+versions, and every upstream stage's lineage) together with the content of the work-list rows it
+holds. Planning first keeps every finished partition whose rows are all still in the work list with
+the same content; only the rows left over are grouped into new partitions. So adding N inputs
+creates work proportional to N wherever the new ids fall, a changed row recomputes only its own
+partition, and a config change (a new fingerprint) recomputes everything that depends on it.
+Which rows share a file may depend on the order data arrived; what a table holds does not.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -20,11 +25,29 @@ class Partition:
     rows: pa.Table
 
 
-def partition_name(prefix: str, ids: list[str]) -> str:
-    """'part-' + 16 hex digits of sha1(prefix, ids): the same inputs always give the same name."""
-    h = hashlib.sha1(prefix.encode())
-    for i in ids:
-        h.update(b"\x00" + i.encode())
+@dataclass
+class Plan:
+    partitions: list[Partition]   # every partition the stage's outputs should hold, in id order
+    kept: set[str]                # finished partitions planned again unchanged (their rows are not recomputed)
+    stale: set[str]               # finished or partial partitions no longer planned: their rows and files go
+
+
+def row_digests(work: pa.Table, columns: list[str]) -> list[str]:
+    """A digest per row of the values that determine its output (ids and upstream content, not locations)."""
+    cols = [c for c in columns if c in work.column_names]
+    out = []
+    for batch in work.select(cols).to_batches(max_chunksize=8192):
+        for row in batch.to_pylist():
+            text = json.dumps([row[c] for c in cols], sort_keys=True, default=str, separators=(",", ":"))
+            out.append(hashlib.sha1(text.encode()).hexdigest())
+    return out
+
+
+def partition_name(fingerprint: str, ids: list[str], digests: list[str]) -> str:
+    """'part-' + 16 hex digits of sha1(fingerprint, (id, digest) pairs in id order)."""
+    h = hashlib.sha1(fingerprint.encode())
+    for i, d in sorted(zip(ids, digests)):
+        h.update(b"\x00" + i.encode() + b"\x01" + d.encode())
     return f"part-{h.hexdigest()[:16]}"
 
 
@@ -38,29 +61,43 @@ def dedupe_sorted(work: pa.Table, id_column: str = "id") -> tuple[pa.Table, int]
     return work.take(pa.array(keep, pa.int64())), len(ids) - len(keep)
 
 
-def plan_partitions(work: pa.Table, partition_rows: int, fingerprint: str, id_column: str = "id") -> list[Partition]:
-    """`work` must be sorted and unique by id (see `dedupe_sorted`)."""
+def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], partition_rows: int,
+         content_columns: list[str] | None = None, group_column: str | None = None) -> Plan:
+    """Partitions for `work` (sorted and unique by id; see `dedupe_sorted`).
+
+    `existing` maps each partition already on disk to the ids it holds. A finished partition is kept
+    when recomputing its name from the current rows of its ids gives the same name. The remaining rows
+    are cut every `partition_rows` rows in id order, or, with `group_column`, one partition per value.
+    """
     if partition_rows < 1:
         raise ValueError("partition_rows must be >= 1")
-    parts = []
-    for start in range(0, work.num_rows, partition_rows):
-        rows = work.slice(start, partition_rows)
-        parts.append(Partition(name=partition_name(fingerprint, rows.column(id_column).to_pylist()), rows=rows))
-    return parts
-
-
-def plan_groups(work: pa.Table, group_column: str, fingerprint: str, id_column: str = "id") -> list[Partition]:
-    """One partition per value of `group_column` (e.g. one per output shard), rows in id order."""
-    parts = []
-    groups = work.column(group_column).to_pylist()
-    ids = work.column(id_column).to_pylist()
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    for g in sorted(by_group):
-        rows = work.take(pa.array(by_group[g], pa.int64()))
-        parts.append(Partition(name=partition_name(f"{fingerprint}\x00{g}", [ids[j] for j in by_group[g]]), rows=rows))
-    return parts
+    ids = work.column("id").to_pylist()
+    digests = row_digests(work, content_columns or work.column_names)
+    position = {i: n for n, i in enumerate(ids)}
+    claimed: set[int] = set()
+    kept: dict[str, list[int]] = {}
+    for name in sorted(existing):
+        members = existing[name]
+        rows = [position.get(i) for i in members]
+        if not members or None in rows or claimed.intersection(rows):
+            continue
+        if partition_name(fingerprint, members, [digests[r] for r in rows]) == name:
+            kept[name] = rows
+            claimed.update(rows)
+    partitions = [Partition(name, work.take(pa.array(rows, pa.int64()))) for name, rows in kept.items()]
+    rest = [n for n in range(len(ids)) if n not in claimed]
+    if group_column:
+        groups: dict[str, list[int]] = {}
+        for n, g in zip(rest, work.column(group_column).take(pa.array(rest, pa.int64())).to_pylist() if rest else []):
+            groups.setdefault(g, []).append(n)
+        chunks = [groups[g] for g in sorted(groups)]
+    else:
+        chunks = [rest[s:s + partition_rows] for s in range(0, len(rest), partition_rows)]
+    for chunk in chunks:
+        name = partition_name(fingerprint, [ids[n] for n in chunk], [digests[n] for n in chunk])
+        partitions.append(Partition(name, work.take(pa.array(chunk, pa.int64()))))
+    partitions.sort(key=lambda p: p.rows.column("id")[0].as_py())   # processed in id order
+    return Plan(partitions, set(kept), set(existing) - {p.name for p in partitions})
 
 
 def table_to_bytes(table: pa.Table) -> bytes:

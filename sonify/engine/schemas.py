@@ -168,7 +168,7 @@ COMPONENT_TYPE = pa.struct([
     ("included", pa.bool_()), ("reason", pa.string()),
 ])
 
-MIXES = _spec("mixes", 1, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
+MIXES = _spec("mixes", 2, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
     ("id", pa.string(), "the variant id ('<vlm key>-<image id>', as in concepts)"),
     ("image_id", pa.string(), "id in images"),
     ("vlm", pa.string(), "variant"),
@@ -179,27 +179,29 @@ MIXES = _spec("mixes", 1, "One row per (image, variant): the loudness-normalised
     ("mix_gain_db", pa.float64(), "gain applied to the sum by the peak guard (0 when the peak was under the ceiling)"),
     ("lufs", pa.float64(), "integrated loudness of the mixture"),
     ("peak_dbfs", pa.float64(), "sample peak of the mixture"),
-    ("path", pa.string(), "FLAC file, relative to the run folder"),
+    ("path", pa.string(), "FLAC file, relative to the run folder (mixes/<partition>/<vlm key>/<image id>.flac)"),
     ("pcm24_sha256", pa.string(), "sha256 of the mixture quantised to 24-bit PCM (encoder-independent)"),
     ("flac_sha256", pa.string(), "sha256 of the FLAC file's bytes"),
 ])
 
-AUDIO_FEATURES = _spec("audio_features", 1, "One row per mixture: its AST time series (a float16 .npy file).", [
+AUDIO_FEATURES = _spec("audio_features", 2, "One row per mixture: its AST time series (a float16 .npy file).", [
     ("id", pa.string(), "the mixture (variant) id"),
     ("image_id", pa.string(), "id in images"),
     ("vlm", pa.string(), "variant"),
     ("model", pa.string(), "AST model id or path"),
     ("path", pa.string(), "the .npy file (T x D float16), relative to the run folder"),
+    ("sha256", pa.string(), "sha256 of the .npy file's bytes"),
     ("frames", pa.int32(), "T: time steps after pooling over frequency"),
     ("dim", pa.int32(), "D: the AST width (768)"),
     ("pooling", pa.string(), "mean | max (over frequency) | none (all F x T patch tokens)"),
     ("input_frames", pa.int32(), "filterbank frames fed to AST (the clip length, not 1024)"),
 ])
 
-IMAGE_LATENTS = _spec("image_latents", 1, "One row per kept image: its VAE latent distribution (a float16 .npy file).", [
+IMAGE_LATENTS = _spec("image_latents", 2, "One row per kept image: its VAE latent distribution (a float16 .npy file).", [
     ("id", pa.string(), "id in images"),
     ("model", pa.string(), "VAE id or path"),
     ("path", pa.string(), "the .npy file: [mean, std] stacked, shape (2, C, h, w), float16, relative to the run folder"),
+    ("sha256", pa.string(), "sha256 of the .npy file's bytes"),
     ("channels", pa.int32(), "C"),
     ("height", pa.int32(), "h"),
     ("width", pa.int32(), "w"),
@@ -207,10 +209,11 @@ IMAGE_LATENTS = _spec("image_latents", 1, "One row per kept image: its VAE laten
     ("scaling_factor", pa.float32(), "the VAE's scaling factor (multiply a sampled latent by it for the DiT)"),
 ])
 
-SHARD_INDEX = _spec("shard_index", 1, "One row per training sample: which WebDataset shard holds it.", [
+SHARD_INDEX = _spec("shard_index", 2, "One row per training sample: which WebDataset shard holds it.", [
     ("id", pa.string(), "the sample key inside the shard ('<image id>_<vlm key>')"),
     ("split", pa.string(), "train | val (by a hash of the image id: every variant of an image on one side)"),
     ("shard", pa.string(), "shard file name, e.g. train-000000.tar"),
+    ("path", pa.string(), "the shard file, relative to the run folder (shards/<partition>/<shard>)"),
     ("position", pa.int32(), "position of the sample inside its shard"),
     ("image_id", pa.string(), "id in images"),
     ("variant", pa.string(), "the VLM variant"),

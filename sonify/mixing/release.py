@@ -47,7 +47,7 @@ def build_release(cfg, store) -> pa.Table:
     con.register("mixes", store.read("mixes"))
     con.register("images", store.read("images", columns=["id", "source", "relpath"]))
     table = con.sql(f"""
-        SELECT m.id AS mix_id, replace(m.path, 'mixes/', '') AS path, m.image_id, i.source AS image_source,
+        SELECT m.id AS mix_id, regexp_replace(m.path, '^mixes/[^/]+/', '') AS path, m.image_id, i.source AS image_source,
                i.relpath AS image_relpath, m.vlm AS variant, m.sample_rate,
                {float(cfg.stages.audio.chunk_seconds)}::DOUBLE AS chunk_seconds, m.duration, m.mix_gain_db, m.lufs,
                m.peak_dbfs, m.pcm24_sha256, m.flac_sha256,

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from sonify.models.device import pick_device, pick_dtype
+from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
 from sonify.models.loading import load_pretrained
 
 
 class ClapEmbedder:
-    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", model_batch: int = 8,
+                 text_max_tokens: int = 77):
         from transformers import ClapModel, ClapProcessor
 
         self.name = name
+        self.model_batch, self.text_max_tokens = int(model_batch), int(text_max_tokens)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.processor = load_pretrained(ClapProcessor, name, tiny_dir, role="clap")
@@ -33,18 +35,26 @@ class ClapEmbedder:
         """(B,) mono float32 arrays at `sampling_rate` -> (B, D) float32 (not yet re-normalised)."""
         import torch
 
-        inputs = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="pt")
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
-        with torch.inference_mode():
-            return self._finish(self.model.get_audio_features(**inputs))
+        def call(batch):
+            inputs = self.processor(audio=batch, sampling_rate=self.sampling_rate, return_tensors="pt")
+            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
+            with torch.inference_mode():
+                return self._finish(self.model.get_audio_features(**inputs))
+
+        return np.stack(in_fixed_batches(call, list(clips), self.model_batch))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Texts padded to a fixed token length in fixed-size batches: a text's vector never depends on its batch."""
         import torch
 
-        inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            return self._finish(self.model.get_text_features(**inputs))
+        def call(batch):
+            inputs = self.processor(text=batch, return_tensors="pt", padding="max_length", truncation=True,
+                                    max_length=self.text_max_tokens)
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            with torch.inference_mode():
+                return self._finish(self.model.get_text_features(**inputs))
+
+        return np.stack(in_fixed_batches(call, list(texts), self.model_batch))
 
 
 def normalise(emb: np.ndarray, min_norm: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sonify.models.device import pick_device, pick_dtype
+from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
 from sonify.models.loading import load_pretrained
 
 POOLINGS = ("mean", "max", "none")
@@ -27,7 +27,7 @@ def kaldi_frames(n_samples: int, rate: int = 16000, window_ms: float = 25.0, hop
 
 class ASTEncoder:
     def __init__(self, name: str, tiny_dir: str, n_frames: int | None, pooling: str = "mean",
-                 device: str = "auto", dtype: str = "auto"):
+                 device: str = "auto", dtype: str = "auto", model_batch: int = 8):
         import torch
         from transformers import ASTFeatureExtractor, ASTModel
 
@@ -36,6 +36,7 @@ class ASTEncoder:
         self.fe = load_pretrained(ASTFeatureExtractor, name, tiny_dir, role="ast")
         self.model = load_pretrained(ASTModel, name, tiny_dir, role="ast")
         self.pooling = pooling
+        self.model_batch = int(model_batch)
         cfg = self.model.config
         self.f_dim = (cfg.num_mel_bins - cfg.patch_size) // cfg.frequency_stride + 1
         self.t_max = (cfg.max_length - cfg.patch_size) // cfg.time_stride + 1
@@ -57,7 +58,11 @@ class ASTEncoder:
         self.dim = int(cfg.hidden_size)
 
     def encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
-        """Mono clips at 16 kHz -> per clip a (T, D) float32 array (or (F*T, D) with pooling 'none')."""
+        """Mono clips at 16 kHz -> per clip a (T, D) float32 array (or (F*T, D) with pooling 'none'),
+        computed in fixed-size batches (see `in_fixed_batches`)."""
+        return in_fixed_batches(self._encode, list(clips), self.model_batch)
+
+    def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
         inputs = self.fe(clips, sampling_rate=self.rate, return_tensors="pt")
@@ -75,7 +80,8 @@ class ASTEncoder:
 
 
 class VAEEncoder:
-    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", subfolder: str = "vae"):
+    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", subfolder: str = "vae",
+                 model_batch: int = 8):
         from diffusers import AutoencoderKL
 
         self.device = pick_device(device)
@@ -83,9 +89,15 @@ class VAEEncoder:
         self.vae = load_pretrained(AutoencoderKL, name, tiny_dir, role="vae", subfolder=subfolder)
         self.vae.to(self.device, self.dtype).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.model_batch = int(model_batch)
 
     def encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
-        """Square RGB images -> (mean, std) of the latent distribution, each (B, C, h, w) float32."""
+        """Square RGB images -> (mean, std) of the latent distribution, each (B, C, h, w) float32,
+        computed in fixed-size batches (see `in_fixed_batches`)."""
+        pairs = in_fixed_batches(lambda batch: list(zip(*self._encode(batch))), list(images), self.model_batch)
+        return np.stack([m for m, _ in pairs]), np.stack([s for _, s in pairs])
+
+    def _encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         arr = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1.0

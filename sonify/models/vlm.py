@@ -13,17 +13,19 @@ from typing import Any
 from PIL import Image
 
 from sonify.engine.errors import ConfigError
-from sonify.models.device import pick_device, pick_dtype
+from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
 from sonify.models.loading import load_pretrained
 
 
 class HFVLM:
     """transformers `AutoModelForImageTextToText` + `AutoProcessor` + the model's chat template."""
 
-    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+                 model_batch: int = 8):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.name = name
+        self.model_batch = int(model_batch)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.processor = load_pretrained(AutoProcessor, name, tiny_dir, role="vlms", trust_remote_code=trust_remote_code)
@@ -54,9 +56,9 @@ class HFVLM:
         return [t.strip() for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def generate(self, images: list[Image.Image], prompt: str, generation: dict[str, Any]) -> list[str]:
-        if not images:
-            return []
-        return self.generate_from(self.prepare(images, prompt), generation)
+        """Replies in fixed-size batches (see `in_fixed_batches`): a reply never depends on its batch-mates."""
+        return in_fixed_batches(lambda batch: self.generate_from(self.prepare(batch, prompt), generation),
+                                list(images), self.model_batch)
 
 
 class CogVLM:
@@ -124,9 +126,9 @@ class VLLMVLM:
         return [o.outputs[0].text.strip() for o in outputs]
 
 
-def load_vlm(name: str, backend: str, tiny_dir: str, device: str, dtype: str, trust_remote_code: bool):
+def load_vlm(name: str, backend: str, tiny_dir: str, device: str, dtype: str, trust_remote_code: bool, model_batch: int = 8):
     if backend == "vllm":
         return VLLMVLM(name, tiny_dir, device, dtype, trust_remote_code)
     if "cogvlm" in name.lower() and "cogvlm2" not in name.lower():
         return CogVLM(name, tiny_dir, device, dtype, trust_remote_code)
-    return HFVLM(name, tiny_dir, device, dtype, trust_remote_code)
+    return HFVLM(name, tiny_dir, device, dtype, trust_remote_code, model_batch)

@@ -11,7 +11,8 @@ STAGES: dict[str, str] = {
     "audio": "sonify.stages.audio:AudioStage",
     "concepts": "sonify.stages.concepts:ConceptsStage",
     "filter": "sonify.stages.filter:FilterStage",
-    "embed": "sonify.stages.embed:EmbedStage",
+    "embed_audio": "sonify.stages.embed:EmbedAudioStage",
+    "embed_text": "sonify.stages.embed:EmbedTextStage",
     "retrieve": "sonify.stages.retrieve:RetrieveStage",
     "mix": "sonify.stages.mix:MixStage",
     "features": "sonify.stages.features:FeaturesStage",
@@ -20,8 +21,28 @@ STAGES: dict[str, str] = {
 }
 
 
+# names that select several stages (`stage=embed`)
+GROUPS: dict[str, list[str]] = {"embed": ["embed_audio", "embed_text"]}
+
+
 def stage_names() -> list[str]:
-    return list(STAGES)
+    """Every stage and group name a user may select, in pipeline order."""
+    names = []
+    for s in STAGES:
+        group = next((g for g, members in GROUPS.items() if members[0] == s), None)
+        names += ([group] if group else []) + [s]
+    return names
+
+
+def expand(names: list[str]) -> list[str]:
+    """Selected names (groups expanded, 'all' for every stage) as stage names in pipeline order."""
+    wanted = set(names)
+    if "all" in wanted:
+        return list(STAGES)
+    for g, members in GROUPS.items():
+        if g in wanted:
+            wanted.update(members)
+    return [s for s in STAGES if s in wanted]
 
 
 def get_stage(name: str) -> type[Stage]:

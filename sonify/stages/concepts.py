@@ -28,7 +28,7 @@ from sonify.stages.base import Stage
 
 WORK_SCHEMA = pa.schema([
     ("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()), ("origin", pa.string()),
-    ("uri", pa.string()), ("tar_offset", pa.int64()), ("nbytes", pa.int64()),
+    ("uri", pa.string()), ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("sha256", pa.string()),
     ("import_json", pa.string()), ("import_caption", pa.string()), ("list_error", pa.string()),
 ])
 
@@ -76,6 +76,9 @@ class ConceptsStage(Stage):
     name = "concepts"
     outputs = ("concepts", "captions")
     models = ("vlms",)
+    upstream = ("images",)
+    # the image's bytes (by hash) and the import's content; not where the image is stored
+    content_columns = ("id", "image_id", "vlm", "origin", "sha256", "import_json", "import_caption", "list_error")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -89,11 +92,11 @@ class ConceptsStage(Stage):
         if self.conf.generate:
             for name in cfg.models.vlms:
                 self.vlms[name] = load_vlm(name, self.conf.backend, cfg.models.tiny_dir, self.conf.device,
-                                           self.conf.dtype, cfg.models.trust_remote_code)
+                                           self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch))
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
-        images = store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "status"])
+        images = store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "sha256", "status"])
         images = images.filter(pc.equal(images.column("status"), "ok")).drop(["status"])
         parts = []
         conf = cfg.stages.concepts
@@ -104,7 +107,7 @@ class ConceptsStage(Stage):
                     "id": pc.binary_join_element_wise(pa.array([vlm_key(vlm)] * n, pa.string()), images.column("id"), "-"),
                     "image_id": images.column("id"), "vlm": pa.array([vlm] * n, pa.string()),
                     "origin": pa.array(["generate"] * n, pa.string()), "uri": images.column("uri"),
-                    "tar_offset": images.column("tar_offset"), "nbytes": images.column("nbytes"),
+                    "tar_offset": images.column("tar_offset"), "nbytes": images.column("nbytes"), "sha256": images.column("sha256"),
                     "import_json": pa.nulls(n, pa.string()), "import_caption": pa.nulls(n, pa.string()),
                     "list_error": pa.nulls(n, pa.string())}, schema=WORK_SCHEMA))
         if conf.imports:
@@ -114,13 +117,6 @@ class ConceptsStage(Stage):
         if not parts:
             raise ValueError("stage concepts has nothing to do: no models.vlms with generate=true and no imports")
         return pa.concat_tables(parts)
-
-    @classmethod
-    def fingerprint(cls, cfg) -> str:
-        conf = cfg.stages.concepts
-        extra = {"vlms": list(cfg.models.vlms), "prompts": [resolve_text(conf.concepts_prompt), resolve_text(conf.caption_prompt)],
-                 "imports": [Path(i.path).stat().st_mtime_ns if Path(i.path).exists() else None for i in conf.imports]}
-        return super().fingerprint(cfg) + json.dumps(extra, sort_keys=True)
 
     def _base(self, row: dict, prompt: str) -> dict:
         return {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "origin": row["origin"], "prompt": prompt}

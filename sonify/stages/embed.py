@@ -1,4 +1,5 @@
-"""Stage `embed`: CLAP audio embeddings of every usable chunk, CLAP text embeddings of every concept.
+"""Stages `embed_audio` and `embed_text` (`stage=embed` runs both): CLAP audio embeddings of every
+usable chunk, CLAP text embeddings of every concept.
 
 Chunks are decoded from their source file and resampled to CLAP's rate (48 kHz) here, not from a
 16 kHz copy. Only concepts of images the filter kept are embedded. Embeddings are L2-normalised
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
@@ -19,55 +21,22 @@ from sonify.models.clap import ClapEmbedder, normalise
 from sonify.retrieval.matrices import build_matrix
 from sonify.stages.base import Stage
 
-WORK_SCHEMA = pa.schema([
-    ("id", pa.string()), ("kind", pa.string()),
-    # audio rows
-    ("file_id", pa.string()), ("uri", pa.string()), ("start_frame", pa.int64()), ("num_frames", pa.int64()),
-    # text rows
-    ("concept_id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()), ("concept_index", pa.int8()), ("text", pa.string()),
-])
 
-
-class EmbedStage(Stage):
-    name = "embed"
-    outputs = ("audio_embeddings", "concept_embeddings")
-    id_outputs = ("audio_embeddings", "concept_embeddings")
+class _EmbedStage(Stage):
+    """CLAP embeddings of one kind of row; the audio pool and the concept texts are separate work,
+    so adding images never re-embeds audio and adding audio embeds only the new chunks."""
+    conf_key = "embed"
     models = ("clap",)
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, self.conf.device, self.conf.dtype)
-
-    @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
-        import duckdb
-
-        con = duckdb.connect()
-        con.register("chunks", store.read("audio_chunks", columns=["id", "file_id", "uri", "start_frame", "num_frames", "status"]))
-        con.register("concepts", store.read("concepts", columns=["id", "image_id", "vlm", "concepts", "status"]))
-        con.register("kept", store.read("kept_images", columns=["id", "kept"]))
-        return con.sql("""
-            SELECT id, 'audio' AS kind, file_id, uri, start_frame, num_frames,
-                   NULL::VARCHAR AS concept_id, NULL::VARCHAR AS image_id, NULL::VARCHAR AS vlm,
-                   NULL::TINYINT AS concept_index, NULL::VARCHAR AS text
-            FROM chunks WHERE status = 'ok'
-            UNION ALL
-            SELECT c.id || '-' || (u.i - 1)::VARCHAR, 'text', NULL, NULL, NULL, NULL,
-                   c.id, c.image_id, c.vlm, (u.i - 1)::TINYINT, c.concepts[u.i].text
-            FROM concepts c JOIN kept k ON k.id = c.image_id AND k.kept,
-                 LATERAL (SELECT unnest(range(1, len(c.concepts) + 1)) AS i) u
-            WHERE c.status = 'ok'
-        """).to_arrow_table().cast(WORK_SCHEMA)
-
-    @classmethod
-    def fingerprint(cls, cfg) -> str:
-        return super().fingerprint(cfg) + "|" + cfg.models.clap
+        self.clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, self.conf.device, self.conf.dtype,
+                                 int(self.conf.model_batch), int(self.conf.text_max_tokens))
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
-        for table in cls.outputs:
-            if store.exists(table):
-                build_matrix(store, table)
+        if store.exists(cls.outputs[0]):
+            build_matrix(store, cls.outputs[0])
 
     def _vectors(self, rows: list[dict], embed, base) -> list[dict]:
         if not rows:
@@ -87,26 +56,6 @@ class EmbedStage(Stage):
             out.append(row)
         return out
 
-    def _audio(self, rows: list[dict]) -> list[dict]:
-        sr, good, clips, out = self.clap.sampling_rate, [], [], []
-        base = lambda r: {"id": r["id"], "file_id": r["file_id"], "model": self.clap.name}
-        for r in rows:
-            try:
-                clips.append(load_chunk(r["uri"], r["start_frame"], r["num_frames"], sr))
-                good.append(r)
-            except Exception as e:
-                out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(e).__name__}: {e}")})
-        return out + self._vectors(good, lambda: self.clap.embed_audio(clips), base)
-
-    def _text(self, rows: list[dict]) -> list[dict]:
-        base = lambda r: {k: r[k] for k in ("id", "concept_id", "image_id", "vlm", "concept_index", "text")} | {"model": self.clap.name}
-        out = []
-        bs = max(1, int(self.conf.text_batch_size))
-        for s in range(0, len(rows), bs):
-            chunk = rows[s:s + bs]
-            out += self._vectors(chunk, lambda: self.clap.embed_text([r["text"] or "" for r in chunk]), base)
-        return out
-
     def _table(self, name: str, rows: list[dict]) -> pa.Table:
         """Rows to a table whose embedding column is a fixed-size list of CLAP's width (null on error rows)."""
         if not rows:
@@ -119,9 +68,57 @@ class EmbedStage(Stage):
         emb = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array([v is None for v in vectors], pa.bool_()))
         return table.add_column(table.schema.get_field_index("norm"), "embedding", emb)
 
+
+class EmbedAudioStage(_EmbedStage):
+    name = "embed_audio"
+    outputs = ("audio_embeddings",)
+    upstream = ("audio",)
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        t = store.read("audio_chunks", columns=["id", "file_id", "uri", "start_frame", "num_frames", "status"])
+        return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
+
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         rows = batch.to_pylist()
-        audio = self._audio([r for r in rows if r["kind"] == "audio"])
-        text = self._text([r for r in rows if r["kind"] == "text"])
-        return {"audio_embeddings": self._table("audio_embeddings", audio),
-                "concept_embeddings": self._table("concept_embeddings", text)}
+        sr, good, clips, out = self.clap.sampling_rate, [], [], []
+        base = lambda r: {"id": r["id"], "file_id": r["file_id"], "model": self.clap.name}
+        for r in rows:
+            try:
+                clips.append(load_chunk(r["uri"], r["start_frame"], r["num_frames"], sr))
+                good.append(r)
+            except Exception as e:
+                out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(e).__name__}: {e}")})
+        return {"audio_embeddings": self._table("audio_embeddings", out + self._vectors(good, lambda: self.clap.embed_audio(clips), base))}
+
+
+class EmbedTextStage(_EmbedStage):
+    name = "embed_text"
+    outputs = ("concept_embeddings",)
+    upstream = ("concepts", "filter")
+
+    @classmethod
+    def work_list(cls, cfg, store) -> pa.Table:
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("concepts", store.read("concepts", columns=["id", "image_id", "vlm", "concepts", "status"]))
+        con.register("kept", store.read("kept_images", columns=["id", "kept"]))
+        return con.sql("""
+            SELECT c.id || '-' || (u.i - 1)::VARCHAR AS id, c.id AS concept_id, c.image_id, c.vlm,
+                   (u.i - 1)::TINYINT AS concept_index, c.concepts[u.i].text AS text
+            FROM concepts c JOIN kept k ON k.id = c.image_id AND k.kept,
+                 LATERAL (SELECT unnest(range(1, len(c.concepts) + 1)) AS i) u
+            WHERE c.status = 'ok'
+        """).to_arrow_table()
+
+    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+        rows = batch.to_pylist()
+        base = lambda r: {k: r[k] for k in ("id", "concept_id", "image_id", "vlm", "concept_index", "text")} | {"model": self.clap.name}
+        out = []
+        bs = max(1, int(self.conf.text_batch_size))
+        for s in range(0, len(rows), bs):
+            chunk = rows[s:s + bs]
+            out += self._vectors(chunk, lambda: self.clap.embed_text([r["text"] or "" for r in chunk]), base)
+        return {"concept_embeddings": self._table("concept_embeddings", out)}
+

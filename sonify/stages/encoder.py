@@ -35,7 +35,7 @@ class EncoderStage(Stage):
         raise NotImplementedError
 
     def result(self, row: dict, array: np.ndarray) -> tuple[str, dict]:
-        """(path of the .npy relative to the run folder, the row's result columns); raise ValueError for a bad output."""
+        """(path of the .npy inside the partition's folder, the row's result columns)."""
         raise NotImplementedError
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
@@ -60,8 +60,9 @@ class EncoderStage(Stage):
             if not np.all(np.isfinite(a)):
                 out[r["id"]] = fail(r, "bad_features", "NaN or inf in the model output")
                 continue
-            rel, columns = self.result(r, a)
-            save_npy(self.run_dir / rel, a.astype(np.float16))
-            out[r["id"]] = {**self.base(r), **columns, "path": rel, "status": STATUS_OK, "error": None}
+            name, columns = self.result(r, a)
+            rel, target = self.owned_path(name)
+            digest = save_npy(target, a.astype(np.float16))
+            out[r["id"]] = {**self.base(r), **columns, "path": rel, "sha256": digest, "status": STATUS_OK, "error": None}
         table = self.outputs[0]
         return {table: rows_to_table(table, [out[r["id"]] for r in rows])}

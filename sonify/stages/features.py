@@ -16,23 +16,24 @@ class FeaturesStage(EncoderStage):
     name = "features"
     model_error = "ast_error"
     outputs = ("audio_features",)
+    upstream = ("mix",)
+    uses = ("stages.audio.chunk_seconds", "stages.mix.sample_rate")
+    files_dir = "features/ast"
+    content_columns = ("id", "image_id", "vlm", "flac_sha256")   # the mixture's bytes, not where it lies
     models = ("ast",)
 
     def __init__(self, cfg):
         super().__init__(cfg)
         mix_rate = int(cfg.stages.mix.sample_rate)
         n = self.conf.input_frames or kaldi_frames(int(round(float(cfg.stages.audio.chunk_seconds) * 16000)))
-        self.ast = ASTEncoder(cfg.models.ast, cfg.models.tiny_dir, int(n), self.conf.pooling, self.conf.device, self.conf.dtype)
+        self.ast = ASTEncoder(cfg.models.ast, cfg.models.tiny_dir, int(n), self.conf.pooling, self.conf.device, self.conf.dtype,
+                              int(self.conf.model_batch))
         self.mix_rate, self.input_frames = mix_rate, int(n)
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
-        t = store.read("mixes", columns=["id", "image_id", "vlm", "path", "status"])
+        t = store.read("mixes", columns=["id", "image_id", "vlm", "path", "flac_sha256", "status"])
         return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
-
-    @classmethod
-    def fingerprint(cls, cfg) -> str:
-        return super().fingerprint(cfg) + f"|{cfg.models.ast}|{cfg.stages.audio.chunk_seconds}|{cfg.stages.mix.sample_rate}"
 
     def base(self, r: dict) -> dict:
         return {"id": r["id"], "image_id": r["image_id"], "vlm": r["vlm"], "model": self.cfg.models.ast,
@@ -47,4 +48,4 @@ class FeaturesStage(EncoderStage):
 
     def result(self, r: dict, f: np.ndarray) -> tuple[str, dict]:
         vlm_key = r["id"].split("-", 1)[0]
-        return f"features/ast/{vlm_key}/{r['image_id']}.npy", {"frames": f.shape[0], "dim": f.shape[1]}
+        return f"{vlm_key}/{r['image_id']}.npy", {"frames": f.shape[0], "dim": f.shape[1]}

@@ -18,6 +18,7 @@ from sonify.stages.base import Stage
 class FilterStage(Stage):
     name = "filter"
     outputs = ("kept_images",)
+    upstream = ("concepts",)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -40,10 +41,6 @@ class FilterStage(Stage):
             LEFT JOIN (SELECT image_id, list(caption) AS captions FROM captions
                        WHERE status = 'ok' AND caption IS NOT NULL GROUP BY image_id) c ON c.image_id = i.id
             WHERE i.status = 'ok'""").to_arrow_table()
-
-    @classmethod
-    def fingerprint(cls, cfg) -> str:
-        return super().fingerprint(cfg) + "|" + ",".join(read_keywords(cfg.stages.filter.keywords))
 
     def decide(self, vlms: list[str] | None, captions: list[str] | None) -> dict:
         vlms = sorted(set(vlms or []))

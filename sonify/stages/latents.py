@@ -15,24 +15,24 @@ class LatentsStage(EncoderStage):
     name = "latents"
     model_error = "vae_error"
     outputs = ("image_latents",)
+    upstream = ("images", "filter")
+    files_dir = "features/latents"
+    content_columns = ("id", "sha256")   # the image's bytes, not where it is stored
     models = ("vae",)
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.vae = VAEEncoder(cfg.models.vae, cfg.models.tiny_dir, self.conf.device, self.conf.dtype, self.conf.vae_subfolder)
+        self.vae = VAEEncoder(cfg.models.vae, cfg.models.tiny_dir, self.conf.device, self.conf.dtype, self.conf.vae_subfolder,
+                              int(self.conf.model_batch))
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
         import duckdb
 
         con = duckdb.connect()
-        con.register("images", store.read("images", columns=["id", "uri", "tar_offset", "nbytes"]))
+        con.register("images", store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "sha256"]))
         con.register("kept", store.read("kept_images", columns=["id", "kept"]))
-        return con.sql("SELECT i.id, i.uri, i.tar_offset, i.nbytes FROM images i JOIN kept k ON k.id = i.id AND k.kept").to_arrow_table()
-
-    @classmethod
-    def fingerprint(cls, cfg) -> str:
-        return super().fingerprint(cfg) + f"|{cfg.models.vae}"
+        return con.sql("SELECT i.id, i.uri, i.tar_offset, i.nbytes, i.sha256 FROM images i JOIN kept k ON k.id = i.id AND k.kept").to_arrow_table()
 
     def base(self, r: dict) -> dict:
         return {"id": r["id"], "model": self.cfg.models.vae, "resolution": int(self.conf.resolution),
@@ -47,4 +47,4 @@ class LatentsStage(EncoderStage):
 
     def result(self, r: dict, moments: np.ndarray) -> tuple[str, dict]:
         c, h, w = moments.shape[1:]
-        return f"features/latents/{r['id']}.npy", {"channels": c, "height": h, "width": w}
+        return f"{r['id']}.npy", {"channels": c, "height": h, "width": w}

@@ -31,15 +31,12 @@ WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm",
                          ("components", pa.list_(WORK_COMPONENT))])
 
 
-def mix_relpath(variant_id: str) -> str:
-    """Where a mixture lives under the run folder (and under `sonify.mix --out`)."""
-    vlm_key, image_id = variant_id.split("-", 1)
-    return f"mixes/{vlm_key}/{image_id}.flac"
-
-
 class MixStage(Stage):
     name = "mix"
     outputs = ("mixes",)
+    upstream = ("retrieve", "audio")
+    uses = ("run.seed", "stages.audio.chunk_seconds")
+    files_dir = "mixes"
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -66,10 +63,6 @@ class MixStage(Stage):
             WHERE m.status = 'ok'
             GROUP BY ALL
         """).to_arrow_table().cast(WORK_SCHEMA)
-
-    @classmethod
-    def fingerprint(cls, cfg) -> str:
-        return super().fingerprint(cfg) + f"|seed={int(cfg.run.seed)}|chunk={float(cfg.stages.audio.chunk_seconds)}"
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
@@ -107,8 +100,9 @@ class MixStage(Stage):
             return {**out, "status": STATUS_ERROR,
                     "error": error_text("no_audible_component", f"{len(comps)} components, none summed ({', '.join(reasons)})")}
         final, mix_gain = render(signals, gains, ceiling_dbfs=conf.peak_ceiling_dbfs)
-        path = mix_relpath(row["id"])
-        flac_sha, pcm_sha = write_flac(self.run_dir / path, final, self.rate)
+        vlm_key, image_id = row["id"].split("-", 1)
+        path, target = self.owned_path(f"{vlm_key}/{image_id}.flac")
+        flac_sha, pcm_sha = write_flac(target, final, self.rate)
         # the mixture's K-weighted signal from its components' (the filter is linear): no second filtering
         lufs = self.meter.integrated_weighted(render(weighted, gains, mix_gain)[0])
         return {**out, "duration": final.shape[0] / self.rate, "mix_gain_db": mix_gain,

@@ -23,6 +23,8 @@ from sonify.stages.base import Stage
 class RetrieveStage(Stage):
     name = "retrieve"
     outputs = ("matches", "match_ablations")
+    upstream = ("embed_audio", "embed_text")
+    uses = ("run.seed",)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -39,16 +41,12 @@ class RetrieveStage(Stage):
         return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
 
     @classmethod
-    def fingerprint(cls, cfg) -> str:
-        import json
+    def data_fingerprint(cls, cfg, store) -> str:
+        """Algorithm 1's thresholds depend on the whole pool: every match is recomputed when the pool
+        changes (its partitions are named by their content). Concepts only matter row by row."""
+        import hashlib
 
-        from sonify.retrieval.matrices import matrix_paths
-
-        store = TableStore(cfg.run.dir)
-        metas = [matrix_paths(store, t)[2] for t in ("audio_embeddings", "concept_embeddings")]
-        built = [json.loads(m.read_text()).get("partitions") if m.exists() else None for m in metas]
-        # matches change with the seed and with the embeddings, not only with the concept ids
-        return super().fingerprint(cfg) + json.dumps({"seed": int(cfg.run.seed), "matrices": built})
+        return hashlib.sha1(",".join(sorted(store.partitions("audio_embeddings"))).encode()).hexdigest()[:16]
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         rows = batch.to_pylist()

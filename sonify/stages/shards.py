@@ -48,6 +48,9 @@ def _assign(keys: pa.Table, conf, seed: int) -> pa.Table:
 class ShardsStage(Stage):
     name = "shards"
     outputs = ("shard_index",)
+    upstream = ("mix", "features", "latents", "filter", "concepts", "images")
+    uses = ("run.seed", "stages.latents.resolution", "stages.latents.max_pixels")
+    files_dir = "shards"
     partition_by = "shard"
     whole_partition = True
 
@@ -60,16 +63,17 @@ class ShardsStage(Stage):
 
         conf = cfg.stages.shards
         con = duckdb.connect()
-        con.register("mixes", store.read("mixes", columns=["id", "image_id", "vlm", "components", "lufs", "peak_dbfs", "mix_gain_db", "path", "duration", "status"]))
-        con.register("feats", store.read("audio_features", columns=["id", "path", "frames", "dim", "status"]))
-        con.register("lat", store.read("image_latents", columns=["id", "path", "channels", "height", "width", "scaling_factor", "status"]))
+        con.register("mixes", store.read("mixes", columns=["id", "image_id", "vlm", "components", "lufs", "peak_dbfs", "mix_gain_db", "path", "flac_sha256", "duration", "status"]))
+        con.register("feats", store.read("audio_features", columns=["id", "path", "sha256", "frames", "dim", "status"]))
+        con.register("lat", store.read("image_latents", columns=["id", "path", "sha256", "channels", "height", "width", "scaling_factor", "status"]))
         con.register("kept", store.read("kept_images", columns=["id", "kept"]))
-        con.register("images", store.read("images", columns=["id", "source", "relpath", "uri", "tar_offset", "nbytes"]))
+        con.register("images", store.read("images", columns=["id", "source", "relpath", "uri", "tar_offset", "nbytes", "sha256"]))
         con.register("concepts", store.read("concepts", columns=["id", "concepts"]))
         con.execute("""
             CREATE TEMP TABLE samples AS
             SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
                    f.path AS ast_path, l.path AS latent_path, m.path AS mix_path,
+                   f.sha256 AS ast_sha256, l.sha256 AS latent_sha256, m.flac_sha256, i.sha256 AS image_sha256,
                    i.uri, i.tar_offset, i.nbytes,
                    to_json(struct_pack(
                        image_id := m.image_id, image_source := i.source, image_relpath := i.relpath, variant := m.vlm,
@@ -95,11 +99,19 @@ class ShardsStage(Stage):
             con.execute(f"""COPY (SELECT a.shard, a.position, a.split, s.* FROM assign a JOIN samples s USING (id)
                                   ORDER BY a.shard, a.position)
                             TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE {max(1, int(conf.samples_per_shard))})""")
-        return assign
+        # a sample's content is its members' bytes (by hash) and its metadata; paths are only where they lie
+        return con.sql("""SELECT a.id, a.split, a.shard, a.position, s.ast_sha256, s.latent_sha256, s.flac_sha256,
+                                 s.image_sha256, s.meta FROM assign a JOIN samples s USING (id)""").to_arrow_table()
 
     @classmethod
-    def fingerprint(cls, cfg) -> str:
-        return super().fingerprint(cfg) + f"|seed={int(cfg.run.seed)}"
+    def finalize(cls, cfg, store) -> None:
+        """`shards/train.txt` and `shards/val.txt`: the current shards of each split, one path per line
+        relative to that folder. The trainer reads these lists, never a glob of the folder."""
+        index = store.read("shard_index", columns=["split", "shard", "path", "status"]).to_pylist()
+        for split in ("train", "val"):
+            paths = sorted({(r["shard"], r["path"]) for r in index if r["split"] == split and r["status"] == STATUS_OK})
+            lines = "".join(Path(p).relative_to(cls.files_dir).as_posix() + "\n" for _, p in paths)
+            atomic_write(Path(cfg.run.dir) / cls.files_dir / f"{split}.txt", lines)
 
     def _jpg(self, r: dict) -> bytes:
         from sonify.media.image import center_crop
@@ -116,15 +128,15 @@ class ShardsStage(Stage):
                              columns=["id", "split", "position", "image_id", "vlm", "mix_id", "ast_path", "latent_path",
                                       "mix_path", "uri", "tar_offset", "nbytes", "meta"]).to_pylist()  # written in position order
         wanted = set(batch.column("id").to_pylist())
-        out_dir = self.run_dir / "shards"
+        rel, target = self.owned_path(shard)
         index, total = [], 0
-        with atomic_path(out_dir / shard) as tmp, open(tmp, "wb") as f:
+        with atomic_path(target) as tmp, open(tmp, "wb") as f:
             tf = TarStream(f)
             for r in plan:
                 if r["id"] not in wanted:
                     continue
                 k = r["id"]
-                row = {"id": k, "split": r["split"], "shard": shard, "position": r["position"], "image_id": r["image_id"],
+                row = {"id": k, "split": r["split"], "shard": shard, "path": rel, "position": r["position"], "image_id": r["image_id"],
                        "variant": r["vlm"], "mix_id": r["mix_id"]}
                 try:  # gather every member first: a sample goes into the tar whole or not at all
                     members = [(f"{k}.latent.npy", (self.run_dir / r["latent_path"]).read_bytes()),
@@ -141,6 +153,6 @@ class ShardsStage(Stage):
                               "status": STATUS_OK, "error": None})
             tf.close()
         summary = {"shard": shard, "count": sum(1 for i in index if i["status"] == STATUS_OK), "errors": sum(1 for i in index if i["status"] != STATUS_OK),
-                   "payload_bytes": total, "file_bytes": (out_dir / shard).stat().st_size}
-        atomic_write(out_dir / shard.replace(".tar", ".json"), json.dumps(summary))
+                   "payload_bytes": total, "file_bytes": target.stat().st_size}
+        atomic_write(target.with_suffix(".json"), json.dumps(summary))
         return {"shard_index": rows_to_table("shard_index", index)}

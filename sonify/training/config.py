@@ -17,7 +17,7 @@ from sonify.engine.errors import ConfigError
 
 @dataclass
 class TrainConf:
-    shards: str = "runs/demo/shards/train-*.tar"   # glob, brace pattern or comma list
+    shards: str = "runs/demo/shards/train.txt"     # the shards stage's list file, or a glob, brace pattern or comma list
     output_dir: str = "runs/demo/dit"
     dit: str = "PixArt-alpha/PixArt-XL-2-512x512"  # the pretrained transformer (id, path, or tiny:dit)
     dit_subfolder: str = "transformer"

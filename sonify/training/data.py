@@ -26,9 +26,16 @@ log = logging.getLogger("sonify.train")
 
 
 def expand_shards(pattern: str) -> list[str]:
-    """A glob, a brace pattern (`train-{000000..000009}.tar`) or a comma-separated list."""
+    """A list file (`.txt`, one shard per line relative to it: what the shards stage writes), a glob,
+    a brace pattern (`train-{000000..000009}.tar`) or a comma-separated list."""
     import braceexpand
+    from pathlib import Path
 
+    if pattern.endswith(".txt"):
+        listing = Path(pattern)
+        if not listing.is_file():
+            return []
+        return [str(listing.parent / line.strip()) for line in listing.read_text().splitlines() if line.strip()]
     urls = []
     for part in pattern.split(","):
         for p in braceexpand.braceexpand(part.strip()):
