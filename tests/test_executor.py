@@ -116,3 +116,47 @@ def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_
     ids = _ids(store, "images")
     assert len(ids) == len(set(ids)) == total
     assert stable_id("kill", name) in ids
+
+
+def test_a_second_run_on_the_same_folder_refuses_at_once(tmp_path, demo_dir):
+    """One writer per run folder: while a run holds the lock, another exits 2 in one line and writes nothing."""
+    from sonify.engine.lock import RunLock
+
+    run_dir = tmp_path / "runs" / "demo"
+    args = ["pipeline=demo", "stage=images", f"run.root={tmp_path / 'runs'}", f"demo_data.dir={demo_dir}",
+            "demo_data.enabled=false", "run.executor=local", "run.progress=false"]
+    with RunLock(run_dir):
+        proc = subprocess.run([sys.executable, "-m", "sonify.run", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "in use by" in lines[0] and f"pid {os.getpid()}" in lines[0], proc.stderr
+    assert not TableStore(run_dir).exists("images")
+    # once released, the same command runs
+    proc = subprocess.run([sys.executable, "-m", "sonify.run", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert TableStore(run_dir).exists("images")
+
+
+def test_a_killed_runs_lock_is_taken_over(tmp_path, demo_dir):
+    run_dir = tmp_path / "runs" / "demo"
+    run_dir.mkdir(parents=True)
+    (run_dir / ".lock").write_text("deadhost pid 4194300\n")   # written by a run that was SIGKILLed
+    args = ["pipeline=demo", "stage=images", f"run.root={tmp_path / 'runs'}", f"demo_data.dir={demo_dir}",
+            "demo_data.enabled=false", "run.executor=local", "run.progress=false"]
+    proc = subprocess.run([sys.executable, "-m", "sonify.run", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "took over the lock of deadhost pid 4194300" in proc.stdout
+    assert (run_dir / ".lock").read_text() == ""   # released: nobody holds it
+
+
+def test_two_runs_racing_for_one_folder_never_duplicate_rows(tmp_path, demo_dir):
+    """Started together with different partition sizes: one runs, the other refuses; every id once."""
+    args = ["pipeline=demo", "stage=images,audio", f"run.root={tmp_path / 'runs'}", f"demo_data.dir={demo_dir}",
+            "demo_data.enabled=false", "run.executor=local", "run.progress=false"]
+    procs = [subprocess.Popen([sys.executable, "-m", "sonify.run", *args, f"stages.images.partition_rows={n}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for n in (2, 7)]
+    codes = sorted(p.wait(timeout=300) for p in procs)
+    assert codes in ([0, 2], [0, 0])   # [0, 0]: the second started after the first had finished
+    store = TableStore(tmp_path / "runs" / "demo")
+    ids = _ids(store, "images")
+    assert len(ids) == len(set(ids))

@@ -94,6 +94,7 @@ class StageRun:
     duplicates_dropped: int = 0
     partitions: int = 0
     skipped: int = 0
+    rows_computed: int = 0     # input rows of the partitions computed in this run
     computed: int = 0
     failed: list[str] = field(default_factory=list)
     stale_removed: int = 0
@@ -217,6 +218,7 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
         runner = _run_local if cfg.run.executor == "local" else _run_ray
         results = runner(cls, cfg, todo, progress)
         run.computed = sum(1 for r in results if not r["failed"])
+        run.rows_computed = sum(r["rows_in"] for r in results if not r["failed"])
         run.failed = [f"{r['partition']}: {r['failed']}" for r in results if r["failed"]]
     bar.close()
     if not run.failed:
