@@ -46,6 +46,7 @@ class SourceConf:
     uri_column: str = "uri"            # list sources: column holding the path or URL
     labels_column: str = "labels"      # audio list sources: labels (list, or ';'-separated string)
     recursive: bool = True
+    follow_outside_links: bool = False # folder/tar sources: links resolving outside `path` are error rows 'outside_root' unless true
 
 
 @dataclass
@@ -67,7 +68,7 @@ class StageConf:
 class ImagesStageConf(StageConf):
     max_pixels: int = 89_478_485       # larger images are error rows (decompression bombs); PIL's default
     decode_check: str = "full"         # full: decode every pixel (catches truncation) | header
-    url_timeout_s: float = 20.0
+    url_timeout_s: float = 20.0        # a whole read of one image (URL, file or tar member) must finish within this
     extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"])
 
 
