@@ -149,3 +149,151 @@ def test_a_url_that_drips_bytes_times_out(make_cfg):
         stop.set()
         srv.close()
     assert row["error"].startswith("timeout:") and time.monotonic() - t0 < 10
+
+
+# --- sonify.mix on crafted manifests -------------------------------------------------------------
+
+def _manifest_rows(n: int = 3) -> list[dict]:
+    comp = {"dataset": "d", "relpath": "tone.wav", "source_rate": 16000, "start_frame": 0, "num_frames": 16000,
+            "gain_db": -6.0}
+    return [{"mix_id": f"m{i}", "path": f"v/m{i}.flac", "sample_rate": 16000, "chunk_seconds": 1.0,
+             "mix_gain_db": 0.0, "components": [comp]} for i in range(n)]
+
+
+@pytest.fixture
+def mixdir(tmp_path):
+    """An audio root with one tone, and a helper that writes a manifest and runs sonify.mix on it."""
+    from sonify.mix import main as mix_main
+    from sonify.mixing.release import RELEASE_SCHEMA
+
+    (tmp_path / "audio" / "d").mkdir(parents=True)
+    sf.write(tmp_path / "audio" / "d" / "tone.wav", 0.3 * np.sin(np.arange(16000) * 0.2).astype(np.float32), 16000)
+
+    def run(rows, out=None, table=None, capsys=None):
+        manifest = tmp_path / "release.parquet"
+        pq.write_table(table if table is not None else pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), manifest)
+        return mix_main(["--manifest", str(manifest), "--out", str(out or tmp_path / "out"), "--no-progress",
+                         "--workers", "1", "--audio-root", str(tmp_path / "audio")])
+
+    return tmp_path, run
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_output_paths_outside_out_are_refused_one_line_each(mixdir, capsys):
+    tmp, run = mixdir
+    out = tmp / "work" / "out"
+    outside = tmp / "work" / "elsewhere"
+    outside.mkdir(parents=True)
+    out.mkdir()
+    (out / "linked").symlink_to(outside)            # a subfolder of --out that leads elsewhere
+    rows = _manifest_rows(5)
+    rows[0]["path"] = str(tmp / "work" / "abs.flac")  # absolute
+    rows[1]["path"] = "../escaped.flac"               # climbs out
+    rows[2]["path"] = "v/../../escaped2.flac"
+    rows[3]["path"] = "linked/through_link.flac"      # through the link
+    before = {str(p) for p in tmp.rglob("*")}
+    assert run(rows, out=out) == 1
+    err = capsys.readouterr().err.splitlines()
+    refused = [line for line in err if "refused: output path" in line]
+    assert len(refused) == 4 and all(f"m{i}:" in refused[i] for i in range(4))
+    created = {str(p) for p in tmp.rglob("*")} - before - {str(tmp / "release.parquet")}
+    assert all(Path(p).is_relative_to(out) and not Path(p).is_relative_to(out / "linked") for p in created), created
+    assert not list(outside.iterdir()) and not (tmp / "work" / "abs.flac").exists()
+    assert (out / "v" / "m4.flac").is_file()           # the good row still rendered
+    report = {r["mix_id"]: r for r in pq.read_table(out / "render_report.parquet").to_pylist()}
+    assert [(report[f"m{i}"]["error"] or "ok").split(":")[0] for i in range(5)] == ["refused"] * 4 + ["ok"]
+
+
+def test_duplicate_output_paths_are_refused_before_rendering(mixdir, capsys):
+    tmp, run = mixdir
+    rows = _manifest_rows(3)
+    rows[2]["path"] = "v/./m0.flac"                   # the same file as row 0, spelled differently
+    assert run(rows) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "claimed by more than one row" in err and "m0" in err and "m2" in err
+    assert not _files(tmp / "out")                    # nothing rendered
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda t: t.drop_columns(["path"]), "missing column 'path'"),
+    (lambda t: t.drop_columns(["components"]), "missing column 'components'"),
+    (lambda t: t.drop_columns(["sample_rate"]), "missing column 'sample_rate'"),
+    (lambda t: t.set_column(t.schema.get_field_index("sample_rate"), "sample_rate", pa.array(["16k"] * t.num_rows)),
+     "column 'sample_rate' has type string"),
+    (lambda t: t.set_column(t.schema.get_field_index("path"), "path", pa.array([1] * t.num_rows)),
+     "column 'path' has type int64"),
+    (lambda t: t.set_column(t.schema.get_field_index("components"), "components", pa.array(["x"] * t.num_rows)),
+     "column 'components' has type string"),
+    (lambda t: t.set_column(t.schema.get_field_index("path"), "path", pa.array([None] * t.num_rows, pa.string())),
+     "column 'path' has 3 empty values"),
+    (lambda t: t.set_column(t.schema.get_field_index("components"), "components",
+                            pa.array([[{"dataset": "d", "start_frame": 0, "num_frames": 1, "gain_db": 0.0}]] * t.num_rows)),
+     "column 'components.relpath' is missing"),
+])
+def test_malformed_manifest_fails_in_one_line_naming_the_column(mixdir, capsys, change, fragment):
+    from sonify.mixing.release import RELEASE_SCHEMA
+
+    tmp, run = mixdir
+    table = change(pa.Table.from_pylist(_manifest_rows(3), schema=RELEASE_SCHEMA))
+    table = table.replace_schema_metadata(RELEASE_SCHEMA.metadata)
+    assert run(None, table=table) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and fragment in err, err
+    assert not (tmp / "out").exists() or not _files(tmp / "out")
+
+
+def test_malformed_jsonl_manifest_and_out_being_a_file(mixdir, tmp_path, capsys):
+    from sonify.mix import main as mix_main
+
+    tmp, run = mixdir
+    bad = tmp / "bad.jsonl"
+    rows = _manifest_rows(2)
+    rows[1]["sample_rate"] = "fast"
+    import json
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--no-progress", "--workers", "1", "--audio-root", str(tmp / "audio")]
+    assert mix_main(["--manifest", str(bad), "--out", str(tmp / "o1"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'sample_rate'" in err
+    bad.write_text("{not json\n")
+    assert mix_main(["--manifest", str(bad), "--out", str(tmp / "o1"), *args]) == 2
+    assert "line 1 is not JSON" in capsys.readouterr().err
+    (tmp / "a_file").write_text("x")
+    assert run(_manifest_rows(1), out=tmp / "a_file") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is not a folder" in err and (tmp / "a_file").read_text() == "x"
+
+
+def _killed_mid_write(target: Path) -> None:
+    """A writer killed (SIGKILL) inside the one atomic write, as a crash or OOM kill leaves it."""
+    code = ("import os, signal, sys; from sonify.engine.files import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'half a flac'); os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)])
+    assert proc.returncode == -signal.SIGKILL
+    assert [p.name.startswith(".tmp-") for p in target.parent.iterdir()] == [True]
+
+
+def test_temp_files_of_a_killed_render_are_removed_by_the_next(mixdir):
+    tmp, run = mixdir
+    _killed_mid_write(tmp / "out" / "v" / "m0.flac")
+    assert run(_manifest_rows(2)) == 0
+    assert _files(tmp / "out") == {"v/m0.flac", "v/m1.flac", "render_report.parquet"}
+
+
+def test_temp_files_of_a_killed_mix_stage_are_removed_by_the_next_run(full_run, tmp_path):
+    from conftest import copy_run
+
+    from sonify.engine.executor import run_stage
+    from sonify.stages import get_stage
+
+    cfg = copy_run(full_run, tmp_path)
+    mixes = Path(cfg.run.dir) / "mixes"
+    target = next(mixes.rglob("*.flac"))
+    odd = target.parent / "x" / "never.flac"
+    _killed_mid_write(odd)
+    assert not run_stage(get_stage("mix"), cfg, progress_bar=False).failed
+    assert not [p for p in mixes.rglob(".tmp-*")] and target.is_file()
