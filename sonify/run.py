@@ -14,7 +14,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from sonify.engine.config import load_config, save_config
+from sonify.engine.config import check_run_dir, load_config, save_config
 from sonify.engine.errors import SonifyError
 from sonify.models.loading import TINY_PREFIX
 from sonify.stages import get_stage, stage_names
@@ -55,8 +55,7 @@ def run_pipeline(cfg: DictConfig) -> int:
     from sonify.engine.summary import format_summary, save_summary
 
     t0 = time.perf_counter()
-    run_dir = cfg.run.dir
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir = str(check_run_dir(cfg))
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     if cfg.demo_data.enabled:
         from sonify.sources.demo import ensure_demo_data

@@ -297,3 +297,49 @@ def test_temp_files_of_a_killed_mix_stage_are_removed_by_the_next_run(full_run, 
     _killed_mid_write(odd)
     assert not run_stage(get_stage("mix"), cfg, progress_bar=False).failed
     assert not [p for p in mixes.rglob(".tmp-*")] and target.is_file()
+
+
+# --- bad settings ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, key", [
+    ("stages.retrieve.k=0", "stages.retrieve.k"),
+    ("stages.retrieve.k=-1", "stages.retrieve.k"),
+    ("stages.images.partition_rows=0", "stages.images.partition_rows"),
+    ("stages.mix.partition_rows=-5", "stages.mix.partition_rows"),
+    ("stages.embed.batch_size=0", "stages.embed.batch_size"),
+    ("stages.audio.concurrency=0", "stages.audio.concurrency"),
+    ("stages.audio.chunk_seconds=0", "stages.audio.chunk_seconds"),
+    ("stages.images.url_timeout_s=-1", "stages.images.url_timeout_s"),
+    ("stages.retrieve.temperature=0", "stages.retrieve.temperature"),
+    ("stages.retrieve.block_mb=0", "stages.retrieve.block_mb"),
+    ("stages.mix.sample_rate=0", "stages.mix.sample_rate"),
+    ("stages.mix.lufs_max=-30", "stages.mix.lufs_max"),
+    ("stages.mix.peak_ceiling_dbfs=3", "stages.mix.peak_ceiling_dbfs"),
+    ("stages.shards.val_fraction=1.5", "stages.shards.val_fraction"),
+    ("stages.shards.samples_per_shard=0", "stages.shards.samples_per_shard"),
+    ("stages.features.input_frames=0", "stages.features.input_frames"),
+    ("stages.images.max_pixels=0", "stages.images.max_pixels"),
+    ("stages.concepts.max_concepts=0", "stages.concepts.max_concepts"),
+    ("stages.audio.chunk_seconds=nan", "stages.audio.chunk_seconds"),
+])
+def test_bad_numeric_setting_is_one_line_and_exit_2(setting, key, capsys):
+    from sonify.run import main
+
+    assert main(["pipeline=demo", "stage=images", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("sonify: bad value") and f"key '{key}'" in err and "valid values" in err
+
+
+def test_run_root_that_is_a_file_or_unwritable_is_one_line_and_exit_2(tmp_path, capsys):
+    from sonify.run import main
+
+    (tmp_path / "a_file").write_text("x")
+    for root in (tmp_path / "a_file", tmp_path / "a_file" / "below", Path("/proc/sonify-runs"), Path("/sys/sonify-runs")):
+        assert main(["pipeline=demo", "stage=images", f"run.root={root}", "run.executor=local"]) == 2, root
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(f"sonify: bad value '{root}' for key 'run.root'"), err
+    assert (tmp_path / "a_file").read_text() == "x"
+    if os.geteuid() != 0:   # root writes through permission bits; /proc and /sys above cover the unwritable case
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert main(["pipeline=demo", "stage=images", f"run.root={ro}", "run.executor=local"]) == 2

@@ -49,16 +49,13 @@ def prepare_out(out_dir: str | Path) -> int:
 
     Raises ValueError with one line when --out is a file or cannot be written.
     """
-    from sonify.engine.files import clean_temp_files, temp_path
+    from sonify.engine.files import clean_temp_files, ensure_writable_dir
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = temp_path(out / "write-probe")
-        probe.write_bytes(b"")
-        probe.unlink()
+        ensure_writable_dir(out)
     except OSError as e:
         raise ValueError(f"--out {out} cannot be written: {e.strerror or e}") from None
     return clean_temp_files(out, recursive=True)
