@@ -233,7 +233,8 @@ RANGES = {
     "stages.concepts.max_concepts": AT_LEAST_1, "stages.concepts.max_image_side": AT_LEAST_1,
     "stages.concepts.max_pixels": AT_LEAST_1,
     "stages.embed.text_batch_size": AT_LEAST_1,
-    "stages.retrieve.k": AT_LEAST_1, "stages.retrieve.temperature": POSITIVE, "stages.retrieve.block_mb": AT_LEAST_1,
+    "stages.retrieve.k": AT_LEAST_1, "stages.retrieve.temperature": POSITIVE,
+    "stages.retrieve.block_mb": NON_NEGATIVE,  # 0: one query per block
     "stages.mix.sample_rate": AT_LEAST_1, "stages.mix.peak_ceiling_dbfs": (lambda v: v <= 0, "a level in dBFS <= 0"),
     "stages.mix.lufs_max": (None, "a loudness >= stages.mix.lufs_min"),
     "stages.features.input_frames": NONE_OR_AT_LEAST_1,
