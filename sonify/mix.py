@@ -8,6 +8,12 @@ are decoded and gained exactly as the pipeline did (`sonify.mixing.render`), so 
 the pipeline's. Parallel over local processes, or over Ray with `--ray` (or when RAY_ADDRESS is set);
 resumable (existing outputs are kept unless --force); missing, corrupt or out-of-root sources
 become per-row errors and a non-zero exit. A report lands in <out>/render_report.parquet.
+
+Nothing is written outside --out: a row whose output `path` is absolute, holds `..` or resolves
+outside through a link is refused (one line each, non-zero exit). A manifest that cannot be
+rendered (a missing column, values of the wrong kind, two rows with the same output path) or an
+--out that is not a writable folder fails in one line, exit 2, before anything is rendered.
+Temp files left by an earlier render that was killed are removed first.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sonify.mixing.rebuild import parse_roots, render_all
+from sonify.mixing.rebuild import REPORT_NAME, parse_roots, plan_outputs, prepare_out, render_all
+
+MAX_ERROR_LINES = 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,13 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = read_release(a.manifest)
     except (OSError, ValueError) as e:
-        print(f"sonify.mix: cannot read manifest: {e}", file=sys.stderr)
+        print(f"sonify.mix: manifest {a.manifest}: {e}", file=sys.stderr)
+        return 2
+    try:
+        prepare_out(a.out)
+    except ValueError as e:
+        print(f"sonify.mix: {e}", file=sys.stderr)
+        return 2
+    todo, refused, dups = plan_outputs(rows, a.out)
+    if dups:
+        path, ids = next(iter(dups.items()))
+        print(f"sonify.mix: {len(dups)} output paths are claimed by more than one row, e.g. {path} by mix ids "
+              f"{', '.join(ids[:3])}; nothing rendered", file=sys.stderr)
         return 2
     roots = parse_roots(a.audio_root)
-    reports = render_all(rows, roots, a.out, a.workers, a.ray or bool(os.environ.get("RAY_ADDRESS")),
-                         a.force, a.check, progress=not a.no_progress)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(reports), Path(a.out) / "render_report.parquet")
+    reports = refused + render_all(todo, roots, a.out, a.workers, a.ray or bool(os.environ.get("RAY_ADDRESS")),
+                                   a.force, a.check, progress=not a.no_progress)
+    pq.write_table(pa.Table.from_pylist(reports), Path(a.out) / REPORT_NAME)
     errors = Counter((r["error"] or "").split(":")[0] for r in reports if r["status"] != "ok")
     rendered = sum(1 for r in reports if r["status"] == "ok" and not r["skipped"])
     skipped = sum(1 for r in reports if r["skipped"] and r["status"] == "ok")
@@ -59,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} mixtures: {rendered} rendered, {skipped} already there, {sum(errors.values())} errors "
           f"{dict(errors) if errors else ''} in {time.perf_counter() - t0:.1f}s -> {a.out}"
           + (f"; notes {dict(notes)}" if notes else "") + ("; hashes checked" if a.check else ""))
-    for r in [r for r in reports if r["status"] != "ok"][:10]:
+    failed = [r for r in reports if r["status"] != "ok"]
+    for r in failed[:MAX_ERROR_LINES]:
         print(f"  {r['mix_id']}: {r['error']}", file=sys.stderr)
+    if len(failed) > MAX_ERROR_LINES:
+        print(f"  ... {len(failed) - MAX_ERROR_LINES} more in {Path(a.out) / REPORT_NAME}", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -14,7 +14,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from sonify.engine.config import load_config, save_config
+from sonify.engine.config import check_run_dir, load_config, save_config
 from sonify.engine.errors import SonifyError
 from sonify.models.loading import TINY_PREFIX
 from sonify.stages import expand, get_stage, stage_names
@@ -52,8 +52,7 @@ def run_pipeline(cfg: DictConfig) -> int:
     """Run the selected stages in order under the run folder's lock; stop at the first failed stage."""
     from sonify.engine.lock import RunLock
 
-    run_dir = cfg.run.dir
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir = str(check_run_dir(cfg))   # one line naming run.root when it is not a writable folder
     with RunLock(run_dir) as lock:
         if lock.took_over:
             print(f"took over the lock of {lock.took_over}, which is no longer running")

@@ -7,7 +7,6 @@ import time
 
 import pyarrow.compute as pc
 import yaml
-from PIL import Image
 
 from sonify.engine.config import load_config
 from sonify.engine.executor import run_stage
@@ -81,18 +80,27 @@ def test_stage_that_drops_a_row_fails_its_partition_loudly(make_cfg, monkeypatch
 
 
 def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_dir):
-    """A FIFO among the images blocks the reader: the run is provably mid-way when we SIGKILL it."""
+    """An image URL whose server never answers blocks the reader: the run is provably mid-way when we SIGKILL it.
+
+    (A FIFO among the files no longer blocks anything: it is an error row `not_a_file`.)
+    """
+    import socket
+
     src = tmp_path / "imgs"
     shutil.copytree(demo_dir / "images", src, ignore=shutil.ignore_patterns("huge.png"))
-    existing = [str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()]
-    # name the FIFO so that its id sorts last: every other partition runs before it blocks
+    existing = [str(p) for p in src.rglob("*") if p.is_file()]
+    silent = socket.socket()   # listens but never accepts: the request waits for an answer that never comes
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    # name the URL so that its id sorts last: every other partition runs before it blocks
     top = max(stable_id("kill", r) for r in existing)
-    name = next(f"zz_{i}.png" for i in range(10_000) if stable_id("kill", f"zz_{i}.png") > top)
-    os.mkfifo(src / name)
+    base = f"http://127.0.0.1:{silent.getsockname()[1]}/zz.png"
+    name = next(f"{base}?{i}" for i in range(10_000) if stable_id("kill", f"{base}?{i}") > top)
+    (tmp_path / "list.csv").write_text("uri\n" + "\n".join([*existing, name]) + "\n")
     pipeline = tmp_path / "killtest.yaml"
-    pipeline.write_text(yaml.safe_dump({"sources": {"images": [{"name": "kill", "kind": "folder", "path": str(src)}]}}))
+    pipeline.write_text(yaml.safe_dump({"sources": {"images": [{"name": "kill", "kind": "csv", "path": str(tmp_path / "list.csv")}]}}))
     args = [f"pipeline={pipeline}", "stage=images", f"run.root={tmp_path / 'runs'}", "run.executor=local",
-            "run.progress=false", "stages.images.partition_rows=1"]
+            "run.progress=false", "stages.images.partition_rows=1", "stages.images.url_timeout_s=600"]
     total = len(existing) + 1
     store = TableStore(tmp_path / "runs" / "killtest")
     proc = subprocess.Popen([sys.executable, "-m", "sonify.run", *args], start_new_session=True,
@@ -100,7 +108,7 @@ def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_
     try:
         deadline = time.time() + 90
         while len(store.files("images")) < total - 1 and time.time() < deadline:
-            assert proc.poll() is None, "run ended before it reached the blocking FIFO"
+            assert proc.poll() is None, "run ended before it reached the silent server"
             time.sleep(0.05)
         time.sleep(0.3)
         done_before_kill = len(store.files("images"))
@@ -108,8 +116,7 @@ def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    os.unlink(src / name)
-    Image.new("RGB", (4, 4)).save(src / name)
+        silent.close()   # the rerun's request is refused at once: an error row, the partition finishes
     cfg = load_config(args, stage_names())
     rerun = run_stage(get_stage("images"), cfg, progress_bar=False)
     assert rerun.skipped == done_before_kill and rerun.computed == 1

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sonify.engine.errors import ConfigError
+from sonify.engine.files import ensure_writable_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +48,7 @@ class SourceConf:
     uri_column: str = "uri"            # list sources: column holding the path or URL
     labels_column: str = "labels"      # audio list sources: labels (list, or ';'-separated string)
     recursive: bool = True
+    follow_outside_links: bool = False # folder/tar sources: links resolving outside `path` are error rows 'outside_root' unless true
 
 
 @dataclass
@@ -68,7 +70,7 @@ class StageConf:
 class ImagesStageConf(StageConf):
     max_pixels: int = 89_478_485       # larger images are error rows (decompression bombs); PIL's default
     decode_check: str = "full"         # full: decode every pixel (catches truncation) | header
-    url_timeout_s: float = 20.0
+    url_timeout_s: float = 20.0        # a whole read of one image (URL, file or tar member) must finish within this
     extensions: List[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"])
 
 
@@ -224,6 +226,31 @@ CHOICES = {
     "stages.features.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.latents.dtype": ["auto", "float32", "bfloat16", "float16"],
 }
+# Numeric settings: a rule is (test, what is valid). Every stage's runtime settings, then the rest.
+AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+POSITIVE = (lambda v: v > 0, "a number > 0")
+NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+NONE_OR_AT_LEAST_1 = (lambda v: v is None or v >= 1, "null or an integer >= 1")
+STAGE_RANGES = {"partition_rows": AT_LEAST_1, "batch_size": AT_LEAST_1, "concurrency": AT_LEAST_1,
+                "num_cpus": NON_NEGATIVE, "num_gpus": NON_NEGATIVE}
+RANGES = {
+    "stages.images.max_pixels": AT_LEAST_1, "stages.images.url_timeout_s": POSITIVE,
+    "stages.audio.chunk_seconds": POSITIVE,
+    "stages.concepts.max_concepts": AT_LEAST_1, "stages.concepts.max_image_side": AT_LEAST_1,
+    "stages.concepts.max_pixels": AT_LEAST_1,
+    "stages.embed.text_batch_size": AT_LEAST_1,
+    "stages.retrieve.k": AT_LEAST_1, "stages.retrieve.temperature": POSITIVE,
+    "stages.retrieve.block_mb": NON_NEGATIVE,  # 0: one query per block
+    "stages.mix.sample_rate": AT_LEAST_1, "stages.mix.peak_ceiling_dbfs": (lambda v: v <= 0, "a level in dBFS <= 0"),
+    "stages.mix.lufs_max": (None, "a loudness >= stages.mix.lufs_min"),
+    "stages.features.input_frames": NONE_OR_AT_LEAST_1,
+    "stages.latents.resolution": AT_LEAST_1, "stages.latents.max_pixels": AT_LEAST_1,
+    "stages.shards.samples_per_shard": AT_LEAST_1,
+    "stages.shards.val_fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+    "stages.shards.jpg_quality": (lambda v: 0 <= v <= 100, "an integer in [0, 100]"),
+    "ray.num_cpus": NONE_OR_AT_LEAST_1, "ray.object_store_memory": NONE_OR_AT_LEAST_1,
+    "demo_data.num_images": AT_LEAST_1,
+}
 SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv"], "audio": ["folder", "parquet", "csv"]}
 
 
@@ -288,6 +315,7 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
         if s not in valid_stages:
             raise ConfigError(f"unknown stage {s!r} for key 'stage'; valid choices: {', '.join(valid_stages)}")
     check_choices(cfg, CHOICES)
+    check_ranges(cfg)
     for mode in cfg.stages.retrieve.ablation_modes:
         if mode not in CHOICES["stages.retrieve.mode"]:
             raise ConfigError(f"bad value {mode!r} in key 'stages.retrieve.ablation_modes'; valid choices: {', '.join(CHOICES['stages.retrieve.mode'])}")
@@ -301,6 +329,30 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError(f"source names under 'sources.{role}' must be unique; repeated: {', '.join(sorted(dup))}")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Numeric settings outside their valid range fail in one line naming the key (NaN included)."""
+    rules = {f"stages.{f.name}.{key}": rule for f in dataclasses.fields(StagesConf) for key, rule in STAGE_RANGES.items()}
+    rules.update(RANGES)
+    rules["stages.mix.lufs_max"] = (lambda v: v >= cfg.stages.mix.lufs_min, RANGES["stages.mix.lufs_max"][1])
+    for key, (ok, valid) in rules.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"bad value {value!r} for key '{key}'; valid values: {valid}")
+
+
+def check_run_dir(cfg: DictConfig) -> Path:
+    """Create the run folder and prove it writable, or fail in one line naming `run.root` (or `run.dir`)."""
+    run_dir = Path(cfg.run.dir)
+    key = "run.root" if run_dir.is_relative_to(Path(cfg.run.root)) else "run.dir"
+    value = cfg.run.root if key == "run.root" else cfg.run.dir
+    try:
+        ensure_writable_dir(run_dir)
+    except OSError as e:
+        raise ConfigError(f"bad value {value!r} for key '{key}': {run_dir} is not a writable folder "
+                          f"({e.strerror or type(e).__name__})") from None
+    return run_dir
 
 
 def check_choices(cfg: Any, choices: dict[str, list]) -> None:

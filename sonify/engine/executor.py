@@ -114,7 +114,7 @@ def _run_local(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> l
 def _run_ray(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
     import ray
 
-    conf = cfg.stages[cls.name]
+    conf = cls.settings(cfg)
     items = [{"partition": p.name, "rows": table_to_bytes(p.rows)} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(

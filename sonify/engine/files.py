@@ -62,6 +62,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | memoryview | Calla
     return path
 
 
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create the folder if needed and prove it writable by writing a temp file (permission bits lie to root
+    and on read-only mounts); raises OSError (NotADirectoryError when a file is in the way)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    probe = temp_path(path / "write-probe")
+    probe.write_bytes(b"")
+    probe.unlink()
+    return path
+
+
 def save_npy(path: str | os.PathLike, array) -> str:
     """`np.save` atomically; returns the sha256 of the file's bytes (what downstream content hashes use)."""
     import hashlib

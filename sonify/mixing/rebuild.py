@@ -12,6 +12,73 @@ class SourceRefused(Exception):
     pass
 
 
+class OutputRefused(Exception):
+    """A row whose output path would land outside --out (absolute, `..`, or through a link)."""
+
+
+REPORT_NAME = "render_report.parquet"
+
+
+def resolve_output(out_dir: str | Path, relpath: str) -> Path:
+    """Where a row's mixture goes: `relpath` under `out_dir`, refused unless it stays inside.
+
+    Absolute paths and `..` are refused outright; what is left is resolved with the links that exist
+    now, so a subfolder of --out that is a link to elsewhere is refused too.
+    """
+    from sonify.engine.files import TMP_PREFIX
+
+    rel = Path(relpath or "")
+    if not relpath or rel.is_absolute():
+        raise OutputRefused(f"output path {relpath!r} is {'empty' if not relpath else 'absolute'}")
+    if ".." in rel.parts:
+        raise OutputRefused(f"output path {relpath!r} contains '..'")
+    if rel.name.startswith(TMP_PREFIX) or str(rel) in (".", REPORT_NAME):
+        raise OutputRefused(f"output path {relpath!r} is a name sonify.mix uses itself")
+    root = Path(out_dir).resolve()
+    try:
+        target = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a link loop, a NUL byte
+        raise OutputRefused(f"output path {relpath!r} cannot be resolved: {e}") from None
+    if not target.is_relative_to(root) or target == root:
+        raise OutputRefused(f"output path {relpath!r} resolves to {target}, outside --out {root} (through a link)")
+    return root / rel
+
+
+def prepare_out(out_dir: str | Path) -> int:
+    """Make --out a writable folder and remove temp files a killed or failed earlier render left; returns how many.
+
+    Raises ValueError with one line when --out is a file or cannot be written.
+    """
+    from sonify.engine.files import clean_temp_files, ensure_writable_dir
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    try:
+        ensure_writable_dir(out)
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be written: {e.strerror or e}") from None
+    return clean_temp_files(out, recursive=True)
+
+
+def plan_outputs(rows: list[dict], out_dir: str | Path) -> tuple[list[dict], list[dict], dict[Path, list[str]]]:
+    """Split rows into those to render and refused report rows; also the output paths claimed twice.
+
+    Paths are compared resolved, so `a/x.flac` and `a/./x.flac` are the same file.
+    """
+    todo, refused, claimed = [], [], {}
+    for row in rows:
+        try:
+            target = resolve_output(out_dir, row["path"])
+        except OutputRefused as e:
+            refused.append({"mix_id": row["mix_id"], "path": str(row["path"]), "status": "error",
+                            "error": f"refused: {e}", "skipped": False})
+            continue
+        claimed.setdefault(target.resolve(), []).append(row["mix_id"])
+        todo.append(row)
+    return todo, refused, {p: ids for p, ids in claimed.items() if len(ids) > 1}
+
+
 def parse_roots(values: list[str]) -> tuple[Path | None, dict[str, Path]]:
     default, named = None, {}
     for v in values:
@@ -40,9 +107,12 @@ def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: s
     from sonify.media.audio import load_chunk
     from sonify.mixing.render import file_sha256, pcm24_sha256, render, write_flac
 
-    out = Path(out_dir) / row["path"]
-    report = {"mix_id": row["mix_id"], "path": str(out), "status": "ok", "error": None, "skipped": False}
+    report = {"mix_id": row["mix_id"], "path": str(row["path"]), "status": "ok", "error": None, "skipped": False}
     try:
+        out = resolve_output(out_dir, row["path"])   # checked again where it is written
+        report["path"] = str(out)
+        if out.exists() and not out.is_file():
+            raise ValueError(f"{out} exists and is not a file")
         if out.exists() and not force:
             report["skipped"] = True
             if check and row.get("flac_sha256") and file_sha256(out) != row["flac_sha256"]:
@@ -63,7 +133,7 @@ def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: s
         flac_sha, _ = write_flac(out, mix, row["sample_rate"])
         if check and row.get("flac_sha256") and flac_sha != row["flac_sha256"]:
             report["error"] = "flac_differs: same audio, different FLAC bytes (another libsndfile version?)"
-    except SourceRefused as e:
+    except (SourceRefused, OutputRefused) as e:
         report.update(status="error", error=f"refused: {e}")
     except FileNotFoundError as e:
         report.update(status="error", error=f"not_found: {e}")

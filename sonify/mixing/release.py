@@ -73,13 +73,101 @@ def write_release(cfg, store) -> Path:
     return parquet_path
 
 
+# What `sonify.mix` needs of each row (the other columns describe the mixture and may be absent).
+NEEDED_COLUMNS = ("mix_id", "path", "sample_rate", "chunk_seconds", "mix_gain_db", "components")
+NEEDED_COMPONENT_FIELDS = ("dataset", "relpath", "start_frame", "num_frames", "gain_db")
+OPTIONAL_COLUMNS = ("pcm24_sha256", "flac_sha256")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be rendered at all; the message is one line naming the column."""
+
+
+def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Types that hold the same kind of value (widths may differ: the cast below checks the values)."""
+    t = pa.types
+    if t.is_null(actual):
+        return True  # all values null: the null check names it
+    if t.is_string(expected):
+        return t.is_string(actual) or t.is_large_string(actual)
+    if t.is_integer(expected):
+        return t.is_integer(actual)
+    if t.is_floating(expected):
+        return t.is_integer(actual) or t.is_floating(actual)
+    return actual == expected
+
+
+def _check_column(name: str, col: pa.ChunkedArray, expected: pa.DataType, nullable: bool) -> None:
+    t = pa.types
+    if t.is_list(expected) and not t.is_null(col.type):
+        if not ((t.is_list(col.type) or t.is_large_list(col.type)) and t.is_struct(col.type.value_type)):
+            raise ManifestError(f"column {name!r} has type {col.type}, expected a list of structs ({', '.join(NEEDED_COMPONENT_FIELDS)})")
+        values = pa.chunked_array([c.flatten() for c in col.chunks], type=col.type.value_type)
+        if values.null_count:
+            raise ManifestError(f"column {name!r} holds {values.null_count} empty components")
+        present = {f.name for f in col.type.value_type}
+        for sub in NEEDED_COMPONENT_FIELDS:
+            if sub not in present:
+                raise ManifestError(f"column '{name}.{sub}' is missing (each component needs {', '.join(NEEDED_COMPONENT_FIELDS)})")
+            _check_column(f"{name}.{sub}", pa.chunked_array([c.field(sub) for c in values.chunks], type=col.type.value_type.field(sub).type),
+                          expected.value_type.field(sub).type, nullable=False)
+    elif not _same_kind(col.type, expected):
+        raise ManifestError(f"column {name!r} has type {col.type}, expected {expected}")
+    if not nullable and col.null_count:
+        raise ManifestError(f"column {name!r} has {col.null_count} empty values")
+
+
+def check_release(table: pa.Table) -> None:
+    """Check the columns rendering needs against RELEASE_SCHEMA's kinds of values.
+
+    Fails on the first problem with one line that names the column: a missing one, a value of the
+    wrong kind (text where a number belongs), empty values where they are needed.
+    """
+    missing = [c for c in NEEDED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ManifestError(f"missing column {missing[0]!r} (a release manifest needs {', '.join(NEEDED_COLUMNS)})")
+    names = NEEDED_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in table.column_names)
+    for name in names:
+        _check_column(name, table.column(name), RELEASE_SCHEMA.field(name).type, nullable=name in OPTIONAL_COLUMNS)
+
+
+def _jsonl_table(path: Path) -> pa.Table:
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"line {i} is not JSON: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise ManifestError(f"line {i} is not a JSON object")
+        rows.append(row)
+    if not rows:
+        raise ManifestError("no rows")
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    columns = {}
+    for name in names:
+        try:
+            columns[name] = pa.array([r.get(name) for r in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ManifestError(f"column {name!r} mixes kinds of values: {str(e).splitlines()[0]}") from None
+    return pa.table(columns)
+
+
 def read_release(path: str | Path) -> list[dict]:
-    """Rows of a release manifest (Parquet or JSON Lines); refuses another release version."""
+    """Rows of a release manifest (Parquet or JSON Lines), checked by `check_release`.
+
+    Refuses another release version (`ValueError`) and a manifest that cannot be rendered (`ManifestError`).
+    """
     path = Path(path)
     if path.suffix in (".jsonl", ".json"):
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    meta = pq.read_schema(path).metadata or {}
-    version = meta.get(b"sonify.release_version", b"?").decode()
-    if version != RELEASE_VERSION:
-        raise ValueError(f"{path}: release manifest version {version}, this sonify reads version {RELEASE_VERSION}")
-    return pq.read_table(path).to_pylist()
+        table = _jsonl_table(path)
+    else:
+        meta = pq.read_schema(path).metadata or {}
+        version = meta.get(b"sonify.release_version", b"?").decode()
+        if version != RELEASE_VERSION:
+            raise ValueError(f"{path}: release manifest version {version}, this sonify reads version {RELEASE_VERSION}")
+        table = pq.read_table(path)
+    check_release(table)
+    return table.to_pylist()

@@ -35,8 +35,8 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
     if not root.exists():
         add(str(root), str(root), list_error=f"not_found: source path {root} does not exist")
     elif source.kind == "folder":
-        for p in walk_files(root, extensions, source.recursive):
-            add(str(p.relative_to(root)), str(p))
+        for p, problem in walk_files(root, extensions, source.recursive, source.follow_outside_links, source.name):
+            add(str(p.relative_to(root)), str(p), list_error=problem)
     else:
         table = read_list_file(root, source.kind)
         if source.uri_column not in table.column_names:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from sonify.engine.keys import stable_id
-from sonify.sources import read_list_file, resolve_list_path, walk_files
+from sonify.sources import read_list_file, read_regular_file, read_within, resolve_list_path, walk_files
 
 LISTING_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
@@ -43,12 +43,15 @@ def list_images(source, extensions: list[str]) -> pa.Table:
     if not root.exists():
         rows.append(_row(source.name, str(root), str(root), list_error=f"not_found: source path {root} does not exist"))
     elif source.kind == "folder":
-        for p in walk_files(root, exts, source.recursive):
-            rows.append(_row(source.name, str(p.relative_to(root)), str(p)))
+        for p, problem in walk_files(root, exts, source.recursive, source.follow_outside_links, source.name):
+            rows.append(_row(source.name, str(p.relative_to(root)), str(p), list_error=problem))
     elif source.kind == "tar":
-        tars = [root] if root.is_file() else list(walk_files(root, [".tar"], source.recursive))
-        for t in tars:
-            rows.extend(_list_tar(source.name, t, root, exts))
+        tars = [(root, None)] if root.is_file() else walk_files(root, [".tar"], source.recursive, source.follow_outside_links, source.name)
+        for t, problem in tars:
+            if problem:
+                rows.append(_row(source.name, str(t.relative_to(root)), str(t), list_error=problem))
+            else:
+                rows.extend(_list_tar(source.name, t, root, exts))
     else:  # parquet | csv list of URIs
         table = read_list_file(root, source.kind)
         if source.uri_column not in table.column_names:
@@ -77,17 +80,17 @@ def load_image(row: dict, max_pixels: int, max_side: int | None = None):
 
 
 def read_image_bytes(uri: str, tar_offset: int | None, nbytes: int | None, timeout_s: float = 20.0) -> bytes:
-    """The encoded bytes of an image, from a file, a tar member (by offset) or an http(s) URL."""
+    """The encoded bytes of an image, from a file, a tar member (by offset) or an http(s) URL.
+
+    Every read finishes within `timeout_s` or raises TimeoutError; anything but a regular file raises
+    `NotAFile` without being waited on (a FIFO named x.jpg would block a plain `open` forever).
+    """
     if tar_offset is not None:
-        tar_path = uri.split("#", 1)[0]
-        with open(tar_path, "rb") as f:
-            f.seek(tar_offset)
-            data = f.read(nbytes)
+        data = read_regular_file(uri.split("#", 1)[0], timeout_s, tar_offset, nbytes)
         if len(data) != nbytes:
             raise EOFError(f"tar member truncated: wanted {nbytes} bytes, got {len(data)}")
         return data
     if uri.startswith(("http://", "https://")):
         with urllib.request.urlopen(uri, timeout=timeout_s) as r:
-            return r.read()
-    with open(uri, "rb") as f:
-        return f.read()
+            return read_within(r, timeout_s)
+    return read_regular_file(uri, timeout_s)

@@ -17,7 +17,7 @@ from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import chunk_frames_at, dbfs, iter_mono_blocks
-from sonify.sources import list_sources
+from sonify.sources import file_problem, list_sources
 from sonify.sources.audio import list_audio
 from sonify.stages.base import Stage
 
@@ -39,6 +39,8 @@ class AudioStage(Stage):
         if row["list_error"]:
             return {**out, "status": STATUS_ERROR, "error": row["list_error"]}, []
         path = row["uri"]
+        if problem := file_problem(path):  # a FIFO would block the decoder forever; a folder is no file
+            return {**out, "status": STATUS_ERROR, "error": problem}, []
         try:
             out["nbytes"] = os.path.getsize(path)
         except OSError as e:

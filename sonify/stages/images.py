@@ -10,7 +10,7 @@ from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.image import ImageRejected, inspect_image
-from sonify.sources import list_sources
+from sonify.sources import NotAFile, list_sources
 from sonify.sources.images import list_images, read_image_bytes
 from sonify.stages.base import Stage
 
@@ -31,6 +31,10 @@ class ImagesStage(Stage):
             data = read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"], self.conf.url_timeout_s)
         except FileNotFoundError as e:
             return {**out, "status": STATUS_ERROR, "error": error_text("not_found", e)}
+        except NotAFile as e:
+            return {**out, "status": STATUS_ERROR, "error": error_text("not_a_file", e)}
+        except TimeoutError as e:
+            return {**out, "status": STATUS_ERROR, "error": error_text("timeout", e)}
         except Exception as e:
             return {**out, "status": STATUS_ERROR, "error": error_text("unreadable", f"{type(e).__name__}: {e}")}
         out["nbytes"] = len(data)

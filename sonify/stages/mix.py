@@ -12,11 +12,13 @@ release manifest (`sonify.mixing.release`) is written.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
+from sonify.engine.files import clean_temp_files
 from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -46,8 +48,11 @@ class MixStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
+        """Matched chunks grouped by (image, variant). Runs in the driver before any partition, so it also
+        removes the temp files of mixture writes that a killed or failed earlier run left under mixes/."""
         import duckdb
 
+        clean_temp_files(Path(cfg.run.dir) / "mixes", recursive=True)
         con = duckdb.connect()
         con.register("matches", store.read("matches", columns=["id", "image_id", "vlm", "concept_index", "text", "chunk_id", "cosine", "status"]))
         con.register("chunks", store.read("audio_chunks", columns=["id", "file_id", "uri", "sample_rate", "start_frame", "num_frames", "offset", "duration"]))
