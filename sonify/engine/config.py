@@ -41,8 +41,10 @@ class RayConf:
 @dataclass
 class SourceConf:
     name: str = "default"
-    kind: str = "folder"               # folder | tar | parquet | csv
-    path: str = ""
+    kind: str = "folder"               # folder | tar | parquet | csv | recipe
+    path: str = ""                     # the folder, tar or list file (every kind but recipe)
+    recipe: str = ""                   # kind recipe: the corpus (sa1b | audioset | fsd50k | bbc_sfx | vggsound)
+    root: str = ""                     # kind recipe: the local copy in its official layout; paths are stored relative to it
     uri_column: str = "uri"            # list sources: column holding the path or URL
     labels_column: str = "labels"      # audio list sources: labels (list, or ';'-separated string)
     recursive: bool = True
@@ -218,7 +220,9 @@ CHOICES = {
     "stages.features.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.latents.dtype": ["auto", "float32", "bfloat16", "float16"],
 }
-SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv"], "audio": ["folder", "parquet", "csv"]}
+SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv", "recipe"], "audio": ["folder", "parquet", "csv", "recipe"]}
+# the recipes of each role (`sonify.sources.recipes.RECIPES` holds the code; a test keeps the two equal)
+RECIPES = {"images": ["sa1b"], "audio": ["audioset", "fsd50k", "bbc_sfx", "vggsound"]}
 
 
 def resolve_text(value: str) -> str:
@@ -289,7 +293,12 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
         for i, src in enumerate(cfg.sources[role]):
             if src.kind not in kinds:
                 raise ConfigError(f"bad value {src.kind!r} for key 'sources.{role}[{i}].kind'; valid choices: {', '.join(kinds)}")
-            if not src.path:
+            if src.kind == "recipe":
+                if src.recipe not in RECIPES[role]:
+                    raise ConfigError(f"bad value {src.recipe!r} for key 'sources.{role}[{i}].recipe'; valid choices: {', '.join(RECIPES[role])}")
+                if not src.root:
+                    raise ConfigError(f"key 'sources.{role}[{i}].root' is empty; give the folder of the local {src.recipe} copy")
+            elif not src.path:
                 raise ConfigError(f"key 'sources.{role}[{i}].path' is empty; give the folder or list file of source {src.name!r}")
         names = [s.name for s in cfg.sources[role]]
         dup = {n for n in names if names.count(n) > 1}
