@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,6 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.slow
 def test_report_in_headless_chromium(report):
     """No console errors; every kept image shows; every audio source loads with its clip's duration."""
     exe = chromium()
@@ -91,6 +91,7 @@ def test_report_in_headless_chromium(report):
             why = "playwright is not installed (pip install playwright; it drives the system Chromium, no download)"
     if why:
         print(f"\n*** SKIPPED: {why} ***", file=sys.stderr)
+        warnings.warn(f"report browser test SKIPPED: {why}")
         pytest.skip(why)
     cfg, index = report
     store = TableStore(cfg.run.dir)
