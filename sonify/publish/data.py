@@ -39,12 +39,30 @@ class Run:
             n for n in TABLES if n not in FLOW and self.store.exists(n))
         return {n: table_counts(self.store, n) for n in names}
 
+    def ok_columns(self, name: str, columns: list[str]) -> dict[str, list]:
+        """Columns of a table's ok rows as lists (empty when the table is absent)."""
+        import pyarrow.compute as pc
+
+        t = self.table(name, columns + ["status"])
+        if t is None:
+            return {}
+        t = t.filter(pc.equal(t.column("status"), STATUS_OK))
+        return {c: t.column(c).to_pylist() for c in columns}
+
     def by_id(self, name: str, key: str = "id", columns: list[str] | None = None) -> dict[str, dict]:
         return {r[key]: r for r in self.rows(name, columns)}
 
-    def grouped(self, name: str, key: str = "image_id") -> dict[str, list[dict]]:
+    def grouped(self, name: str, key: str = "image_id", only: list[str] | None = None) -> dict[str, list[dict]]:
+        """Rows by `key`; with `only`, just the rows whose key is in it (filtered in Arrow, not in Python)."""
+        import pyarrow.compute as pc
+
+        t = self.table(name)
         out: dict[str, list[dict]] = defaultdict(list)
-        for r in self.rows(name):
+        if t is None:
+            return out
+        if only is not None:
+            t = t.filter(pc.is_in(t.column(key), value_set=pa.array(only, pa.string())))
+        for r in t.to_pylist():
             out[r[key]].append(r)
         return out
 

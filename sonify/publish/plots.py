@@ -59,10 +59,10 @@ def bars(out: Path, counts: dict[str, float], title: str, xlabel: str, top: int 
 def make_plots(run, out_dir: Path) -> list[tuple[str, str]]:
     """Every plot the run's tables allow: (file name, caption) pairs, written under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    mixes = [m for m in run.rows("mixes") if m["status"] == "ok"]
-    comps = [c for m in mixes for c in m["components"]]
-    matches = [m for m in run.rows("matches") if m["status"] == "ok"]
-    chunks = run.rows("audio_chunks", ["id", "source", "status"])
+    mixes = run.ok_columns("mixes", ["lufs", "components"])
+    comps = [c for cs in mixes.get("components", []) for c in cs]
+    matches = run.ok_columns("matches", ["cosine", "score", "threshold", "n_eligible", "chunk_id", "text"])
+    chunks = run.ok_columns("audio_chunks", ["id", "source"])
     made = []
 
     def add(name: str, caption: str, ok: bool) -> None:
@@ -72,20 +72,21 @@ def make_plots(run, out_dir: Path) -> list[tuple[str, str]]:
     add("loudness.png", "Loudness: each component's measured level before its gain, its target, and each mixture",
         histogram(out_dir / "loudness.png", {"component measured": [c["measured_lufs"] for c in comps],
                                              "component target": [c["target_lufs"] for c in comps],
-                                             "mixture": [m["lufs"] for m in mixes]}, "Loudness", "LUFS"))
+                                             "mixture": mixes.get("lufs", [])}, "Loudness", "LUFS"))
     add("scores.png", "CLAP scores of the chosen chunks and the dynamic thresholds (mean of the top k)",
-        histogram(out_dir / "scores.png", {"cosine": [m["cosine"] for m in matches], "score (SSR)": [m["score"] for m in matches],
-                                           "threshold": [m["threshold"] for m in matches]}, "CLAP scores and thresholds", "score"))
+        histogram(out_dir / "scores.png", {"cosine": matches.get("cosine", []), "score (SSR)": matches.get("score", []),
+                                           "threshold": matches.get("threshold", [])}, "CLAP scores and thresholds", "score"))
     add("eligible.png", "Size of the eligible set each chunk was drawn from",
-        histogram(out_dir / "eligible.png", {"eligible chunks": [m["n_eligible"] for m in matches]}, "Eligible-set sizes", "chunks above the threshold"))
-    reuse = Counter(Counter(m["chunk_id"] for m in matches).values())
+        histogram(out_dir / "eligible.png", {"eligible chunks": matches.get("n_eligible", [])}, "Eligible-set sizes", "chunks above the threshold"))
+    chosen = matches.get("chunk_id", [])
+    reuse = Counter(Counter(chosen).values())
     add("reuse.png", "Chunk reuse: how many chunks were chosen once, twice, ...",
         bars(out_dir / "reuse.png", {f"chosen {k}x": v for k, v in sorted(reuse.items())}, "Chunk reuse", "chunks", by_value=False))
     add("concepts.png", "The most frequent concepts (CLAP query text)",
-        bars(out_dir / "concepts.png", Counter(m["text"] for m in matches), "Concept frequency", "concepts"))
-    pool = Counter(c["source"] for c in chunks if c["status"] == "ok")
-    chunk_source = {c["id"]: c["source"] for c in chunks}
-    used = Counter(chunk_source.get(m["chunk_id"], "?") for m in matches)
+        bars(out_dir / "concepts.png", Counter(matches.get("text", [])), "Concept frequency", "concepts"))
+    chunk_source = dict(zip(chunks.get("id", []), chunks.get("source", [])))
+    pool = Counter(chunk_source.values())
+    used = Counter(chunk_source.get(c, "?") for c in chosen)
     add("pool.png", "Pool usage by source: chunks in the pool and chunks chosen",
         bars(out_dir / "pool.png", {**{f"{k}: pool": v for k, v in pool.items()}, **{f"{k}: chosen": v for k, v in used.items()}},
              "Pool usage by source", "chunks"))

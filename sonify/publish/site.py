@@ -117,11 +117,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
     out = Path(out_dir) if out_dir else run.dir / "report"
     assets = out / "assets"
     plots = make_plots(run, assets / "plots")
-    images = run.by_id("images")
-    concepts, captions, mixes = run.grouped("concepts"), run.grouped("captions"), run.grouped("mixes")
-    matches: dict[tuple, dict] = {(m["image_id"], m["vlm"], m["concept_index"]): m
-                                  for m in run.rows("matches") if m["status"] == STATUS_OK}
     kept = sample(run.kept_ids(), conf.max_images, conf.seed, "report-kept")
+    images = {i: rs[0] for i, rs in run.grouped("images", "id", only=kept).items()}
+    concepts, captions, mixes = (run.grouped(t, only=kept) for t in ("concepts", "captions", "mixes"))
+    matches: dict[tuple, dict] = {(m["image_id"], m["vlm"], m["concept_index"]): m
+                                  for ms in run.grouped("matches", only=kept).values() for m in ms if m["status"] == STATUS_OK}
     cards = []
     for image_id in kept:
         img = images[image_id]
@@ -154,7 +154,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
         cards.append(f"<div class='card' data-image='{esc(image_id)}'>{img_tag}<div class='meta'><h3>{esc(image_id)}</h3>"
                      f"<p class='src'>{esc(img['source'])}: {esc(img['relpath'])} ({img['width']}x{img['height']})</p>"
                      + "".join(body) + "</div></div>")
-    dropped = dropped_html(run, out, conf, images)
+    dropped = dropped_html(run, out, conf)
     pages = [cards[i:i + conf.page_size] for i in range(0, len(cards), conf.page_size)] or [[]]
     gallery = "".join(f"<section class='page' data-page='{i}'>{''.join(p)}</section>" for i, p in enumerate(pages))
     n_kept = len(run.kept_ids())
@@ -168,12 +168,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
     return atomic_write(out / "index.html", page)
 
 
-def dropped_html(run: Run, out: Path, conf: ReportConf, images: dict) -> str:
+def dropped_html(run: Run, out: Path, conf: ReportConf) -> str:
     """Images the filter dropped and images that failed to decode, each with its reason."""
     reasons = {r["id"]: r["reason"] for r in run.rows("kept_images", ["id", "kept", "reason"]) if not r["kept"]}
-    reasons.update({i: r["error"] for i, r in images.items() if r["status"] != STATUS_OK})
+    reasons.update({r["id"]: r["error"] for r in run.rows("images", ["id", "status", "error"]) if r["status"] != STATUS_OK})
+    shown = sample(list(reasons), conf.max_dropped, conf.seed, "report-dropped")
+    images = {i: rs[0] for i, rs in run.grouped("images", "id", only=shown).items()}
     rows = []
-    for image_id in sample(list(reasons), conf.max_dropped, conf.seed, "report-dropped"):
+    for image_id in shown:
         img = images.get(image_id, {})
         thumb = f"assets/images/{image_id}.jpg"
         ok = img.get("status") == STATUS_OK and write_thumb(run, img, out / thumb, conf.thumb_side // 2)
