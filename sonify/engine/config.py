@@ -43,8 +43,10 @@ class RayConf:
 @dataclass
 class SourceConf:
     name: str = "default"
-    kind: str = "folder"               # folder | tar | parquet | csv
-    path: str = ""
+    kind: str = "folder"               # folder | tar | parquet | csv | recipe
+    path: str = ""                     # the folder, tar or list file (every kind but recipe)
+    recipe: str = ""                   # kind recipe: the corpus (sa1b | audioset | fsd50k | bbc_sfx | vggsound)
+    root: str = ""                     # kind recipe: the local copy in its official layout; paths are stored relative to it
     uri_column: str = "uri"            # list sources: column holding the path or URL
     labels_column: str = "labels"      # audio list sources: labels (list, or ';'-separated string)
     recursive: bool = True
@@ -249,9 +251,13 @@ RANGES = {
     "stages.shards.val_fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "stages.shards.jpg_quality": (lambda v: 0 <= v <= 100, "an integer in [0, 100]"),
     "ray.num_cpus": NONE_OR_AT_LEAST_1, "ray.object_store_memory": NONE_OR_AT_LEAST_1,
-    "demo_data.num_images": AT_LEAST_1,
+    "demo_data.num_images": AT_LEAST_1, "run.torch_threads": AT_LEAST_1,
+    "stages.concepts.model_batch": AT_LEAST_1, "stages.embed.model_batch": AT_LEAST_1, "stages.embed.text_max_tokens": AT_LEAST_1,
+    "stages.features.model_batch": AT_LEAST_1, "stages.latents.model_batch": AT_LEAST_1,
 }
-SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv"], "audio": ["folder", "parquet", "csv"]}
+SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv", "recipe"], "audio": ["folder", "parquet", "csv", "recipe"]}
+# the recipes of each role (`sonify.sources.recipes.RECIPES` holds the code; a test keeps the two equal)
+RECIPES = {"images": ["sa1b"], "audio": ["audioset", "fsd50k", "bbc_sfx", "vggsound"]}
 
 
 def resolve_text(value: str) -> str:
@@ -323,7 +329,12 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
         for i, src in enumerate(cfg.sources[role]):
             if src.kind not in kinds:
                 raise ConfigError(f"bad value {src.kind!r} for key 'sources.{role}[{i}].kind'; valid choices: {', '.join(kinds)}")
-            if not src.path:
+            if src.kind == "recipe":
+                if src.recipe not in RECIPES[role]:
+                    raise ConfigError(f"bad value {src.recipe!r} for key 'sources.{role}[{i}].recipe'; valid choices: {', '.join(RECIPES[role])}")
+                if not src.root:
+                    raise ConfigError(f"key 'sources.{role}[{i}].root' is empty; give the folder of the local {src.recipe} copy")
+            elif not src.path:
                 raise ConfigError(f"key 'sources.{role}[{i}].path' is empty; give the folder or list file of source {src.name!r}")
         names = [s.name for s in cfg.sources[role]]
         dup = {n for n in names if names.count(n) > 1}

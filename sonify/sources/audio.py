@@ -32,7 +32,11 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
         rows.append({"id": stable_id(source.name, rel), "source": source.name, "uri": uri, "relpath": rel,
                      "labels": _labels(labels), "list_error": list_error})
 
-    if not root.exists():
+    if source.kind == "recipe":
+        from sonify.sources.recipes import recipe_listing
+        for r in recipe_listing(source):
+            add(r["relpath"], r["uri"], r["labels"], r["list_error"])
+    elif not root.exists():
         add(str(root), str(root), list_error=f"not_found: source path {root} does not exist")
     elif source.kind == "folder":
         for p, problem in walk_files(root, extensions, source.recursive, source.follow_outside_links, source.name):

@@ -40,7 +40,11 @@ def list_images(source, extensions: list[str]) -> pa.Table:
     root = Path(source.path)
     exts = {e.lower() for e in extensions}
     rows: list[dict] = []
-    if not root.exists():
+    if source.kind == "recipe":
+        from sonify.sources.recipes import recipe_listing
+        for r in recipe_listing(source):
+            rows.append(_row(source.name, r["relpath"], r["uri"], r["tar_offset"], r["nbytes"], r["list_error"]))
+    elif not root.exists():
         rows.append(_row(source.name, str(root), str(root), list_error=f"not_found: source path {root} does not exist"))
     elif source.kind == "folder":
         for p, problem in walk_files(root, exts, source.recursive, source.follow_outside_links, source.name):

@@ -1,0 +1,40 @@
+"""Export a run: `python -m sonify.export hf run=runs/<pipeline> --out DIR`.
+
+`hf` writes a Hugging Face `datasets` dataset (image, mixture audio, concepts, components with
+their loudness and scores, split) that `datasets.load_from_disk(DIR)` reads, plus the same rows as
+Parquet under `DIR/parquet/` for `load_dataset("parquet", data_files=...)` or the Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_args = [a for a in argv if a.startswith("run=")]
+    p = argparse.ArgumentParser(prog="python -m sonify.export", description=__doc__.splitlines()[0])
+    p.add_argument("format", choices=["hf"], help="hf: a Hugging Face datasets dataset")
+    p.add_argument("--out", required=True, help="the dataset's folder (replaced whole)")
+    p.add_argument("--rows-per-parquet", type=int, default=1000)
+    a = p.parse_args([x for x in argv if not x.startswith("run=")])
+    run_dir = Path(run_args[-1].split("=", 1)[1] if run_args else "runs/demo")
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        print("sonify.export: the hf export needs the datasets package (pip install 'sonify[publish]')", file=sys.stderr)
+        return 2
+    from sonify.publish.hf import export_hf
+    try:
+        n = export_hf(run_dir, a.out, a.rows_per_parquet)
+    except FileNotFoundError as e:
+        print(f"sonify.export: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {n} examples to {a.out} (parquet copies in {Path(a.out) / 'parquet'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Write a run's report: `python -m sonify.report run=runs/<pipeline> [--out DIR]`.
+
+A static site (index.html + assets, opens from disk): where every row went, plots, a paged gallery
+of kept images with their concepts, chosen chunks and mixtures (audio players), and dropped images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sonify.publish.site import ReportConf, build_report
+
+
+def run_chunk_seconds(run_dir: Path, default: float) -> float:
+    """The chunk length the run mixed at, from its saved config."""
+    cfg = run_dir / "config.yaml"
+    if cfg.is_file():
+        from omegaconf import OmegaConf
+        return float(OmegaConf.select(OmegaConf.load(cfg), "stages.audio.chunk_seconds", default=default))
+    return default
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_args = [a for a in argv if a.startswith("run=")]
+    d = ReportConf()
+    p = argparse.ArgumentParser(prog="python -m sonify.report", description=__doc__.splitlines()[0])
+    p.add_argument("--out", help="the site's folder (default <run>/report)")
+    p.add_argument("--max-images", type=int, default=d.max_images, help="kept images shown; more are sampled (seeded)")
+    p.add_argument("--page-size", type=int, default=d.page_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    a = p.parse_args([x for x in argv if not x.startswith("run=")])
+    run_dir = Path(run_args[-1].split("=", 1)[1] if run_args else "runs/demo")
+    conf = ReportConf(max_images=a.max_images, page_size=a.page_size, seed=a.seed,
+                      chunk_seconds=run_chunk_seconds(run_dir, d.chunk_seconds))
+    try:
+        index = build_report(run_dir, a.out, conf)
+    except FileNotFoundError as e:
+        print(f"sonify.report: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
