@@ -29,3 +29,17 @@ def test_prompts_are_verbatim_from_the_paper():
     assert (REPO / "prompts/caption.txt").read_text().strip() == "Provide a short and concise description of the following image."
     words = [l.strip() for l in (REPO / "prompts/silent_keywords.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert words == ["logo", "icon", "emblem", "symbol", "trademark", "sign"]
+
+
+def test_sam_pipeline_asks_only_for_gpus_the_cluster_has():
+    """Every model stage of pipelines/sam.yaml fits a node type of ray_cluster.yaml (accelerator and GPU count)."""
+    from sonify.engine.config import load_config
+    from sonify.stages import stage_names
+
+    cluster = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())["available_node_types"]
+    cfg = load_config(["pipeline=sam"], stage_names())
+    asked = {name: conf for name, conf in cfg.stages.items() if conf.num_gpus > 0}
+    assert {"concepts", "embed", "features", "latents"} <= set(asked)
+    for name, conf in asked.items():
+        nodes = [t for t in cluster.values() if f"accelerator_type:{conf.accelerator_type}" in t["resources"]]
+        assert nodes and conf.num_gpus <= max(t["resources"]["GPU"] for t in nodes), name

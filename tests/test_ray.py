@@ -1,6 +1,7 @@
 """Ray paths: the stage runner on a local Ray, and `ray job submit` against a head this test starts."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,36 +61,45 @@ def _free_ports(n: int) -> list[int]:
     raise RuntimeError("no free ports")
 
 
-def test_ray_job_submit_runs_a_stage_on_a_head_started_here(tmp_path):
+def _readme_ray_lines() -> tuple[list[str], str]:
+    """The README's offline lines: the `ray start --head` flags and the `ray job submit` line, as written."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("## On a Ray cluster"):].split("```sh")[1].split("```")[0]
+    start = next(line for line in block.splitlines() if line.startswith("ray start --head"))
+    submit = next(line for line in block.splitlines() if line.startswith("ray job submit"))
+    return start.split()[3:], submit
+
+
+def test_the_readme_ray_job_submit_line_runs_against_a_head_started_as_the_readme_says(tmp_path):
+    """In a copy of the checkout: `make demo`'s first stage locally, then the README's line for stage=concepts
+    as a Ray job; its table equals a local run's, with no extra error rows."""
+    head_flags, submit = _readme_ray_lines()
+    assert "--working-dir ." in submit and "stage=concepts" in submit and "run.root=$PWD/runs" in submit
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.egg-info",
+                                                                  ".pytest_cache", "artifacts", ".hypothesis"))
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    local = [sys.executable, "-m", "sonify.run", "pipeline=demo", "run.executor=local", "run.progress=false"]
+    subprocess.run([*local, "stage=images"], cwd=checkout, env=env, check=True, capture_output=True, timeout=300)
     gcs, dash, client, agent = _free_ports(4)
     temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+        ["ray", "start", "--head", "--block", *head_flags, f"--port={gcs}", f"--dashboard-port={dash}",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         job_env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dash}", "RAY_AUTH_MODE": "token"}
         deadline = time.time() + 60
         while time.time() < deadline:
-            ok = subprocess.run(["ray", "job", "list"], env=job_env, capture_output=True).returncode == 0
-            if ok:
+            if subprocess.run(["ray", "job", "list"], env=job_env, capture_output=True).returncode == 0:
                 break
             assert head.poll() is None, "ray head exited"
             time.sleep(1)
-        run_root = tmp_path / "jobruns"
-        out = subprocess.run(
-            ["ray", "job", "submit", "--working-dir", str(REPO), "--",
-             "python", "-m", "sonify.run", "pipeline=demo", "stage=audio", f"run.root={run_root}", "run.progress=false"],
-            env=job_env, capture_output=True, text=True, timeout=240)
+        out = subprocess.run(["bash", "-c", submit], cwd=checkout, env=job_env, capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "audio_files" in out.stdout and "succeeded" in (out.stdout + out.stderr)
-        store = TableStore(run_root / "demo")
-        files = store.read("audio_files")
-        assert files.num_rows >= 10 and store.read("audio_chunks").num_rows > files.num_rows
+        assert "succeeded" in (out.stdout + out.stderr)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -98,3 +108,20 @@ def test_ray_job_submit_runs_a_stage_on_a_head_started_here(tmp_path):
             pass
         os.killpg(head.pid, signal.SIGKILL)  # only the group this test started
         head.wait()
+    subprocess.run([*local, "stage=images,concepts", f"run.root={tmp_path / 'local'}"], cwd=checkout, env=env, check=True,
+                   capture_output=True, timeout=400)
+    job_rows = TableStore(checkout / "runs" / "demo").read("concepts").to_pylist()
+    local_rows = TableStore(tmp_path / "local" / "demo").read("concepts").to_pylist()
+    key = lambda r: r["id"]
+    assert sorted(job_rows, key=key) == sorted(local_rows, key=key)
+    assert not [r for r in job_rows if (r["error"] or "").startswith("unreadable")]
+
+
+def test_a_relative_run_root_inside_a_ray_job_is_refused_in_one_line(tmp_path):
+    env = {**os.environ, "RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}
+    out = subprocess.run([sys.executable, "-m", "sonify.run", "pipeline=demo", "stage=images", "run.root=runs"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "key 'run.root'" in lines[0] and "absolute" in lines[0]
+    assert not (tmp_path / "runs").exists()

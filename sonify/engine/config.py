@@ -30,6 +30,10 @@ class RunConf:
     force: bool = False                # recompute finished partitions
     executor: str = "ray"              # ray | local (plain loop in this process, for debugging)
     torch_threads: int = 1             # threads of every model call, on any executor (float bits depend on it)
+    max_retries: int = 3               # a partition whose processing raises (model, device, I/O) is retried this often
+    retry_backoff_s: float = 2.0       # ... after 2 s, 4 s, 8 s
+    max_error_fraction: float = 0.5    # a stage stops when more of its computed rows than this are error rows
+    error_fraction_min_rows: int = 20  # ... judged once at least this many rows were computed (a few bad files are not a trend)
     progress: bool = True
 
 
@@ -65,7 +69,8 @@ class StageConf:
     batch_size: int = 64               # rows per call of the stage's process_batch
     concurrency: int = 2               # Ray actors for this stage
     num_cpus: float = 1.0              # per actor
-    num_gpus: float = 0.0              # per actor
+    num_gpus: float = 0.0              # per actor (a fraction shares a GPU: CLAP and AST need little)
+    accelerator_type: Optional[str] = None  # e.g. A100: run this stage's actors on such nodes (Ray's accelerator_type)
 
 
 @dataclass
@@ -251,7 +256,9 @@ RANGES = {
     "stages.shards.val_fraction": (lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
     "stages.shards.jpg_quality": (lambda v: 0 <= v <= 100, "an integer in [0, 100]"),
     "ray.num_cpus": NONE_OR_AT_LEAST_1, "ray.object_store_memory": NONE_OR_AT_LEAST_1,
-    "demo_data.num_images": AT_LEAST_1, "run.torch_threads": AT_LEAST_1,
+    "demo_data.num_images": AT_LEAST_1, "run.torch_threads": AT_LEAST_1, "run.max_retries": NON_NEGATIVE,
+    "run.retry_backoff_s": NON_NEGATIVE, "run.max_error_fraction": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "run.error_fraction_min_rows": NON_NEGATIVE,
     "stages.concepts.model_batch": AT_LEAST_1, "stages.embed.model_batch": AT_LEAST_1, "stages.embed.text_max_tokens": AT_LEAST_1,
     "stages.features.model_batch": AT_LEAST_1, "stages.latents.model_batch": AT_LEAST_1,
 }
@@ -384,8 +391,9 @@ def parse_overrides(overrides: list[str], example: str) -> dict:
         raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
 
 
-def compose(schema: type, path: Path, override_data: dict, **set_after: Any) -> DictConfig:
-    """The one config loader: defaults of `schema` <- the YAML file <- overrides, keys checked, resolved."""
+def compose(schema: type, path: Path, override_data: dict, before_resolve=None, **set_after: Any) -> DictConfig:
+    """The one config loader: defaults of `schema` <- the YAML file <- overrides, keys checked, resolved.
+    `before_resolve(cfg)` may adjust values that interpolations derive from."""
     file_data = OmegaConf.to_container(OmegaConf.load(path)) or {}
     check_keys(schema, file_data)
     check_keys(schema, override_data)
@@ -393,6 +401,8 @@ def compose(schema: type, path: Path, override_data: dict, **set_after: Any) -> 
         cfg = OmegaConf.merge(OmegaConf.structured(schema), file_data, override_data)
         for key, value in set_after.items():
             cfg[key] = value
+        if before_resolve is not None:
+            before_resolve(cfg)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
@@ -406,9 +416,27 @@ def load_config(overrides: list[str], stage_names: list[str] | None = None) -> D
     override_data = parse_overrides(overrides, "pipeline=demo stage=audio run.force=true")
     pipeline = str(override_data.get("pipeline", SonifyConf.pipeline))
     path = config_file(pipeline)
-    cfg = compose(SonifyConf, path, override_data, pipeline=Path(pipeline).stem if path.suffix else pipeline)
+    cfg = compose(SonifyConf, path, override_data, before_resolve=absolute_run_root,
+                  pipeline=Path(pipeline).stem if path.suffix else pipeline)
     _check_choices(cfg, stage_names or [])
     return cfg
+
+
+# set by Ray in the driver of a job started with `ray job submit`, whose working dir is Ray's temporary copy
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def absolute_run_root(cfg: DictConfig) -> None:
+    """`run.root` becomes absolute here, on the driver, before anything ships to Ray: every stored path
+    derived from it then means the same on every node. Inside a `ray job submit` job a relative root
+    would land in Ray's copy of the working dir and vanish with it, so it is refused in one line."""
+    root = str(cfg.run.root)
+    if os.path.isabs(root):
+        return
+    if os.environ.get(RAY_JOB_ENV):
+        raise ConfigError(f"bad value {root!r} for key 'run.root': relative, and this is a Ray job whose working dir is "
+                          f"a temporary copy; give an absolute path (e.g. run.root=$PWD/runs)")
+    cfg.run.root = os.path.abspath(root)
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:

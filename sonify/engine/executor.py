@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from sonify.engine.errors import error_reason
+from sonify.engine.errors import ConfigError, error_reason
 from sonify.engine.files import atomic_write, clean_temp_files
 from sonify.engine.partitions import Partition, dedupe_sorted, plan, table_from_bytes, table_to_bytes
 from sonify.engine.schemas import STATUS_OK, table_spec
@@ -44,26 +44,40 @@ class PartitionWorker:
 
     def run_partition(self, name: str, rows: pa.Table) -> dict:
         t0 = time.perf_counter()
-        stats = {"partition": name, "rows_in": rows.num_rows, "failed": None}
-        try:
-            self.stage.partition = name
-            if self.stage.files_dir:   # files of an earlier, unfinished attempt at this partition
-                shutil.rmtree(Path(self.cfg.run.dir) / self.stage.files_dir / name, ignore_errors=True)
-            outputs = self._process(rows)
-            for table_name, table in outputs.items():
-                self.store.write_partition(table_name, name, table)
-            keyed = [outputs[t] for t in self.stage.keyed_outputs()]
-            statuses = [s for t in keyed for s in t.column("status").to_pylist()]
-            errors = [e for t in keyed for e in t.column("error").to_pylist()]
-            stats["ok"] = sum(s == STATUS_OK for s in statuses)
-            stats["errors"] = dict(Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK))
-            stats["rows_out"] = {t: v.num_rows for t, v in outputs.items()}
-        except Exception as e:
-            stats["failed"] = f"{type(e).__name__}: {e}"
-            log.error("partition %s of stage %s failed:\n%s", name, self.stage.name, traceback.format_exc())
+        stats = {"partition": name, "rows_in": rows.num_rows, "failed": None, "attempts": 0}
+        retries, backoff = max(0, int(self.cfg.run.max_retries)), float(self.cfg.run.retry_backoff_s)
+        while True:
+            stats["attempts"] += 1
+            try:
+                self._run_once(name, rows, stats)
+                break
+            except Exception as e:   # not the rows' fault (bad rows are error rows): a model, device or I/O failure
+                if stats["attempts"] <= retries:
+                    wait = backoff * 2 ** (stats["attempts"] - 1)
+                    log.warning("partition %s of stage %s: %s: %s; retry %d of %d in %.1fs", name, self.stage.name,
+                                type(e).__name__, str(e).splitlines()[0] if str(e) else "", stats["attempts"], retries, wait)
+                    time.sleep(wait)
+                    continue
+                stats["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log.debug("partition %s of stage %s failed:\n%s", name, self.stage.name, traceback.format_exc())
+                break
         stats["seconds"] = round(time.perf_counter() - t0, 4)
         atomic_write(self.stats_dir / f"{name}.json", json.dumps(stats))
         return stats
+
+    def _run_once(self, name: str, rows: pa.Table, stats: dict) -> None:
+        self.stage.partition = name
+        if self.stage.files_dir:   # files of an earlier, unfinished attempt at this partition
+            shutil.rmtree(Path(self.cfg.run.dir) / self.stage.files_dir / name, ignore_errors=True)
+        outputs = self._process(rows)
+        for table_name, table in outputs.items():
+            self.store.write_partition(table_name, name, table)
+        keyed = [outputs[t] for t in self.stage.keyed_outputs()]
+        statuses = [s for t in keyed for s in t.column("status").to_pylist()]
+        errors = [e for t in keyed for e in t.column("error").to_pylist()]
+        stats["ok"] = sum(s == STATUS_OK for s in statuses)
+        stats["errors"] = dict(Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK))
+        stats["rows_out"] = {t: v.num_rows for t, v in outputs.items()}
 
     def _process(self, rows: pa.Table) -> dict[str, pa.Table]:
         bs = rows.num_rows if self.stage.whole_partition else max(1, int(self.stage.conf.batch_size))
@@ -115,6 +129,7 @@ def _run_ray(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> lis
     import ray
 
     conf = cls.settings(cfg)
+    check_resources(cls.name, conf)
     items = [{"partition": p.name, "rows": table_to_bytes(p.rows)} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
@@ -124,12 +139,28 @@ def _run_ray(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> lis
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(conf.concurrency))),
         num_cpus=float(conf.num_cpus),
         num_gpus=float(conf.num_gpus),
+        **({"accelerator_type": conf.accelerator_type} if conf.accelerator_type else {}),
     )
     results = []
     for row in ds.iter_rows():
         results.append(json.loads(row["stats"]))
         progress(results[-1])
     return results
+
+
+def check_resources(stage: str, conf) -> None:
+    """Refuse, in one line, a stage that asks for more GPUs per actor, or an accelerator, than the cluster has."""
+    import ray
+
+    have = ray.cluster_resources()
+    gpus = float(conf.num_gpus)
+    if gpus > have.get("GPU", 0.0):
+        raise ConfigError(f"stages.{stage}.num_gpus={gpus:g} per actor, but the cluster has {have.get('GPU', 0.0):g} GPUs; "
+                          f"lower it or add GPU nodes")
+    if conf.accelerator_type and f"accelerator_type:{conf.accelerator_type}" not in have:
+        kinds = sorted(k.split(":", 1)[1] for k in have if k.startswith("accelerator_type:")) or ["none"]
+        raise ConfigError(f"stages.{stage}.accelerator_type={conf.accelerator_type!r}, but the cluster's accelerators are: "
+                          f"{', '.join(kinds)}")
 
 
 def table_counts(store: TableStore, table: str) -> dict:
@@ -179,6 +210,29 @@ def remove_unplanned(store: TableStore, cls: type, planned: set[str]) -> int:
     return len(stale)
 
 
+def passes(cls: type, todo: list[Partition]) -> list[tuple[object, list[Partition]]]:
+    if not cls.pass_column:
+        return [(None, todo)]
+    lanes: dict[object, list[Partition]] = {}
+    for p in todo:
+        lanes.setdefault(p.rows.column(cls.pass_column)[0].as_py(), []).append(p)
+    return sorted(lanes.items(), key=lambda kv: str(kv[0]))
+
+
+def error_fraction_exceeded(cls: type, cfg: DictConfig, results: list[dict]) -> str | None:
+    """A one-line reason when more than `run.max_error_fraction` of the rows computed are unexpected error rows."""
+    done = [r for r in results if not r["failed"]]
+    rows = sum(r["rows_in"] for r in done)
+    bad = Counter()
+    for r in done:
+        bad.update({k: v for k, v in r.get("errors", {}).items() if k not in cls.expected_errors})
+    if rows < int(cfg.run.error_fraction_min_rows) or sum(bad.values()) <= float(cfg.run.max_error_fraction) * rows:
+        return None
+    reasons = ", ".join(f"{k}={v}" for k, v in bad.most_common(3))
+    return (f"stage {cls.name}: {sum(bad.values())} of {rows} rows are errors ({reasons}), more than run.max_error_fraction="
+            f"{cfg.run.max_error_fraction}; nothing kept: fix the cause and re-run")
+
+
 def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=None) -> StageRun:
     """Plan, skip what is finished, run the rest, and count the outputs. `cls` is a stage class
     (`sonify.stages.get_stage`): the engine knows the stage contract, never the stages.
@@ -194,7 +248,8 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
     for t in cls.outputs:
         store.clean_temp_files(t)
     planned = plan(work, cls.fingerprint(cfg, store), existing_partitions(store, cls),
-                   int(cls.settings(cfg).partition_rows), list(cls.content_columns or []) or None, cls.partition_by)
+                   int(cls.settings(cfg).partition_rows), list(cls.content_columns or []) or None, cls.partition_by,
+                   cls.pass_column)
     parts = planned.partitions
     run.partitions = len(parts)
     run.stale_removed = remove_unplanned(store, cls, {p.name for p in parts})
@@ -216,10 +271,17 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
         if cfg.run.executor != "local" and connect is not None:
             connect()   # Ray starts only when there is work for it
         runner = _run_local if cfg.run.executor == "local" else _run_ray
-        results = runner(cls, cfg, todo, progress)
+        results = []
+        for value, part in passes(cls, todo):   # one pass per VLM: no worker ever holds two
+            results += runner(cls, cfg if value is None else cls.pass_config(cfg, value), part, progress)
         run.computed = sum(1 for r in results if not r["failed"])
         run.rows_computed = sum(r["rows_in"] for r in results if not r["failed"])
         run.failed = [f"{r['partition']}: {r['failed']}" for r in results if r["failed"]]
+        too_many = error_fraction_exceeded(cls, cfg, results)
+        if too_many:   # a broken model or decoder must not quietly turn everything into error rows
+            for t in cls.outputs:
+                store.remove_partitions(t, {r["partition"] for r in results})
+            run.computed, run.failed = 0, [too_many]
     bar.close()
     if not run.failed:
         cls.finalize(cfg, store)

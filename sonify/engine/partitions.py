@@ -62,12 +62,14 @@ def dedupe_sorted(work: pa.Table, id_column: str = "id") -> tuple[pa.Table, int]
 
 
 def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], partition_rows: int,
-         content_columns: list[str] | None = None, group_column: str | None = None) -> Plan:
+         content_columns: list[str] | None = None, group_column: str | None = None,
+         split_column: str | None = None) -> Plan:
     """Partitions for `work` (sorted and unique by id; see `dedupe_sorted`).
 
     `existing` maps each partition already on disk to the ids it holds. A finished partition is kept
     when recomputing its name from the current rows of its ids gives the same name. The remaining rows
-    are cut every `partition_rows` rows in id order, or, with `group_column`, one partition per value.
+    are cut every `partition_rows` rows in id order, or, with `group_column`, one partition per value;
+    with `split_column`, rows of different values never share a partition (they run in separate passes).
     """
     if partition_rows < 1:
         raise ValueError("partition_rows must be >= 1")
@@ -92,7 +94,11 @@ def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], parti
             groups.setdefault(g, []).append(n)
         chunks = [groups[g] for g in sorted(groups)]
     else:
-        chunks = [rest[s:s + partition_rows] for s in range(0, len(rest), partition_rows)]
+        lanes: dict[object, list[int]] = {}
+        values = work.column(split_column).to_pylist() if split_column else None
+        for n in rest:
+            lanes.setdefault(values[n] if values else None, []).append(n)
+        chunks = [lane[s:s + partition_rows] for lane in lanes.values() for s in range(0, len(lane), partition_rows)]
     for chunk in chunks:
         name = partition_name(fingerprint, [ids[n] for n in chunk], [digests[n] for n in chunk])
         partitions.append(Partition(name, work.take(pa.array(chunk, pa.int64()))))

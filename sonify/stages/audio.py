@@ -25,6 +25,7 @@ from sonify.stages.base import Stage
 class AudioStage(Stage):
     name = "audio"
     outputs = ("audio_files", "audio_chunks")
+    expected_errors = frozenset({"silent"})
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:

@@ -26,7 +26,8 @@ from sonify.engine.store import TableStore
 
 # Stage settings that change where and how fast work runs, not what it produces: never in a fingerprint,
 # so they must never change an output (model calls run at the fixed shape `model_batch` whatever they are).
-RUNTIME_KEYS = {"batch_size", "text_batch_size", "concurrency", "num_cpus", "num_gpus", "device", "block_mb", "partition_rows"}
+RUNTIME_KEYS = {"batch_size", "text_batch_size", "concurrency", "num_cpus", "num_gpus", "accelerator_type", "device", "block_mb",
+                "partition_rows"}
 
 
 class Stage:
@@ -45,6 +46,10 @@ class Stage:
     # a work-list column whose values name the partitions (e.g. one per shard); default: cut by count
     partition_by: ClassVar[str | None] = None
     whole_partition: ClassVar[bool] = False  # process_batch gets the whole partition (e.g. one shard) at once
+    # a work-list column whose values are run as separate passes, each with its own workers (one VLM per actor pool)
+    pass_column: ClassVar[str | None] = None
+    # error reasons that are expected outcomes of good data (a VLM reply with no list, a silent chunk), not failures
+    expected_errors: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -103,6 +108,11 @@ class Stage:
     def fingerprint(cls, cfg: DictConfig, store: TableStore) -> str:
         """Part of every partition's name: lineage plus whole-table data dependencies."""
         return f"{cls.name}:{cls.lineage(cfg)}:{cls.data_fingerprint(cfg, store)}"
+
+    @classmethod
+    def pass_config(cls, cfg: DictConfig, value: str) -> DictConfig:
+        """The config a pass's workers get (e.g. only that pass's model)."""
+        return cfg
 
     @classmethod
     def keyed_outputs(cls) -> tuple[str, ...]:

@@ -77,6 +77,8 @@ class ConceptsStage(Stage):
     outputs = ("concepts", "captions")
     models = ("vlms",)
     upstream = ("images",)
+    pass_column = "vlm"   # each VLM (or import) is its own pass, with its own actor pool
+    expected_errors = frozenset({"parse_error", "unknown_image"})
     # the image's bytes (by hash) and the import's content; not where the image is stored
     content_columns = ("id", "image_id", "vlm", "origin", "sha256", "import_json", "import_caption", "list_error")
 
@@ -93,6 +95,15 @@ class ConceptsStage(Stage):
             for name in cfg.models.vlms:
                 self.vlms[name] = load_vlm(name, self.conf.backend, cfg.models.tiny_dir, self.conf.device,
                                            self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch))
+
+    @classmethod
+    def pass_config(cls, cfg, value: str):
+        """Workers of one pass load only that pass's VLM (none for an import)."""
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+        cfg.models.vlms = [value] if value in cfg.models.vlms else []
+        return cfg
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
@@ -166,19 +177,13 @@ class ConceptsStage(Stage):
                 good.append(row)
             except ImageRejected as e:
                 out[row["id"]] = failed(row, error_text(e.reason, e.detail))
-        if good:
+        if good:   # a model failure is not the rows' fault: it raises, and the executor retries the partition
             vlm = self.vlms[good[0]["vlm"]]
-            try:
-                captions = vlm.generate(images, self.caption_prompt, self.caption_generation)
-                replies = vlm.generate(images, self.concepts_prompt, self.generation)
-            except Exception as e:
-                err = error_text("vlm_error", f"{type(e).__name__}: {e}")
-                for row in good:
-                    out[row["id"]] = failed(row, err)
-            else:
-                for row, caption, reply in zip(good, captions, replies):
-                    parsed = parse_concepts(reply, self.conf.max_concepts, self.conf.text_template)
-                    out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, reply, parsed), self._caption_row(row, caption))
+            captions = vlm.generate(images, self.caption_prompt, self.caption_generation)
+            replies = vlm.generate(images, self.concepts_prompt, self.generation)
+            for row, caption, reply in zip(good, captions, replies):
+                parsed = parse_concepts(reply, self.conf.max_concepts, self.conf.text_template)
+                out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, reply, parsed), self._caption_row(row, caption))
         return [out[r["id"]] for r in rows]
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:

@@ -41,11 +41,7 @@ class _EmbedStage(Stage):
     def _vectors(self, rows: list[dict], embed, base) -> list[dict]:
         if not rows:
             return []
-        try:
-            raw = embed()
-        except Exception as e:
-            return [{**base(r), "status": STATUS_ERROR, "error": error_text("clap_error", f"{type(e).__name__}: {e}")} for r in rows]
-        unit, norms, ok = normalise(raw)
+        unit, norms, ok = normalise(embed())   # a model failure raises: the executor retries the partition
         out = []
         for r, vec, norm, good in zip(rows, unit, norms, ok):
             row = {**base(r), "norm": float(norm) if np.isfinite(norm) else None}

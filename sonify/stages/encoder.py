@@ -2,13 +2,14 @@
 
 A subclass says how to decode a row (`decode`, raising to make an error row), how to encode a batch
 of decoded inputs (`encode`, one model call), and what a result row holds (`result`). This base
-owns the loop: decode failures and model failures become error rows with their reasons, and
-results are saved atomically under the run folder.
+owns the loop: decode failures become error rows with their reasons (the row is bad), a model
+failure raises (the machine or model is: the executor retries the partition), and results are
+saved atomically in the partition's folder.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +23,6 @@ from sonify.stages.base import Stage
 
 
 class EncoderStage(Stage):
-    model_error: ClassVar[str]          # error reason when the batch's model call fails (ast_error, vae_error)
-
     def base(self, row: dict) -> dict:
         """Columns every output row carries, result or error."""
         raise NotImplementedError
@@ -49,13 +48,7 @@ class EncoderStage(Stage):
                 out[r["id"]] = fail(r, e.reason, e.detail)
             except Exception as e:
                 out[r["id"]] = fail(r, "decode_error", f"{type(e).__name__}: {e}")
-        arrays = []
-        if good:
-            try:
-                arrays = self.encode(inputs)
-            except Exception as e:
-                for r in good:
-                    out[r["id"]] = fail(r, self.model_error, f"{type(e).__name__}: {e}")
+        arrays = self.encode(inputs) if good else []   # a model failure raises: the executor retries the partition
         for r, a in zip(good, arrays):
             if not np.all(np.isfinite(a)):
                 out[r["id"]] = fail(r, "bad_features", "NaN or inf in the model output")

@@ -14,7 +14,6 @@ from sonify.stages.encoder import EncoderStage
 
 class FeaturesStage(EncoderStage):
     name = "features"
-    model_error = "ast_error"
     outputs = ("audio_features",)
     upstream = ("mix",)
     uses = ("stages.audio.chunk_seconds", "stages.mix.sample_rate")

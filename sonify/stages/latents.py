@@ -13,7 +13,6 @@ from sonify.stages.encoder import EncoderStage
 
 class LatentsStage(EncoderStage):
     name = "latents"
-    model_error = "vae_error"
     outputs = ("image_latents",)
     upstream = ("images", "filter")
     files_dir = "features/latents"

@@ -39,6 +39,7 @@ class MixStage(Stage):
     upstream = ("retrieve", "audio")
     uses = ("run.seed", "stages.audio.chunk_seconds")
     files_dir = "mixes"
+    expected_errors = frozenset({"no_audible_component"})
 
     def __init__(self, cfg):
         super().__init__(cfg)
