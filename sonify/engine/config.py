@@ -93,7 +93,7 @@ class ConceptsStageConf(StageConf):
     concepts_prompt: str = "prompts/concepts.txt"   # a file, or the prompt text itself
     caption_prompt: str = "prompts/caption.txt"
     max_concepts: int = 3
-    text_template: str = "{sound}"     # the CLAP query from a parsed item; {object} and {sound}
+    text_template: str = "{line}"      # the CLAP query: {line} (the item as written, no list marker), {object}, {sound}
     dtype: str = "auto"                # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     max_image_side: int = 1024         # images are decoded no larger than this before the processor
