@@ -57,9 +57,92 @@ def test_chunks_are_decoded_from_the_source_at_48k(base_run):
     store = TableStore(cfg.run.dir)
     chunk = next(r for r in store.read("audio_chunks").to_pylist() if r["status"] == "ok" and r["sample_rate"] == 22050)
     clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, "cpu", "float32")
-    direct, _, _ = normalise(clap.embed_audio([load_chunk(chunk["uri"], chunk["start_frame"], chunk["num_frames"], 48000)]))
+    direct, _, _ = normalise(clap.embed_audio([load_chunk(chunk["uri"], chunk["start_frame"], chunk["num_frames"], 48000,
+                                                          cfg.stages.audio.chunk_seconds)]))
     stored = next(r for r in store.read("audio_embeddings").to_pylist() if r["id"] == chunk["id"])["embedding"]
     assert np.allclose(direct[0], np.array(stored, np.float32), atol=2e-3)
+
+
+def _clap_inputs(cfg, rows, monkeypatch):
+    """The clips the embed stage hands CLAP for these work rows."""
+    from omegaconf import OmegaConf
+
+    from sonify.models.clap import ClapEmbedder
+    from sonify.stages.embed import WORK_SCHEMA, EmbedStage
+
+    seen = []
+    real = ClapEmbedder.embed_audio
+
+    def spy(self, clips):
+        seen.extend(np.array(c, copy=True) for c in clips)
+        return real(self, clips)
+
+    monkeypatch.setattr(ClapEmbedder, "embed_audio", spy)
+    full = [{name: r.get(name) for name in WORK_SCHEMA.names} | {"kind": "audio"} for r in rows]
+    EmbedStage(cfg).process_batch(pa.Table.from_pylist(full, schema=WORK_SCHEMA))
+    return seen
+
+
+def test_clap_hears_the_last_chunk_zero_padded_as_mixed(base_run, monkeypatch):
+    cfg, _ = base_run
+    store = TableStore(cfg.run.dir)
+    last = next(r for r in store.read("audio_chunks").to_pylist() if r["status"] == "ok" and r["padding"] > 0.5)
+    (clip,) = _clap_inputs(cfg, [last], monkeypatch)
+    secs = cfg.stages.audio.chunk_seconds
+    assert clip.shape == (int(round(48000 * secs)),)                     # the full chunk, not the short tail
+    real = int(round(last["duration"] * 48000))
+    assert not clip[real + 64:].any() and np.abs(clip[: real - 64]).max() > 0   # zero padding, no repeat
+    mixed = load_chunk(last["uri"], last["start_frame"], last["num_frames"], cfg.stages.mix.sample_rate, secs)
+    assert mixed.size / cfg.stages.mix.sample_rate == clip.size / 48000  # the mix uses the same 5 s
+    mixed_real = int(round(last["duration"] * cfg.stages.mix.sample_rate))
+    assert not mixed[mixed_real + 32:].any()                           # padded with zeros there too
+    assert np.array_equal(clip, load_chunk(last["uri"], last["start_frame"], last["num_frames"], 48000, secs))
+
+
+def test_paper16k_gives_clap_16k_summed_mono(base_run, tmp_path, monkeypatch):
+    import soundfile as sf
+    import soxr
+    from omegaconf import OmegaConf
+
+    cfg, _ = base_run
+    sr, n = 44100, 44100 * 3
+    t = np.arange(n) / sr
+    left, right = 0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 5000 * t)   # 5 kHz: inside 16 kHz's band
+    right[: sr] += 0.1 * np.sin(2 * np.pi * 11000 * t[: sr])                               # 11 kHz: above 8 kHz Nyquist
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], 1).astype(np.float32), sr, subtype="FLOAT")
+    row = {"id": "x-00000", "file_id": "x", "uri": str(path), "start_frame": 0, "num_frames": n}
+    paper = OmegaConf.merge(cfg, {"stages": {"embed": {"audio_input": "paper16k"}}})
+    (clip,) = _clap_inputs(paper, [row], monkeypatch)
+    # the paper's A.7 path written out: sum the channels, 16 kHz, then CLAP's 48 kHz, zero-padded to 5 s
+    summed = (np.float32(left) + np.float32(right)).astype(np.float32)
+    want = soxr.resample(soxr.resample(summed, sr, 16000, quality="HQ"), 16000, 48000, quality="HQ")
+    want = np.pad(want, (0, 5 * 48000 - want.size))
+    assert clip.shape == want.shape and np.allclose(clip, want, atol=1e-6)
+    spectrum = np.abs(np.fft.rfft(clip[: 48000]))
+    freqs = np.fft.rfftfreq(48000, 1 / 48000)
+    assert spectrum[freqs > 8100].max() < 1e-3 * spectrum.max()       # band-limited by the 16 kHz pool
+    (default,) = _clap_inputs(cfg, [row], monkeypatch)
+    mean = ((np.float32(left) + np.float32(right)) / 2).astype(np.float32)             # the default: averaged, at 48 kHz
+    want_default = soxr.resample(mean, sr, 48000, quality="HQ")
+    want_default = np.pad(want_default, (0, 5 * 48000 - want_default.size))
+    assert np.allclose(default, want_default, atol=1e-6) and not np.allclose(default, clip, atol=1e-2)
+    assert cfg.stages.embed.audio_input == "source48k"
+
+
+def test_audio_input_is_a_checked_choice_recorded_in_the_run_config(make_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from sonify.engine.config import save_config
+    from sonify.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stages.embed.audio_input.*source48k, paper16k"):
+        make_cfg("stages.embed.audio_input=16k")
+    cfg = make_cfg("stages.embed.audio_input=paper16k")
+    save_config(cfg, tmp_path / "config.yaml")
+    assert OmegaConf.load(tmp_path / "config.yaml").stages.embed.audio_input == "paper16k"
+    from sonify.stages.embed import EmbedStage
+    assert EmbedStage.fingerprint(cfg) != EmbedStage.fingerprint(make_cfg())
 
 
 def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypatch):

@@ -112,6 +112,9 @@ class FilterStageConf(StageConf):
 @dataclass
 class EmbedStageConf(StageConf):
     text_batch_size: int = 256         # concept texts per forward pass (audio uses batch_size)
+    # CLAP's audio input: source48k = decoded from the source straight to 48 kHz, channels averaged;
+    # paper16k = the paper's A.7 pool (decoded at 16 kHz, channels summed), then resampled to 48 kHz
+    audio_input: str = "source48k"
     dtype: str = "auto"                # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"
 
@@ -213,6 +216,7 @@ CHOICES = {
     "stages.concepts.backend": ["hf", "vllm"],
     "stages.concepts.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.embed.dtype": ["auto", "float32", "bfloat16", "float16"],
+    "stages.embed.audio_input": ["source48k", "paper16k"],
     "stages.retrieve.mode": ["ssr", "raw", "argmax", "softmax"],
     "stages.features.pooling": ["mean", "max", "none"],
     "stages.features.dtype": ["auto", "float32", "bfloat16", "float16"],

@@ -16,12 +16,15 @@ import soundfile as sf
 import soxr
 
 
-def to_mono(block: np.ndarray) -> np.ndarray:
-    """Average channels: (frames, channels) -> (frames,), float32."""
+def to_mono(block: np.ndarray, downmix: str = "mean") -> np.ndarray:
+    """Channels to mono, (frames, channels) -> (frames,), float32: averaged ("mean", the default),
+    or summed ("sum", the paper's A.7 standardisation of the pool before CLAP)."""
     if block.ndim == 1:
         return block.astype(np.float32, copy=False)
     if block.shape[1] == 1:  # mono: a view, no reduction
         return block[:, 0].astype(np.float32, copy=False)
+    if downmix == "sum":
+        return block.sum(axis=1, dtype=np.float32)
     return block.mean(axis=1, dtype=np.float32)
 
 
@@ -69,11 +72,13 @@ def chunk_frames_at(sample_rate: int, chunk_seconds: float) -> int:
 
 
 def load_chunk(uri: str, start_frame: int, num_frames: int, target_sr: int,
-               chunk_seconds: float | None = None) -> np.ndarray:
+               chunk_seconds: float | None = None, downmix: str = "mean", via_sr: int | None = None) -> np.ndarray:
     """Decode one chunk from its source, mono, resampled to `target_sr`.
 
     With `chunk_seconds`, the result is zero-padded (or trimmed by rounding) to exactly
     round(target_sr * chunk_seconds) samples, so every chunk has the same length.
+    `downmix` ("mean" or "sum") makes the mono signal; `via_sr` resamples to that rate first
+    (the paper's 16 kHz pool, then CLAP's 48 kHz).
     """
     with sf.SoundFile(uri) as f:
         src_sr = f.samplerate
@@ -81,7 +86,10 @@ def load_chunk(uri: str, start_frame: int, num_frames: int, target_sr: int,
         block = f.read(num_frames, dtype="float32", always_2d=True)
     if block.shape[0] < num_frames:
         raise ValueError(f"{uri}: expected {num_frames} frames at {start_frame}, decoded {block.shape[0]} (file changed or truncated)")
-    y = resample(to_mono(block), src_sr, target_sr)
+    y = to_mono(block, downmix)
+    if via_sr is not None:
+        y, src_sr = resample(y, src_sr, via_sr), via_sr
+    y = resample(y, src_sr, target_sr)
     if chunk_seconds is not None:
         n = chunk_frames_at(target_sr, chunk_seconds)
         y = np.pad(y, (0, n - y.size)) if y.size < n else y[:n]

@@ -1,7 +1,10 @@
 """Stage `embed`: CLAP audio embeddings of every usable chunk, CLAP text embeddings of every concept.
 
 Chunks are decoded from their source file and resampled to CLAP's rate (48 kHz) here, not from a
-16 kHz copy. Only concepts of images the filter kept are embedded. Embeddings are L2-normalised
+16 kHz copy, and zero-padded to the chunk length exactly as the mix stage uses them, so CLAP scores
+the audio that is mixed (the feature extractor then fills its 10 s window from the padded 5 s;
+an unpadded tail would be repeat-padded, heard looped). `stages.embed.audio_input=paper16k` feeds
+the paper's A.7 pool instead: decoded at 16 kHz with channels summed, then resampled to 48 kHz. Only concepts of images the filter kept are embedded. Embeddings are L2-normalised
 and stored as float16 (Parquet, readable in DuckDB) and, once the stage finishes, as one
 contiguous matrix file per table (`sonify.retrieval.matrices`) for retrieval.
 """
@@ -19,6 +22,8 @@ from sonify.models.clap import ClapEmbedder, normalise
 from sonify.retrieval.matrices import build_matrix
 from sonify.stages.base import Stage
 
+PAPER_POOL_RATE = 16000   # A.7: the pool is standardised to 16 kHz mono (channels summed)
+
 WORK_SCHEMA = pa.schema([
     ("id", pa.string()), ("kind", pa.string()),
     # audio rows
@@ -30,6 +35,7 @@ WORK_SCHEMA = pa.schema([
 
 class EmbedStage(Stage):
     name = "embed"
+    version = 2                         # 2: the last chunk of a file is zero-padded as mixed
     outputs = ("audio_embeddings", "concept_embeddings")
     id_outputs = ("audio_embeddings", "concept_embeddings")
     models = ("clap",)
@@ -37,6 +43,9 @@ class EmbedStage(Stage):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, self.conf.device, self.conf.dtype)
+        self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
+        paper = self.conf.audio_input == "paper16k"
+        self.decode = {"downmix": "sum" if paper else "mean", "via_sr": PAPER_POOL_RATE if paper else None}
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
@@ -61,7 +70,7 @@ class EmbedStage(Stage):
 
     @classmethod
     def fingerprint(cls, cfg) -> str:
-        return super().fingerprint(cfg) + "|" + cfg.models.clap
+        return super().fingerprint(cfg) + "|" + cfg.models.clap + f"|chunk={float(cfg.stages.audio.chunk_seconds)}"
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
@@ -92,7 +101,7 @@ class EmbedStage(Stage):
         base = lambda r: {"id": r["id"], "file_id": r["file_id"], "model": self.clap.name}
         for r in rows:
             try:
-                clips.append(load_chunk(r["uri"], r["start_frame"], r["num_frames"], sr))
+                clips.append(load_chunk(r["uri"], r["start_frame"], r["num_frames"], sr, self.chunk_seconds, **self.decode))
                 good.append(r)
             except Exception as e:
                 out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(e).__name__}: {e}")})
