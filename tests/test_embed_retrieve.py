@@ -229,3 +229,51 @@ def test_matches_do_not_depend_on_worker_count(base_run, tmp_path):
     finally:
         ray.shutdown()
     assert run.computed > 2 and _matches(other) == _matches(cfg)
+
+
+def _by_variant(cfg):
+    out = {}
+    for r in TableStore(cfg.run.dir).read("matches").to_pylist():
+        out.setdefault(r["id"].rsplit("-", 1)[0], {})[r["concept_index"]] = r
+    return out
+
+
+def test_retrieve_partitions_hold_whole_variants(base_run):
+    from sonify.stages.retrieve import RetrieveStage
+
+    from omegaconf import OmegaConf
+
+    cfg, _ = base_run
+    for rows in (1, 2, 4, 7):
+        c = OmegaConf.merge(cfg, {"stages": {"retrieve": {"partition_rows": rows}}})
+        work = RetrieveStage.work_list(c, TableStore(cfg.run.dir)).to_pylist()
+        part_of = {}
+        for r in work:
+            assert part_of.setdefault(r["concept_id"], r["part"]) == r["part"]     # a variant never spans two
+        sizes = {}
+        for r in work:
+            sizes[r["part"]] = sizes.get(r["part"], 0) + 1
+        assert max(sizes.values()) <= max(rows, 3)
+    assert RetrieveStage.partition_by == "part" and RetrieveStage.whole_partition
+
+
+def test_distinct_within_variant_never_repeats_while_the_eligible_set_allows(base_run, tmp_path):
+    cfg, _ = base_run
+    paper = _copy_run(base_run, tmp_path / "paper", "stages.retrieve.k=8")
+    distinct = _copy_run(base_run, tmp_path / "distinct", "stages.retrieve.k=8", "stages.retrieve.distinct_within_variant=true",
+                         "stages.retrieve.partition_rows=4")
+    for c in (paper, distinct):
+        assert not run_stage(get_stage("retrieve"), c, progress_bar=False).failed
+    a, b = _by_variant(paper), _by_variant(distinct)
+    assert a.keys() == b.keys()
+    repeats = 0
+    for v, ms in b.items():
+        chunks = [ms[i]["chunk_id"] for i in sorted(ms)]
+        paper_chunks = [a[v][i]["chunk_id"] for i in sorted(ms)]
+        repeats += len(set(paper_chunks)) < len(paper_chunks)
+        if len(set(chunks)) < len(chunks):        # only where the eligible set ran out
+            assert any("distinct_exhausted" in (m["fallback"] or "") for m in ms.values()), v
+        if len(set(paper_chunks)) == len(paper_chunks):
+            assert chunks == paper_chunks          # no collision: exactly the paper's matches
+    assert repeats > 0, "the paper's rule repeats chunks in this run: the check above can fail"
+    assert any("distinct_redraw" in (m["fallback"] or "") for ms in b.values() for m in ms.values())

@@ -127,6 +127,10 @@ class RetrieveStageConf(StageConf):
     temperature: float = 0.05          # softmax mode: sampling over the top-k cosines / temperature
     device: str = "auto"               # the pool sits here (cuda when present)
     block_mb: int = 256                # memory for one block of query x pool scores
+    # opt-in: concepts of one image variant never share a chunk while the eligible set allows it
+    # (a repeat is the generator's next draw from the same set without the taken chunks);
+    # false = Algorithm 1 exactly as the paper (repeats possible, recorded in mixes.repeated_chunks)
+    distinct_within_variant: bool = False
 
 
 @dataclass

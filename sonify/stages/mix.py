@@ -5,13 +5,15 @@ BS.1770-4 meter (`sonify.media.loudness`), scaled to a target drawn uniformly fr
 [lufs_min, lufs_max] by a generator keyed by (seed, image, vlm, concept index), and summed.
 Silent components (loudness -inf: below the absolute gate) are left out with a reason; a variant
 with none left is an error row. A sum whose sample peak is above the ceiling is scaled down and
-the gain recorded. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
+the gain recorded. A chunk matched by two concepts of one variant (Algorithm 1 allows it) is summed
+twice and listed in `repeated_chunks`; `stages.retrieve.distinct_within_variant` avoids it. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
 release manifest (`sonify.mixing.release`) is written.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +41,7 @@ def mix_relpath(variant_id: str) -> str:
 
 class MixStage(Stage):
     name = "mix"
+    version = 2                         # 2: mixes.repeated_chunks
     outputs = ("mixes",)
 
     def __init__(self, cfg):
@@ -79,7 +82,9 @@ class MixStage(Stage):
 
     def _mix(self, row: dict) -> dict:
         conf, seed = self.conf, int(self.cfg.run.seed)
-        out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate}
+        counts = Counter(c["chunk_id"] for c in row["components"])
+        out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate,
+               "repeated_chunks": sorted(k for k, n in counts.items() if n > 1)}
         comps, signals, weighted, gains = [], [], [], []
         for c in row["components"]:
             rng = keyed_rng(seed, row["image_id"], row["vlm"], c["concept_index"], "mix")
