@@ -26,6 +26,9 @@ REPLIES = [
       ("Matador", "The sound of the matador's cape swishing"), ("Crowd", "The sound of the crowd cheering")]),
     ("1.Clock:ticking\n2.Kettle:whistling", [("Clock", "ticking"), ("Kettle", "whistling")]),
     ("Woman: humming", [("Woman", "humming")]),
+    ("Wind chime - tinkling", [("Wind chime", "tinkling")]),
+    ("Dog (barking), cat (meowing), bird (chirping)", [("Dog", "barking"), ("cat", "meowing"), ("bird", "chirping")]),
+    ("Dog barking, car honking and birds chirping.", [("Dog barking", "Dog barking"), ("car honking", "car honking"), ("birds chirping", "birds chirping")]),
     # JSON: arrays of objects in a code fence (Qwen2-VL / InternVL style), arrays of strings, objects holding arrays
     ('```json\n[\n  {"object": "Dog", "sound": "barking"},\n  {"object": "Car", "sound": "engine revving"}\n]\n```',
      [("Dog", "barking"), ("Car", "engine revving")]),
@@ -75,7 +78,10 @@ def test_more_than_three_items_keeps_three_and_records_it():
     assert [c.object for c in r.concepts] == ["Thing1", "Thing2", "Thing3"] and r.items_found == 6
 
 
-@pytest.mark.parametrize("reply", ["", "   ", None, "The image shows a calm landscape with no sounds.", "I cannot help with that."])
+@pytest.mark.parametrize("reply", ["", "   ", None, "The image shows a calm landscape with no sounds.", "I cannot help with that.",
+                                   "Note: this image has no sound sources.", "I'm sorry: I cannot identify sounds here.",
+                                   "Description: a logo on a white background", "The image shows a dog, a cat and a bird.",
+                                   "There is a quiet street - nothing moves."])
 def test_replies_without_a_list_are_parse_errors(reply):
     r = parse_concepts(reply)
     assert r.concepts == [] and r.error.startswith("parse_error:")

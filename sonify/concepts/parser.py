@@ -8,8 +8,10 @@ VLMs answer the concepts prompt in many shapes, and each family is read here:
   apostrophes (`['Bull - The sound of a bull's charge', ...]`), which `ast.literal_eval` rejects;
 - JSON, bare or in a ``` code fence: arrays of strings, of objects (`{"object": .., "sound": ..}`,
   `{"name": ..}`), of pairs, an object holding such an array, or an object of `name: sound`;
-- key-value blocks (`Object: Dog` / `Sound: barking`) and `Name: sound` lines, including a one-line
-  reply with no list marker (`Woman: humming`);
+- key-value blocks (`Object: Dog` / `Sound: barking`) and `Name: sound` or `Name - sound` lines,
+  including a one-line reply with no list marker (`Woman: humming`);
+- one line of short comma-separated items, with the sound in parentheses or not
+  (`Dog (barking), cat (meowing)`); a sentence ('The image shows a dog, a cat') is not a list;
 - preambles, closing sentences and repeated items (kept once).
 Anything with no list at all is a parse error, never an exception.
 """
@@ -28,12 +30,16 @@ SEPARATORS = re.compile(r"\s+[-–—]\s+|\s*:\s*(?=\S)|\s*:$|\s+[-–—]$")
 MARKDOWN = re.compile(r"\*\*|__|`|(?<!\w)\*(?!\s)|(?<=\S)\*(?!\w)")
 SOUND_PREFIX = re.compile(r"^(?:(?:the|a|an)\s+)?(?:sound|noise)s?\s+of\s+", re.I)
 FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)(?:```|$)", re.S)
-KEY_VALUE = re.compile(r"^\s*(?P<key>[^\s:][^:\n]{0,60}?)\s*:\s*(?P<value>\S.*?)\s*$")
+KEY_VALUE = re.compile(r"^\s*(?P<key>[^\s:][^:\n]{0,60}?)(?:\s*:|\s+[-–—])\s*(?P<value>\S.*?)\s*$")
 FIELD = re.compile(rf"^\s*(?:{MARKER}\s*)?(?P<field>object|source|item|name|thing|entity|sound(?:\s+\w+)?|noise|audio)"
                    r"\s*\d*\s*[:=]\s*(?P<value>.+?)\s*$", re.I)
 OBJECT_KEYS = ("object", "object_name", "name", "item", "source", "entity", "thing", "label", "noun", "concept")
 SOUND_KEYS = ("sound", "sounds", "sound_description", "description", "noise", "audio", "sound_made", "makes")
 OBJECT_FIELDS = {"object", "source", "item", "name", "thing", "entity"}
+# `Key: value` lines whose key is a remark, not a sounding object ('Note: no sound here')
+NOT_OBJECTS = re.compile(r"^(?:note|notes|sorry|i|i'm|i’m|answer|response|output|summary|caption|description|image|"
+                         r"picture|photo|here|sure|explanation|reason|unfortunately|however|overall|warning|disclaimer)\b",
+                         re.I)
 
 
 @dataclass(frozen=True)
@@ -183,14 +189,25 @@ def _field_blocks(lines: list[str]) -> list[str] | None:
 
 
 def _key_value_lines(lines: list[str]) -> list[str] | None:
-    """'Dog: barking' lines with no list marker (one line is enough: 'Woman: humming')."""
+    """'Dog: barking' or 'Dog - barking' lines with no list marker (one is enough: 'Woman: humming')."""
     out = []
     for line in lines:
         m = KEY_VALUE.match(MARKDOWN.sub("", line))
         if m and len(m.group("key").split()) <= 4 and not re.search(r"[.!?]$", m.group("key")) \
-                and len(m.group("value").split()) <= 16:
+                and not NOT_OBJECTS.match(m.group("key").strip()) and len(m.group("value").split()) <= 16:
             out.append(line.strip())
     return out or None
+
+
+def _comma_line(lines: list[str]) -> list[str] | None:
+    """A one-line reply of short comma-separated items: 'Dog (barking), car horn, birds chirping'."""
+    body = [line.strip() for line in lines if line.strip()]
+    if len(body) != 1 or NOT_OBJECTS.match(body[0]) or re.match(r"(?i)^(?:the|this|there|it|in)\b", body[0]):
+        return None
+    parts = [p.strip() for p in re.split(r",\s*(?:and\s+)?|\s+and\s+(?=[^,]*$)", body[0].rstrip(". ")) if p.strip()]
+    if len(parts) < 2 or any(len(p.split()) > 6 for p in parts):
+        return None
+    return parts
 
 
 def _items(text: str) -> list[str]:
@@ -213,7 +230,7 @@ def _items(text: str) -> list[str]:
         parts = INLINE_NUMBER.split(line)
         if len(parts) >= 3:
             return [p for p in parts[1:] if p.strip()]
-    return _key_value_lines(lines) or []
+    return _key_value_lines(lines) or _comma_line(lines) or []
 
 
 def item_line(item: str) -> str:
@@ -228,6 +245,9 @@ def split_item(item: str) -> tuple[str, str]:
     A list marker still on the item ('1. Dog - ...', as imported lists sometimes hold) is dropped.
     """
     body = item_line(item)
+    paren = re.match(r"^([^()]+?)\s*\(([^()]+)\)$", body)      # 'Dog (barking)'
+    if paren:
+        return _clean(paren.group(1)), _clean(paren.group(2))
     m = SEPARATORS.search(body)
     if m and m.start() > 0:
         obj, sound = _clean(body[: m.start()]), _clean(body[m.end():])
