@@ -91,3 +91,55 @@ def test_audio_stage_nonfinite_samples_are_error_rows(tmp_path, make_cfg):
     listing = pa.Table.from_pylist([{"id": "n", "source": "t", "uri": str(path), "relpath": "nan.wav", "labels": [], "list_error": None}])
     files, chunks = _process(_stage(make_cfg), listing)
     assert files[0]["error"].startswith("corrupt:") and chunks == []
+
+
+def _one(path, make_cfg):
+    listing = pa.Table.from_pylist([{"id": "f", "source": "t", "uri": str(path), "relpath": path.name, "labels": [], "list_error": None}])
+    return _process(_stage(make_cfg), listing)
+
+
+def test_antiphase_stereo_is_channels_cancel_not_silent(tmp_path, make_cfg):
+    x = 0.5 * np.sin(2 * np.pi * 440 * np.arange(16000 * 7) / 16000)
+    sf.write(tmp_path / "anti.wav", np.stack([x, -x], 1).astype(np.float32), 16000, subtype="FLOAT")
+    files, chunks = _one(tmp_path / "anti.wav", make_cfg)
+    assert files[0]["error"].startswith("channels_cancel:") and "antiphase" in files[0]["error"]
+    assert len(chunks) == 2 and all(c["error"].startswith("channels_cancel:") for c in chunks)
+    sf.write(tmp_path / "quiet.wav", np.zeros((16000, 2), np.float32), 16000, subtype="FLOAT")
+    assert _one(tmp_path / "quiet.wav", make_cfg)[0][0]["error"].startswith("silent:")   # true silence stays silent
+
+
+def _cut(src, dst, fraction):
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize("fraction", [1 / 3, 0.9])
+def test_truncated_wav_is_truncated(tmp_path, make_cfg, fraction):
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "full.wav", rng.normal(0, 0.1, (22050 * 12, 2)).astype(np.float32), 22050, subtype="PCM_16")
+    assert _one(tmp_path / "full.wav", make_cfg)[0][0]["status"] == "ok"
+    files, chunks = _one(_cut(tmp_path / "full.wav", tmp_path / "cut.wav", fraction), make_cfg)
+    assert files[0]["error"].startswith("truncated:") and "RIFF data chunk" in files[0]["error"] and chunks == []
+
+
+@pytest.mark.parametrize("fraction", [1 / 3, 0.9])
+def test_truncated_flac_is_truncated(tmp_path, make_cfg, fraction):
+    rng = np.random.default_rng(1)
+    sf.write(tmp_path / "full.flac", rng.normal(0, 0.1, 44100 * 12).astype(np.float32), 44100, format="FLAC")
+    assert _one(tmp_path / "full.flac", make_cfg)[0][0]["status"] == "ok"
+    files, chunks = _one(_cut(tmp_path / "full.flac", tmp_path / "cut.flac", fraction), make_cfg)
+    assert files[0]["error"].startswith("truncated:") and chunks == []
+
+
+def test_declared_frames_reads_the_headers_not_the_decoder(tmp_path):
+    from sonify.media.audio import declared_frames
+
+    sf.write(tmp_path / "a.wav", np.zeros((1234, 3), np.float32), 8000, subtype="PCM_24")
+    sf.write(tmp_path / "a.flac", np.zeros(4321, np.float32), 8000, format="FLAC")
+    sf.write(tmp_path / "a.ogg", np.zeros(4000, np.float32), 8000, format="OGG")
+    assert declared_frames(str(tmp_path / "a.wav")) == (1234, "RIFF data chunk")
+    assert declared_frames(str(tmp_path / "a.flac")) == (4321, "FLAC STREAMINFO")
+    assert declared_frames(str(tmp_path / "a.ogg"))[0] is None
+    cut = _cut(tmp_path / "a.wav", tmp_path / "b.wav", 0.5)
+    assert declared_frames(str(cut))[0] == 1234 and sf.info(str(cut)).frames < 1234   # libsndfile counts what is there

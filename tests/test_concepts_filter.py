@@ -97,7 +97,8 @@ def test_parseable_replies_become_concepts(ingested, monkeypatch, tmp_path):
     run_stage(get_stage("concepts"), cfg, progress_bar=False)
     rows = _concepts(cfg)
     assert rows and all(r["status"] == "ok" and [c["object"] for c in r["concepts"]] == ["Dog", "Waves"] for r in rows)
-    assert rows[0]["concepts"][0]["text"] == "The sound of a dog barking"
+    # the CLAP query is the line as the VLM wrote it, without its marker or markdown (object kept)
+    assert [c["text"] for c in rows[0]["concepts"]] == ["Dog - The sound of a dog barking", "Waves: crashing waves"]
 
 
 def test_image_gone_after_ingest_is_an_error_row(ingested, tmp_path, demo_dir):
@@ -126,8 +127,9 @@ def test_import_formats_jsonl_with_image_ids_and_structs(ingested, tmp_path):
     cfg2 = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: released, path: '{path}'}}]")
     run_stage(get_stage("concepts"), cfg2, progress_bar=False)
     rows = {r["image_id"]: r for r in _concepts(cfg2)}
-    assert rows[images[0]["id"]]["concepts"] == [{"object": "Dog", "sound": "barking", "text": "barking"}]
+    assert rows[images[0]["id"]]["concepts"] == [{"object": "Dog", "sound": "barking", "text": "Dog - barking"}]
     assert [c["object"] for c in rows[images[1]["id"]]["concepts"]] == ["Car", "Bell"]
+    assert [c["text"] for c in rows[images[1]["id"]]["concepts"]] == ["Car - honking", "Bell - ringing"]
     run_stage(get_stage("filter"), cfg2, progress_bar=False)
     kept = {r["id"]: r for r in TableStore(cfg2.run.dir).read("kept_images").to_pylist()}
     assert kept[images[0]["id"]]["kept"] and kept[images[1]["id"]]["reason"] == "keyword:sign"
@@ -170,3 +172,12 @@ def test_vllm_backend_without_vllm_says_how_to_install_it():
 
     with pytest.raises(ConfigError, match="sonify\\[vllm\\]"):
         load_vlm("tiny:vlm", "vllm", "/tmp", "cpu", "float32", False)
+
+
+def test_bad_text_template_fails_in_one_line(ingested):
+    from sonify.engine.errors import ConfigError
+    from sonify.stages.concepts import ConceptsStage
+
+    cfg = ingested("stages.concepts.text_template='{noun} sound'")
+    with pytest.raises(ConfigError, match=r"stages.concepts.text_template.*\{line\}, \{object\}, \{sound\}"):
+        ConceptsStage.work_list(cfg, TableStore(cfg.run.dir))

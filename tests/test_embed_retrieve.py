@@ -57,9 +57,90 @@ def test_chunks_are_decoded_from_the_source_at_48k(base_run):
     store = TableStore(cfg.run.dir)
     chunk = next(r for r in store.read("audio_chunks").to_pylist() if r["status"] == "ok" and r["sample_rate"] == 22050)
     clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, "cpu", "float32")
-    direct, _, _ = normalise(clap.embed_audio([load_chunk(chunk["uri"], chunk["start_frame"], chunk["num_frames"], 48000)]))
+    direct, _, _ = normalise(clap.embed_audio([load_chunk(chunk["uri"], chunk["start_frame"], chunk["num_frames"], 48000,
+                                                          cfg.stages.audio.chunk_seconds)]))
     stored = next(r for r in store.read("audio_embeddings").to_pylist() if r["id"] == chunk["id"])["embedding"]
     assert np.allclose(direct[0], np.array(stored, np.float32), atol=2e-3)
+
+
+def _clap_inputs(cfg, rows, monkeypatch):
+    """The clips the embed stage hands CLAP for these work rows."""
+    from sonify.models.clap import ClapEmbedder
+    from sonify.stages.embed import EmbedAudioStage
+
+    seen = []
+    real = ClapEmbedder.embed_audio
+
+    def spy(self, clips):
+        seen.extend(np.array(c, copy=True) for c in clips)
+        return real(self, clips)
+
+    monkeypatch.setattr(ClapEmbedder, "embed_audio", spy)
+    columns = ("id", "file_id", "uri", "start_frame", "num_frames")
+    EmbedAudioStage(cfg).process_batch(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]))
+    return seen
+
+
+def test_clap_hears_the_last_chunk_zero_padded_as_mixed(base_run, monkeypatch):
+    cfg, _ = base_run
+    store = TableStore(cfg.run.dir)
+    last = next(r for r in store.read("audio_chunks").to_pylist() if r["status"] == "ok" and r["padding"] > 0.5)
+    (clip,) = _clap_inputs(cfg, [last], monkeypatch)
+    secs = cfg.stages.audio.chunk_seconds
+    assert clip.shape == (int(round(48000 * secs)),)                     # the full chunk, not the short tail
+    real = int(round(last["duration"] * 48000))
+    assert not clip[real + 64:].any() and np.abs(clip[: real - 64]).max() > 0   # zero padding, no repeat
+    mixed = load_chunk(last["uri"], last["start_frame"], last["num_frames"], cfg.stages.mix.sample_rate, secs)
+    assert mixed.size / cfg.stages.mix.sample_rate == clip.size / 48000  # the mix uses the same 5 s
+    mixed_real = int(round(last["duration"] * cfg.stages.mix.sample_rate))
+    assert not mixed[mixed_real + 32:].any()                           # padded with zeros there too
+    assert np.array_equal(clip, load_chunk(last["uri"], last["start_frame"], last["num_frames"], 48000, secs))
+
+
+def test_paper16k_gives_clap_16k_summed_mono(base_run, tmp_path, monkeypatch):
+    import soundfile as sf
+    import soxr
+    from omegaconf import OmegaConf
+
+    cfg, _ = base_run
+    sr, n = 44100, 44100 * 3
+    t = np.arange(n) / sr
+    left, right = 0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 5000 * t)   # 5 kHz: inside 16 kHz's band
+    right[: sr] += 0.1 * np.sin(2 * np.pi * 11000 * t[: sr])                               # 11 kHz: above 8 kHz Nyquist
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], 1).astype(np.float32), sr, subtype="FLOAT")
+    row = {"id": "x-00000", "file_id": "x", "uri": str(path), "start_frame": 0, "num_frames": n}
+    paper = OmegaConf.merge(cfg, {"stages": {"embed": {"audio_input": "paper16k"}}})
+    (clip,) = _clap_inputs(paper, [row], monkeypatch)
+    # the paper's A.7 path written out: sum the channels, 16 kHz, then CLAP's 48 kHz, zero-padded to 5 s
+    summed = (np.float32(left) + np.float32(right)).astype(np.float32)
+    want = soxr.resample(soxr.resample(summed, sr, 16000, quality="HQ"), 16000, 48000, quality="HQ")
+    want = np.pad(want, (0, 5 * 48000 - want.size))
+    assert clip.shape == want.shape and np.allclose(clip, want, atol=1e-6)
+    spectrum = np.abs(np.fft.rfft(clip[: 48000]))
+    freqs = np.fft.rfftfreq(48000, 1 / 48000)
+    assert spectrum[freqs > 8100].max() < 1e-3 * spectrum.max()       # band-limited by the 16 kHz pool
+    (default,) = _clap_inputs(cfg, [row], monkeypatch)
+    mean = ((np.float32(left) + np.float32(right)) / 2).astype(np.float32)             # the default: averaged, at 48 kHz
+    want_default = soxr.resample(mean, sr, 48000, quality="HQ")
+    want_default = np.pad(want_default, (0, 5 * 48000 - want_default.size))
+    assert np.allclose(default, want_default, atol=1e-6) and not np.allclose(default, clip, atol=1e-2)
+    assert cfg.stages.embed.audio_input == "source48k"
+
+
+def test_audio_input_is_a_checked_choice_recorded_in_the_run_config(make_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from sonify.engine.config import save_config
+    from sonify.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stages.embed.audio_input.*source48k, paper16k"):
+        make_cfg("stages.embed.audio_input=16k")
+    cfg = make_cfg("stages.embed.audio_input=paper16k")
+    save_config(cfg, tmp_path / "config.yaml")
+    assert OmegaConf.load(tmp_path / "config.yaml").stages.embed.audio_input == "paper16k"
+    from sonify.stages.embed import EmbedAudioStage
+    assert EmbedAudioStage.lineage(cfg) != EmbedAudioStage.lineage(make_cfg())
 
 
 def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypatch):
@@ -153,3 +234,50 @@ def test_matches_do_not_depend_on_worker_count(base_run, tmp_path):
     finally:
         ray.shutdown()
     assert run.computed > 2 and _matches(other) == _matches(cfg)
+
+
+def _by_variant(cfg):
+    out = {}
+    for r in TableStore(cfg.run.dir).read("matches").to_pylist():
+        out.setdefault(r["id"].rsplit("-", 1)[0], {})[r["concept_index"]] = r
+    return out
+
+
+def test_retrieve_partitions_hold_whole_variants(base_run):
+    from sonify.stages.retrieve import RetrieveStage
+
+    cfg, _ = base_run
+    from sonify.engine.partitions import dedupe_sorted, plan
+
+    work, _ = dedupe_sorted(RetrieveStage.work_list(cfg, TableStore(cfg.run.dir)))
+    for rows in (1, 2, 4, 7):
+        parts = plan(work, "fp", {}, rows, together_column=RetrieveStage.keep_together).partitions
+        part_of = {}
+        for p in parts:
+            for cid in p.rows.column("concept_id").to_pylist():
+                assert part_of.setdefault(cid, p.name) == p.name     # a variant never spans two
+        assert max(p.rows.num_rows for p in parts) <= rows + 2     # a cut waits for the variant's end (3 concepts at most)
+        assert sum(p.rows.num_rows for p in parts) == work.num_rows
+    assert RetrieveStage.keep_together == "concept_id" and RetrieveStage.whole_partition
+
+
+def test_distinct_within_variant_never_repeats_while_the_eligible_set_allows(base_run, tmp_path):
+    cfg, _ = base_run
+    paper = _copy_run(base_run, tmp_path / "paper", "stages.retrieve.k=8")
+    distinct = _copy_run(base_run, tmp_path / "distinct", "stages.retrieve.k=8", "stages.retrieve.distinct_within_variant=true",
+                         "stages.retrieve.partition_rows=4")
+    for c in (paper, distinct):
+        assert not run_stage(get_stage("retrieve"), c, progress_bar=False).failed
+    a, b = _by_variant(paper), _by_variant(distinct)
+    assert a.keys() == b.keys()
+    repeats = 0
+    for v, ms in b.items():
+        chunks = [ms[i]["chunk_id"] for i in sorted(ms)]
+        paper_chunks = [a[v][i]["chunk_id"] for i in sorted(ms)]
+        repeats += len(set(paper_chunks)) < len(paper_chunks)
+        if len(set(chunks)) < len(chunks):        # only where the eligible set ran out
+            assert any("distinct_exhausted" in (m["fallback"] or "") for m in ms.values()), v
+        if len(set(paper_chunks)) == len(paper_chunks):
+            assert chunks == paper_chunks          # no collision: exactly the paper's matches
+    assert repeats > 0, "the paper's rule repeats chunks in this run: the check above can fail"
+    assert any("distinct_redraw" in (m["fallback"] or "") for ms in b.values() for m in ms.values())

@@ -193,3 +193,26 @@ def test_render_on_ray_matches_the_pipeline(mixed_run, tmp_path, demo_dir):
     assert code == 0
     for m in (m for m in TableStore(cfg.run.dir).read("mixes").to_pylist() if m["status"] == "ok"):
         assert hashlib.sha256((out / m["path"].split("/", 2)[2]).read_bytes()).hexdigest() == m["flac_sha256"]
+
+
+def test_repeated_chunks_are_recorded_in_the_mixes_row(mixed_run, tmp_path):
+    from sonify.stages.mix import MixStage
+
+    cfg = copy_run(mixed_run, tmp_path)
+    work = MixStage.work_list(cfg, TableStore(cfg.run.dir)).to_pylist()
+    row = next(r for r in work if len(r["components"]) >= 2)
+    stage = MixStage(cfg)
+    stage.partition = "part-test"
+    distinct = [c for c in row["components"] if c["chunk_id"] != row["components"][0]["chunk_id"]]
+    clean = stage._mix({**row, "components": [row["components"][0]] + distinct[:1]})
+    assert clean["repeated_chunks"] == []
+    twice = [dict(row["components"][0]), dict(row["components"][0])]     # same target: an exact doubling
+    doubled = stage._mix({**row, "components": twice})
+    assert doubled["repeated_chunks"] == [row["components"][0]["chunk_id"]]
+    single = stage._mix({**row, "components": twice[:1]})
+    hot = doubled["lufs"] - doubled["mix_gain_db"] - (single["lufs"] - single["mix_gain_db"])
+    assert hot == pytest.approx(20 * np.log10(2), abs=0.01)     # summed coherently: 6 dB hotter
+    stored = TableStore(cfg.run.dir).read("mixes").to_pylist()
+    for m in stored:                              # the stage's own rows agree with their components
+        ids = [c["chunk_id"] for c in m["components"]]
+        assert m["repeated_chunks"] == sorted({i for i in ids if ids.count(i) > 1})

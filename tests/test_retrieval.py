@@ -85,3 +85,42 @@ def test_ablation_modes(mode):
             assert m.chunk == idx[0] and m.rank == 0
         if mode == "raw":
             assert m.cosine > vals.mean() and np.isfinite(m.threshold)
+
+
+@pytest.mark.parametrize("mode", ["ssr", "raw", "argmax", "softmax"])
+def test_distinct_within_a_variant_never_repeats_while_the_set_allows(mode):
+    from sonify.retrieval.algorithm import choose_distinct
+
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(400, 8)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    pool[10:16] = pool[0]                          # six identical best chunks for the shared query
+    r = BlockedRetriever(pool, 8, "cpu")
+    q = pool[:1].repeat(3, axis=0)                 # three concepts of one variant asking the same thing
+    topk = list(r.topk(q))
+    default_repeats = 0
+    for v in range(300):
+        taken, plain, chosen = set(), [], []
+        for i, (vals, idx, ties) in enumerate(topk):
+            plain.append(choose(vals, idx, mode, keyed_rng(0, f"img{v}", "vlm", i), 0.05, ties).chunk)
+            m = choose_distinct(vals, idx, mode, keyed_rng(0, f"img{v}", "vlm", i), taken, 0.05, ties)
+            if i == 0 or plain[i] not in chosen:
+                assert m.chunk == plain[i] and not (m.fallback or "").count("distinct")   # no collision: the paper's draw
+            else:
+                assert "distinct_redraw" in m.fallback
+            if mode in ("ssr", "raw", "argmax"):
+                eligible = eligible_set(vals, idx, mode, ties)[0] if mode != "argmax" else np.sort(ties if ties is not None else idx[vals == vals[0]])
+                assert m.chunk in set(eligible.tolist())                                   # from the same set
+            taken.add(m.chunk)
+            chosen.append(m.chunk)
+        default_repeats += len(set(plain)) < len(plain)
+        assert len(set(chosen)) == len(chosen)
+    assert default_repeats > 0                       # the paper's rule does repeat here: the test can fail
+
+
+def test_distinct_keeps_the_repeat_when_the_set_is_exhausted():
+    from sonify.retrieval.algorithm import choose_distinct
+
+    vals, idx = np.array([0.9, 0.1, 0.05]), np.array([7, 3, 4])
+    m = choose_distinct(vals, idx, "ssr", keyed_rng(0, "i", "v", 1), {7})
+    assert m.chunk == 7 and m.fallback == "distinct_exhausted"     # only chunk 7 is above the threshold

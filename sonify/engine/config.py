@@ -104,7 +104,7 @@ class ConceptsStageConf(StageConf):
     concepts_prompt: str = "prompts/concepts.txt"   # a file, or the prompt text itself
     caption_prompt: str = "prompts/caption.txt"
     max_concepts: int = 3
-    text_template: str = "{sound}"     # the CLAP query from a parsed item; {object} and {sound}
+    text_template: str = "{line}"      # the CLAP query: {line} (the item as written, no list marker), {object}, {sound}
     dtype: str = "auto"                # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     max_image_side: int = 1024         # images are decoded no larger than this before the processor
@@ -125,6 +125,9 @@ class EmbedStageConf(StageConf):
     text_batch_size: int = 256         # concept texts per process call (audio rows use batch_size)
     model_batch: int = 8               # clips or texts per model call, a fixed shape (the last call padded): in the fingerprint
     text_max_tokens: int = 77          # every text is padded (or cut) to this many tokens, as CLAP was trained
+    # CLAP's audio input: source48k = decoded from the source straight to 48 kHz, channels averaged;
+    # paper16k = the paper's A.7 pool (decoded at 16 kHz, channels summed), then resampled to 48 kHz
+    audio_input: str = "source48k"
     dtype: str = "auto"                # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"
 
@@ -137,6 +140,10 @@ class RetrieveStageConf(StageConf):
     temperature: float = 0.05          # softmax mode: sampling over the top-k cosines / temperature
     device: str = "auto"               # the pool sits here (cuda when present)
     block_mb: int = 256                # memory for one block of query x pool scores
+    # opt-in: concepts of one image variant never share a chunk while the eligible set allows it
+    # (a repeat is the generator's next draw from the same set without the taken chunks);
+    # false = Algorithm 1 exactly as the paper (repeats possible, recorded in mixes.repeated_chunks)
+    distinct_within_variant: bool = False
 
 
 @dataclass
@@ -228,6 +235,7 @@ CHOICES = {
     "stages.concepts.backend": ["hf", "vllm"],
     "stages.concepts.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.embed.dtype": ["auto", "float32", "bfloat16", "float16"],
+    "stages.embed.audio_input": ["source48k", "paper16k"],
     "stages.retrieve.mode": ["ssr", "raw", "argmax", "softmax"],
     "stages.features.pooling": ["mean", "max", "none"],
     "stages.features.dtype": ["auto", "float32", "bfloat16", "float16"],

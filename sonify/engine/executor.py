@@ -249,7 +249,7 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
         store.clean_temp_files(t)
     planned = plan(work, cls.fingerprint(cfg, store), existing_partitions(store, cls),
                    int(cls.settings(cfg).partition_rows), list(cls.content_columns or []) or None, cls.partition_by,
-                   cls.pass_column)
+                   cls.pass_column, cls.keep_together)
     parts = planned.partitions
     run.partitions = len(parts)
     run.stale_removed = remove_unplanned(store, cls, {p.name for p in parts})

@@ -63,13 +63,14 @@ def dedupe_sorted(work: pa.Table, id_column: str = "id") -> tuple[pa.Table, int]
 
 def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], partition_rows: int,
          content_columns: list[str] | None = None, group_column: str | None = None,
-         split_column: str | None = None) -> Plan:
+         split_column: str | None = None, together_column: str | None = None) -> Plan:
     """Partitions for `work` (sorted and unique by id; see `dedupe_sorted`).
 
     `existing` maps each partition already on disk to the ids it holds. A finished partition is kept
     when recomputing its name from the current rows of its ids gives the same name. The remaining rows
     are cut every `partition_rows` rows in id order, or, with `group_column`, one partition per value;
-    with `split_column`, rows of different values never share a partition (they run in separate passes).
+    with `split_column`, rows of different values never share a partition (they run in separate passes);
+    with `together_column`, rows of equal values are never cut apart (they must sort next to each other).
     """
     if partition_rows < 1:
         raise ValueError("partition_rows must be >= 1")
@@ -98,12 +99,26 @@ def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], parti
         values = work.column(split_column).to_pylist() if split_column else None
         for n in rest:
             lanes.setdefault(values[n] if values else None, []).append(n)
-        chunks = [lane[s:s + partition_rows] for lane in lanes.values() for s in range(0, len(lane), partition_rows)]
+        together = work.column(together_column).to_pylist() if together_column else None
+        chunks = [c for lane in lanes.values() for c in _cut(lane, partition_rows, together)]
     for chunk in chunks:
         name = partition_name(fingerprint, [ids[n] for n in chunk], [digests[n] for n in chunk])
         partitions.append(Partition(name, work.take(pa.array(chunk, pa.int64()))))
     partitions.sort(key=lambda p: p.rows.column("id")[0].as_py())   # processed in id order
     return Plan(partitions, set(kept), set(existing) - {p.name for p in partitions})
+
+
+def _cut(rows: list[int], size: int, together: list | None) -> list[list[int]]:
+    """Runs of `size` rows; with `together`, a run ends only where the value changes."""
+    if together is None:
+        return [rows[s:s + size] for s in range(0, len(rows), size)]
+    chunks, current = [], []
+    for n in rows:
+        if len(current) >= size and together[n] != together[current[-1]]:
+            chunks.append(current)
+            current = []
+        current.append(n)
+    return chunks + ([current] if current else [])
 
 
 def table_to_bytes(table: pa.Table) -> bytes:

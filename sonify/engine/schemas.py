@@ -168,12 +168,13 @@ COMPONENT_TYPE = pa.struct([
     ("included", pa.bool_()), ("reason", pa.string()),
 ])
 
-MIXES = _spec("mixes", 2, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
+MIXES = _spec("mixes", 3, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
     ("id", pa.string(), "the variant id ('<vlm key>-<image id>', as in concepts)"),
     ("image_id", pa.string(), "id in images"),
     ("vlm", pa.string(), "variant"),
     ("components", pa.list_(COMPONENT_TYPE), "per matched chunk: where it is, its concept, target and measured LUFS, gain, and whether it was summed"),
     ("n_components", pa.int32(), "components summed (silent ones are left out with a reason)"),
+    ("repeated_chunks", pa.list_(pa.string()), "chunk ids matched by more than one concept of this mixture (summed coherently: up to 6 dB hotter); empty when all differ"),
     ("sample_rate", pa.int32(), "rate of the mixture"),
     ("duration", pa.float64(), "seconds"),
     ("mix_gain_db", pa.float64(), "gain applied to the sum by the peak guard (0 when the peak was under the ceiling)"),

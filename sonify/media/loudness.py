@@ -6,6 +6,13 @@ unchanged and computes the same block energies at the same sample bounds with on
 sum, then gates exactly as pyloudnorm does. Results equal `pyloudnorm.Meter.integrated_loudness`
 to within 1e-6 LU (tested); silence gives -inf, like pyloudnorm.
 
+Multi-channel input, shaped (frames, channels), is weighted per BS.1770-4 Table 3: each channel is
+K-weighted and its block mean squares are summed with G = 1.0 for L, R and C and 1.41 for the
+surrounds; the LFE is excluded. Layouts are read in WAV/SMPTE order: 2 = L R, 3 = L R C,
+5 = L R C Ls Rs, 6 = L R C LFE Ls Rs (5.1). A count whose layout is ambiguous (4, or over 6)
+is refused in one line rather than measured wrong. Mono (1-D, or one column) takes the mono
+path unchanged, so mixtures stay bit-identical.
+
 Clips shorter than the 400 ms gating block (which pyloudnorm refuses) are measured zero-padded to
 one block: the padding lowers the block's mean square, so the measure is the loudness of that
 block, as a listener would hear the clip within it.
@@ -18,6 +25,17 @@ import pyloudnorm
 
 ABS_GATE = -70.0
 REL_GATE = -10.0
+# BS.1770-4 Table 3 channel weights by channel count (WAV/SMPTE order); 0.0 = LFE, not measured
+CHANNEL_WEIGHTS = {1: (1.0,), 2: (1.0, 1.0), 3: (1.0, 1.0, 1.0), 5: (1.0, 1.0, 1.0, 1.41, 1.41),
+                   6: (1.0, 1.0, 1.0, 0.0, 1.41, 1.41)}
+
+
+def channel_weights(channels: int) -> np.ndarray:
+    """BS.1770-4 weights of a layout, or one line saying which layouts are measurable."""
+    if channels not in CHANNEL_WEIGHTS:
+        raise ValueError(f"cannot weigh {channels} channels per BS.1770-4 (layout ambiguous); "
+                         f"measurable channel counts: {', '.join(map(str, CHANNEL_WEIGHTS))} (L R [C] [LFE] [Ls Rs])")
+    return np.asarray(CHANNEL_WEIGHTS[channels])
 
 
 class LoudnessMeter:
@@ -33,9 +51,10 @@ class LoudnessMeter:
         self._bounds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def k_weight(self, x: np.ndarray) -> np.ndarray:
+        """K-weighting along time (axis 0): a mono signal, or each column of (frames, channels)."""
         from scipy.signal import sosfilt
 
-        return self.gain * sosfilt(self.sos, np.asarray(x, dtype=np.float64))
+        return self.gain * sosfilt(self.sos, np.asarray(x, dtype=np.float64), axis=0)
 
     def bounds(self, n: int):
         """Block bounds in samples, as pyloudnorm computes them, cached per signal length, plus the
@@ -53,19 +72,38 @@ class LoudnessMeter:
     def pad(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         need = int(np.ceil(self.block * self.rate))
-        return np.pad(x, (0, need - x.shape[0])) if x.shape[0] < need else x
+        if x.shape[0] >= need:
+            return x
+        return np.pad(x, [(0, need - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
     def integrated(self, x: np.ndarray) -> float:
-        """Integrated loudness in LUFS of a mono signal."""
-        return self.integrated_weighted(self.k_weight(self.pad(x)))
+        """Integrated loudness in LUFS of a mono signal, or of (frames, channels) weighted per BS.1770-4."""
+        x = np.asarray(x)
+        if x.ndim == 2 and x.shape[1] == 1:
+            x = x[:, 0]
+        if x.ndim == 1:
+            return self.integrated_weighted(self.k_weight(self.pad(x)))
+        if x.ndim != 2:
+            raise ValueError(f"loudness of a {x.ndim}-D array: give mono (frames,) or (frames, channels)")
+        g = channel_weights(x.shape[1])
+        y = self.k_weight(self.pad(x))
+        z = sum(gi * self._block_power(y[:, i]) for i, gi in enumerate(g) if gi)
+        return self._gate(z)
 
-    def integrated_weighted(self, y: np.ndarray) -> float:
-        """Loudness of an already K-weighted signal. K-weighting is linear, so a mixture's weighted
-        signal is the same gain-weighted sum of its components' weighted signals."""
+    def _block_power(self, y: np.ndarray) -> np.ndarray:
+        """Mean square of every gating block of one K-weighted channel."""
         lo, hi, starts, lo_pos, hi_pos = self.bounds(y.shape[0])
         segments = np.add.reduceat(y * y, starts) if starts.size else np.zeros(0)
         csum = np.concatenate(([0.0], np.cumsum(segments)))           # csum[i] = energy before edges[i]
-        z = (csum[hi_pos] - csum[lo_pos]) / (self.block * self.rate)
+        return (csum[hi_pos] - csum[lo_pos]) / (self.block * self.rate)
+
+    def integrated_weighted(self, y: np.ndarray) -> float:
+        """Loudness of an already K-weighted mono signal. K-weighting is linear, so a mixture's weighted
+        signal is the same gain-weighted sum of its components' weighted signals."""
+        return self._gate(self._block_power(y))
+
+    def _gate(self, z: np.ndarray) -> float:
+        """BS.1770-4 gating of the (channel-weighted) block powers: absolute -70 LUFS, then relative -10 LU."""
         with np.errstate(divide="ignore", invalid="ignore"):
             lj = -0.691 + 10.0 * np.log10(z)
             gated = lj >= ABS_GATE

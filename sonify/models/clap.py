@@ -1,8 +1,9 @@
 """CLAP through transformers (`ClapModel`, `ClapProcessor`): audio and text into one L2-normalised space.
 
-Audio must be mono at the feature extractor's rate (48 kHz for LAION CLAP). A chunk is passed
-with its real length; the feature extractor repeat-pads it to the model's 10 s window, as LAION's
-`repeatpad` did in training, so a 5 s chunk is seen twice and a 0.3 s tail many times.
+Audio must be mono at the feature extractor's rate (48 kHz for LAION CLAP). The embed stage passes
+each chunk zero-padded to the chunk length (5 s), as it is mixed; the feature extractor then
+repeat-pads that to the model's 10 s window, as LAION's `repeatpad` did in training, so a chunk is
+seen twice and a short tail is heard once per repeat followed by its silence, never looped.
 """
 
 from __future__ import annotations

@@ -93,6 +93,47 @@ def choose(cos_topk: np.ndarray, idx_topk: np.ndarray, mode: str, rng: np.random
     raise ValueError(f"unknown retrieval mode {mode!r}; valid choices: {', '.join(MODES)}")
 
 
+def choose_distinct(cos_topk: np.ndarray, idx_topk: np.ndarray, mode: str, rng: np.random.Generator,
+                    taken: set[int], temperature: float = 0.1, ties_at_max: np.ndarray | None = None) -> Match:
+    """`choose`, then, when its chunk is already taken in this image variant, the generator's next
+    draw from the same candidate set (the eligible set; the ties for argmax; the top k, renormalised,
+    for softmax) without the taken chunks. The first draw is `choose`'s, so a variant without
+    collisions gets exactly the paper's matches. With no candidate left, the repeat stands
+    (`fallback` says `distinct_exhausted`)."""
+    m = choose(cos_topk, idx_topk, mode, rng, temperature, ties_at_max)
+    if m.chunk not in taken:
+        return m
+    cos_topk = cos_topk.astype(np.float64)
+    tag = lambda what: ",".join(f for f in (m.fallback, what) if f)
+    if mode == "softmax":
+        keep = ~np.isin(idx_topk, list(taken))
+        if not keep.any():
+            m.fallback = tag("distinct_exhausted")
+            return m
+        logits = np.where(keep, cos_topk / max(temperature, 1e-8), -np.inf)
+        p = np.exp(logits - logits[keep].max())
+        p /= p.sum()
+        rank = int(min(np.searchsorted(np.cumsum(p), rng.random(), side="right"), p.size - 1))
+        while not keep[rank]:      # rounding at the edge of a dropped bin: the next kept one
+            rank = (rank + 1) % p.size
+        return Match(int(idx_topk[rank]), float(cos_topk[rank]), float(cos_topk[rank]), float("nan"),
+                     int(keep.sum()), rank, tag("distinct_redraw"))
+    if mode in ("ssr", "raw"):
+        candidates = eligible_set(cos_topk, idx_topk, mode, ties_at_max)[0]
+    else:
+        candidates = np.sort(ties_at_max if ties_at_max is not None else idx_topk[cos_topk == cos_topk[0]])
+    rest = candidates[~np.isin(candidates, list(taken))]
+    if rest.size == 0:
+        m.fallback = tag("distinct_exhausted")
+        return m
+    chunk = int(rest[rng.integers(rest.size)])
+    pos = np.flatnonzero(idx_topk == chunk)
+    rank = int(pos[0]) if pos.size else 0
+    c = float(cos_topk[rank]) if pos.size else float(cos_topk[0])
+    return Match(chunk, c, float(ssr(np.float64(c))) if mode == "ssr" else c, m.threshold, int(rest.size), rank,
+                 tag("distinct_redraw"))
+
+
 def literal_algorithm1(q: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """The algorithm as written, on the full score vector (reference for tests and the benchmark).
 

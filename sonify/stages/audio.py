@@ -2,7 +2,10 @@
 
 Chunks point into the source file (start frame, frame count at the native rate); nothing is
 resampled or copied here. Decoding the whole file catches truncation and measures each chunk's
-peak and RMS, so digitally silent chunks become error rows instead of retrieval candidates.
+peak and RMS, so digitally silent chunks become error rows instead of retrieval candidates. A file
+whose decoded frames fall short of what its container declares (WAV's RIFF data size, FLAC's
+STREAMINFO) is `truncated`; one whose channels are audible but cancel in the downmix (L = -R) is
+`channels_cancel`, not `silent`.
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ import soundfile as sf
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
-from sonify.media.audio import chunk_frames_at, dbfs, iter_mono_blocks
+from sonify.media.audio import chunk_frames_at, dbfs, declared_frames, iter_blocks, to_mono
 from sonify.sources import file_problem, list_sources
 from sonify.sources.audio import list_audio
 from sonify.stages.base import Stage
 
 
+def _silence_reason(mono_peak: float, channel_peak: float, silence_dbfs: float, where: str) -> str:
+    """'silent', or 'channels_cancel' when a channel is audible but the downmix is not (antiphase)."""
+    if dbfs(channel_peak) >= silence_dbfs:
+        return error_text("channels_cancel", f"{where}: channels peak at {dbfs(channel_peak):.1f} dBFS but their "
+                                             f"mono downmix at {dbfs(mono_peak):.1f} dBFS (antiphase)")
+    return error_text("silent", f"{where} peak {dbfs(mono_peak):.1f} dBFS < {silence_dbfs}")
+
+
 class AudioStage(Stage):
     name = "audio"
+    version = 2                         # 2: truncated (container header) and channels_cancel reasons
     outputs = ("audio_files", "audio_chunks")
     expected_errors = frozenset({"silent"})
 
@@ -57,31 +69,42 @@ class AudioStage(Stage):
         if sr <= 0 or info.channels <= 0:
             return fail("corrupt", f"sample rate {sr}, channels {info.channels}")
         chunk_frames = chunk_frames_at(sr, self.conf.chunk_seconds)
-        chunks, total, peak = [], 0, 0.0
+        chunks, total, peak, channel_peak = [], 0, 0.0, 0.0
+        silence = self.conf.silence_dbfs
         try:
-            for i, block in enumerate(iter_mono_blocks(path, chunk_frames)):
+            for i, block in enumerate(iter_blocks(path, chunk_frames)):
                 n = block.shape[0]
-                bpeak = float(np.max(np.abs(block))) if n else 0.0
-                rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))) if n else 0.0
-                if not np.isfinite(bpeak):
+                mono = to_mono(block)
+                bpeak = float(np.max(np.abs(mono))) if n else 0.0
+                cpeak = float(np.max(np.abs(block))) if n else 0.0   # the loudest single channel
+                rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64)))) if n else 0.0
+                if not (np.isfinite(bpeak) and np.isfinite(cpeak)):
                     return fail("corrupt", f"non-finite samples in chunk {i}")
-                peak = max(peak, bpeak)
+                peak, channel_peak = max(peak, bpeak), max(channel_peak, cpeak)
                 chunk = {"id": f"{row['id']}-{i:05d}", "file_id": row["id"], "source": row["source"], "uri": path,
                          "chunk_index": i, "sample_rate": sr, "start_frame": total, "num_frames": n,
                          "offset": total / sr, "duration": n / sr, "padding": (chunk_frames - n) / sr,
                          "peak_dbfs": dbfs(bpeak), "rms_dbfs": dbfs(rms), "status": STATUS_OK, "error": None}
-                if dbfs(bpeak) < self.conf.silence_dbfs:
-                    chunk.update(status=STATUS_ERROR, error=error_text("silent", f"peak {dbfs(bpeak):.1f} dBFS < {self.conf.silence_dbfs}"))
+                if dbfs(bpeak) < silence:
+                    chunk.update(status=STATUS_ERROR, error=_silence_reason(bpeak, cpeak, silence, "chunk"))
                 chunks.append(chunk)
                 total += n
         except Exception as e:
+            declared, header = declared_frames(path)
+            if declared is not None and total < declared:   # the header promises frames the data does not hold
+                return fail("truncated", f"decoded {total} of the {declared} frames its {header} declares, "
+                                         f"then {type(e).__name__}: {e}")
             reason = "truncated" if total else "corrupt"
             return fail(reason, f"decode failed after {total} frames: {type(e).__name__}: {e}")
+        declared, header = declared_frames(path)
+        if declared is not None and total < declared:
+            return fail("truncated", f"decoded {total} of the {declared} frames its {header} declares "
+                                     f"({total / sr:.2f} s of {declared / sr:.2f} s)")
         if total == 0:
             return fail("empty", "no audio frames")
         out.update(frames=total, duration=total / sr, peak_dbfs=dbfs(peak), num_chunks=len(chunks))
-        if dbfs(peak) < self.conf.silence_dbfs:
-            return {**out, "status": STATUS_ERROR, "error": error_text("silent", f"whole file peak {dbfs(peak):.1f} dBFS")}, chunks
+        if dbfs(peak) < silence:
+            return {**out, "status": STATUS_ERROR, "error": _silence_reason(peak, channel_peak, silence, "whole file")}, chunks
         return {**out, "status": STATUS_OK, "error": None}, chunks
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:

@@ -48,6 +48,8 @@ class Stage:
     whole_partition: ClassVar[bool] = False  # process_batch gets the whole partition (e.g. one shard) at once
     # a work-list column whose values are run as separate passes, each with its own workers (one VLM per actor pool)
     pass_column: ClassVar[str | None] = None
+    # a work-list column whose equal values always share a partition (every concept of an image variant)
+    keep_together: ClassVar[str | None] = None
     # error reasons that are expected outcomes of good data (a VLM reply with no list, a silent chunk), not failures
     expected_errors: ClassVar[frozenset[str]] = frozenset()
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sonify.concepts.parser import Concept, ParseResult, make_text, parse_concepts, split_item
+from sonify.concepts.parser import Concept, ParseResult, item_line, make_text, parse_concepts, split_item
 from sonify.engine.config import resolve_text
-from sonify.engine.errors import error_text
+from sonify.engine.errors import ConfigError, error_text
 from sonify.engine.keys import stable_id
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -72,6 +72,15 @@ def _import_rows(imp, ok_images: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def check_template(template: str) -> None:
+    """A text_template with an unknown placeholder fails in one line before any work."""
+    try:
+        make_text("object", "sound", template, "line")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"bad value {template!r} for key 'stages.concepts.text_template' ({type(e).__name__}: {e}); "
+                          "valid placeholders: {line}, {object}, {sound}") from None
+
+
 class ConceptsStage(Stage):
     name = "concepts"
     outputs = ("concepts", "captions")
@@ -107,6 +116,7 @@ class ConceptsStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
+        check_template(cfg.stages.concepts.text_template)
         images = store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "sha256", "status"])
         images = images.filter(pc.equal(images.column("status"), "ok")).drop(["status"])
         parts = []
@@ -157,7 +167,7 @@ class ConceptsStage(Stage):
                     text = item.get("text") or make_text(obj, sound, self.conf.text_template)
                 elif item:
                     obj, sound = split_item(str(item))
-                    text = make_text(obj, sound, self.conf.text_template)
+                    text = make_text(obj, sound, self.conf.text_template, item_line(str(item)))
                 else:
                     continue
                 if obj:

@@ -2,7 +2,10 @@
 usable chunk, CLAP text embeddings of every concept.
 
 Chunks are decoded from their source file and resampled to CLAP's rate (48 kHz) here, not from a
-16 kHz copy. Only concepts of images the filter kept are embedded. Embeddings are L2-normalised
+16 kHz copy, and zero-padded to the chunk length exactly as the mix stage uses them, so CLAP scores
+the audio that is mixed (the feature extractor then fills its 10 s window from the padded 5 s;
+an unpadded tail would be repeat-padded, heard looped). `stages.embed.audio_input=paper16k` feeds
+the paper's A.7 pool instead: decoded at 16 kHz with channels summed, then resampled to 48 kHz. Only concepts of images the filter kept are embedded. Embeddings are L2-normalised
 and stored as float16 (Parquet, readable in DuckDB) and, once the stage finishes, as one
 contiguous matrix file per table (`sonify.retrieval.matrices`) for retrieval.
 """
@@ -21,6 +24,8 @@ from sonify.models.clap import ClapEmbedder, normalise
 from sonify.retrieval.matrices import build_matrix
 from sonify.stages.base import Stage
 
+PAPER_POOL_RATE = 16000   # A.7: the pool is standardised to 16 kHz mono (channels summed)
+
 
 class _EmbedStage(Stage):
     """CLAP embeddings of one kind of row; the audio pool and the concept texts are separate work,
@@ -32,6 +37,9 @@ class _EmbedStage(Stage):
         super().__init__(cfg)
         self.clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, self.conf.device, self.conf.dtype,
                                  int(self.conf.model_batch), int(self.conf.text_max_tokens))
+        self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
+        paper = self.conf.audio_input == "paper16k"
+        self.decode = {"downmix": "sum" if paper else "mean", "via_sr": PAPER_POOL_RATE if paper else None}
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
@@ -67,8 +75,10 @@ class _EmbedStage(Stage):
 
 class EmbedAudioStage(_EmbedStage):
     name = "embed_audio"
+    version = 2                         # 2: the last chunk of a file is zero-padded as mixed
     outputs = ("audio_embeddings",)
     upstream = ("audio",)
+    uses = ("stages.audio.chunk_seconds",)
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
@@ -81,7 +91,7 @@ class EmbedAudioStage(_EmbedStage):
         base = lambda r: {"id": r["id"], "file_id": r["file_id"], "model": self.clap.name}
         for r in rows:
             try:
-                clips.append(load_chunk(r["uri"], r["start_frame"], r["num_frames"], sr))
+                clips.append(load_chunk(r["uri"], r["start_frame"], r["num_frames"], sr, self.chunk_seconds, **self.decode))
                 good.append(r)
             except Exception as e:
                 out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(e).__name__}: {e}")})

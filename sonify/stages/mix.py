@@ -5,20 +5,20 @@ BS.1770-4 meter (`sonify.media.loudness`), scaled to a target drawn uniformly fr
 [lufs_min, lufs_max] by a generator keyed by (seed, image, vlm, concept index), and summed.
 Silent components (loudness -inf: below the absolute gate) are left out with a reason; a variant
 with none left is an error row. A sum whose sample peak is above the ceiling is scaled down and
-the gain recorded. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
+the gain recorded. A chunk matched by two concepts of one variant (Algorithm 1 allows it) is summed
+twice and listed in `repeated_chunks`; `stages.retrieve.distinct_within_variant` avoids it. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
 release manifest (`sonify.mixing.release`) is written.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
-from sonify.engine.files import clean_temp_files
 from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -35,6 +35,7 @@ WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm",
 
 class MixStage(Stage):
     name = "mix"
+    version = 2                         # 2: mixes.repeated_chunks, files in partition folders
     outputs = ("mixes",)
     upstream = ("retrieve", "audio")
     uses = ("run.seed", "stages.audio.chunk_seconds")
@@ -49,11 +50,10 @@ class MixStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
-        """Matched chunks grouped by (image, variant). Runs in the driver before any partition, so it also
-        removes the temp files of mixture writes that a killed or failed earlier run left under mixes/."""
+        """Matched chunks grouped by (image, variant). (Temp files that a killed mixture write left under
+        mixes/ are removed by the executor before any partition runs, as for every stage's files.)"""
         import duckdb
 
-        clean_temp_files(Path(cfg.run.dir) / "mixes", recursive=True)
         con = duckdb.connect()
         con.register("matches", store.read("matches", columns=["id", "image_id", "vlm", "concept_index", "text", "chunk_id", "cosine", "status"]))
         con.register("chunks", store.read("audio_chunks", columns=["id", "file_id", "uri", "sample_rate", "start_frame", "num_frames", "offset", "duration"]))
@@ -78,7 +78,9 @@ class MixStage(Stage):
 
     def _mix(self, row: dict) -> dict:
         conf, seed = self.conf, int(self.cfg.run.seed)
-        out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate}
+        counts = Counter(c["chunk_id"] for c in row["components"])
+        out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate,
+               "repeated_chunks": sorted(k for k, n in counts.items() if n > 1)}
         comps, signals, weighted, gains = [], [], [], []
         for c in row["components"]:
             rng = keyed_rng(seed, row["image_id"], row["vlm"], c["concept_index"], "mix")

@@ -3,6 +3,11 @@
 Each worker holds the pool (the audio embedding matrix) in memory once, on GPU when present, and
 runs queries in blocks (matmul + top-k); see `sonify.retrieval.algorithm`. The choice is keyed by
 (run.seed, image, vlm, concept index), so matches do not depend on block size, workers or order.
+
+Partitions hold whole image variants (`keep_together`: the planner never cuts between rows of one
+`concept_id`), and `process_batch` gets a whole partition at once. So every concept of a variant is
+in one call, which `stages.retrieve.distinct_within_variant` needs (the concepts of a variant are
+matched in concept order, each excluding the chunks the earlier ones took).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from sonify.engine.errors import error_text
 from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import TableStore, rows_to_table
-from sonify.retrieval.algorithm import BlockedRetriever, choose
+from sonify.retrieval.algorithm import BlockedRetriever, choose, choose_distinct
 from sonify.retrieval.matrices import load_matrix
 from sonify.stages.base import Stage
 
@@ -25,6 +30,8 @@ class RetrieveStage(Stage):
     outputs = ("matches", "match_ablations")
     upstream = ("embed_audio", "embed_text")
     uses = ("run.seed",)
+    keep_together = "concept_id"        # every concept of an image variant in one partition (distinct draws)
+    whole_partition = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -37,7 +44,7 @@ class RetrieveStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
-        t = store.read("concept_embeddings", columns=["id", "image_id", "vlm", "concept_index", "text", "status"])
+        t = store.read("concept_embeddings", columns=["id", "concept_id", "image_id", "vlm", "concept_index", "text", "status"])
         return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
 
     @classmethod
@@ -61,12 +68,22 @@ class RetrieveStage(Stage):
             else:
                 todo.append(r)
         if todo:
+            # a variant's concepts in concept order, so each sees what the earlier ones took (the
+            # default rule ignores order: its choices are keyed by ids alone)
+            todo.sort(key=lambda r: (r["concept_id"], r["concept_index"]))
             q = np.asarray(self.queries[[self.query_row[r["id"]] for r in todo]], dtype=np.float32)
             need_ties = any(m in ("ssr", "raw", "argmax") for m in modes)
+            distinct = bool(self.conf.distinct_within_variant)
+            taken: dict[tuple[str, str], set[int]] = {}
             for r, (vals, idx, ties) in zip(todo, self.retriever.topk(q, need_ties)):
                 for mode in modes:  # one top-k, every rule: a fresh keyed generator each, as in a run of that mode alone
-                    m = choose(vals, idx, mode, keyed_rng(seed, r["image_id"], r["vlm"], r["concept_index"]),
-                               self.conf.temperature, ties)
+                    rng = keyed_rng(seed, r["image_id"], r["vlm"], r["concept_index"])
+                    if distinct:
+                        used = taken.setdefault((r["concept_id"], mode), set())
+                        m = choose_distinct(vals, idx, mode, rng, used, self.conf.temperature, ties)
+                        used.add(m.chunk)
+                    else:
+                        m = choose(vals, idx, mode, rng, self.conf.temperature, ties)
                     row = {**base(r, mode), "chunk_id": self.chunk_ids[m.chunk], "cosine": m.cosine, "score": m.score,
                            "threshold": m.threshold, "n_eligible": m.n_eligible, "rank": m.rank,
                            "fallback": m.fallback, "status": STATUS_OK, "error": None}
