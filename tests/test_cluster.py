@@ -173,3 +173,26 @@ def test_model_stages_get_the_gpus_they_ask_for_and_over_asking_refuses(make_cfg
             run_stage(get_stage("images"), typed, progress_bar=False)
     finally:
         ray.shutdown()
+
+
+@pytest.mark.ray
+def test_a_rerun_with_nothing_to_do_starts_no_ray(full_run, tmp_path, monkeypatch):
+    """What is finished is decided before Ray starts: a skip-everything re-run never connects."""
+    import sonify.engine.cluster as cluster
+    from sonify.run import run_pipeline
+
+    calls = []
+    monkeypatch.setattr(cluster, "connect_ray", lambda cfg: calls.append(cfg) or False)
+    cfg = copy_run(full_run, tmp_path, "run.executor=ray")
+    assert run_pipeline(cfg) == 0
+    assert calls == []
+    _fresh(cfg, "shards")   # now there is work: the first partition that needs Ray connects, once
+    monkeypatch.setattr(cluster, "connect_ray", lambda cfg: calls.append(cfg) or False)
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        assert run_pipeline(cfg) == 0
+    finally:
+        ray.shutdown()
+    assert len(calls) == 1
