@@ -96,3 +96,19 @@ def _paper_algorithm1(q, pool, k, rng):
 @pytest.fixture(scope="session")
 def paper_algorithm1():
     return _paper_algorithm1
+
+
+@pytest.fixture(scope="session")
+def demo_cli_run(tmp_path_factory, demo_dir):
+    """`python -m sonify.run pipeline=demo stage=all` as a user runs it (progress bars on), in a
+    subprocess over the session's demo data with the local executor; its stdout and stderr kept."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.mktemp("cli_run")
+    cmd = [sys.executable, "-m", "sonify.run", "pipeline=demo", "stage=all", f"run.root={root / 'runs'}",
+           f"demo_data.dir={demo_dir}", "demo_data.enabled=false", "run.executor=local", f"models.tiny_dir={root / 'tiny'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return SimpleNamespace(run_dir=root / "runs" / "demo", stdout=p.stdout, stderr=p.stderr)

@@ -270,3 +270,14 @@ def test_generate_bad_audio_fails_in_one_line(tmp_path, capsys, make, says):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sonify.generate: ") and says in err, err
     assert "Traceback" not in err and not (tmp_path / "g").exists()
+
+
+def test_training_prints_no_warnings(shards, tiny_dir, tmp_path):
+    """The trainer's own metrics read detached scalars: no autograd UserWarning, and no other warning either."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train_loop(_cfg(shards, tiny_dir, tmp_path / "o", "steps=2", "log_every=1", "checkpoint_every=2"))
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)   # Python's defaults hide these
+    assert [f"{w.category.__name__}: {w.message}" for w in seen if not issubclass(w.category, hidden)] == []

@@ -12,6 +12,8 @@ the latent distribution's mean and std are kept (PixArt-alpha samples a fresh la
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from sonify.models.device import pick_device, pick_dtype
@@ -33,7 +35,9 @@ class ASTEncoder:
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.fe = load_pretrained(ASTFeatureExtractor, name, tiny_dir, role="ast")
+        with warnings.catch_warnings():  # AST's own 128 kaldi mel bins over 257 FFT bins leave the lowest filter empty, by design
+            warnings.filterwarnings("ignore", message="At least one mel filter has all zero values", category=UserWarning)
+            self.fe = load_pretrained(ASTFeatureExtractor, name, tiny_dir, role="ast")
         self.model = load_pretrained(ASTModel, name, tiny_dir, role="ast")
         self.pooling = pooling
         cfg = self.model.config
@@ -80,8 +84,9 @@ class VAEEncoder:
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.vae = load_pretrained(AutoencoderKL, name, tiny_dir, role="vae", subfolder=subfolder)
-        self.vae.to(self.device, self.dtype).eval()
+        # the dtype at load time, as diffusers asks (a later `.to(dtype)` prints a float32-modules notice)
+        self.vae = load_pretrained(AutoencoderKL, name, tiny_dir, role="vae", subfolder=subfolder, torch_dtype=self.dtype)
+        self.vae.to(self.device).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
     def encode(self, images: list) -> tuple[np.ndarray, np.ndarray]:
