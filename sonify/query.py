@@ -1,4 +1,6 @@
-"""Query a run's tables with DuckDB: `python -m sonify.query [run=runs/demo] "SELECT ..."`.
+"""Query a run's tables with DuckDB: `python -m sonify.query [run=demo] "SELECT ..."`.
+
+`run=` takes a run directory (`run=runs/demo`) or a pipeline name (`run=demo`: that pipeline's `run.dir`).
 
 Every table under `<run>/manifests/` is a view of the same name. `--file manifests/x.sql` runs a
 saved query; plain `duckdb` works too: `SELECT * FROM read_parquet('runs/demo/manifests/images/*.parquet')`.
@@ -35,6 +37,19 @@ def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def resolve_run(arg: str) -> Path:
+    """A run directory as given, or else the `run.dir` of the pipeline of that name (pipelines/<name>.yaml)."""
+    from sonify.engine.config import load_config
+    from sonify.engine.errors import ConfigError
+
+    if Path(arg).is_dir():
+        return Path(arg)
+    try:
+        return Path(load_config([f"pipeline={arg}"]).run.dir)
+    except ConfigError as e:
+        raise SystemExit(f"sonify.query: run={arg} is neither a run directory nor a pipeline: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_args = [a for a in argv if a.startswith("run=")]
@@ -45,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     p.add_argument("--max-rows", type=int, default=200)
     a = p.parse_args(rest)
-    run_dir = run_args[-1].split("=", 1)[1] if run_args else "runs/demo"
+    run_dir = resolve_run(run_args[-1].split("=", 1)[1] if run_args else "demo")
     sql = Path(a.file).read_text() if a.file else a.sql
     if not sql:
         con = connect(run_dir)

@@ -69,3 +69,46 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _paper_algorithm1(q, pool, k, rng):
+    """Algorithm 1 of the paper, line by line on the full score vector, as the test reference.
+
+    Written from the paper alone (nothing from `sonify.retrieval`): t = cos(q, P); t = sign(t) sqrt(|t|);
+    lb = mean(topk(t, k)) by a full sort and a correctly rounded sum; I = {i : t_i > lb}; i ~ U(I).
+    The paper leaves I = {} open (k = 1, or the top k all equal); the documented rule is a uniform
+    choice among the chunks tied at the maximum. Returns (I sorted by pool row, the chosen row).
+    """
+    import math
+
+    import numpy as np
+
+    t = (np.asarray(pool, np.float32) @ np.asarray(q, np.float32)).astype(np.float64)   # the scores, from the stored float32 vectors
+    t = np.sign(t) * np.sqrt(np.abs(t))
+    top = np.sort(t)[::-1][:min(k, t.size)]
+    lb = math.fsum(top.tolist()) / top.size
+    eligible = np.flatnonzero(t > lb)
+    if eligible.size == 0:
+        eligible = np.flatnonzero(t == t.max())
+    return eligible, int(eligible[rng.integers(eligible.size)])
+
+
+@pytest.fixture(scope="session")
+def paper_algorithm1():
+    return _paper_algorithm1
+
+
+@pytest.fixture(scope="session")
+def demo_cli_run(tmp_path_factory, demo_dir):
+    """`python -m sonify.run pipeline=demo stage=all` as a user runs it (progress bars on), in a
+    subprocess over the session's demo data with the local executor; its stdout and stderr kept."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.mktemp("cli_run")
+    cmd = [sys.executable, "-m", "sonify.run", "pipeline=demo", "stage=all", f"run.root={root / 'runs'}",
+           f"demo_data.dir={demo_dir}", "demo_data.enabled=false", "run.executor=local", f"models.tiny_dir={root / 'tiny'}"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return SimpleNamespace(run_dir=root / "runs" / "demo", stdout=p.stdout, stderr=p.stderr)

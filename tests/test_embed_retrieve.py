@@ -10,7 +10,6 @@ from sonify.engine.executor import run_stage
 from sonify.engine.keys import keyed_rng
 from sonify.engine.store import TableStore
 from sonify.media.audio import load_chunk
-from sonify.retrieval.algorithm import literal_algorithm1
 from sonify.retrieval.matrices import load_matrix
 from sonify.stages import get_stage
 
@@ -166,7 +165,7 @@ def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypa
     assert all(r["embedding"] is None for r in rows)
 
 
-def test_matches_follow_algorithm_1_exactly(base_run):
+def test_matches_follow_algorithm_1_exactly(base_run, paper_algorithm1):
     cfg, _ = base_run
     store = TableStore(cfg.run.dir)
     pool, chunk_ids = load_matrix(store, "audio_embeddings")
@@ -175,7 +174,7 @@ def test_matches_follow_algorithm_1_exactly(base_run):
     matches = store.read("matches").to_pylist()
     assert len(matches) == len(query_ids) and all(m["status"] == "ok" for m in matches)
     for m in matches:
-        eligible, choice = literal_algorithm1(np.asarray(queries[row[m["id"]]], np.float32), np.asarray(pool, np.float32),
+        eligible, choice = paper_algorithm1(np.asarray(queries[row[m["id"]]], np.float32), np.asarray(pool, np.float32),
                                               cfg.stages.retrieve.k, keyed_rng(cfg.run.seed, m["image_id"], m["vlm"], m["concept_index"]))
         assert m["chunk_id"] == chunk_ids[choice] and m["n_eligible"] == eligible.size and m["k"] == cfg.stages.retrieve.k
 

@@ -34,6 +34,41 @@ def test_ast_time_series_for_5s_clips(shard_run):
     assert f.dtype == np.float16 and f.shape == (rows[0]["frames"], rows[0]["dim"]) == (49, 32)
 
 
+@pytest.mark.parametrize("n_frames", [498, 250])
+def test_ast_position_embeddings_are_cropped_from_the_middle_of_time(tmp_path, n_frames):
+    """AST's recipe for shorter clips: keep the [cls] and [dist] embeddings, and per frequency row the
+    t_new time columns in the middle of the pretrained t_max (start = t_max // 2 - t_new // 2)."""
+    import shutil
+
+    import torch
+    from transformers import ASTModel
+
+    from sonify.models.encoders import ASTEncoder
+    from sonify.models.loading import resolve_model
+
+    src = Path(resolve_model("tiny:ast", tmp_path / "tiny"))
+    labelled = tmp_path / "ast_labelled"            # position embedding of token i = i in every dimension
+    shutil.copytree(src, labelled)
+    model = ASTModel.from_pretrained(src)
+    n_tokens = model.embeddings.position_embeddings.shape[1]
+    model.embeddings.position_embeddings.data = torch.arange(n_tokens, dtype=torch.float32)[None, :, None].expand_as(
+        model.embeddings.position_embeddings).clone()
+    model.save_pretrained(labelled)
+    enc = ASTEncoder(str(labelled), str(tmp_path / "tiny"), n_frames, pooling="mean", device="cpu", dtype="float32")
+    got = enc.model.embeddings.position_embeddings.detach()[0, :, 0].numpy()
+    c = enc.model.config
+    f_dim = (c.num_mel_bins - c.patch_size) // c.frequency_stride + 1
+    t_max = (512 - c.patch_size) // c.time_stride + 1             # the tiny model's pretrained max_length is 512
+    t_new = (n_frames - c.patch_size) // c.time_stride + 1
+    start = t_max // 2 - t_new // 2
+    assert n_tokens == 2 + f_dim * t_max and start > 0
+    # patches are frequency-major (token 2 + f * T + t); [cls] and [dist] (tokens 0, 1) stay
+    expected = [0, 1] + [2 + f * t_max + start + t for f in range(f_dim) for t in range(t_new)]
+    assert got.tolist() == expected
+    (out,) = enc.encode([np.random.default_rng(0).standard_normal(n_frames * 160 + 240).astype(np.float32) * 0.1])
+    assert out.shape == (t_new, c.hidden_size) and np.isfinite(out).all() and out.std() > 0
+
+
 def test_ast_pooling_none_keeps_all_patch_tokens(tmp_path):
     from sonify.models.encoders import ASTEncoder
 
@@ -53,11 +88,26 @@ def test_latents_store_mean_and_std(shard_run):
     assert np.all(lat[1] > 0) and rows[0]["scaling_factor"] == pytest.approx(0.18215)
 
 
-@pytest.mark.parametrize("size", [(300, 200), (200, 300), (64, 64), (50, 500)])
+@pytest.mark.parametrize("size", [(300, 200), (200, 300), (64, 64), (50, 500), (301, 200)])
 def test_center_crop_is_square_and_centred(size):
-    im = Image.new("RGB", size, (0, 0, 0))
-    out = center_crop(im, 64)
-    assert out.size == (64, 64)
+    """The image's central square (red, with a yellow ring inside its edge) fills the crop; the bands
+    outside it (blue) are cut away. A shifted crop shows blue on one side and loses the ring on the
+    other; a crop too tight loses the ring; one too wide shows blue."""
+    w, h = size
+    side = min(w, h)
+    x0, y0 = (w - side) // 2, (h - side) // 2
+    ring = side // 8
+    a = np.zeros((h, w, 3), np.uint8)
+    a[...] = (0, 0, 255)
+    a[y0:y0 + side, x0:x0 + side] = (255, 255, 0)
+    a[y0 + ring:y0 + side - ring, x0 + ring:x0 + side - ring] = (255, 0, 0)
+    out = np.asarray(center_crop(Image.fromarray(a), 64)).astype(int)
+    assert out.shape == (64, 64, 3)
+    assert out[1:-1, 1:-1, 2].max() < 60                         # no outside band (bicubic may touch the outer pixel)
+    band = 64 // 8 - 3                                            # well inside the ring, past the resampling blur
+    for edge in (out[10:-10, 1:band], out[10:-10, -band:-1], out[1:band, 10:-10], out[-band:-1, 10:-10]):
+        assert edge[..., 1].mean() > 200                          # the ring, on every side
+    assert out[12:-12, 12:-12, 1].max() < 40                      # the red centre, not zoomed in
 
 
 def _samples(urls):

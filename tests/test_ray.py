@@ -24,7 +24,7 @@ def _sorted(table):
     return table.sort_by("id").to_pylist()
 
 
-def test_ray_data_executor_matches_local_executor(make_cfg, tmp_path):
+def test_ray_data_executor_matches_local_executor(make_cfg, tmp_path, capfd):
     import ray
 
     local_cfg = make_cfg()
@@ -44,6 +44,9 @@ def test_ray_data_executor_matches_local_executor(make_cfg, tmp_path):
         assert run_stage(get_stage("audio"), ray_cfg, progress_bar=False).skipped > 0  # resume works on Ray too
     finally:
         ray.shutdown()
+    err = capfd.readouterr().err   # what a user would see: none of Ray's start-up and Ray Data chatter
+    for line in ("Token authentication is enabled", "Progress bars disabled", "execution finished in"):
+        assert line not in err, err[-2000:]
 
 
 def _free_ports(n: int) -> list[int]:

@@ -252,3 +252,32 @@ def test_vb_is_positive_and_trains_only_the_variance_channels():
     assert terms["vb"].item() > 0
     terms["vb"].backward()
     assert pred.grad[:, :4].abs().sum() == 0 and pred.grad[:, 4:].abs().sum() > 0   # eps is stop-gradient in the bound
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.write_bytes(b"RIFF" + b"not audio at all" * 8), "cannot be decoded as audio (Format not recognised.)"),
+    (lambda p: sf.write(p, np.zeros(0, np.float32), 16000), "is empty (0 audio frames)"),
+    (lambda p: sf.write(p, np.zeros(16000, np.float32), 16000), "is silent (below the loudness gate)"),
+    (lambda p: None, "no such file"),
+])
+def test_generate_bad_audio_fails_in_one_line(tmp_path, capsys, make, says):
+    """Each bad input is named for what it is, in one line on stderr, before any model loads."""
+    from sonify.generate import main as generate_main
+
+    wav = tmp_path / "in.wav"
+    make(wav)
+    assert generate_main(["--checkpoint", str(tmp_path / "no_checkpoint"), "--audio", str(wav), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sonify.generate: ") and says in err, err
+    assert "Traceback" not in err and not (tmp_path / "g").exists()
+
+
+def test_training_prints_no_warnings(shards, tiny_dir, tmp_path):
+    """The trainer's own metrics read detached scalars: no autograd UserWarning, and no other warning either."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train_loop(_cfg(shards, tiny_dir, tmp_path / "o", "steps=2", "log_every=1", "checkpoint_every=2"))
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)   # Python's defaults hide these
+    assert [f"{w.category.__name__}: {w.message}" for w in seen if not issubclass(w.category, hidden)] == []

@@ -33,3 +33,18 @@ def demo_config(root, *overrides: str):
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def best_of_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3,
+                        setup: Callable[[], object] | None = None) -> dict[str, float]:
+    """Min wall seconds per function, the functions taking turns in each repeat, so drift on a
+    shared machine hits the pipeline and its baseline alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(t) for name, t in times.items()}

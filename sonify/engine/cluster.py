@@ -7,6 +7,35 @@ import os
 
 from omegaconf import DictConfig
 
+# Ray lines a sonify run has no use for, by the logger that emits them: a local Ray keeps its
+# default token auth (announced on every start), sonify turns Ray Data's bars off on purpose (one
+# bar per stage instead) and prints its own stage times.
+RAY_QUIET = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster",),
+    "ray.data._internal.progress": ("Progress bars disabled",),
+    "ray.data._internal.execution.streaming_executor": ("execution finished in",),
+}
+
+
+class DropMessages(logging.Filter):
+    """Drop records whose message contains one of `parts`; everything else passes."""
+
+    def __init__(self, parts: tuple[str, ...]):
+        super().__init__()
+        self.parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(p in msg for p in self.parts)
+
+
+def quiet_ray_logs() -> None:
+    """Attach the filters once per process (Ray Data reconfigures handlers, never logger filters)."""
+    for name, parts in RAY_QUIET.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMessages) for f in logger.filters):
+            logger.addFilter(DropMessages(parts))
+
 
 def connect_ray(cfg: DictConfig) -> bool:
     """Start or join Ray; True when this call connected (and the caller should shut it down)."""
@@ -15,6 +44,7 @@ def connect_ray(cfg: DictConfig) -> bool:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return False
+    quiet_ray_logs()
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:

@@ -1,4 +1,11 @@
-"""The closing summary of a run: rows in, ok, errors by reason, time, per stage and table."""
+"""The closing summary of a run: where every row of every table went, per stage and table.
+
+Each output table's rows are accounted for: `rows = passed + dropped + errors`, where `passed`
+rows go on to the next stage, `dropped` rows are decisions (the filter's, with their reasons) and
+`errors` are error rows by reason. A stage's keyed outputs (one row per input row) also show the
+rows that came in; `missing` is input without an output row yet (a failed partition: re-run).
+Several keyed outputs (embed: audio chunks and concept texts) each show their own share.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +15,55 @@ from pathlib import Path
 
 from sonify.engine.executor import StageRun
 
+HEADER = (f"{'stage':<10} {'table':<18} {'rows in':>8} {'rows':>7} {'passed':>7} {'dropped':>7} {'errors':>7} {'missing':>7}"
+          f"  {'parts (new/skip/fail)':<21} {'time':>6}  why (drops and errors by reason)")
 
-def format_summary(runs: list[StageRun]) -> str:
-    lines = [f"{'stage':<10} {'table':<14} {'rows in':>8} {'rows':>8} {'ok':>8} {'errors':>7}  {'parts (new/skip/fail)':<22} {'time':>7}  errors by reason"]
+
+def table_outcome(counts: dict) -> dict:
+    """rows = passed + dropped + errors, from one table's counts (`executor.table_counts`)."""
+    errors = sum(counts["errors"].values())
+    dropped = sum(counts.get("dropped", {}).values())
+    return {"rows": counts["rows"], "passed": counts["rows"] - errors - dropped, "dropped": dropped, "errors": errors}
+
+
+def stage_lines(r: StageRun, keyed: tuple[str, ...]) -> list[str]:
+    keyed = tuple(t for t in keyed if t in r.tables) or tuple(r.tables)[:1]
+    keyed_rows = sum(r.tables[t]["rows"] for t in keyed)
+    missing = max(r.rows_in - keyed_rows, 0)
+    lines = []
+    for i, (table, c) in enumerate(r.tables.items()):
+        o = table_outcome(c)
+        if table in keyed:   # one row per input row: the share of the input this table took (all of it when alone)
+            rows_in = str(r.rows_in if len(keyed) == 1 else c["rows"])
+        else:
+            rows_in = "derived"
+        why = [f"dropped: {', '.join(f'{k}={v}' for k, v in c['dropped'].items())}"] if c.get("dropped") else []
+        if c["errors"]:
+            why.append(f"errors: {', '.join(f'{k}={v}' for k, v in c['errors'].items())}")
+        first = i == 0
+        parts = f"{r.computed}/{r.skipped}/{len(r.failed)}" if first else ""
+        lines.append(f"{r.stage if first else '':<10} {table:<18} {rows_in:>8} {o['rows']:>7} {o['passed']:>7} {o['dropped']:>7} "
+                     f"{o['errors']:>7} {(str(missing) if first else ''):>7}  {parts:<21} {(f'{r.seconds:.1f}s' if first else ''):>6}"
+                     f"  {'; '.join(why) or '-'}")
+    if len(keyed) > 1:
+        shares = " + ".join(f"{r.tables[t]['rows']} {t}" for t in keyed) + (f" + {missing} missing" if missing else "")
+        lines.append(f"{'':<10} ({r.rows_in} rows in = {shares})")
+    for f in r.failed:
+        lines.append(f"  FAILED partition {f} (re-run to retry)")
+    if r.duplicates_dropped:
+        lines.append(f"  note: {r.duplicates_dropped} duplicate input ids dropped in stage {r.stage}")
+    if r.stale_removed:
+        lines.append(f"  note: {r.stale_removed} stale partition files removed in stage {r.stage} (inputs or config changed)")
+    return lines
+
+
+def format_summary(runs: list[StageRun], keyed_outputs: dict[str, tuple[str, ...]] | None = None) -> str:
+    """`keyed_outputs`: per stage, the outputs holding one row per input row (`Stage.keyed_outputs()`);
+    the first output when not given."""
+    keyed_outputs = keyed_outputs or {}
+    lines = [HEADER]
     for r in runs:
-        for i, (table, c) in enumerate(r.tables.items()):
-            n_err = sum(c["errors"].values())
-            reasons = ", ".join(f"{k}={v}" for k, v in c["errors"].items()) or "-"
-            if "kept" in c:
-                dropped = ", ".join(f"{k}={v}" for k, v in c["dropped"].items()) or "none"
-                reasons += f"; kept={c['kept']}, dropped: {dropped}"
-            parts = f"{r.computed}/{r.skipped}/{len(r.failed)}" if i == 0 else ""
-            rows_in = str(r.rows_in) if i == 0 else ""
-            secs = f"{r.seconds:.1f}s" if i == 0 else ""
-            lines.append(f"{r.stage if i == 0 else '':<10} {table:<14} {rows_in:>8} {c['rows']:>8} {c['ok']:>8} {n_err:>7}  {parts:<22} {secs:>7}  {reasons}")
-        for f in r.failed:
-            lines.append(f"  FAILED partition {f} (re-run to retry)")
-        if r.duplicates_dropped:
-            lines.append(f"  note: {r.duplicates_dropped} duplicate input ids dropped in stage {r.stage}")
-        if r.stale_removed:
-            lines.append(f"  note: {r.stale_removed} stale partition files removed in stage {r.stage} (inputs or config changed)")
+        lines += stage_lines(r, tuple(keyed_outputs.get(r.stage, ())))
     return "\n".join(lines)
 
 

@@ -12,12 +12,24 @@ the latent distribution's mean and std are kept (PixArt-alpha samples a fresh la
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 import numpy as np
 
 from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
 from sonify.models.loading import load_pretrained
 
 POOLINGS = ("mean", "max", "none")
+
+
+@contextmanager
+def ast_mel_filters_as_designed():
+    """AST's own 128 kaldi mel bins over 257 FFT bins leave the lowest filter empty, by design; transformers
+    warns about it on every feature extractor it builds. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="At least one mel filter has all zero values", category=UserWarning)
+        yield
 
 
 def kaldi_frames(n_samples: int, rate: int = 16000, window_ms: float = 25.0, hop_ms: float = 10.0) -> int:
@@ -33,7 +45,8 @@ class ASTEncoder:
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.fe = load_pretrained(ASTFeatureExtractor, name, tiny_dir, role="ast")
+        with ast_mel_filters_as_designed():
+            self.fe = load_pretrained(ASTFeatureExtractor, name, tiny_dir, role="ast")
         self.model = load_pretrained(ASTModel, name, tiny_dir, role="ast")
         self.pooling = pooling
         self.model_batch = int(model_batch)
@@ -86,8 +99,9 @@ class VAEEncoder:
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        self.vae = load_pretrained(AutoencoderKL, name, tiny_dir, role="vae", subfolder=subfolder)
-        self.vae.to(self.device, self.dtype).eval()
+        # the dtype at load time, as diffusers asks (a later `.to(dtype)` prints a float32-modules notice)
+        self.vae = load_pretrained(AutoencoderKL, name, tiny_dir, role="vae", subfolder=subfolder, torch_dtype=self.dtype)
+        self.vae.to(self.device).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.model_batch = int(model_batch)
 

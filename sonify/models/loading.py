@@ -17,10 +17,23 @@ TINY_PREFIX = "tiny:"
 
 def resolve_model(name: str, tiny_dir: str | Path) -> str:
     """A loadable id or path; builds the tiny model first when `name` is 'tiny:<kind>'."""
+    quiet_model_loading()
     if name.startswith(TINY_PREFIX):
         from sonify.models.tiny import build_tiny
         return str(build_tiny(name[len(TINY_PREFIX):], Path(tiny_dir)))
     return name
+
+
+def quiet_model_loading() -> None:
+    """No per-file "Loading weights" / "Writing model shards" bars: a stage shows one bar of its own,
+    and in Ray workers these bars interleave with it under worker prefixes."""
+    import sys
+
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    if "diffusers" in sys.modules:   # callers of diffusers models import it first; others need not pay for it
+        sys.modules["diffusers"].utils.logging.disable_progress_bar()
 
 
 def load_pretrained(cls: Any, name: str, tiny_dir: str | Path = "runs/_tiny_models", role: str = "model", **kwargs) -> Any:

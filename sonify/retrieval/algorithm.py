@@ -134,21 +134,6 @@ def choose_distinct(cos_topk: np.ndarray, idx_topk: np.ndarray, mode: str, rng: 
                  tag("distinct_redraw"))
 
 
-def literal_algorithm1(q: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """The algorithm as written, on the full score vector (reference for tests and the benchmark).
-
-    Returns (eligible pool indices, sorted; chosen index).
-    """
-    t = (pool.astype(np.float32, copy=False) @ q.astype(np.float32, copy=False)).astype(np.float64)  # cosines as stored
-    t = np.sign(t) * np.sqrt(np.abs(t))
-    k = min(k, t.size)
-    lb = topk_mean(np.partition(t, t.size - k)[t.size - k:])
-    eligible = np.flatnonzero(t > lb)
-    if eligible.size == 0:
-        eligible = np.flatnonzero(t == t.max())
-    return eligible, int(eligible[rng.integers(eligible.size)])
-
-
 class BlockedRetriever:
     """The pool in memory once (torch, on GPU when present); queries in blocks through matmul + top-k."""
 

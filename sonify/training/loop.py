@@ -181,7 +181,8 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                metrics = {"step": step, "loss": loss.item(), "mse": terms["mse"].item(), "vb": float(terms.get("vb", 0.0)),
+                metrics = {"step": step, "loss": loss.detach().item(), "mse": terms["mse"].detach().item(),
+                           "vb": float(terms["vb"].detach()) if "vb" in terms else 0.0,   # detached: no autograd scalar warning
                            "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                            "samples_per_s": samples_since / max(now - t_last, 1e-9), "step_time_s": (now - t_last) / cfg.log_every,
                            "skipped_shard_errors": skipped.count}

@@ -14,11 +14,19 @@ import numpy as np
 
 
 def load_audio(path: str, rate: int, seconds: float) -> np.ndarray:
+    """One input, mono at `rate`, cut or zero-padded to `seconds`; a bad file is a ValueError of one line."""
     import soundfile as sf
 
     from sonify.media.audio import resample, to_mono
 
-    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        x, sr = sf.read(path, dtype="float32", always_2d=True)
+    except sf.SoundFileError as e:  # libsndfile's own message, without its traceback
+        raise ValueError(f"{path} cannot be decoded as audio ({getattr(e, 'error_string', e)})") from None
+    if x.shape[0] == 0:
+        raise ValueError(f"{path} is empty (0 audio frames)")
     y = resample(to_mono(x), sr, rate)
     n = int(round(rate * seconds))
     return np.pad(y, (0, n - y.size)) if y.size < n else y[:n]
@@ -75,16 +83,16 @@ def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequenti
     from sonify.models.loading import load_pretrained
     from sonify.training.dit import AudioConditioner
 
-    ckpt = resolve_checkpoint(Path(checkpoint))
-    train_cfg = json.loads((ckpt.parent / "train_config.json").read_text())
-    device = pick_device(device)
     offsets = list(offsets or [0.0] * len(audio))
     if len(offsets) != len(audio):
         raise ValueError(f"{len(offsets)} offsets for {len(audio)} audio inputs")
+    clip = condition_audio(audio, offsets, lufs, sequential, 16000, seconds)  # bad inputs fail before any model loads
+    ckpt = resolve_checkpoint(Path(checkpoint))
+    train_cfg = json.loads((ckpt.parent / "train_config.json").read_text())
+    device = pick_device(device)
     sub = "transformer_ema" if use_ema and (ckpt / "transformer_ema").is_dir() else "transformer"
     model = PixArtTransformer2DModel.from_pretrained(ckpt / sub).to(device).eval()
     conditioner = AudioConditioner.from_pretrained(ckpt / "conditioner").to(device)
-    clip = condition_audio(audio, offsets, lufs, sequential, 16000, seconds)
     ast = ASTEncoder(train_cfg["ast"], train_cfg["tiny_dir"], kaldi_frames(clip.size), "mean", device, "float32")
     tokens = torch.from_numpy(ast.encode([clip])[0])[None].to(device)
     vae = load_pretrained(AutoencoderKL, train_cfg["vae"], train_cfg["tiny_dir"], role="vae", subfolder="vae").to(device).eval()
