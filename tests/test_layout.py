@@ -9,13 +9,14 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sonify"
 
-COMMANDS = {"run", "mix", "train_dit", "generate", "query", "bench"}   # `bench` is a package of benchmark commands
+COMMANDS = {"run", "mix", "train_dit", "generate", "query", "bench", "evaluate"}   # `bench` is a package of benchmark commands
 # Each concern may import its own floor's concerns' lower floors only. Floor 0 imports nothing of sonify.
 FLOORS = {
     "engine": 0,
     "media": 1, "concepts": 1, "models": 1, "retrieval": 1,
     "sources": 2, "mixing": 2,
     "stages": 3, "training": 3,
+    "evaluation": 4,
 }
 MAX_COMMAND_LINES = 200
 
