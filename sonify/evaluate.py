@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
             out = a.out or f"runs/eval/{a.benchmark}"
             t = prepare(a.benchmark, a.root, out, cfg)
-            errors = t.filter(t["status"] != "ok").column("error").to_pylist()
+            errors = [r["error"] for r in t.select(["status", "error"]).to_pylist() if r["status"] != "ok"]
             print(f"{t.num_rows} clips, {t.num_rows - len(errors)} ok, {len(errors)} errors"
                   + (f" (first: {errors[0]})" if errors else "") + f"; {out}/clips.parquet")
         elif a.command == "generate":

@@ -40,11 +40,13 @@ GROUP BY m.mode ORDER BY m.mode"""
 
 COVERAGE = """
 WITH pool AS (SELECT c.source, c.id FROM audio_embeddings e JOIN audio_chunks c ON c.id = e.id WHERE e.status = 'ok'),
-     used AS (SELECT DISTINCT mode, chunk_id FROM all_matches)
-SELECT u.mode, p.source, count(DISTINCT u.chunk_id) AS used_chunks, any_value(t.pool_chunks) AS pool_chunks,
-       count(DISTINCT u.chunk_id) / any_value(t.pool_chunks) AS coverage
-FROM used u JOIN pool p ON p.id = u.chunk_id JOIN (SELECT source, count(*) AS pool_chunks FROM pool GROUP BY source) t USING (source)
-GROUP BY ALL ORDER BY u.mode, p.source"""
+     totals AS (SELECT source, count(*) AS pool_chunks FROM pool GROUP BY source),
+     hits AS (SELECT u.mode, p.source, count(*) AS used_chunks
+              FROM (SELECT DISTINCT mode, chunk_id FROM all_matches) u JOIN pool p ON p.id = u.chunk_id GROUP BY ALL)
+SELECT m.mode, t.source, coalesce(h.used_chunks, 0) AS used_chunks, t.pool_chunks,
+       coalesce(h.used_chunks, 0) / t.pool_chunks AS coverage
+FROM (SELECT DISTINCT mode FROM all_matches) m CROSS JOIN totals t LEFT JOIN hits h ON h.mode = m.mode AND h.source = t.source
+ORDER BY m.mode, t.source"""
 
 
 def _connect(run_dir: Path):
