@@ -72,3 +72,18 @@ def fake_greatesthits(root: Path) -> Path:
     (root / "test.txt").write_text(f"{stamps[0]}\n{stamps[1]}\n")
     (root / "train.txt").write_text(f"{stamps[2]}\n")
     return root
+
+
+def fake_landscapes(root: Path) -> Path:
+    """`<split>/<class>/<name>.mp4`."""
+    make_video(root / "test" / "raining" / "r1.mp4", seconds=2.5, color=COLORS["rain"])
+    make_video(root / "test" / "thunder" / "t1.mp4", seconds=1.0, color=(90, 90, 90), tone=200.0)
+    make_video(root / "train" / "raining" / "r2.mp4", seconds=1.0, color=COLORS["rain"])
+    return root
+
+
+def fake_vegas(root: Path) -> Path:
+    """`<class>/video/<name>.mp4`, one of them without a sound track."""
+    make_video(root / "dog" / "video" / "d1.mp4", seconds=1.5, color=COLORS["dog barking"])
+    make_video(root / "drum" / "video" / "x1.mp4", seconds=1.5, color=(10, 10, 10), audio=False)
+    return root

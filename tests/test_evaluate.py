@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from eval_fakes import fake_greatesthits, fake_vggsound
+from eval_fakes import fake_greatesthits, fake_landscapes, fake_vegas, fake_vggsound
 from sonify.evaluate import main
 from sonify.evaluation.benchmarks import balanced_sample, prepare
 from sonify.evaluation.config import load_eval_config
@@ -77,6 +77,24 @@ def test_prepare_greatesthits_follows_the_clip_rule(tmp_path, cfg):
         ("2015-02-16-17-02-11", 1.0, "water"), ("2015-02-16-17-02-11", 2.4, "metal")]
     assert all(r["status"] == "ok" for r in rows)
     assert rows[0]["start"] == 0.0 and rows[1]["start"] == pytest.approx(1.0)   # a 1 s window centred on the hit, kept inside
+
+
+def test_prepare_landscapes_windows_and_vegas_clips(tmp_path, cfg):
+    cfg.benchmarks.landscapes.seconds = 1.0
+    rows = prepare("landscapes", fake_landscapes(tmp_path / "ls"), tmp_path / "ls_out", cfg).to_pylist()
+    # test split only; 2.5 s of rain gives two 1 s windows, 1 s of thunder one
+    assert [(r["id"], r["label"], r["frame_time"]) for r in rows] == [
+        ("test__raining__r1_00", "raining", 0.5), ("test__raining__r1_01", "raining", 1.5), ("test__thunder__t1_00", "thunder", 0.5)]
+    assert all(r["status"] == "ok" for r in rows)
+    rows = prepare("vegas", fake_vegas(tmp_path / "vg"), tmp_path / "vg_out", cfg).to_pylist()
+    assert [(r["id"], r["label"], r["status"]) for r in rows] == [("d1", "dog", "ok"), ("x1", "drum", "error")]
+    assert rows[1]["error"].startswith("no_audio")
+
+
+def test_the_default_config_names_the_papers_models():
+    cfg = load_eval_config(["config=eval_default"])
+    assert cfg.models.clip == cfg.models.clip_iis == "openai/clip-vit-base-patch32"
+    assert cfg.benchmarks.vggsound.num_clips == 1000 and cfg.score.ndb_k == 50 and cfg.score.ks == [1, 5, 10]
 
 
 def test_wav2clip_loads_the_published_checkpoint_layout(tmp_path):
