@@ -76,6 +76,11 @@ def test_prepare_greatesthits_follows_the_clip_rule(tmp_path, cfg):
         ("2015-02-16-16-49-06", 0.4, "wood"), ("2015-02-16-16-49-06", 1.5, "metal"),
         ("2015-02-16-17-02-11", 1.0, "water"), ("2015-02-16-17-02-11", 2.4, "metal")]
     assert all(r["status"] == "ok" for r in rows)
+    (tmp_path / "out" / "frames" / "stale.jpg").write_bytes(b"x")
+    cfg.benchmarks.greatesthits.min_gap = 5.0   # a re-run with other settings: one clip per recording, nothing stale left
+    again = prepare("greatesthits", root, tmp_path / "out", cfg).to_pylist()
+    assert len(again) == 2 and sorted(p.name for p in (tmp_path / "out" / "frames").iterdir()) == sorted(
+        Path(r["image"]).name for r in again)
     assert rows[0]["start"] == 0.0 and rows[1]["start"] == pytest.approx(1.0)   # a 1 s window centred on the hit, kept inside
 
 
@@ -203,6 +208,9 @@ def test_end_to_end_prepare_generate_resume_score(tmp_path, demo_checkpoint, cap
     assert first.images_drawn == 3 and second.images_drawn == len(ok) - 3 == 5   # 8 ok clips; none generated twice
     assert len({r["id"] for r in index.to_pylist()}) == index.num_rows == 9
     assert [r["error"].split(":")[0] for r in index.to_pylist() if r["status"] != "ok"] == ["not_found"]
+    other = load_eval_config([*common, f"generate.checkpoint={demo_checkpoint}", "generate.guidance=1.0"])
+    with pytest.raises(ValueError, match="other settings"):   # resuming with other settings would mix two models' images
+        generate_images(tmp_path / "p_vgg", tmp_path / "g_vgg", other, sampler=second)
     # a row's image does not depend on its batch: one clip alone gives the same picture (within float rounding)
     alone = load_eval_config([*common, f"generate.checkpoint={demo_checkpoint}", "generate.batch_size=1"])
     third = CountingSampler(real)

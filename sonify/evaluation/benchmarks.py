@@ -141,15 +141,13 @@ def extract(root: Path, out: Path, spec: dict, seconds: float, rate: int, qualit
         info = probe(root / spec["video"])
         t = info.duration / 2 if spec["frame_time"] is None else min(spec["frame_time"], info.duration)
         start = float(np.clip(t - seconds / 2, 0.0, max(0.0, info.duration - seconds)))
-        if not (out / row["audio"]).exists():
-            wave = audio_window(root / spec["video"], start, seconds, rate)
-            buf = io.BytesIO()
-            sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
-            atomic_write(out / row["audio"], buf.getvalue())
-        if not (out / row["image"]).exists():
-            buf = io.BytesIO()
-            frame_at(root / spec["video"], t).save(buf, format="JPEG", quality=quality)
-            atomic_write(out / row["image"], buf.getvalue())
+        wave = audio_window(root / spec["video"], start, seconds, rate)
+        buf = io.BytesIO()
+        sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
+        atomic_write(out / row["audio"], buf.getvalue())
+        buf = io.BytesIO()
+        frame_at(root / spec["video"], t).save(buf, format="JPEG", quality=quality)
+        atomic_write(out / row["image"], buf.getvalue())
         row.update(frame_time=t, start=start)
     except VideoRejected as e:
         row.update(status="error", error=error_text(e.reason, e.detail), image=None, audio=None)
@@ -157,7 +155,10 @@ def extract(root: Path, out: Path, spec: dict, seconds: float, rate: int, qualit
 
 
 def prepare(benchmark: str, root: str | Path, out: str | Path, cfg: EvalConf) -> pa.Table:
-    """Write `<out>/clips.parquet`, `<out>/frames/<id>.jpg` and `<out>/audio/<id>.wav`; files already there are kept."""
+    """Write `<out>/clips.parquet`, `<out>/frames/<id>.jpg` and `<out>/audio/<id>.wav`.
+
+    Every file is written again (settings may have changed), and files of clips no longer listed are removed.
+    """
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
@@ -170,6 +171,10 @@ def prepare(benchmark: str, root: str | Path, out: str | Path, cfg: EvalConf) ->
             for s in tqdm(specs, desc=f"prepare {benchmark}", unit="clip", disable=not cfg.progress)]
     table = pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)
     atomic_write(out / CLIPS_FILE, lambda tmp: pq.write_table(table, tmp))
+    listed = {r[k] for r in rows for k in ("image", "audio") if r[k]}
+    for f in [*(out / "frames").iterdir(), *(out / "audio").iterdir()]:
+        if f.relative_to(out).as_posix() not in listed:
+            f.unlink()
     return table
 
 

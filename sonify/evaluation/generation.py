@@ -49,6 +49,21 @@ def _read_parts(out: Path) -> dict[str, dict]:
     return found
 
 
+def _check_settings(out: Path, settings: dict) -> None:
+    """The first run records its settings; a resume with other ones would mix two models' images, so it is refused."""
+    import json
+
+    f = out / "settings.json"
+    if f.exists():
+        old = json.loads(f.read_text())
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{out} holds images made with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in changed)}); "
+                             "use another --out or remove it")
+    else:
+        atomic_write(f, json.dumps(settings, indent=1))
+
+
 def generate_images(clips_path: str | Path, out: str | Path, cfg: EvalConf, sampler=None) -> pa.Table:
     """Generate the images a clip list lacks; returns the full index. `sampler` is injectable for tests."""
     import torch
@@ -60,6 +75,8 @@ def generate_images(clips_path: str | Path, out: str | Path, cfg: EvalConf, samp
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     g = cfg.generate
+    _check_settings(out, {"checkpoint": g.checkpoint, "steps": g.steps, "guidance": g.guidance, "lufs": g.lufs,
+                          "use_ema": g.use_ema, "seed": cfg.seed})
     done = _read_parts(out)
     todo, rows = [], list(done.values())
     for r in clips.to_pylist():
