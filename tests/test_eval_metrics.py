@@ -111,6 +111,7 @@ def test_recall_at_k_on_embeddings_with_known_ranks():
     r = recall_at_k(ranks, (1, 5, 10))
     assert r[1] == pytest.approx(3 / 12) and r[5] == pytest.approx(7 / 12) and r[10] == pytest.approx(11 / 12)
     assert str(recall_at_k(ranks[:4], (1, 5))[5]) == "n/a (needs >= 5 images in the pool)"
+    assert recall_at_k(ranks[4:8], (1, 5), pool=12)[5] == pytest.approx(1 / 4)   # a subset of queries ranked in the full pool
 
 
 def test_iis_ais_cs_are_cosines_of_fixed_vectors():

@@ -263,6 +263,7 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg):
     assert o["R@1"] == 1.0 and str(o["R@5"]) == "n/a (needs >= 5 images in the pool)"
     assert str(o["FID"]) == "n/a (needs >= 6 samples)"   # 4 clips in 5 dimensions
     assert set(r["per_class"]) == {"wood", "metal", "water"} and r["per_class"]["metal"]["n"] == 2
+    assert r["per_class"]["metal"]["R@1"] == 1.0   # ranked in the whole pool of 4, not among the class's 2
 
 
 def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):

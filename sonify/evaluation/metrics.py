@@ -80,10 +80,14 @@ def retrieval_ranks(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     return ((sims >= own) & others).sum(axis=1)
 
 
-def recall_at_k(ranks: np.ndarray, ks=(1, 5, 10)) -> dict[int, float | Undefined]:
-    """Share of queries whose own item is in the top K (Sound2Scene's R@K); undefined when the pool is smaller than K."""
-    n = len(ranks)
-    return {k: (float(np.mean(np.asarray(ranks) < k)) if n >= k else Undefined(k, "images in the pool")) for k in ks}
+def recall_at_k(ranks: np.ndarray, ks=(1, 5, 10), pool: int | None = None) -> dict[int, float | Undefined]:
+    """Share of queries whose own item is in the top K (Sound2Scene's R@K); undefined when the pool is smaller than K.
+
+    `pool` is the gallery size the ranks were taken in (default: as many as there are queries).
+    """
+    pool = len(ranks) if pool is None else pool
+    return {k: (float(np.mean(np.asarray(ranks) < k)) if pool >= k and len(ranks) else Undefined(k, "images in the pool"))
+            for k in ks}
 
 
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 10, iters: int = 100) -> np.ndarray:

@@ -77,9 +77,8 @@ def metrics_of(f: dict, idx: np.ndarray, cfg: EvalConf, ranks: np.ndarray) -> di
            "CS": float(M.clip_score(f["clip_gen"][idx], f["audio"][idx]).mean()) if len(idx) else M.Undefined(1),
            "NDB": ndb["ndb"] if isinstance(ndb, dict) else ndb,
            "NDB/k": ndb["ndb_over_k"] if isinstance(ndb, dict) else ndb}
-    pool = len(ranks)
-    for k, v in M.recall_at_k(ranks[idx], s.ks).items():
-        out[f"R@{k}"] = v if pool >= k else M.Undefined(k, "images in the pool")
+    for k, v in M.recall_at_k(ranks[idx], s.ks, pool=len(ranks)).items():
+        out[f"R@{k}"] = v
     return out
 
 
