@@ -305,3 +305,18 @@ def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):
     for name in ("cosine", "score", "n_eligible", "images_per_chunk", "concept_frequency", "coverage", "mix_lufs"):
         assert Image.open(tmp_path / "audit" / f"{name}.png").format == "PNG"
     assert pq.read_table(tmp_path / "audit" / "modes.parquet").num_rows == 4
+
+
+@pytest.mark.slow
+def test_score_with_the_tiny_feature_models_is_finite_at_enough_samples(tmp_path):
+    """33 clips scored against their own ground truth (another model's folder) through the real extractors:
+    with more samples than the tiny Inception's 32 dimensions every metric is a number; FID and NDB say 'same'."""
+    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}", "benchmarks.vggsound.num_clips=33"]
+    vgg = fake_vggsound(tmp_path / "vgg", per_class=11, missing=0)
+    assert main(["prepare", "vggsound", "--root", str(vgg), "--out", str(tmp_path / "p"), *common]) == 0
+    assert main(["generate", "--clips", str(tmp_path / "p"), "--images", str(tmp_path / "p" / "frames"),
+                 "--out", str(tmp_path / "g"), *common]) == 0
+    assert main(["score", "--clips", str(tmp_path / "p"), "--images", str(tmp_path / "g"), *common]) == 0
+    o = json.loads((tmp_path / "g" / "scores.json").read_text())["overall"]
+    assert o["n"] == 33 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in o.values()), o
+    assert o["FID"] == pytest.approx(0, abs=1e-6) and o["IIS"] == pytest.approx(1) and o["NDB"] == 0
