@@ -3,7 +3,8 @@
 import importlib
 import sys
 
-BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts", "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix", "shards": "sonify.bench.shards", "train": "sonify.bench.train",
+BENCHES = {"audio": "sonify.bench.audio", "evaluate": "sonify.bench.evaluate", "concepts": "sonify.bench.concepts",
+           "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix", "shards": "sonify.bench.shards", "train": "sonify.bench.train",
            "growth": "sonify.bench.growth"}
 
 

@@ -294,8 +294,13 @@ def pipelines_dir() -> Path:
     return cwd if cwd.is_dir() else REPO_ROOT / "pipelines"
 
 
+OTHER_CONFIGS = ("train_", "eval_")   # pipelines/ also holds the training and evaluation configs
+
+
 def available_pipelines(pattern: str = "*.yaml") -> list[str]:
-    return sorted(p.stem for p in pipelines_dir().glob(pattern))
+    """Config names matching `pattern`; for the default pattern, pipelines only (not `train_*`/`eval_*`)."""
+    names = sorted(p.stem for p in pipelines_dir().glob(pattern))
+    return [n for n in names if not n.startswith(OTHER_CONFIGS)] if pattern == "*.yaml" else names
 
 
 def config_file(name: str, what: str = "pipeline", pattern: str = "*.yaml") -> Path:

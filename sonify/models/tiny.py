@@ -16,7 +16,7 @@ import torch
 from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
-KINDS = ("clap", "vlm", "ast", "vae", "dit")
+KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip")
 VERSION = 5
 
 _CORPUS = [
@@ -114,7 +114,34 @@ def _dit(out: Path) -> None:
                              use_additional_conditions=False).save_pretrained(out / "transformer")
 
 
-_BUILDERS = {"clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit}
+def _clip(out: Path) -> None:
+    """CLIP for IIS, AIS, CS and R@K: the image tower and its (PIL) processor are what evaluation loads."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    cfg = CLIPConfig(text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                      num_attention_heads=2, max_position_embeddings=16),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=32)
+    CLIPModel(cfg).save_pretrained(out)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+
+
+def _inception(out: Path) -> None:
+    """FID's Inception at 1/64 of its width: 32-d pool features."""
+    from sonify.models.inception import FIDInceptionV3
+
+    FIDInceptionV3(width=1 / 64).save_pretrained(out)
+
+
+def _wav2clip(out: Path) -> None:
+    """Wav2CLIP's ResNet-18 with 4 base channels: 32-d embeddings, the tiny CLIP's width."""
+    from sonify.models.wav2clip import Wav2CLIP
+
+    Wav2CLIP(width=4).save_pretrained(out)
+
+
+_BUILDERS = {"clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit, "clip": _clip, "inception": _inception,
+             "wav2clip": _wav2clip}
 
 
 def build_tiny(kind: str, root: str | Path) -> Path:

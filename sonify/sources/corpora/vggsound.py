@@ -1,6 +1,9 @@
-"""VGGSound's `vggsound.csv`: no header, one line per clip `ytid,start,label,split`.
+"""VGGSound (Chen et al., ICASSP 2020): ~200K 10 s YouTube clips in 309 classes.
 
-The official clips are named `<ytid>_<start:06d>` (start in whole seconds), which `clip_name` builds.
+Public layout: a headerless `vggsound.csv` with one row per clip,
+`YouTube ID,start seconds,label,train|test` (labels may hold commas and are then quoted), and the
+released clips named `<ytid>_<start:06d>.mp4` (the Hugging Face copy puts them in `video/`, in
+tarballs `vggsound_NN.tar.gz`). A clip is the 10 s from `start`; nothing else needs choosing.
 """
 
 from __future__ import annotations
@@ -8,17 +11,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
+
+SCHEMA = pa.schema([("ytid", pa.string()), ("start", pa.int64()), ("label", pa.string()), ("split", pa.string())])
+SPLITS = ("train", "test")
+CLIP_SECONDS = 10.0
 
 
 def read_csv(path: str | Path) -> pa.Table:
-    """The list as a table: ytid (str), start (int seconds), label (str), split (str)."""
-    names = ["ytid", "start", "label", "split"]
-    types = {"ytid": pa.string(), "start": pa.int64(), "label": pa.string(), "split": pa.string()}
-    return pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=names),
-                          convert_options=pacsv.ConvertOptions(column_types=types))
+    """The headerless `vggsound.csv` as (ytid, start, label, split); a malformed row fails naming its line."""
+    import pyarrow.csv as pacsv
+
+    opts = pacsv.ReadOptions(column_names=["ytid", "start", "label", "split"], autogenerate_column_names=False)
+    conv = pacsv.ConvertOptions(column_types={"ytid": pa.string(), "start": pa.string(), "label": pa.string(), "split": pa.string()})
+    table = pacsv.read_csv(path, read_options=opts, convert_options=conv)
+    starts = []
+    for i, (s, split) in enumerate(zip(table["start"].to_pylist(), table["split"].to_pylist())):
+        try:
+            starts.append(int(float(s)))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: line {i + 1}: start {s!r} is not a number of seconds") from None
+        if split not in SPLITS:
+            raise ValueError(f"{path}: line {i + 1}: split {split!r} is not one of {', '.join(SPLITS)}")
+    return pa.table([table["ytid"], pa.array(starts, pa.int64()), table["label"], table["split"]], schema=SCHEMA)
 
 
 def clip_name(ytid: str, start: int) -> str:
-    """The file stem VGGSound's released clips use."""
+    """The released clip's file stem: `<ytid>_<start:06d>`."""
     return f"{ytid}_{int(start):06d}"

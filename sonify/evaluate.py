@@ -1,0 +1,91 @@
+"""Evaluate an audio-to-image model the paper's way (Table 1) and its peers': `python -m sonify.evaluate <command>`.
+
+  prepare <benchmark> --root DIR --out DIR   a benchmark's clips: clips.parquet + frames/<id>.jpg + audio/<id>.wav
+                                             (vggsound, greatesthits, landscapes, intothewild, vegas)
+  generate --clips DIR --out DIR [generate.checkpoint=CKPT | --images DIR]
+                                             images for the clips (batched, resumable, seeded) or another model's folder
+  score --clips DIR --images DIR --out DIR   FID, IIS, AIS, CS, R@1/5/10, NDB, per class: scores.md and scores.json
+  pairs run=runs/<pipeline> [--out DIR]      pair-quality audit of a built dataset, every retrieval mode: plots + table
+
+Settings are `pipelines/eval_<config>.yaml` (`config=eval_demo` for tiny offline models) with `key=value`
+overrides, e.g. `score.ndb_k=50 models.inception=/weights/pt_inception-2015-12-05-6726825d.pth`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sonify.engine.errors import SonifyError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sonify.evaluate", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("prepare", help="a benchmark's clip list, frames and audio")
+    pr.add_argument("benchmark")
+    pr.add_argument("--root", required=True, help="the local copy of the benchmark")
+    pr.add_argument("--out", help="default: runs/eval/<benchmark>")
+    ge = sub.add_parser("generate", help="images for a clip list")
+    ge.add_argument("--clips", required=True, help="a prepared folder (or its clips.parquet)")
+    ge.add_argument("--out", required=True, help="where images/ and index.parquet go")
+    ge.add_argument("--images", help="score another model: a folder of <id>.png|jpg instead of generating")
+    sc = sub.add_parser("score", help="metrics of generated images against a clip list")
+    sc.add_argument("--clips", required=True)
+    sc.add_argument("--images", required=True, help="the generate output folder (or its index.parquet)")
+    sc.add_argument("--out", help="default: the --images folder")
+    sc.add_argument("--name", default="model", help="the method's name in the table")
+    pa = sub.add_parser("pairs", help="pair-quality audit of a built dataset (run=runs/<pipeline>)")
+    pa.add_argument("--out", help="default: <run>/audit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    a = _parser().parse_args([x for x in argv if x not in overrides])
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if a.command == "pairs":
+            from sonify.evaluation.pairs import audit
+
+            run = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
+            if not run:
+                print("sonify.evaluate pairs: say which run: run=runs/<pipeline>", file=sys.stderr)
+                return 2
+            report = audit(run[-1], a.out)
+            print(report["markdown"])
+            print(f"plots and tables in {report['out']}")
+            return 0
+        from sonify.evaluation.config import load_eval_config
+
+        cfg = load_eval_config(overrides)
+        if a.command == "prepare":
+            from sonify.evaluation.benchmarks import prepare
+
+            out = a.out or f"runs/eval/{a.benchmark}"
+            t = prepare(a.benchmark, a.root, out, cfg)
+            errors = [r["error"] for r in t.select(["status", "error"]).to_pylist() if r["status"] != "ok"]
+            print(f"{t.num_rows} clips, {t.num_rows - len(errors)} ok, {len(errors)} errors"
+                  + (f" (first: {errors[0]})" if errors else "") + f"; {out}/clips.parquet")
+        elif a.command == "generate":
+            from sonify.evaluation.generation import generate_images, index_folder
+
+            t = index_folder(a.clips, a.images, a.out) if a.images else generate_images(a.clips, a.out, cfg)
+            ok = sum(s == "ok" for s in t.column("status").to_pylist())
+            print(f"{ok} of {t.num_rows} clips have an image; index in {a.out}/index.parquet")
+        else:
+            from sonify.evaluation.scoring import score
+
+            out = a.out or a.images
+            print(open(f"{out}/scores.md").read() if score(a.clips, a.images, out, cfg, a.name) else "")
+    except (SonifyError, OSError, ValueError) as e:
+        print(f"sonify.evaluate {a.command}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Benchmark clip lists: a local copy of a benchmark -> `clips.parquet` + one WAV and one JPEG per clip.
+
+Each row is (id, class, ground-truth JPEG, conditioning WAV); a clip that cannot be read is an error
+row with its reason. The corpus formats are parsed by `sources.corpora.<corpus>`; the clip rules
+(where a corpus has no natural clip) are in those modules' docstrings. For every benchmark the
+ground-truth image is one decoded frame, and the audio is a `seconds` window centred on it (moved
+inside the video where the video is shorter), mono, at `audio_rate`, written as 16-bit WAV.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from sonify.engine.errors import ConfigError, error_text
+from sonify.engine.files import atomic_write
+from sonify.engine.keys import keyed_rng
+from sonify.evaluation.config import BENCHMARKS, BenchmarkConf, EvalConf
+
+CLIPS_FILE = "clips.parquet"
+CLIPS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("benchmark", pa.string()), ("label", pa.string()), ("split", pa.string()),
+    ("video", pa.string()),          # path inside the benchmark root
+    ("frame_time", pa.float64()),    # seconds into the video of the ground-truth frame
+    ("start", pa.float64()), ("seconds", pa.float64()),   # the audio window
+    ("image", pa.string()), ("audio", pa.string()),       # written files, relative to the clip list's folder
+    ("status", pa.string()), ("error", pa.string()),
+])
+
+
+def balanced_sample(labels: list[str], n: int | None, seed: int, purpose: str) -> list[int]:
+    """Indices of a class-balanced sample: classes take turns (in a keyed order), each giving its next clip in a keyed shuffle.
+
+    Class sizes differ by at most one unless a class runs out; the result is sorted and independent of row order.
+    """
+    if n is None or n >= len(labels):
+        return list(range(len(labels)))
+    by_class: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    queues = {lab: [idx[j] for j in keyed_rng(seed, purpose, lab).permutation(len(idx))] for lab, idx in by_class.items()}
+    order = [sorted(queues)[j] for j in keyed_rng(seed, purpose, "class order").permutation(len(queues))]
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for lab in order:
+            if queues[lab] and len(chosen) < n:
+                chosen.append(queues[lab].pop(0))
+    return sorted(chosen)
+
+
+def _spec(id_, label, split, video, frame_time=None):
+    return {"id": id_, "label": label, "split": split or "", "video": video, "frame_time": frame_time}
+
+
+def _vggsound(root: Path, bc: BenchmarkConf, seed: int) -> list[dict]:
+    from sonify.sources.corpora import vggsound
+
+    csv = root / "vggsound.csv"
+    if not csv.exists():
+        raise ConfigError(f"no vggsound.csv in --root {root} (VGGSound's headerless CSV: ytid,start,label,split)")
+    t = vggsound.read_csv(csv)
+    rows = [r for r in t.to_pylist() if bc.split is None or r["split"] == bc.split]
+    keep = balanced_sample([r["label"] for r in rows], bc.num_clips, seed, "vggsound")
+    out = []
+    for r in (rows[i] for i in keep):
+        name = vggsound.clip_name(r["ytid"], r["start"])
+        found = [p for p in (root / "video" / f"{name}.mp4", root / f"{name}.mp4") if p.exists()]
+        out.append(_spec(name, r["label"], r["split"], (found[0] if found else root / "video" / f"{name}.mp4").relative_to(root).as_posix()))
+    return out
+
+
+def _greatesthits(root: Path, bc: BenchmarkConf, seed: int) -> list[dict]:
+    from sonify.sources.corpora import greatesthits as gh
+
+    splits = gh.split_of(root)
+    out = []
+    for stamp in gh.recordings(root):
+        split = splits.get(stamp, "")
+        if bc.split is not None and split != bc.split:
+            continue
+        for hit in gh.hit_clips(gh.read_times(root / f"{stamp}_times.txt"), bc.min_gap):
+            out.append(_spec(f"{stamp}_{int(round(hit['time'] * 1000)):08d}", hit["material"], split,
+                             gh.video_path(root, stamp).name, hit["time"]))
+    keep = balanced_sample([s["label"] for s in out], bc.num_clips, seed, "greatesthits")
+    return [out[i] for i in keep]
+
+
+def _windows(root: Path, bc: BenchmarkConf, seed: int, listing, name: str) -> list[dict]:
+    from sonify.media.video import VideoRejected, probe
+    from sonify.sources.corpora.landscapes import windows
+
+    out = []
+    for r in listing(root).to_pylist():
+        if bc.split is not None and r["split"] != bc.split:
+            continue
+        stem = Path(r["relpath"]).with_suffix("").as_posix().replace("/", "__")
+        try:
+            starts = windows(probe(root / r["relpath"]).duration, bc.seconds, bc.max_clips_per_video)
+        except VideoRejected:
+            starts = [0.0]   # the error row comes from decoding
+        for i, s in enumerate(starts):
+            out.append(_spec(f"{stem}_{i:02d}", r["label"], r["split"], r["relpath"], s + bc.seconds / 2))
+    keep = balanced_sample([s["label"] for s in out], bc.num_clips, seed, name)
+    return [out[i] for i in keep]
+
+
+def _vegas(root: Path, bc: BenchmarkConf, seed: int) -> list[dict]:
+    from sonify.sources.corpora import vegas
+
+    rows = [r for r in vegas.list_videos(root).to_pylist() if bc.split is None or r["split"] == bc.split]
+    out = [_spec(Path(r["relpath"]).stem, r["label"], r["split"], r["relpath"]) for r in rows]
+    keep = balanced_sample([s["label"] for s in out], bc.num_clips, seed, "vegas")
+    return [out[i] for i in keep]
+
+
+def clip_specs(benchmark: str, root: Path, cfg: EvalConf) -> list[dict]:
+    from sonify.sources.corpora import landscapes
+
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; valid choices: {', '.join(BENCHMARKS)}")
+    if not root.is_dir():
+        raise ConfigError(f"--root {root} is not a folder")
+    bc = getattr(cfg.benchmarks, benchmark)
+    if benchmark in ("landscapes", "intothewild"):
+        return _windows(root, bc, cfg.seed, landscapes.list_videos, benchmark)
+    return {"vggsound": _vggsound, "greatesthits": _greatesthits, "vegas": _vegas}[benchmark](root, bc, cfg.seed)
+
+
+def extract(root: Path, out: Path, spec: dict, seconds: float, rate: int, quality: int) -> dict:
+    """Decode one clip's frame and audio window to files; the row, or an error row with the reason."""
+    import soundfile as sf
+
+    from sonify.media.video import VideoRejected, audio_window, frame_at, probe
+
+    row = dict(spec, start=None, seconds=seconds, image=f"frames/{spec['id']}.jpg", audio=f"audio/{spec['id']}.wav",
+               status="ok", error=None)
+    try:
+        info = probe(root / spec["video"])
+        t = info.duration / 2 if spec["frame_time"] is None else min(spec["frame_time"], info.duration)
+        start = float(np.clip(t - seconds / 2, 0.0, max(0.0, info.duration - seconds)))
+        wave = audio_window(root / spec["video"], start, seconds, rate)
+        buf = io.BytesIO()
+        sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
+        atomic_write(out / row["audio"], buf.getvalue())
+        buf = io.BytesIO()
+        frame_at(root / spec["video"], t).save(buf, format="JPEG", quality=quality)
+        atomic_write(out / row["image"], buf.getvalue())
+        row.update(frame_time=t, start=start)
+    except VideoRejected as e:
+        row.update(status="error", error=error_text(e.reason, e.detail), image=None, audio=None)
+    return row
+
+
+def prepare(benchmark: str, root: str | Path, out: str | Path, cfg: EvalConf) -> pa.Table:
+    """Write `<out>/clips.parquet`, `<out>/frames/<id>.jpg` and `<out>/audio/<id>.wav`.
+
+    Every file is written again (settings may have changed), and files of clips no longer listed are removed.
+    """
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    root, out = Path(root), Path(out)
+    specs = clip_specs(benchmark, root, cfg)
+    bc = getattr(cfg.benchmarks, benchmark)
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    rows = [dict(extract(root, out, s, bc.seconds, cfg.audio_rate, cfg.jpeg_quality), benchmark=benchmark)
+            for s in tqdm(specs, desc=f"prepare {benchmark}", unit="clip", disable=not cfg.progress)]
+    table = pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA)
+    atomic_write(out / CLIPS_FILE, lambda tmp: pq.write_table(table, tmp))
+    listed = {r[k] for r in rows for k in ("image", "audio") if r[k]}
+    for f in [*(out / "frames").iterdir(), *(out / "audio").iterdir()]:
+        if f.relative_to(out).as_posix() not in listed:
+            f.unlink()
+    return table
+
+
+def read_clips(path: str | Path) -> tuple[pa.Table, Path]:
+    """A clip list (its file, or the folder holding `clips.parquet`) and the folder its paths are relative to."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    p = p / CLIPS_FILE if p.is_dir() else p
+    if not p.exists():
+        raise ConfigError(f"no clip list at {p}; run `python -m sonify.evaluate prepare` first")
+    return pq.read_table(p), p.parent

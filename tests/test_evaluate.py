@@ -1,0 +1,322 @@
+"""`python -m sonify.evaluate`: benchmark clip lists from fake layouts, feature models loaded from files,
+resumable generation, scoring end to end, and the pair-quality audit against DuckDB."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from eval_fakes import fake_greatesthits, fake_landscapes, fake_vegas, fake_vggsound
+from sonify.evaluate import main
+from sonify.evaluation.benchmarks import balanced_sample, prepare
+from sonify.evaluation.config import load_eval_config
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_eval_config(["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}"])
+
+
+def test_vggsound_csv_and_clip_names(tmp_path):
+    from sonify.sources.corpora.vggsound import clip_name, read_csv
+
+    p = tmp_path / "vggsound.csv"
+    p.write_text('---g-83_3_0,30,"people marching, band",test\nx_y,0,dog barking,train\n')
+    t = read_csv(p)
+    assert t.column_names == ["ytid", "start", "label", "split"]
+    assert t.to_pylist()[0] == {"ytid": "---g-83_3_0", "start": 30, "label": "people marching, band", "split": "test"}
+    assert clip_name("---g-83_3_0", 30) == "---g-83_3_0_000030"
+    p.write_text("a,ten,dog,test\n")
+    with pytest.raises(ValueError, match="line 1"):
+        read_csv(p)
+
+
+def test_balanced_sample_takes_classes_in_turn_and_is_seeded():
+    labels = ["a"] * 10 + ["b"] * 3 + ["c"] * 6
+    pick = balanced_sample(labels, 7, seed=0, purpose="t")
+    counts = {lab: sum(labels[i] == lab for i in pick) for lab in "abc"}
+    assert sorted(counts.values()) == [2, 2, 3]
+    assert pick == balanced_sample(labels, 7, seed=0, purpose="t") != balanced_sample(labels, 7, seed=1, purpose="t")
+    pick = balanced_sample(labels, 12, seed=0, purpose="t")
+    counts = {lab: sum(labels[i] == lab for i in pick) for lab in "abc"}
+    assert counts["b"] == 3 and sorted([counts["a"], counts["c"]]) == [4, 5]   # b runs out, the others share its turns
+
+
+def test_prepare_vggsound_writes_wavs_and_jpegs_and_error_rows(tmp_path, cfg):
+    root = fake_vggsound(tmp_path / "vgg", per_class=3, missing=1)
+    t = prepare("vggsound", root, tmp_path / "out", cfg)
+    rows = t.to_pylist()
+    assert len(rows) == 9 and {r["split"] for r in rows} == {"test"}   # 12 test clips, sample of 12 -> all 9 test
+    bad = [r for r in rows if r["status"] != "ok"]
+    assert len(bad) == 1 and bad[0]["error"].startswith("not_found:") and bad[0]["label"] == "dog barking"
+    for r in rows:
+        if r["status"] == "ok":
+            x, sr = sf.read(tmp_path / "out" / r["audio"])
+            assert sr == 16000 and x.ndim == 1 and len(x) == 16000 * cfg.benchmarks.vggsound.seconds
+            assert 0.1 < np.abs(x).max() < 0.5   # the fake's 0.3 sine, decoded from AAC
+            im = Image.open(tmp_path / "out" / r["image"])
+            assert im.format == "JPEG" and im.size == (48, 32)
+            assert r["frame_time"] == pytest.approx(1.0, abs=0.1)   # the middle of a 2 s clip
+    red = np.asarray(Image.open(tmp_path / "out" / [r for r in rows if r["status"] == "ok" and r["label"] == "dog barking"][0]["image"]))
+    assert red[:, -1, 0].mean() > 150 and red[:, -1, 2].mean() < 100   # the dog clip's colour, past the sweeping bar
+
+
+def test_prepare_greatesthits_follows_the_clip_rule(tmp_path, cfg):
+    root = fake_greatesthits(tmp_path / "gh")
+    rows = prepare("greatesthits", root, tmp_path / "out", cfg).to_pylist()
+    # test split only; the 'None' material and the hit 0.2 s after a kept one (min_gap 0.5) are left out
+    assert [(r["id"].split("_")[0], r["frame_time"], r["label"]) for r in rows] == [
+        ("2015-02-16-16-49-06", 0.4, "wood"), ("2015-02-16-16-49-06", 1.5, "metal"),
+        ("2015-02-16-17-02-11", 1.0, "water"), ("2015-02-16-17-02-11", 2.4, "metal")]
+    assert all(r["status"] == "ok" for r in rows)
+    (tmp_path / "out" / "frames" / "stale.jpg").write_bytes(b"x")
+    cfg.benchmarks.greatesthits.min_gap = 5.0   # a re-run with other settings: one clip per recording, nothing stale left
+    again = prepare("greatesthits", root, tmp_path / "out", cfg).to_pylist()
+    assert len(again) == 2 and sorted(p.name for p in (tmp_path / "out" / "frames").iterdir()) == sorted(
+        Path(r["image"]).name for r in again)
+    assert rows[0]["start"] == 0.0 and rows[1]["start"] == pytest.approx(1.0)   # a 1 s window centred on the hit, kept inside
+
+
+def test_prepare_landscapes_windows_and_vegas_clips(tmp_path, cfg):
+    cfg.benchmarks.landscapes.seconds = 1.0
+    rows = prepare("landscapes", fake_landscapes(tmp_path / "ls"), tmp_path / "ls_out", cfg).to_pylist()
+    # test split only; 2.5 s of rain gives two 1 s windows, 1 s of thunder one
+    assert [(r["id"], r["label"], r["frame_time"]) for r in rows] == [
+        ("test__raining__r1_00", "raining", 0.5), ("test__raining__r1_01", "raining", 1.5), ("test__thunder__t1_00", "thunder", 0.5)]
+    assert all(r["status"] == "ok" for r in rows)
+    rows = prepare("vegas", fake_vegas(tmp_path / "vg"), tmp_path / "vg_out", cfg).to_pylist()
+    assert [(r["id"], r["label"], r["status"]) for r in rows] == [("d1", "dog", "ok"), ("x1", "drum", "error")]
+    assert rows[1]["error"].startswith("no_audio")
+
+
+def test_the_default_config_names_the_papers_models():
+    cfg = load_eval_config(["config=eval_default"])
+    assert cfg.models.clip == cfg.models.clip_iis == "openai/clip-vit-base-patch32"
+    assert cfg.benchmarks.vggsound.num_clips == 1000 and cfg.score.ndb_k == 50 and cfg.score.ks == [1, 5, 10]
+
+
+def test_wav2clip_loads_the_published_checkpoint_layout(tmp_path):
+    from sonify.models.wav2clip import Wav2CLIP
+
+    model = Wav2CLIP(width=4).eval()
+    state = {f"audio_encoder.{k}": v for k, v in model.audio_encoder.state_dict().items()}
+    state["audio_encoder.spectrogram.window"] = torch.hann_window(512)
+    state.update({f"audio_transform.sequential.{k}": v for k, v in model.audio_transform.state_dict().items()})
+    state["image_encoder.something"] = torch.zeros(1)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"width": 4}))
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt" / "model.pth")
+    loaded = Wav2CLIP.from_pretrained(tmp_path / "ckpt")
+    x = torch.randn(2, 16000)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x))
+        assert model(x).shape == (2, 32)
+    full = Wav2CLIP()
+    assert full.out_dim == 512 and sum(p.numel() for n, p in full.audio_encoder.named_parameters() if not n.startswith("fc")) == 11_170_240
+
+
+def test_fid_inception_is_the_published_network(tmp_path):
+    from sonify.models.inception import FIDInceptionV3
+
+    full = FIDInceptionV3()
+    # torchvision's inception_v3 without the aux head has 23,834,568 parameters with 1000 classes; FID's has 1008
+    assert sum(p.numel() for p in full.parameters()) == 23_834_568 + 8 * 2049 and full.feature_dim == 2048
+    with torch.no_grad():
+        assert full.eval()(torch.rand(1, 3, 299, 299)).shape == (1, 2048)
+    sd = {k: v for k, v in full.state_dict().items()}
+    torch.save(sd, tmp_path / "pt_inception.pth")   # pytorch-fid's file: a plain state dict
+    again = FIDInceptionV3.from_pretrained(tmp_path / "pt_inception.pth")
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in sd.items())
+    sd.pop("fc.bias")
+    torch.save(sd, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="missing"):
+        FIDInceptionV3.from_pretrained(tmp_path / "broken.pth")
+
+
+def test_clean_resize_keeps_float_precision():
+    from sonify.evaluation.features import center_square, clean_resize
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    sq = center_square(im)
+    assert sq.size == (40, 40)
+    out = clean_resize(sq, 299)
+    assert out.shape == (299, 299, 3) and out.dtype == np.float32
+    assert not np.allclose(out, np.round(out))   # not re-quantised to 8 bits
+
+
+def test_bad_configuration_fails_in_one_line(tmp_path, capsys):
+    assert main(["prepare", "nosuch", "--root", str(tmp_path), "config=eval_demo"]) == 2
+    assert "valid choices: vggsound, greatesthits" in capsys.readouterr().err
+    assert main(["score", "--clips", str(tmp_path), "--images", str(tmp_path), "score.nokey=1"]) == 2
+    assert "nokey" in capsys.readouterr().err
+
+
+class CountingSampler:
+    """The real Sampler, counting what it draws; optionally interrupted after `stop_after` batches."""
+
+    def __init__(self, real, stop_after=None):
+        self.real, self.stop_after, self.batches, self.images_drawn = real, stop_after, 0, 0
+
+    def initial_latents(self, n, generator):
+        return self.real.initial_latents(n, generator)
+
+    def images(self, clips, latents):
+        if self.stop_after is not None and self.batches >= self.stop_after:
+            raise KeyboardInterrupt("killed")
+        self.batches += 1
+        self.images_drawn += len(clips)
+        return self.real.images(clips, latents)
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(full_run, tmp_path_factory):
+    """The tiny DiT trained a few steps on the shared demo run's shards."""
+    from sonify.training.config import load_train_config
+    from sonify.training.loop import train_loop
+
+    run_cfg, _ = full_run
+    out = tmp_path_factory.mktemp("dit")
+    train_loop(load_train_config(["config=train_demo", f"shards={run_cfg.run.dir}/shards/train-*.tar", f"output_dir={out}",
+                                  f"tiny_dir={run_cfg.models.tiny_dir}", "steps=2", "checkpoint_every=2", "progress=false"]))
+    return out
+
+
+@pytest.mark.slow
+def test_end_to_end_prepare_generate_resume_score(tmp_path, demo_checkpoint, capsys):
+    from sonify.evaluation.generation import generate_images
+    from sonify.training.sampling import Sampler
+
+    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}"]
+    vgg, gh = fake_vggsound(tmp_path / "vgg"), fake_greatesthits(tmp_path / "gh")
+    assert main(["prepare", "vggsound", "--root", str(vgg), "--out", str(tmp_path / "p_vgg"), *common]) == 0
+    assert main(["prepare", "greatesthits", "--root", str(gh), "--out", str(tmp_path / "p_gh"), *common]) == 0
+    cfg = load_eval_config([*common, f"generate.checkpoint={demo_checkpoint}", "generate.batch_size=3"])
+    real = Sampler(str(demo_checkpoint), 1.0, steps=2, device="cpu")
+    first = CountingSampler(real, stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        generate_images(tmp_path / "p_vgg", tmp_path / "g_vgg", cfg, sampler=first)
+    second = CountingSampler(real)
+    index = generate_images(tmp_path / "p_vgg", tmp_path / "g_vgg", cfg, sampler=second)
+    ok = [r for r in index.to_pylist() if r["status"] == "ok"]
+    assert first.images_drawn == 3 and second.images_drawn == len(ok) - 3 == 5   # 8 ok clips; none generated twice
+    assert len({r["id"] for r in index.to_pylist()}) == index.num_rows == 9
+    assert [r["error"].split(":")[0] for r in index.to_pylist() if r["status"] != "ok"] == ["not_found"]
+    other = load_eval_config([*common, f"generate.checkpoint={demo_checkpoint}", "generate.guidance=1.0"])
+    with pytest.raises(ValueError, match="other settings"):   # resuming with other settings would mix two models' images
+        generate_images(tmp_path / "p_vgg", tmp_path / "g_vgg", other, sampler=second)
+    # a row's image does not depend on its batch: one clip alone gives the same picture (within float rounding)
+    alone = load_eval_config([*common, f"generate.checkpoint={demo_checkpoint}", "generate.batch_size=1"])
+    third = CountingSampler(real)
+    generate_images(tmp_path / "p_vgg", tmp_path / "g_again", alone, sampler=third)
+    a = np.asarray(Image.open(tmp_path / "g_vgg" / ok[-1]["image"]), np.int16)
+    b = np.asarray(Image.open(tmp_path / "g_again" / ok[-1]["image"]), np.int16)
+    assert np.abs(a - b).max() <= 2
+    # the command path: generation through the CLI for Greatest Hits, then score both
+    assert main(["generate", "--clips", str(tmp_path / "p_gh"), "--out", str(tmp_path / "g_gh"),
+                 f"generate.checkpoint={demo_checkpoint}", *common]) == 0
+    for bench in ("vgg", "gh"):
+        assert main(["score", "--clips", str(tmp_path / f"p_{bench}"), "--images", str(tmp_path / f"g_{bench}"), *common]) == 0
+        result = json.loads((tmp_path / f"g_{bench}" / "scores.json").read_text())
+        for scope in [result["overall"], *result["per_class"].values()]:
+            for key, value in scope.items():
+                if isinstance(value, dict):
+                    assert value["value"] is None and value["undefined"].startswith("n/a (needs >= "), (key, value)
+                else:
+                    assert np.isfinite(value), (key, value)
+        md = (tmp_path / f"g_{bench}" / "scores.md").read_text()
+        assert "n/a (needs >= 33 samples)" in md   # FID in the tiny Inception's 32 dimensions
+        assert "nan" not in md.lower()
+    assert json.loads((tmp_path / "g_vgg" / "scores.json").read_text())["retrieval_pool"] == 8
+    # another model's folder, keyed by id, scores the same way
+    assert main(["generate", "--clips", str(tmp_path / "p_gh"), "--images", str(tmp_path / "g_gh" / "images"),
+                 "--out", str(tmp_path / "other"), *common]) == 0
+    assert main(["score", "--clips", str(tmp_path / "p_gh"), "--images", str(tmp_path / "other"), "--name", "other", *common]) == 0
+    assert "| other | greatesthits | 4 |" in (tmp_path / "other" / "scores.md").read_text()
+
+
+def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg):
+    """The scoring path with known embeddings: identical sets give FID 0, IIS 1, R@1 1."""
+    from sonify.evaluation.scoring import score
+
+    root = fake_greatesthits(tmp_path / "gh")
+    prepare("greatesthits", root, tmp_path / "p", cfg)
+    clips = pq.read_table(tmp_path / "p" / "clips.parquet").to_pylist()
+    from sonify.evaluation.generation import index_folder
+    index_folder(tmp_path / "p", tmp_path / "p" / "frames", tmp_path / "g")   # the ground truth as the "model"
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((len(clips), 5))
+
+    def features(gt, gen, audio, seconds):
+        assert [Path(p).name for p in gt] == [Path(p).name for p in gen]
+        return {"inc_gt": e, "inc_gen": e, "clip_gen": e, "clip_gt": e, "iis_gen": e, "iis_gt": e, "audio": e}
+
+    r = score(tmp_path / "p", tmp_path / "g", tmp_path / "s", cfg, features=features)
+    o = r["overall"]
+    assert o["IIS"] == pytest.approx(1.0) and o["AIS"] == pytest.approx(1.0) and o["CS"] == pytest.approx(100.0)
+    assert o["R@1"] == 1.0 and str(o["R@5"]) == "n/a (needs >= 5 images in the pool)"
+    assert str(o["FID"]) == "n/a (needs >= 6 samples)"   # 4 clips in 5 dimensions
+    assert set(r["per_class"]) == {"wood", "metal", "water"} and r["per_class"]["metal"]["n"] == 2
+    assert r["per_class"]["metal"]["R@1"] == 1.0   # ranked in the whole pool of 4, not among the class's 2
+
+
+def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):
+    import duckdb
+
+    run_cfg, _ = full_run
+    run = Path(run_cfg.run.dir)
+    assert main(["pairs", f"run={run}", "--out", str(tmp_path / "audit")]) == 0
+    assert "Pair-quality audit" in capsys.readouterr().out
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    con = duckdb.connect()
+    m = lambda t: f"read_parquet('{run}/manifests/{t}/[!.]*.parquet')"   # noqa: E731
+    truth = con.execute(f"""SELECT mode, count(*) n, avg(cosine) c, count(DISTINCT chunk_id) d, median(n_eligible) e
+                       FROM (SELECT * FROM {m('matches')} UNION ALL SELECT * FROM {m('match_ablations')}) WHERE status = 'ok'
+                       GROUP BY mode ORDER BY mode""").fetchall()
+    assert [r[0] for r in truth] == ["argmax", "raw", "softmax", "ssr"]
+    modes = {r["mode"]: r for r in audit["modes"]}
+    for mode, n, c, d, e in truth:
+        assert modes[mode]["matches"] == n and modes[mode]["cosine_mean"] == pytest.approx(c)
+        assert modes[mode]["distinct_chunks"] == d and modes[mode]["eligible_median"] == pytest.approx(e)
+        assert sum(audit["figures"]["cosine"][mode]["counts"]) == n
+        assert sum(int(k) * v for k, v in audit["figures"]["images_per_chunk"][mode].items()) == con.execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT chunk_id, image_id FROM (SELECT * FROM {m('matches')} UNION ALL "
+            f"SELECT * FROM {m('match_ablations')}) WHERE status = 'ok' AND mode = '{mode}')").fetchone()[0]
+    # the ssr cosine histogram, bin by bin, from DuckDB's values and the figure's edges
+    h = audit["figures"]["cosine"]["ssr"]
+    vals = np.array([r[0] for r in con.execute(f"SELECT cosine FROM {m('matches')} WHERE status = 'ok'").fetchall()])
+    assert np.histogram(vals, bins=np.array(h["edges"]))[0].tolist() == h["counts"]
+    top = con.execute(f"SELECT text, count(*) FROM {m('matches')} WHERE status = 'ok' GROUP BY text ORDER BY 2 DESC, 1 LIMIT 20").fetchall()
+    assert list(audit["figures"]["concept_frequency"].items()) == [tuple(t) for t in top]
+    per_source = con.execute(f"""SELECT c.source, count(DISTINCT c.id) FILTER (WHERE c.id IN (SELECT chunk_id FROM {m('matches')}
+                                  WHERE status = 'ok')) / count(DISTINCT c.id)
+                              FROM {m('audio_chunks')} c JOIN {m('audio_embeddings')} e ON e.id = c.id AND e.status = 'ok'
+                              GROUP BY c.source""").fetchall()
+    assert {f"ssr/{src}": v for src, v in per_source} == pytest.approx(
+        {k: v for k, v in audit["figures"]["coverage"].items() if k.startswith("ssr/")})
+    n_mix = con.execute(f"SELECT count(*) FROM {m('mixes')} WHERE status = 'ok' AND isfinite(lufs)").fetchone()[0]
+    assert sum(audit["figures"]["mix_lufs"]["counts"]) == n_mix
+    for name in ("cosine", "score", "n_eligible", "images_per_chunk", "concept_frequency", "coverage", "mix_lufs"):
+        assert Image.open(tmp_path / "audit" / f"{name}.png").format == "PNG"
+    assert pq.read_table(tmp_path / "audit" / "modes.parquet").num_rows == 4
+
+
+@pytest.mark.slow
+def test_score_with_the_tiny_feature_models_is_finite_at_enough_samples(tmp_path):
+    """33 clips scored against their own ground truth (another model's folder) through the real extractors:
+    with more samples than the tiny Inception's 32 dimensions every metric is a number; FID and NDB say 'same'."""
+    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}", "benchmarks.vggsound.num_clips=33"]
+    vgg = fake_vggsound(tmp_path / "vgg", per_class=11, missing=0)
+    assert main(["prepare", "vggsound", "--root", str(vgg), "--out", str(tmp_path / "p"), *common]) == 0
+    assert main(["generate", "--clips", str(tmp_path / "p"), "--images", str(tmp_path / "p" / "frames"),
+                 "--out", str(tmp_path / "g"), *common]) == 0
+    assert main(["score", "--clips", str(tmp_path / "p"), "--images", str(tmp_path / "g"), *common]) == 0
+    o = json.loads((tmp_path / "g" / "scores.json").read_text())["overall"]
+    assert o["n"] == 33 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in o.values()), o
+    assert o["FID"] == pytest.approx(0, abs=1e-6) and o["IIS"] == pytest.approx(1) and o["NDB"] == 0
