@@ -13,6 +13,7 @@ import torch
 from sonify.engine.errors import ConfigError
 from sonify.train_dit import main
 from sonify.training.config import load_train_config
+from sonify.training.dit import AudioConditioner
 from sonify.training.loop import checkpoints, train_loop
 
 
@@ -22,14 +23,18 @@ def _npy(a):
     return buf.getvalue()
 
 
-def write_shards(d: Path, n_samples=8, per_shard=4, ast_dim=32, latent=(4, 32, 32), seed=0):
-    """Tiny shards in the layout of the shards stage."""
+def write_shards(d: Path, n_samples=8, per_shard=4, ast_dim=32, latent=(4, 32, 32), seed=0, sizes=None, split="train"):
+    """Tiny shards in the layout of the shards stage, and its shard list `<split>.txt` (names relative to
+    the list's folder); `sizes` gives uneven shards. Returns the list file's path."""
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)
-    for s in range(0, n_samples, per_shard):
-        with tarfile.open(d / f"train-{s // per_shard:06d}.tar", "w") as tf:
-            for i in range(s, min(s + per_shard, n_samples)):
-                key = f"{i:016x}_abcd1234"
+    sizes = sizes or [min(per_shard, n_samples - s) for s in range(0, n_samples, per_shard)]
+    names, i = [], 0
+    for n, size in enumerate(sizes):
+        names.append(f"{split}-{n:06d}.tar")
+        with tarfile.open(d / names[-1], "w") as tf:
+            for i in range(i, i + size):
+                key = f"{split}{i:012x}_abcd1234"
                 mean = rng.standard_normal(latent).astype(np.float16)
                 std = np.full(latent, 0.05, np.float16)
                 members = {"latent.npy": _npy(np.stack([mean, std])),
@@ -39,7 +44,9 @@ def write_shards(d: Path, n_samples=8, per_shard=4, ast_dim=32, latent=(4, 32, 3
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tf.addfile(info, io.BytesIO(data))
-    return str(d / "train-*.tar")
+            i += 1
+    (d / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    return str(d / f"{split}.txt")
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +99,11 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(shards, tiny_d
     for sub in ("transformer", "transformer_ema"):
         a, b = _params(tmp_path / "full/checkpoint-6" / sub), _params(tmp_path / "part/checkpoint-6" / sub)
         assert all(torch.equal(a[k], b[k]) for k in a), sub
+    for sub in ("conditioner", "conditioner_ema"):
+        a, b = (AudioConditioner.from_pretrained(tmp_path / f"{r}/checkpoint-6" / sub).null for r in ("full", "part"))
+        assert torch.equal(a, b), sub
     state = torch.load(tmp_path / "part/checkpoint-6/training_state.pt", weights_only=False)
-    assert state["step"] == 6 and state["epoch"] >= 1   # 8 samples / batch 4 with accumulation 2: a step per epoch
+    assert state["step"] == 6 and state["data"]["ranks"][0]["epoch"] >= 1   # 8 samples / batch 4, accumulation 2: a step per epoch
 
 
 def test_loader_workers_split_shards_and_resume_exactly(tmp_path, tiny_dir):
@@ -123,9 +133,10 @@ def test_keep_only_the_last_checkpoints(shards, tiny_dir, tmp_path):
 def test_bad_shard_is_logged_skipped_and_counted(tmp_path, tiny_dir, caplog):
     pattern = write_shards(tmp_path / "s", n_samples=8, per_shard=4)
     (tmp_path / "s" / "train-000009.tar").write_bytes(b"this is not a tar file" * 100)
-    metrics = train_loop(_cfg(pattern, tiny_dir, tmp_path / "o", "steps=3", "checkpoint_every=10"))
-    assert metrics["skipped_shard_errors"] >= 1 and metrics["step"] == 3
-    assert "skipping unreadable shard data" in caplog.text
+    Path(pattern).write_text(Path(pattern).read_text() + "train-000009.tar\n")
+    metrics = train_loop(_cfg(pattern, tiny_dir, tmp_path / "o", "steps=2", "checkpoint_every=10"))   # one epoch: read once
+    assert metrics["skipped_shard_errors"] == 1 and metrics["step"] == 2
+    assert "skipping unreadable shard data" in caplog.text and "1 unreadable shards or samples were skipped" in caplog.text
 
 
 @pytest.mark.parametrize("override, message", [

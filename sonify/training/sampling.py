@@ -2,15 +2,19 @@
 
 The clip AST hears is made by the one renderer (`mixing.render`): inputs normalised to a loudness
 plus a per-input offset, then summed (or placed one after another). The transformer's EMA weights
-are used when present, with the null-audio token saved beside them.
+and the null-audio token's EMA are used together when both are present (one consistent set), else both
+as trained.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("sonify.generate")
 
 
 def load_audio(path: str, rate: int, seconds: float) -> np.ndarray:
@@ -65,15 +69,57 @@ def make_grid(images: list, cols: int):
     return grid
 
 
+def load_weights(ckpt: Path, use_ema: bool = True, device: str = "cpu"):
+    """The transformer and the null-audio token from one consistent set: both EMA (`transformer_ema/`,
+    `conditioner_ema/`) or both as trained; a checkpoint missing either EMA half falls back to the trained pair."""
+    from diffusers import PixArtTransformer2DModel
+
+    from sonify.training.dit import AudioConditioner
+
+    ema = use_ema and (ckpt / "transformer_ema").is_dir() and (ckpt / "conditioner_ema").is_dir()
+    if use_ema and not ema:
+        log.warning("%s has no EMA transformer and null token together: using the trained weights", ckpt)
+    suffix = "_ema" if ema else ""
+    model = PixArtTransformer2DModel.from_pretrained(ckpt / f"transformer{suffix}").to(device).eval()
+    return model, AudioConditioner.from_pretrained(ckpt / f"conditioner{suffix}").to(device).eval()
+
+
+def sample_images(model, conditioner, vae, cond, cond_mask, steps: int, guidance: float, seed: int, latent_size: int,
+                  num_train_timesteps: int) -> list:
+    """One image per row of `cond` (B, T, D) with `cond_mask` (B, T): DPM-Solver with classifier-free guidance
+    against the null token, decoded by the VAE. Used by `generate` and by the trainer's validation grid."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+    from PIL import Image
+
+    device, n, c = cond.device, cond.shape[0], model.config.in_channels
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
+                                            beta_start=0.0001, beta_end=0.02)
+    scheduler.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn((n, c, latent_size, latent_size), generator=gen).to(device) * scheduler.init_noise_sigma
+    null, null_mask = conditioner.unconditional(n, cond.shape[1])
+    with torch.inference_mode():
+        for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            pred = model(x, encoder_hidden_states=torch.cat([cond, null.to(cond.dtype)]),
+                         encoder_attention_mask=torch.cat([cond_mask, null_mask]),
+                         timestep=t.expand(x.shape[0]).to(device), added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            eps_c, eps_u = pred[:, :c].chunk(2)
+            latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    arr = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
 def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequential=False, guidance=4.5, steps=20,
              seed=0, num_images=4, lufs=-23.0, seconds=5.0, use_ema=True, device="auto") -> list[Path]:
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
+    from diffusers import AutoencoderKL
 
     from sonify.models.device import pick_device
     from sonify.models.encoders import ASTEncoder, kaldi_frames
     from sonify.models.loading import load_pretrained
-    from sonify.training.dit import AudioConditioner
 
     ckpt = resolve_checkpoint(Path(checkpoint))
     train_cfg = json.loads((ckpt.parent / "train_config.json").read_text())
@@ -81,34 +127,14 @@ def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequenti
     offsets = list(offsets or [0.0] * len(audio))
     if len(offsets) != len(audio):
         raise ValueError(f"{len(offsets)} offsets for {len(audio)} audio inputs")
-    sub = "transformer_ema" if use_ema and (ckpt / "transformer_ema").is_dir() else "transformer"
-    model = PixArtTransformer2DModel.from_pretrained(ckpt / sub).to(device).eval()
-    conditioner = AudioConditioner.from_pretrained(ckpt / "conditioner").to(device)
+    model, conditioner = load_weights(ckpt, use_ema, device)
     clip = condition_audio(audio, offsets, lufs, sequential, 16000, seconds)
     ast = ASTEncoder(train_cfg["ast"], train_cfg["tiny_dir"], kaldi_frames(clip.size), "mean", device, "float32")
     tokens = torch.from_numpy(ast.encode([clip])[0])[None].to(device)
     vae = load_pretrained(AutoencoderKL, train_cfg["vae"], train_cfg["tiny_dir"], role="vae", subfolder="vae").to(device).eval()
-    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=train_cfg["num_train_timesteps"], beta_schedule="linear",
-                                            beta_start=0.0001, beta_end=0.02)
-    scheduler.set_timesteps(steps)
-    c, size = model.config.in_channels, train_cfg.get("latent_size") or model.config.sample_size
-    gen = torch.Generator().manual_seed(seed)
-    latents = torch.randn((num_images, c, size, size), generator=gen).to(device) * scheduler.init_noise_sigma
     cond = tokens.expand(num_images, -1, -1)
-    cond_mask = torch.ones(cond.shape[:2], device=device)
-    null, null_mask = conditioner.unconditional(num_images, cond.shape[1])
-    with torch.inference_mode():
-        for t in scheduler.timesteps:
-            x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            pred = model(x, encoder_hidden_states=torch.cat([cond, null]), encoder_attention_mask=torch.cat([cond_mask, null_mask]),
-                         timestep=t.expand(x.shape[0]).to(device), added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-            eps_c, eps_u = pred[:, :c].chunk(2)
-            latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
-        decoded = vae.decode(latents / vae.config.scaling_factor).sample
-    from PIL import Image
-
-    arr = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    images = [Image.fromarray(a) for a in arr]
+    images = sample_images(model, conditioner, vae, cond, torch.ones(cond.shape[:2], device=device), steps, guidance, seed,
+                           train_cfg.get("latent_size") or model.config.sample_size, train_cfg["num_train_timesteps"])
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
