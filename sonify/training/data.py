@@ -47,7 +47,7 @@ def expand_shards(pattern: str) -> list[str]:
         if part.endswith(".txt"):
             path = Path(part)
             if not path.is_file():
-                raise ConfigError(f"shard list {part} does not exist (the shards stage writes <run>/shards/train.txt)")
+                raise ConfigError(f"shard list {part} does not exist (the shards stage writes <run>/shards/train.txt and val.txt)")
             names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
             urls.extend(str(path.parent / n) for n in names)
             continue
