@@ -487,3 +487,29 @@ def test_two_ranks_two_loader_workers_resume_exactly_and_read_nothing_twice(tmp_
     assert (state["world"], state["workers"]) == (2, 2)
     for r in state["ranks"]:      # mid-epoch on both ranks: streams started, none finished
         assert r["epoch"] == 0 and any(p != [0, 0] for p in r["streams"])
+
+
+def test_a_resumed_dataloader_continues_the_same_item_sequence(tmp_path):
+    """Two loader workers on uneven streams (one runs dry early): restarted from the position after any
+    item, a DataLoader yields exactly the rest of the uninterrupted sequence (its workers rotated so the
+    stream due next comes first, a finished stream yielding nothing)."""
+    from sonify.training.data import Position, expand_shards, loader, plan_streams
+
+    urls = expand_shards(write_shards(tmp_path / "s", sizes=[2, 9, 5], latent=(4, 2, 2)))
+    cfg = load_train_config(["val_every=0", "loader_workers=2", "per_device_batch=2", "shuffle_window=1", "cond_dropout=0"])
+    streams = plan_streams(urls, cfg.seed, 0, 2)
+    assert sorted(len(s.shards) for s in streams) == [1, 2]
+
+    def run(pos):
+        return [(it.role, it.batch and it.batch.keys) for it in loader(streams, pos, cfg, 1.0)]
+
+    pos = Position(2)
+    full = run(pos)
+    per_role = [sum(r == role and b is not None for r, b in full) for role in (0, 1)]
+    assert per_role[0] != per_role[1] and min(per_role) >= 2 and sum(b is None for _, b in full) == 2   # uneven; two tails
+    items = list(loader(streams, Position(2), cfg, 1.0))
+    for k in range(1, len(items)):
+        pos = Position(2)
+        for it in items[:k]:
+            pos.consume(it)
+        assert run(pos) == full[k:], k

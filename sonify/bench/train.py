@@ -119,8 +119,8 @@ def main(argv=None) -> None:
     print(f"{name}: {n_params / 1e6:.1f}M parameters; batch {a.batch}, latents 4x{a.latent}x{a.latent}, AST 49x{a.ast_dim}; "
           f"{a.measure} warm-up steps, {a.measure} measured; torch threads {torch.get_num_threads()}")
     print(f"{'measurement':<72} {'samples/s':>10} {'ratio':>6}")
-    print(f"{'train_dit loop (stream shards, sample latents, step, clip, EMA)':<72} {train_sps:>10.2f} {bare_sps / train_sps:>6.2f}")
-    print(f"{'  bare: forward + backward + clip + AdamW + EMA on in-memory tensors':<72} {bare_sps:>10.2f} {1.0:>6.2f}")
+    print(f"{'train_dit loop (stream shards, sample latents, step, clip, EMA)':<72} {train_sps:>10.3f} {bare_sps / train_sps:>6.2f}")
+    print(f"{'  bare: forward + backward + clip + AdamW + EMA on in-memory tensors':<72} {bare_sps:>10.3f} {1.0:>6.2f}")
     print(f"train/bare time ratio: {bare_sps / train_sps:.3f} (target <= 1.1); whole train_loop call {total:.1f}s "
           f"incl. model load; peak RSS {peak_rss_mib():.0f} MiB")
 
