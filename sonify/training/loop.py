@@ -178,7 +178,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc="train_dit", unit="step", disable=not cfg.progress or rank != 0)
     metrics = {"step": step}
-    t_last, samples_since = time.perf_counter(), 0
+    t_last, cpu_last, samples_since = time.perf_counter(), time.process_time(), 0
 
     def save(step_now: int) -> None:
         ranks = gather({**pos.state(), **counts, "torch_rng": torch.get_rng_state()}, world)
@@ -247,8 +247,9 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
                 metrics = {"step": step, "loss": loss.item(), "mse": terms["mse"].item(), "vb": float(terms.get("vb", torch.zeros(())).detach()),
                            "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                            "samples_per_s": samples_since / max(now - t_last, 1e-9), "step_time_s": (now - t_last) / cfg.log_every,
+                           "step_cpu_s": (time.process_time() - cpu_last) / cfg.log_every,   # this process's threads
                            "skipped_shard_errors": int(errors), "samples_decoded": int(decoded)}
-                t_last, samples_since = now, 0
+                t_last, cpu_last, samples_since = now, time.process_time(), 0
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
                 if writer:
                     for k, v in metrics.items():
