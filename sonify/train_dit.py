@@ -3,10 +3,12 @@
 Configs are `pipelines/train_<name>.yaml` over the defaults below (the paper's: AdamW, lr 3.16e-5,
 weight decay 3e-2, global batch 640). `trainer=local` runs in this process (one CPU or GPU);
 `trainer=ray` runs Ray Train's TorchTrainer with `num_workers` DDP workers (`use_gpu`), on a local
-Ray or the cluster in RAY_ADDRESS. Checkpoints are `<output_dir>/checkpoint-<step>/` with
-`transformer/` and `transformer_ema/` (diffusers `save_pretrained`), `conditioner/` (the null-audio
-token), and `training_state.pt` (optimizer, LR scheduler, EMA, step and data position); `resume=latest`
-continues exactly where a run stopped, mid-epoch included.
+Ray or the cluster in RAY_ADDRESS. `shards=` and `val_shards=` take the shards stage's list files
+(`<run>/shards/train.txt`, `val.txt`) or a glob. Checkpoints are `<output_dir>/checkpoint-<step>/` with
+`transformer/` and `transformer_ema/` (diffusers `save_pretrained`), `conditioner/` and
+`conditioner_ema/` (the null-audio token), and `training_state.pt` (optimizer, LR scheduler, EMA, step
+and every rank's data position); `resume=latest` continues each rank exactly where it stopped, mid-epoch
+included, without reading what it consumed. `val_every` steps: validation loss and image grid.
 """
 
 from __future__ import annotations

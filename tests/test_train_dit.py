@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from sonify.engine.errors import ConfigError
 from sonify.train_dit import main
 from sonify.training.config import load_train_config
+from sonify.training.dit import AudioConditioner
 from sonify.training.loop import checkpoints, train_loop
 
 
@@ -22,14 +24,18 @@ def _npy(a):
     return buf.getvalue()
 
 
-def write_shards(d: Path, n_samples=8, per_shard=4, ast_dim=32, latent=(4, 32, 32), seed=0):
-    """Tiny shards in the layout of the shards stage."""
+def write_shards(d: Path, n_samples=8, per_shard=4, ast_dim=32, latent=(4, 32, 32), seed=0, sizes=None, split="train"):
+    """Tiny shards in the layout of the shards stage, and its shard list `<split>.txt` (names relative to
+    the list's folder); `sizes` gives uneven shards. Returns the list file's path."""
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True, exist_ok=True)
-    for s in range(0, n_samples, per_shard):
-        with tarfile.open(d / f"train-{s // per_shard:06d}.tar", "w") as tf:
-            for i in range(s, min(s + per_shard, n_samples)):
-                key = f"{i:016x}_abcd1234"
+    sizes = sizes or [min(per_shard, n_samples - s) for s in range(0, n_samples, per_shard)]
+    names, i = [], 0
+    for n, size in enumerate(sizes):
+        names.append(f"{split}-{n:06d}.tar")
+        with tarfile.open(d / names[-1], "w") as tf:
+            for i in range(i, i + size):
+                key = f"{split}{i:012x}_abcd1234"
                 mean = rng.standard_normal(latent).astype(np.float16)
                 std = np.full(latent, 0.05, np.float16)
                 members = {"latent.npy": _npy(np.stack([mean, std])),
@@ -39,7 +45,9 @@ def write_shards(d: Path, n_samples=8, per_shard=4, ast_dim=32, latent=(4, 32, 3
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tf.addfile(info, io.BytesIO(data))
-    return str(d / "train-*.tar")
+            i += 1
+    (d / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    return str(d / f"{split}.txt")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def _cfg(shards, tiny_dir, out, *extra):
-    return load_train_config([f"shards={shards}", f"output_dir={out}", f"tiny_dir={tiny_dir}", "progress=false", *extra])
+    return load_train_config([f"shards={shards}", f"output_dir={out}", f"tiny_dir={tiny_dir}", "progress=false", "val_every=0", *extra])
 
 
 def _params(path):
@@ -92,8 +100,11 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(shards, tiny_d
     for sub in ("transformer", "transformer_ema"):
         a, b = _params(tmp_path / "full/checkpoint-6" / sub), _params(tmp_path / "part/checkpoint-6" / sub)
         assert all(torch.equal(a[k], b[k]) for k in a), sub
+    for sub in ("conditioner", "conditioner_ema"):
+        a, b = (AudioConditioner.from_pretrained(tmp_path / f"{r}/checkpoint-6" / sub).null for r in ("full", "part"))
+        assert torch.equal(a, b), sub
     state = torch.load(tmp_path / "part/checkpoint-6/training_state.pt", weights_only=False)
-    assert state["step"] == 6 and state["epoch"] >= 1   # 8 samples / batch 4 with accumulation 2: a step per epoch
+    assert state["step"] == 6 and state["data"]["ranks"][0]["epoch"] >= 1   # 8 samples / batch 4, accumulation 2: a step per epoch
 
 
 def test_loader_workers_split_shards_and_resume_exactly(tmp_path, tiny_dir):
@@ -123,9 +134,10 @@ def test_keep_only_the_last_checkpoints(shards, tiny_dir, tmp_path):
 def test_bad_shard_is_logged_skipped_and_counted(tmp_path, tiny_dir, caplog):
     pattern = write_shards(tmp_path / "s", n_samples=8, per_shard=4)
     (tmp_path / "s" / "train-000009.tar").write_bytes(b"this is not a tar file" * 100)
-    metrics = train_loop(_cfg(pattern, tiny_dir, tmp_path / "o", "steps=3", "checkpoint_every=10"))
-    assert metrics["skipped_shard_errors"] >= 1 and metrics["step"] == 3
-    assert "skipping unreadable shard data" in caplog.text
+    Path(pattern).write_text(Path(pattern).read_text() + "train-000009.tar\n")
+    metrics = train_loop(_cfg(pattern, tiny_dir, tmp_path / "o", "steps=2", "checkpoint_every=10"))   # one epoch: read once
+    assert metrics["skipped_shard_errors"] == 1 and metrics["step"] == 2
+    assert "skipping unreadable shard data" in caplog.text and "1 unreadable shards or samples were skipped" in caplog.text
 
 
 @pytest.mark.parametrize("override, message", [
@@ -281,3 +293,252 @@ def test_training_prints_no_warnings(shards, tiny_dir, tmp_path):
         train_loop(_cfg(shards, tiny_dir, tmp_path / "o", "steps=2", "log_every=1", "checkpoint_every=2"))
     hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)   # Python's defaults hide these
     assert [f"{w.category.__name__}: {w.message}" for w in seen if not issubclass(w.category, hidden)] == []
+
+
+def _data_cfg(**kw):
+    from types import SimpleNamespace
+
+    base = dict(seed=0, shuffle_window=4, per_device_batch=4, drop_last=True, max_audio_frames=256)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def _epoch_batches(urls, epoch, cfg, streams=1):
+    from sonify.training.data import plan_streams, stream_items
+
+    return [[it.batch.keys for it in stream_items(st, (0, 0), s, epoch, cfg, 1.0, 0.0) if it.batch is not None]
+            for s, st in enumerate(plan_streams(urls, cfg.seed, epoch, streams))]
+
+
+def test_shard_list_file_names_are_relative_to_its_folder(tmp_path, monkeypatch):
+    from sonify.training.data import expand_shards
+
+    write_shards(tmp_path / "run" / "shards", n_samples=8, per_shard=4)
+    monkeypatch.chdir(tmp_path)
+    assert expand_shards("run/shards/train.txt") == ["run/shards/train-000000.tar", "run/shards/train-000001.tar"]
+    assert expand_shards("run/shards/train-*.tar,run/shards/train.txt") == expand_shards("run/shards/train.txt") * 2
+    with pytest.raises(ConfigError, match="shard list run/shards/nope.txt does not exist"):
+        expand_shards("run/shards/nope.txt")
+
+
+def test_shuffle_mixes_within_and_across_shards_and_is_fixed_by_the_seed(tmp_path):
+    """64 samples in 8 shards of 8, batches of 4, windows of 4 shards. Read in order (the old loader), every
+    pair sharing a batch in epoch 0 would share one in epoch 1 too; shuffled, fewer than 15% may."""
+    from sonify.training.data import expand_shards
+
+    urls = expand_shards(write_shards(tmp_path / "s", n_samples=64, per_shard=8, latent=(4, 2, 2)))
+    cfg = _data_cfg()
+    e0, e1 = _epoch_batches(urls, 0, cfg)[0], _epoch_batches(urls, 1, cfg)[0]
+    for batches in (e0, e1):
+        assert sorted(k for b in batches for k in b) == sorted(f"train{i:012x}_abcd1234" for i in range(64))
+    pairs = [{frozenset((a, b)) for keys in batches for a in keys for b in keys if a < b} for batches in (e0, e1)]
+    shared = len(pairs[0] & pairs[1]) / len(pairs[0])
+    assert shared < 0.15, shared
+    shard_of = {f"train{i:012x}_abcd1234": i // 8 for i in range(64)}
+    mixed = sum(len({shard_of[k] for k in b}) > 1 for b in e0) / len(e0)
+    assert mixed > 0.75, mixed                       # batches draw from several shards
+    assert _epoch_batches(urls, 0, cfg) == _epoch_batches(urls, 0, _data_cfg())                 # same seed, same batches
+    assert _epoch_batches(urls, 0, cfg) != _epoch_batches(urls, 0, _data_cfg(seed=1))
+
+
+def test_a_stream_resumes_from_its_position_without_decoding_what_it_consumed(tmp_path, monkeypatch):
+    import sonify.training.data as data
+
+    urls = data.expand_shards(write_shards(tmp_path / "s", sizes=[5, 9, 3, 7, 6], latent=(4, 2, 2)))
+    cfg = _data_cfg(shuffle_window=2, per_device_batch=3)
+    stream = data.plan_streams(urls, 0, 0, 1)[0]
+    decoded = []
+    real = data.decode_sample
+    monkeypatch.setattr(data, "decode_sample", lambda s: (decoded.append(s["__key__"]), real(s))[1])
+    full = list(data.stream_items(stream, (0, 0), 0, 0, cfg, 1.0, 0.0))
+    assert len(decoded) == 30 - 30 % 3 and full[-1].batch is None
+    for k in range(1, len(full)):
+        decoded.clear()
+        rest = list(data.stream_items(stream, full[k - 1].pos, 0, 0, cfg, 1.0, 0.0))
+        assert [it.batch and it.batch.keys for it in rest] == [it.batch and it.batch.keys for it in full[k:]]
+        assert decoded == [key for it in full[k:] if it.batch for key in it.batch.keys]    # nothing consumed is decoded again
+    assert list(data.stream_items(stream, full[-1].pos, 0, 0, cfg, 1.0, 0.0)) == []     # after the tail: nothing
+
+
+def test_fewer_shards_than_streams_are_split_by_samples(tmp_path):
+    from sonify.training.data import expand_shards, plan_streams
+
+    urls = expand_shards(write_shards(tmp_path / "s", sizes=[7, 5], latent=(4, 2, 2)))
+    assert [s.of for s in plan_streams(urls, 0, 0, 4)] == [4] * 4 and [s.of for s in plan_streams(urls, 0, 0, 2)] == [1, 1]
+    per_stream = _epoch_batches(urls, 0, _data_cfg(per_device_batch=1), streams=4)
+    keys = [k for batches in per_stream for b in batches for k in b]
+    assert sorted(keys) == sorted(f"train{i:012x}_abcd1234" for i in range(12)) and all(len(b) == 3 for b in per_stream)
+
+
+def test_a_corrupt_shard_read_by_every_loader_worker_is_counted_once(tmp_path, tiny_dir, caplog):
+    """One good shard and one corrupt shard for 3 loader workers: fewer shards than streams, so every worker
+    indexes both (a split by samples, said before the first step); the corrupt one is counted once."""
+    caplog.set_level("INFO")
+    listfile = write_shards(tmp_path / "s", sizes=[12], latent=(4, 16, 16))
+    (tmp_path / "s" / "train-000001.tar").write_bytes(b"this is not a tar file" * 100)
+    Path(listfile).write_text("train-000000.tar\ntrain-000001.tar\n")
+    metrics = train_loop(_cfg(listfile, tiny_dir, tmp_path / "o", "steps=4", "per_device_batch=2", "global_batch=2",
+                              "loader_workers=3", "latent_size=16", "checkpoint_every=100", "log_every=2"))
+    assert metrics["skipped_shard_errors"] == 1 and metrics["samples_decoded"] == 8
+    assert "2 shards for 1 ranks x 3 loader streams: every stream reads every shard" in caplog.text
+    assert caplog.text.index("split by samples") < caplog.text.index("step 2 loss")
+    assert "1 unreadable shards or samples were skipped" in caplog.text
+
+
+def test_generate_uses_the_ema_transformer_and_ema_null_token_together(shards, tiny_dir, tmp_path, monkeypatch):
+    import sonify.training.sampling as sampling
+
+    out = tmp_path / "o"
+    train_loop(_cfg(shards, tiny_dir, out, "steps=3", "checkpoint_every=3", "ema_decay=0.5", "cond_dropout=0.5", "lr=1e-2"))
+    ckpt = out / "checkpoint-3"
+    null = {s: AudioConditioner.from_pretrained(ckpt / s).null for s in ("conditioner", "conditioner_ema")}
+    assert not torch.equal(null["conditioner"], null["conditioner_ema"])        # the null token has its own EMA
+    seen = {}
+
+    def capture(model, conditioner, *args):
+        seen.update(model=model.state_dict(), null=conditioner.null.detach().clone())
+        return real(model, conditioner, *args)
+
+    real = sampling.sample_images
+    monkeypatch.setattr(sampling, "sample_images", capture)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), 16000)
+    for use_ema, suffix in ((True, "_ema"), (False, "")):
+        sampling.generate(str(out), [str(wav)], str(tmp_path / f"g{suffix}"), steps=2, num_images=1, device="cpu", use_ema=use_ema)
+        want = _params(ckpt / f"transformer{suffix}")
+        assert all(torch.equal(seen["model"][k], want[k]) for k in want) and torch.equal(seen["null"], null[f"conditioner{suffix}"])
+    import shutil
+
+    shutil.rmtree(ckpt / "conditioner_ema")     # half an EMA set: both trained weights, never a mix
+    model, cond = sampling.load_weights(ckpt, True)
+    assert torch.equal(cond.null, null["conditioner"]) and all(torch.equal(v, _params(ckpt / "transformer")[k])
+                                                               for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match=r"^checkpoint-3 was written by 1 ranks x 1 loader streams, this run has 1 x 2: "
+                                          r"resume with num_workers=1 loader_workers=0$"):
+        train_loop(_cfg(shards, tiny_dir, out, "steps=4", "resume=latest", "loader_workers=2"))
+
+
+def test_validation_loss_and_grid_reach_tensorboard_in_a_demo_run(tmp_path, tiny_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train = write_shards(tmp_path / "shards", n_samples=8, per_shard=4)
+    val = write_shards(tmp_path / "shards", n_samples=6, per_shard=3, split="val", seed=1)
+    cfg = load_train_config(["config=train_demo", f"shards={train}", f"val_shards={val}", f"output_dir={tmp_path / 'dit'}",
+                             f"tiny_dir={tiny_dir}", "progress=false", "steps=4", "val_every=2", "checkpoint_every=4",
+                             "val_images=3", "val_sample_steps=2"])
+    metrics = train_loop(cfg)
+    acc = EventAccumulator(str(tmp_path / "dit" / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("val/loss")] == [2, 4]
+    assert metrics["val_loss"] == pytest.approx(acc.Scalars("val/loss")[-1].value, rel=1e-5)
+    grids = acc.Images("val/grid")
+    assert [g.step for g in grids] == [2, 4] and (grids[0].width, grids[0].height) == (3 * 64, 64)
+    from PIL import Image
+
+    for step in (2, 4):
+        saved = tmp_path / "dit" / "validation" / f"step-{step}"
+        assert Image.open(saved / "grid.png").size == (3 * 64, 64)
+        assert json.loads((saved / "metrics.json").read_text())["val_loss"] == pytest.approx(acc.Scalars("val/loss")[step // 2 - 1].value)
+
+
+def _rank_worker(rank, world, init_file, listfile, tiny_dir, root):
+    """One gloo rank: an uninterrupted run, a run stopped mid-epoch, and its resumption, tracing the keys
+    each run trains on, the keys its loader workers decode, and the all-reduces DDP makes."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import sonify.training.data as data
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    phase = {"name": ""}
+    real_decode, real_loader = data.decode_sample, data.loader
+
+    def decode(sample):   # runs in the forked loader workers, which inherit `phase`
+        with open(f"{root}/decoded-{phase['name']}-{rank}-{os.getpid()}.txt", "a") as f:
+            f.write(sample["__key__"] + "\n")
+        return real_decode(sample)
+
+    def traced_loader(*args):
+        for item in real_loader(*args):
+            if item.batch is not None:
+                with open(f"{root}/trained-{phase['name']}-{rank}.txt", "a") as f:
+                    f.write("".join(k + "\n" for k in item.batch.keys))
+            yield item
+
+    data.decode_sample, data.loader = decode, traced_loader
+    allreduces = {"n": 0}
+
+    def counting_hook(state, bucket):
+        allreduces["n"] += 1
+        return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0] / world)
+
+    def wrap(model):
+        ddp = DDP(model)
+        ddp.register_comm_hook(None, counting_hook)
+        return ddp
+
+    common = ["per_device_batch=2", "global_batch=8", "loader_workers=2", "checkpoint_every=3", "latent_size=16", "log_every=1"]
+    for name, extra in (("full", ["steps=6"]), ("part", ["steps=3"]), ("resumed", ["steps=6", "resume=latest"])):
+        phase["name"], allreduces["n"] = name, 0
+        out = f"{root}/{'full' if name == 'full' else 'part'}"
+        metrics = train_loop(_cfg(listfile, tiny_dir, out, *common, *extra), rank, world, wrap=wrap)
+        Path(f"{root}/metrics-{name}-{rank}.json").write_text(json.dumps({**metrics, "allreduces": allreduces["n"]}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_two_loader_workers_resume_exactly_and_read_nothing_twice(tmp_path, tiny_dir):
+    """2 gloo ranks x 2 loader workers on 5 uneven shards, gradient accumulation 2: stopped at step 3 (mid-epoch
+    on both ranks) and resumed, the parameters equal an uninterrupted run's; the resumed run trains on exactly
+    the rest of the uninterrupted run's batches and decodes no sample the interrupted run trained on; DDP
+    all-reduces once per optimizer step, not per micro-step (no_sync)."""
+    import torch.multiprocessing as mp
+
+    listfile = write_shards(tmp_path / "s", sizes=[16, 13, 15, 14, 17], latent=(4, 16, 16))
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), listfile, tiny_dir, str(tmp_path)), nprocs=2, join=True)
+
+    def lines(pattern):
+        return [k for p in sorted(tmp_path.glob(pattern)) for k in p.read_text().split()]
+
+    for sub in ("transformer", "transformer_ema"):
+        a, b = _params(tmp_path / "full/checkpoint-6" / sub), _params(tmp_path / "part/checkpoint-6" / sub)
+        assert all(torch.equal(a[k], b[k]) for k in a), sub
+    for sub in ("conditioner", "conditioner_ema"):
+        assert torch.equal(*(AudioConditioner.from_pretrained(tmp_path / f"{r}/checkpoint-6" / sub).null for r in ("full", "part")))
+    for rank in (0, 1):
+        full, part, resumed = (lines(f"trained-{n}-{rank}.txt") for n in ("full", "part", "resumed"))
+        assert len(full) == 6 * 2 * 2 and part + resumed == full                  # the same batches, in the same order
+        assert not set(lines(f"decoded-resumed-{rank}-*.txt")) & set(part)        # nothing trained on is read again
+        assert len(set(full)) == len(full)                                        # six steps stay inside the first epoch
+        for name, steps in (("full", 6), ("part", 3), ("resumed", 3)):
+            m = json.loads((tmp_path / f"metrics-{name}-{rank}.json").read_text())
+            assert m["allreduces"] == steps, (name, m)                             # one bucket, once per optimizer step
+        assert json.loads((tmp_path / f"metrics-resumed-{rank}.json").read_text())["samples_decoded"] == 2 * 6 * 2 * 2
+    state = torch.load(tmp_path / "part/checkpoint-3/training_state.pt", weights_only=False)["data"]
+    assert (state["world"], state["workers"]) == (2, 2)
+    for r in state["ranks"]:      # mid-epoch on both ranks: streams started, none finished
+        assert r["epoch"] == 0 and any(p != [0, 0] for p in r["streams"])
+
+
+def test_a_resumed_dataloader_continues_the_same_item_sequence(tmp_path):
+    """Two loader workers on uneven streams (one runs dry early): restarted from the position after any
+    item, a DataLoader yields exactly the rest of the uninterrupted sequence (its workers rotated so the
+    stream due next comes first, a finished stream yielding nothing)."""
+    from sonify.training.data import Position, expand_shards, loader, plan_streams
+
+    urls = expand_shards(write_shards(tmp_path / "s", sizes=[2, 9, 5], latent=(4, 2, 2)))
+    cfg = load_train_config(["val_every=0", "loader_workers=2", "per_device_batch=2", "shuffle_window=1", "cond_dropout=0"])
+    streams = plan_streams(urls, cfg.seed, 0, 2)
+    assert sorted(len(s.shards) for s in streams) == [1, 2]
+
+    def run(pos):
+        return [(it.role, it.batch and it.batch.keys) for it in loader(streams, pos, cfg, 1.0)]
+
+    pos = Position(2)
+    full = run(pos)
+    per_role = [sum(r == role and b is not None for r, b in full) for role in (0, 1)]
+    assert per_role[0] != per_role[1] and min(per_role) >= 2 and sum(b is None for _, b in full) == 2   # uneven; two tails
+    items = list(loader(streams, Position(2), cfg, 1.0))
+    for k in range(1, len(items)):
+        pos = Position(2)
+        for it in items[:k]:
+            pos.consume(it)
+        assert run(pos) == full[k:], k

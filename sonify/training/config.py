@@ -17,7 +17,9 @@ from sonify.engine.errors import ConfigError
 
 @dataclass
 class TrainConf:
-    shards: str = "runs/demo/shards/train.txt"     # the shards stage's list file, or a glob, brace pattern or comma list
+    shards: str = "runs/demo/shards/train.txt"     # a shard list file (one name a line), glob, brace pattern or comma list
+    val_shards: str = ""               # the same forms; empty: no validation
+    shuffle_window: int = 4            # shards whose samples are permuted together (a window), per epoch
     output_dir: str = "runs/demo/dit"
     dit: str = "PixArt-alpha/PixArt-XL-2-512x512"  # the pretrained transformer (id, path, or tiny:dit)
     dit_subfolder: str = "transformer"
@@ -44,6 +46,11 @@ class TrainConf:
     keep_checkpoints: int = 3
     resume: Optional[str] = None       # latest | a checkpoint folder
     log_every: int = 10
+    val_every: int = 0                 # steps between validations (0: none): loss on val_shards and a grid of images
+    val_batches: int = 8               # batches of val_shards the validation loss averages (the same ones each time)
+    val_images: int = 4                # val samples whose audio features draw the validation grid
+    val_sample_steps: int = 20         # DPM-Solver steps for the grid
+    val_guidance: float = 4.5
     seed: int = 0
     prefetch: int = 2                  # batches decoded ahead on a background thread (0: none; loader_workers=0 only)
     loader_workers: int = 0            # DataLoader worker processes, each reading its share of the rank's shards

@@ -1,8 +1,10 @@
 """The training loop shared by the local and the Ray Train paths, its checkpoints and resume.
 
 Checkpoints are `<output_dir>/checkpoint-<step>/` with `transformer/` and `transformer_ema/`
-(diffusers `save_pretrained`), `conditioner/` (the null-audio token), and `training_state.pt`
-(optimizer, LR scheduler, EMA, step and data position).
+(diffusers `save_pretrained`), `conditioner/` and `conditioner_ema/` (the null-audio token, trained and
+EMA: the EMA covers every trained parameter), and `training_state.pt` (optimizer, LR scheduler, EMA,
+step, and every rank's data position: epoch, each loader stream's window and offset, the stream due
+next, its counts and torch RNG state, with the shard list and the ranks x streams it was written by).
 """
 
 from __future__ import annotations
@@ -59,15 +61,56 @@ def sync_grads(params, world: int) -> None:
         p.grad /= world
 
 
+def reduce_sum(values: list[float], device: str) -> list[float]:
+    """Sum counts over the ranks (each rank's own figure when not distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64 if device == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def gather(obj, world: int) -> list:
+    import torch.distributed as dist
+
+    if world == 1 or not dist.is_available() or not dist.is_initialized():
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def resume_position(state: dict, ckpt: Path, urls: list[str], cfg: TrainConf, rank: int, world: int, workers: int) -> dict:
+    """This rank's data position from a checkpoint, refused in one line when the run's data plan differs."""
+    data = state.get("data")
+    if data is None:
+        raise ConfigError(f"{ckpt} predates per-rank data positions; resume from a newer checkpoint or start a fresh output_dir")
+    if (data["world"], data["workers"]) != (world, workers):
+        raise ConfigError(f"{ckpt.name} was written by {data['world']} ranks x {data['workers']} loader streams, this run has "
+                          f"{world} x {workers}: resume with num_workers={data['world']} loader_workers={data['workers'] if data['workers'] > 1 else 0}")
+    if [Path(u).name for u in data["shards"]] != [Path(u).name for u in urls]:
+        raise ConfigError(f"{ckpt.name} was trained on a different shard list ({len(data['shards'])} shards, now {len(urls)}): "
+                          f"resume with the same shards= or start a fresh output_dir")
+    if (data["seed"], data["shuffle_window"]) != (cfg.seed, cfg.shuffle_window):
+        raise ConfigError(f"{ckpt.name} was trained with seed={data['seed']} shuffle_window={data['shuffle_window']}; resume with them")
+    return data["ranks"][rank]
+
+
 def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device: str | None = None) -> dict:
     """The training loop shared by the local and the Ray Train paths; returns final metrics."""
+    import contextlib
+
     import torch
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from sonify.training.data import SkippedShards, expand_shards, loader
+    from sonify.training.data import Position, expand_shards, loader, plan_streams
     from sonify.training.dit import AudioConditioner, load_dit
+    from sonify.training.loss import DiffusionLoss
 
     device = device or ("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
@@ -86,34 +129,40 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
         model = load_dit(cfg.dit, cfg.tiny_dir, cfg.ast_dim, cfg.dit_subfolder)
         conditioner = AudioConditioner(cfg.ast_dim)
     shard_facts = check_against_shards(cfg, urls, model.config)
+    workers = max(1, cfg.loader_workers)
+    streams_total = world * workers
+    if plan_streams(urls, cfg.seed, 0, streams_total)[0].of > 1 and rank == 0:
+        log.info("%d shards for %d ranks x %d loader streams: every stream reads every shard and takes every %d-th sample "
+                 "of each window (a split by samples)", len(urls), world, workers, streams_total)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(device).train()
     conditioner.to(device).train()
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=PixArtTransformer2DModel, model_config=model.config)
     params = list(model.parameters()) + list(conditioner.parameters())
+    ema = EMAModel(params, decay=cfg.ema_decay)   # every trained parameter, the null token included
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     noise_scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear",
                                     beta_start=0.0001, beta_end=0.02)
-    from sonify.training.loss import DiffusionLoss
-
     loss_fn = DiffusionLoss(noise_scheduler.betas)
-    step, epoch, batches_in_epoch = 0, 0, 0
+    step, pos = 0, Position(workers)
+    counts = {"errors": 0, "decoded": 0}   # this rank's, carried across resumes
     if resume_from:
         state = torch.load(resume_from / "training_state.pt", map_location="cpu", weights_only=False)
+        mine = resume_position(state, resume_from, urls, cfg, rank, world, workers)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         ema.load_state_dict(state["ema"])
-        step, epoch, batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, step, epoch, batches_in_epoch)
+        step, pos = state["step"], Position(workers, mine)
+        counts = {"errors": mine["errors"], "decoded": mine["decoded"]}
+        torch.set_rng_state(mine["torch_rng"])
+        log.info("resumed from %s at step %d (rank %d: epoch %d, streams at %s)", resume_from, step, rank, pos.epoch, pos.streams)
     ema.to(device)
     train_model = wrap(model) if wrap else model
     accum = grad_accum_steps(cfg, world)
     use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.startswith("cuda"))
     scaling = shard_facts["scaling_factor"]   # the VAE's, recorded by the latents stage
-    skipped = SkippedShards()
-    writer = None
+    writer, validator = None, None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -122,50 +171,63 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
             writer = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             log.warning("tensorboard is not installed: logging to the console only")
+        if cfg.val_every > 0 and cfg.val_shards:
+            from sonify.training.validation import Validator
+
+            validator = Validator(cfg, expand_shards(cfg.val_shards), scaling, device)
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc="train_dit", unit="step", disable=not cfg.progress or rank != 0)
     metrics = {"step": step}
-    t_last, samples_since = time.perf_counter(), 0
+    t_last, cpu_last, samples_since = time.perf_counter(), time.process_time(), 0
 
     def save(step_now: int) -> None:
+        ranks = gather({**pos.state(), **counts, "torch_rng": torch.get_rng_state()}, world)
         if rank != 0:
             return
         ckpt = out / f"checkpoint-{step_now}"
         with atomic_path(ckpt) as tmp:
             model.save_pretrained(tmp / "transformer")
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-            model.save_pretrained(tmp / "transformer_ema")
-            ema.restore(model.parameters())
             conditioner.save_pretrained(tmp / "conditioner")
+            ema.store(params)
+            ema.copy_to(params)
+            model.save_pretrained(tmp / "transformer_ema")
+            conditioner.save_pretrained(tmp / "conditioner_ema")
+            ema.restore(params)
+            data = {"shards": urls, "world": world, "workers": workers, "seed": cfg.seed, "shuffle_window": cfg.shuffle_window,
+                    "ranks": ranks}
             torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "ema": ema.state_dict(),
-                        "step": step_now, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                        "config": dataclasses.asdict(cfg)}, tmp / "training_state.pt")
+                        "step": step_now, "data": data, "config": dataclasses.asdict(cfg)}, tmp / "training_state.pt")
         for old in checkpoints(out)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
 
     micro = 0   # micro-batches accumulated towards the next optimizer step (carried across epochs)
     while step < cfg.steps:
-        done_epoch = True
-        batches = loader(urls, epoch, cfg, rank, world, skipped, scaling)
-        for i, batch in enumerate(batches):
-            if i < batches_in_epoch:   # resume mid-epoch: skip what was consumed
+        fresh = all(p == (0, 0) for p in pos.streams)
+        streams = plan_streams(urls, cfg.seed, pos.epoch, streams_total)[rank * workers:(rank + 1) * workers]
+        got_batch = False
+        for item in loader(streams, pos, cfg, scaling):
+            pos.consume(item)
+            counts["errors"] += item.errors
+            counts["decoded"] += item.decoded
+            if item.batch is None:   # a stream's tail: its last counts
                 continue
-            done_epoch = False
+            got_batch, batch = True, item.batch
             gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, rank)) & (2**63 - 1))
             latents = batch.latents.to(device)
             noise = torch.randn(latents.shape, generator=gen).to(device)
             t = torch.randint(0, cfg.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
             noisy = noise_scheduler.add_noise(latents, noise, t)
-            tokens, mask = conditioner(batch.tokens.to(device), batch.mask.to(device), batch.drop)
-            with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                pred = train_model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
-                                   added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-            terms = loss_fn(pred, noise, latents, noisy, t)   # MSE(eps), + the variational bound for learned sigma
-            loss = terms["loss"]
-            (loss / accum).backward()
+            # DDP all-reduces on the backward of the micro-step that completes the accumulation only
+            sync = micro + 1 >= accum or not hasattr(train_model, "no_sync")
+            with contextlib.nullcontext() if sync else train_model.no_sync():
+                tokens, mask = conditioner(batch.tokens.to(device), batch.mask.to(device), batch.drop)
+                with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    pred = train_model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
+                                       added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+                terms = loss_fn(pred, noise, latents, noisy, t)   # MSE(eps), + the variational bound for learned sigma
+                loss = terms["loss"]
+                (loss / accum).backward()
             micro += 1
-            batches_in_epoch = i + 1
             samples_since += latents.shape[0] * world
             if micro < accum:
                 continue
@@ -176,39 +238,46 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            ema.step(model.parameters())
+            ema.step(params)
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
+                errors, decoded = reduce_sum([counts["errors"], counts["decoded"]], device)
                 metrics = {"step": step, "loss": loss.detach().item(), "mse": terms["mse"].detach().item(),
                            "vb": float(terms["vb"].detach()) if "vb" in terms else 0.0,   # detached: no autograd scalar warning
                            "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                            "samples_per_s": samples_since / max(now - t_last, 1e-9), "step_time_s": (now - t_last) / cfg.log_every,
-                           "skipped_shard_errors": skipped.count}
-                t_last, samples_since = now, 0
+                           "step_cpu_s": (time.process_time() - cpu_last) / cfg.log_every,   # this process's threads
+                           "skipped_shard_errors": int(errors), "samples_decoded": int(decoded)}
+                t_last, cpu_last, samples_since = now, time.process_time(), 0
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
                 if writer:
                     for k, v in metrics.items():
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, step)
                 if rank == 0 and not cfg.progress:
-                    log.info("step %d loss %.5f lr %.3g %.1f samples/s", step, metrics["loss"], metrics["lr"], metrics["samples_per_s"])
+                    log.info("step %d loss %.5f lr %.3g %.1f samples/s, %d read errors skipped", step, metrics["loss"],
+                             metrics["lr"], metrics["samples_per_s"], metrics["skipped_shard_errors"])
+            if validator and step % cfg.val_every == 0:
+                metrics.update({k: v for k, v in validator.run(step, model, conditioner, ema, params, noise_scheduler,
+                                                               loss_fn, writer, out).items() if k == "val_loss"})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
             if step >= cfg.steps:
                 break
         else:
-            if done_epoch and batches_in_epoch == 0:
-                raise SonifyError(f"epoch {epoch} yielded no batch: {len(urls)} shards, {skipped.count} read errors, "
-                                  f"per_device_batch={cfg.per_device_batch} (drop_last={cfg.drop_last})")
-            epoch, batches_in_epoch = epoch + 1, 0
+            if fresh and not got_batch:
+                raise SonifyError(f"epoch {pos.epoch} yielded no batch on rank {rank}: {len(urls)} shards, {counts['errors']} read "
+                                  f"errors, per_device_batch={cfg.per_device_batch} (drop_last={cfg.drop_last})")
+            pos.next_epoch()
     bar.close()
     if writer:
         writer.close()
-    if skipped.count:
-        log.warning("%d shard read errors were skipped (see the warnings above)", skipped.count)
-    metrics["skipped_shard_errors"] = skipped.count
+    errors, decoded = reduce_sum([counts["errors"], counts["decoded"]], device)
+    if errors and rank == 0:
+        log.warning("%d unreadable shards or samples were skipped over all ranks and loader workers (see the warnings above)", errors)
+    metrics.update({"skipped_shard_errors": int(errors), "samples_decoded": int(decoded), "epoch": pos.epoch})
     if rank == 0:
         (out / "final_metrics.json").write_text(json.dumps(metrics))
     return metrics

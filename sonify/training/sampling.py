@@ -2,15 +2,19 @@
 
 The clip AST hears is made by the one renderer (`mixing.render`): inputs normalised to a loudness
 plus a per-input offset, then summed (or placed one after another). The transformer's EMA weights
-are used when present, with the null-audio token saved beside them.
+and the null-audio token's EMA are used together when both are present (one consistent set), else both
+as trained.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("sonify.generate")
 
 
 def load_audio(path: str, rate: int, seconds: float) -> np.ndarray:
@@ -73,33 +77,73 @@ def make_grid(images: list, cols: int):
     return grid
 
 
-class Sampler:
-    """A trained checkpoint loaded once (transformer, null token, AST, VAE): images for batches of clips.
+def load_weights(ckpt: Path, use_ema: bool = True, device: str = "cpu"):
+    """The transformer and the null-audio token from one consistent set: both EMA (`transformer_ema/`,
+    `conditioner_ema/`) or both as trained; a checkpoint missing either EMA half falls back to the trained pair."""
+    from diffusers import PixArtTransformer2DModel
 
-    Each image starts from its own latent, so a row's image does not depend on the rows batched with it.
-    """
+    from sonify.training.dit import AudioConditioner
+
+    ema = use_ema and (ckpt / "transformer_ema").is_dir() and (ckpt / "conditioner_ema").is_dir()
+    if use_ema and not ema:
+        log.warning("%s has no EMA transformer and null token together: using the trained weights", ckpt)
+    suffix = "_ema" if ema else ""
+    model = PixArtTransformer2DModel.from_pretrained(ckpt / f"transformer{suffix}").to(device).eval()
+    return model, AudioConditioner.from_pretrained(ckpt / f"conditioner{suffix}").to(device).eval()
+
+
+def sample_images(model, conditioner, vae, cond, cond_mask, steps: int, guidance: float, seed: int, latent_size: int,
+                  num_train_timesteps: int, latents=None) -> list:
+    """One image per row of `cond` (B, T, D) with `cond_mask` (B, T): DPM-Solver with classifier-free guidance
+    against the null token, decoded by the VAE. The starting noise is `latents` (one row per image, so an image
+    does not depend on its batch) or drawn from `seed`. Used by `Sampler`, `generate` and the validation grid."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+    from PIL import Image
+
+    device, n, c = cond.device, cond.shape[0], model.config.in_channels
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
+                                            beta_start=0.0001, beta_end=0.02)
+    scheduler.set_timesteps(steps)
+    if latents is None:
+        latents = torch.randn((n, c, latent_size, latent_size), generator=torch.Generator().manual_seed(seed))
+    latents = latents.to(device) * scheduler.init_noise_sigma
+    null, null_mask = conditioner.unconditional(n, cond.shape[1])
+    with torch.inference_mode():
+        for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            pred = model(x, encoder_hidden_states=torch.cat([cond, null.to(cond.dtype)]),
+                         encoder_attention_mask=torch.cat([cond_mask, null_mask]),
+                         timestep=t.expand(x.shape[0]).to(device), added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            eps_c, eps_u = pred[:, :c].chunk(2)
+            latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    arr = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+class Sampler:
+    """A trained checkpoint loaded once (transformer and null token from one consistent set, AST, VAE):
+    images for batches of clips, each from its own starting latent."""
 
     def __init__(self, checkpoint: str, seconds: float = 5.0, guidance: float = 4.5, steps: int = 20,
                  use_ema: bool = True, device: str = "auto"):
-        from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
+        from diffusers import AutoencoderKL
 
         from sonify.models.device import pick_device
         from sonify.models.encoders import ASTEncoder, kaldi_frames
         from sonify.models.loading import load_pretrained
-        from sonify.training.dit import AudioConditioner
 
         ckpt = resolve_checkpoint(Path(checkpoint))
         train_cfg = json.loads((ckpt.parent / "train_config.json").read_text())
         self.device, self.guidance, self.steps, self.rate, self.seconds = pick_device(device), guidance, steps, 16000, seconds
-        sub = "transformer_ema" if use_ema and (ckpt / "transformer_ema").is_dir() else "transformer"
-        self.checkpoint = str(ckpt / sub)
-        self.model = PixArtTransformer2DModel.from_pretrained(ckpt / sub).to(self.device).eval()
-        self.conditioner = AudioConditioner.from_pretrained(ckpt / "conditioner").to(self.device)
+        self.model, self.conditioner = load_weights(ckpt, use_ema, self.device)
+        ema = use_ema and (ckpt / "transformer_ema").is_dir() and (ckpt / "conditioner_ema").is_dir()
+        self.checkpoint = str(ckpt / ("transformer_ema" if ema else "transformer"))
         self.ast = ASTEncoder(train_cfg["ast"], train_cfg["tiny_dir"], kaldi_frames(int(round(self.rate * seconds))), "mean",
                               self.device, "float32")
         self.vae = load_pretrained(AutoencoderKL, train_cfg["vae"], train_cfg["tiny_dir"], role="vae", subfolder="vae").to(self.device).eval()
-        self.scheduler = DPMSolverMultistepScheduler(num_train_timesteps=train_cfg["num_train_timesteps"], beta_schedule="linear",
-                                                     beta_start=0.0001, beta_end=0.02)
+        self.num_train_timesteps = train_cfg["num_train_timesteps"]
         self.channels = self.model.config.in_channels
         self.size = train_cfg.get("latent_size") or self.model.config.sample_size
 
@@ -111,24 +155,11 @@ class Sampler:
     def images(self, clips: list[np.ndarray], latents) -> list:
         """One image per clip (16 kHz mono), each denoised from its row of `latents`."""
         import torch
-        from PIL import Image
 
-        device, c, n = self.device, self.channels, len(clips)
-        self.scheduler.set_timesteps(self.steps)
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
-        cond = torch.from_numpy(np.stack(self.ast.encode(clips))).to(device)
-        cond_mask = torch.ones(cond.shape[:2], device=device)
-        null, null_mask = self.conditioner.unconditional(n, cond.shape[1])
-        with torch.inference_mode():
-            for t in self.scheduler.timesteps:
-                x = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
-                pred = self.model(x, encoder_hidden_states=torch.cat([cond, null]), encoder_attention_mask=torch.cat([cond_mask, null_mask]),
-                                  timestep=t.expand(x.shape[0]).to(device), added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-                eps_c, eps_u = pred[:, :c].chunk(2)
-                latents = self.scheduler.step(eps_u + self.guidance * (eps_c - eps_u), t, latents).prev_sample
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        arr = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a) for a in arr]
+        cond = torch.from_numpy(np.stack(self.ast.encode(clips))).to(self.device)
+        mask = torch.ones(cond.shape[:2], device=self.device)
+        return sample_images(self.model, self.conditioner, self.vae, cond, mask, self.steps, self.guidance, 0, self.size,
+                             self.num_train_timesteps, latents)
 
 
 def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequential=False, guidance=4.5, steps=20,
@@ -138,7 +169,7 @@ def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequenti
     offsets = list(offsets or [0.0] * len(audio))
     if len(offsets) != len(audio):
         raise ValueError(f"{len(offsets)} offsets for {len(audio)} audio inputs")
-    clip = condition_audio(audio, offsets, lufs, sequential, 16000, seconds)
+    clip = condition_audio(audio, offsets, lufs, sequential, 16000, seconds)   # bad inputs fail before any model loads
     sampler = Sampler(checkpoint, clip.size / 16000, guidance, steps, use_ema, device)
     images = sampler.images([clip] * num_images, sampler.initial_latents(num_images, torch.Generator().manual_seed(seed)))
     out_dir = Path(out)
