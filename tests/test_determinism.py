@@ -75,6 +75,7 @@ def test_partitioning_and_batch_size_do_not_change_a_byte(tmp_path, demo_dir):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_and_local_give_the_same_bytes(tmp_path, demo_dir):
     a = build(tmp_path / "a" / "runs", demo_dir, "run.executor=local", *_settings(64, 64))
     import ray

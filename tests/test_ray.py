@@ -73,6 +73,7 @@ def _readme_ray_lines() -> tuple[list[str], str]:
     return start.split()[3:], submit
 
 
+@pytest.mark.slow
 def test_the_readme_ray_job_submit_line_runs_against_a_head_started_as_the_readme_says(tmp_path):
     """In a copy of the checkout: `make demo`'s first stage locally, then the README's line for stage=concepts
     as a Ray job; its table equals a local run's, with no extra error rows."""
