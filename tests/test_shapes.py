@@ -202,16 +202,55 @@ def test_pixart_shape_with_audio_projector_loads_plainly(shape_dir, tmp_path):
 
 @pytest.mark.slow
 def test_smolvlm_shape_runs_through_the_concepts_stage(make_cfg, shape_dir):
+    """The stage's batch callable on 2 images: SigLIP tiles, chat template, generate, then the parser."""
     from sonify.engine.executor import run_stage
     from sonify.engine.store import TableStore
     from sonify.stages import get_stage
+    from sonify.stages.concepts import ConceptsStage
 
     spec = f"shape:{SMOLVLM}?text_layers=1&vision_layers=1"
     cfg = make_cfg(f"models.tiny_dir={shape_dir}", f"models.vlms=[{spec}]", "stages.concepts.imports=[]",
                    "stages.concepts.generation.max_new_tokens=6", "stages.concepts.caption_generation.max_new_tokens=4")
     run_stage(get_stage("images"), cfg, progress_bar=False)
-    run_stage(get_stage("concepts"), cfg, progress_bar=False)
-    rows = TableStore(cfg.run.dir).read("concepts").to_pylist()
-    assert rows and all(r["vlm"] == spec and r["origin"] == "generate" for r in rows)
-    generated = [r for r in rows if r["raw"] is not None]
-    assert generated and all(r["status"] == "ok" or r["error"].startswith("parse_error:") for r in generated)
+    work = ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)).slice(0, 2)
+    stage = ConceptsStage(cfg)
+    assert stage.vlms[spec].processor.tokenizer.convert_tokens_to_ids("<image>") == 49153
+    out = stage.process_batch(work)
+    rows, caps = out["concepts"].to_pylist(), out["captions"].to_pylist()
+    assert [r["id"] for r in rows] == work.column("id").to_pylist()
+    assert all(r["vlm"] == spec and r["origin"] == "generate" and r["raw"] is not None for r in rows)
+    assert all(r["status"] == "ok" or r["error"].startswith("parse_error:") for r in rows)   # the parser saw each reply
+    assert all(c["status"] == "ok" and c["caption"] is not None for c in caps)
+
+def test_shapes_pipeline_cheap_parts(tmp_path):
+    """pipelines/shapes.yaml names shape models at full width; its ingest, concepts import and filter run."""
+    from sonify.engine.config import load_config
+    from sonify.engine.executor import run_stage
+    from sonify.engine.store import TableStore
+    from sonify.sources.demo import ensure_demo_data
+    from sonify.stages import get_stage, stage_names
+    from sonify.training.config import load_train_config
+
+    cfg = load_config(["pipeline=shapes", f"run.root={tmp_path}", "run.executor=local", "run.progress=false",
+                       "stages.concepts.generate=false"], stage_names())
+    m = cfg.models
+    names = [m.clap, *m.vlms, m.ast, m.vae, m.dit]
+    assert all(n.startswith("shape:") for n in names) and len(m.vlms) == 2
+    specs = [n[len("shape:"):] for n in names]
+    for spec in specs:
+        parse_spec(spec)                                                  # every name and override is valid
+    llava, smol = (hf_config(s) for s in specs[1:3])
+    assert (llava.text_config.hidden_size, llava.vision_config.hidden_size, llava.text_config.num_hidden_layers) == (4096, 1024, 1)
+    assert (smol.text_config.hidden_size, smol.vision_config.hidden_size) == (2048, 1152)
+    assert diffusers_config(specs[-1], "transformer")["num_attention_heads"] * 72 == 1152
+    assert cfg.stages.latents.resolution == 512 and cfg.demo_data.num_images <= 4
+    train = load_train_config(["config=train_shapes"])
+    assert train.dit == m.dit and train.ast_dim == 768 and train.steps <= 10
+
+    ensure_demo_data(cfg.demo_data.dir, cfg.demo_data.num_images, 0)
+    for stage in ("images", "audio", "concepts", "filter"):
+        run_stage(get_stage(stage), cfg, progress_bar=False)
+    store = TableStore(cfg.run.dir)
+    assert 0 < store.read("images").num_rows and 0 < store.read("audio_chunks").num_rows
+    kept = store.read("kept_images").to_pylist()
+    assert kept and any(r["kept"] for r in kept)

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts", "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix", "shards": "sonify.bench.shards", "train": "sonify.bench.train"}
+BENCHES = {"audio": "sonify.bench.audio", "concepts": "sonify.bench.concepts", "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix", "shards": "sonify.bench.shards", "train": "sonify.bench.train", "models": "sonify.bench.models"}
 
 
 def main() -> None:
