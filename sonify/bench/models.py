@@ -30,6 +30,7 @@ SMOLVLM = "HuggingFaceTB/SmolVLM-Instruct"
 CLAP = "laion/clap-htsat-unfused"
 AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
 PIXART = "PixArt-alpha/PixArt-XL-2-512x512"
+PARTS = ("embed", "features", "latents", "concepts", "train_dit")
 UPSTREAM = ("images", "audio", "concepts", "filter", "embed", "retrieve", "mix")
 
 
@@ -121,6 +122,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=4, help="new tokens per prompt in the timed VLM runs")
     ap.add_argument("--dit-batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--only", nargs="*", choices=PARTS, default=list(PARTS),
+                    help="measure only these (the projection needs all)")
     ap.add_argument("--shape-dir", default=None, help="where shape models are built (default: a temp dir)")
     ap.add_argument("--projection", default=str(Path(__file__).resolve().parents[2] / "pipelines" / "bench" / "paper_scale.yaml"))
     a = ap.parse_args(argv)
@@ -142,13 +145,18 @@ def main(argv=None) -> None:
         for name in UPSTREAM:                                     # tiny models: only their tables are needed
             run_stage(get_stage(name), cfg, progress_bar=False)
         ctx = dict(tmp=tmp, base=base, a=a)
-        rows += _embed(ctx)
-        rows += _encoder(ctx, "features", f"models.ast=shape:{AST}", AST, None, "AST (5 s mixture)", a.items)
-        rows += _encoder(ctx, "latents", f"models.vae=shape:{PIXART}", PIXART, "vae", "VAE encoder (512 px)", a.vae_items,
-                         "stages.latents.resolution=512")
-        rows += _concepts(ctx, shape_dir, proj)
-        rows += _dit(a, shape_dir)
-    _print(rows, proj, a)
+        parts = {
+            "embed": lambda: _embed(ctx),
+            "features": lambda: _encoder(ctx, "features", f"models.ast=shape:{AST}", AST, None, "AST (5 s mixture)", a.items),
+            "latents": lambda: _encoder(ctx, "latents", f"models.vae=shape:{PIXART}", PIXART, "vae", "VAE encoder (512 px)",
+                                        a.vae_items, "stages.latents.resolution=512"),
+            "concepts": lambda: _concepts(ctx, shape_dir, proj),
+            "train_dit": lambda: _dit(a, shape_dir),
+        }
+        for name in PARTS:
+            if name in a.only:
+                rows += parts[name]()
+    _print(rows, proj, a, complete=set(a.only) == set(PARTS))
     print(f"peak RSS {peak_rss_mib():.0f} MiB; torch threads {torch.get_num_threads()}")
 
 
@@ -169,8 +177,12 @@ def _stage_vs_bare(worker, work, bare, repeats: int) -> tuple[float, float]:
         assert not stats["failed"], stats["failed"]
 
     bare()                                                        # warm-up
-    t_stage, _ = best_of(stage_run, repeats)
-    t_bare, _ = best_of(bare, repeats)
+    # interleaved, best of each: the load of a shared machine drifts over minutes and would otherwise
+    # land on whichever side ran second
+    t_stage, t_bare = float("inf"), float("inf")
+    for _ in range(repeats):
+        t_stage = min(t_stage, best_of(stage_run, 1)[0])
+        t_bare = min(t_bare, best_of(bare, 1)[0])
     return t_stage, t_bare
 
 
@@ -336,13 +348,15 @@ def _dit(a, shape_dir: str) -> list[dict]:
                  how=f"scaled: 1- and 2-block models timed (batch {a.dit_batch}, fwd+bwd+AdamW), x {depth} blocks; per sample")]
 
 
-def _print(rows: list[dict], proj, a) -> None:
+def _print(rows: list[dict], proj, a, complete: bool) -> None:
     print("Measured on this CPU (fp32) with shape models (published architecture, random weights):")
     print(f"{'stage':<10} {'model':<38} {'params':>9} {'GFLOP/item':>11} {'s/item':>8} {'stage/bare':>10}  how")
     for r in rows:
         s = f"{r['seconds']:.3f}" if r["seconds"] is not None else "-"
         q = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
         print(f"{r['stage']:<10} {r['model']:<38} {r['params'] / 1e6:>8.1f}M {r['flops'] / 1e9:>11.1f} {s:>8} {q:>10}  {r['how']}")
+    if not complete:
+        return
     by = {r["key"]: r for r in rows}
     w, u = proj.workload, proj.utilisation
     images, vlms = int(w.images), int(w.vlms)
