@@ -17,7 +17,8 @@ def test_pipeline_and_overrides_resolve():
     assert cfg.stages.audio.chunk_seconds == 2.5
     assert cfg.sources.audio[0].path == "/x/demo/data/audio"
     sam = _load("pipeline=sam")
-    assert sam.models.vlms == ["llava-hf/llava-1.5-7b-hf", "THUDM/cogvlm-chat-hf"]
+    assert sam.models.vlms == ["llava-hf/llava-1.5-7b-hf", "HuggingFaceTB/SmolVLM-Instruct"]
+    assert sam.models.trust_remote_code is False   # CogVLM (remote code) is the documented opt-in
     assert sam.models.clap == "laion/clap-htsat-unfused"
 
 

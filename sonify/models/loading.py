@@ -2,7 +2,8 @@
 
 `tiny:<kind>` names a tiny random model that `sonify.models.tiny` builds from configs and saves in
 Hugging Face format; it is then loaded through this same path, so tests and the offline demo
-exercise the real loading code.
+exercise the real loading code. `shape:<hub id>` names a model with a real checkpoint's published
+architecture and random weights (`sonify.models.shape`), built and loaded the same way.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ from typing import Any
 from sonify.engine.errors import ModelNotAvailable
 
 TINY_PREFIX = "tiny:"
+SHAPE_PREFIX = "shape:"
 
 
-def resolve_model(name: str, tiny_dir: str | Path) -> str:
-    """A loadable id or path; builds the tiny model first when `name` is 'tiny:<kind>'."""
+def resolve_model(name: str, tiny_dir: str | Path, subfolder: str | None = None) -> str:
+    """A loadable id or path; builds the tiny or shape model first when `name` is 'tiny:<kind>' or 'shape:<id>'."""
     quiet_model_loading()
     if name.startswith(TINY_PREFIX):
         from sonify.models.tiny import build_tiny
         return str(build_tiny(name[len(TINY_PREFIX):], Path(tiny_dir)))
+    if name.startswith(SHAPE_PREFIX):
+        from sonify.models.shape import build_shape
+        return str(build_shape(name[len(SHAPE_PREFIX):], Path(tiny_dir), subfolder))
     return name
 
 
@@ -38,7 +43,7 @@ def quiet_model_loading() -> None:
 
 def load_pretrained(cls: Any, name: str, tiny_dir: str | Path = "runs/_tiny_models", role: str = "model", **kwargs) -> Any:
     """`cls.from_pretrained(name)`, with a one-line error that says how to provide a missing model."""
-    path = resolve_model(name, tiny_dir)
+    path = resolve_model(name, tiny_dir, kwargs.get("subfolder"))
     try:
         return cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
