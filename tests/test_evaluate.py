@@ -183,7 +183,7 @@ def demo_checkpoint(full_run, tmp_path_factory):
 
     run_cfg, _ = full_run
     out = tmp_path_factory.mktemp("dit")
-    train_loop(load_train_config(["config=train_demo", f"shards={run_cfg.run.dir}/shards/train-*.tar", f"output_dir={out}",
+    train_loop(load_train_config(["config=train_demo", f"shards={run_cfg.run.dir}/shards/train.txt", f"val_shards={run_cfg.run.dir}/shards/val.txt", "val_every=1000", f"output_dir={out}",
                                   f"tiny_dir={run_cfg.models.tiny_dir}", "steps=2", "checkpoint_every=2", "progress=false"]))
     return out
 

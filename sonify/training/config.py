@@ -18,7 +18,7 @@ from sonify.engine.errors import ConfigError
 @dataclass
 class TrainConf:
     shards: str = "runs/demo/shards/train.txt"     # a shard list file (one name a line), glob, brace pattern or comma list
-    val_shards: str = ""               # the same forms; empty: no validation
+    val_shards: Optional[str] = ""     # the same forms; empty or null (`val_shards=`): no validation
     shuffle_window: int = 4            # shards whose samples are permuted together (a window), per epoch
     output_dir: str = "runs/demo/dit"
     dit: str = "PixArt-alpha/PixArt-XL-2-512x512"  # the pretrained transformer (id, path, or tiny:dit)
