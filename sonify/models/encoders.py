@@ -47,7 +47,14 @@ class ASTEncoder:
         self.dtype = pick_dtype(dtype, self.device)
         with ast_mel_filters_as_designed():
             self.fe = load_pretrained(ASTFeatureExtractor, name, tiny_dir, role="ast")
-        self.model = load_pretrained(ASTModel, name, tiny_dir, role="ast")
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()   # the AudioSet classifier head is not used: no "UNEXPECTED keys" report per worker
+        try:
+            self.model = load_pretrained(ASTModel, name, tiny_dir, role="ast")
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self.pooling = pooling
         self.model_batch = int(model_batch)
         cfg = self.model.config
