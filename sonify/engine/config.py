@@ -424,6 +424,19 @@ def compose(schema: type, path: Path, override_data: dict, before_resolve=None, 
     return cfg
 
 
+def load_object(schema: type, argv: list[str], default: str, what: str, pattern: str, example: str) -> Any:
+    """A typed config object: `config=<name>` picks `pipelines/<name>.yaml` (default `default`), the rest are
+    `key=value` overrides; for the commands whose configs are not pipelines (training, evaluation)."""
+    over = parse_overrides(argv, example)
+    path = config_file(str(over.pop("config", default)), what, pattern)
+    try:
+        return OmegaConf.to_object(compose(schema, path, over))
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"bad {what}: {str(e).splitlines()[0]}") from None
+
+
 def load_config(overrides: list[str], stage_names: list[str] | None = None) -> DictConfig:
     """Defaults <- pipelines/<pipeline>.yaml <- `key=value` overrides, validated and resolved."""
     override_data = parse_overrides(overrides, "pipeline=demo stage=audio run.force=true")

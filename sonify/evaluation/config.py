@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from omegaconf import OmegaConf
 
-from sonify.engine.config import compose, config_file, parse_overrides
-from sonify.engine.errors import ConfigError
+from sonify.engine.config import load_object
 
 
 @dataclass
@@ -80,12 +78,4 @@ BENCHMARKS = ("vggsound", "greatesthits", "landscapes", "intothewild", "vegas")
 
 def load_eval_config(overrides: list[str]) -> EvalConf:
     """`config=<name>` picks `pipelines/eval_<name>.yaml` (default `eval_default`); the rest are `key=value`."""
-    over = parse_overrides(overrides, "config=eval_demo score.ndb_k=10")
-    path = config_file(str(over.pop("config", "eval_default")), "evaluation config", "eval_*.yaml")
-    try:
-        cfg = OmegaConf.to_object(compose(EvalConf, path, over))
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"bad evaluation config: {str(e).splitlines()[0]}") from None
-    return cfg
+    return load_object(EvalConf, overrides, "eval_default", "evaluation config", "eval_*.yaml", "config=eval_demo score.ndb_k=10")

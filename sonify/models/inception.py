@@ -170,16 +170,21 @@ class FIDInceptionV3(nn.Module):
         return x.mean(dim=(2, 3))
 
     def save_pretrained(self, out: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(self.config))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, out / "model.safetensors")
+        save_weights(self, out)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "FIDInceptionV3":
         return load_weights(cls, path)
+
+
+def save_weights(model, out: str | Path) -> None:
+    """`config.json` (the model's `config` dict) and `model.safetensors`: what `load_weights` reads back."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(model.config))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
 
 
 def load_weights(cls, path: str | Path, remap=None):

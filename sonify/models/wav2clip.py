@@ -11,14 +11,13 @@ loads from a local file; the wav2clip package is not used (it downloads weights 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sonify.models.inception import load_weights
+from sonify.models.inception import load_weights, save_weights
 
 SAMPLE_RATE = 16000
 N_FFT, HOP = 512, 353
@@ -83,12 +82,7 @@ class Wav2CLIP(nn.Module):
         return self.audio_transform(self.audio_encoder(wave))
 
     def save_pretrained(self, out: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(self.config))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, out / "model.safetensors")
+        save_weights(self, out)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "Wav2CLIP":

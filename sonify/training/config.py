@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from omegaconf import OmegaConf
 
-from sonify.engine.config import check_choices, compose, config_file, parse_overrides
+from sonify.engine.config import check_choices, load_object
 from sonify.engine.errors import ConfigError
 
 
@@ -66,14 +65,7 @@ CHOICES = {"trainer": ["local", "ray"], "mixed_precision": ["auto", "bf16", "no"
 
 
 def load_train_config(argv: list[str]) -> TrainConf:
-    over = parse_overrides(argv, "config=train_demo steps=100")
-    path = config_file(str(over.pop("config", "train_demo")), "training config", "train_*.yaml")
-    try:
-        cfg = OmegaConf.to_object(compose(TrainConf, path, over))
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"bad training config: {str(e).splitlines()[0]}") from None
+    cfg = load_object(TrainConf, argv, "train_demo", "training config", "train_*.yaml", "config=train_demo steps=100")
     check_choices(cfg, CHOICES)
     return cfg
 
