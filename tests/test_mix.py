@@ -216,3 +216,47 @@ def test_repeated_chunks_are_recorded_in_the_mixes_row(mixed_run, tmp_path):
     for m in stored:                              # the stage's own rows agree with their components
         ids = [c["chunk_id"] for c in m["components"]]
         assert m["repeated_chunks"] == sorted({i for i in ids if ids.count(i) > 1})
+
+
+def test_rebuild_keeps_a_bounded_number_of_batches_in_flight(monkeypatch, tmp_path):
+    """A long manifest is submitted as it is consumed, never all at once: at most two batches per worker."""
+    from concurrent.futures import Future
+
+    import sonify.mixing.rebuild as rebuild
+
+    outstanding, peak = [], [0]
+
+    class CountingPool:
+        def __init__(self, max_workers):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            f = Future()
+            outstanding.append(f)
+            peak[0] = max(peak[0], sum(not g.done() for g in outstanding))
+            monkeypatch.setattr(f, "done", lambda: f in done)   # a batch is done once the renderer waited for it
+            f.set_result(fn(*args))
+            done.discard(f)
+            return f
+
+    done: set = set()
+    real_wait = rebuild.wait
+
+    def counting_wait(fs, return_when):
+        done.update(fs)
+        return real_wait(fs, return_when=return_when)
+
+    monkeypatch.setattr(rebuild, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(rebuild, "wait", counting_wait)
+    monkeypatch.setattr(rebuild, "_render_batch", lambda rows, *a: [{"mix_id": r["mix_id"]} for r in rows])
+    rows = [{"mix_id": f"m{i}"} for i in range(1000)]
+    reports = rebuild.render_all(rows, (None, {}), str(tmp_path), workers=3, use_ray=False, force=False, check=False,
+                                 progress=False, batch=4)
+    assert sorted(r["mix_id"] for r in reports) == sorted(r["mix_id"] for r in rows)
+    assert peak[0] <= 2 * 3

@@ -4,7 +4,7 @@ with the pipeline's own renderer, locally in processes or on Ray. Bad rows becom
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
 
 
@@ -148,34 +148,46 @@ def _render_batch(rows, roots, out_dir, force, check):
 
 def render_all(rows: list[dict], roots, out_dir: str, workers: int, use_ray: bool, force: bool, check: bool,
                progress: bool = True, batch: int = 16) -> list[dict]:
+    """Render every row in batches; at most two batches per worker are in flight at once, so the tasks
+    (and their arguments) held at a time do not grow with the manifest."""
     from tqdm.auto import tqdm
 
-    batches = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+    batches = (rows[i:i + batch] for i in range(0, len(rows), batch))
     reports: list[dict] = []
     bar = tqdm(total=len(rows), unit="mix", desc="rendering", disable=not progress)
+
+    def collect(results: list[dict]) -> None:
+        reports.extend(results)
+        bar.update(len(results))
+
     if use_ray:
         import ray
 
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
         task = ray.remote(_render_batch)
-        pending = [task.remote(b, roots, out_dir, force, check) for b in batches]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for r in ray.get(done[0]):
-                reports.append(r)
-                bar.update(1)
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        pending: list = []
+        for b in batches:
+            pending.append(task.remote(b, roots, out_dir, force, check))
+            if len(pending) >= limit:
+                done, pending = ray.wait(pending, num_returns=1)
+                collect(ray.get(done[0]))
+        for ref in pending:
+            collect(ray.get(ref))
     elif workers <= 1:
         for b in batches:
-            for r in _render_batch(b, roots, out_dir, force, check):
-                reports.append(r)
-                bar.update(1)
+            collect(_render_batch(b, roots, out_dir, force, check))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_render_batch, b, roots, out_dir, force, check) for b in batches]
-            for f in as_completed(futures):
-                for r in f.result():
-                    reports.append(r)
-                    bar.update(1)
+            running: set = set()
+            for b in batches:
+                running.add(pool.submit(_render_batch, b, roots, out_dir, force, check))
+                if len(running) >= 2 * workers:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        collect(f.result())
+            for f in as_completed(running):
+                collect(f.result())
     bar.close()
     return reports
