@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sonify.engine.errors import error_text
 from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import TableStore, rows_to_table
 from sonify.retrieval.algorithm import BlockedRetriever, choose, choose_distinct
-from sonify.retrieval.matrices import load_matrix
+from sonify.retrieval.matrices import load_matrix, matrix_paths
 from sonify.stages.base import Stage
 
 
@@ -30,6 +30,8 @@ class RetrieveStage(Stage):
     outputs = ("matches", "match_ablations")
     upstream = ("embed_audio", "embed_text")
     uses = ("run.seed",)
+    # what a match depends on; `row` (its place in the concept matrix) moves when concepts are added
+    content_columns = ("id", "concept_id", "image_id", "vlm", "concept_index", "text")
     keep_together = "concept_id"        # every concept of an image variant in one partition (distinct draws)
     whole_partition = True
 
@@ -39,13 +41,22 @@ class RetrieveStage(Stage):
         pool, self.chunk_ids = load_matrix(store, "audio_embeddings")
         self.retriever = BlockedRetriever(np.asarray(pool, dtype=np.float32), self.conf.k, self.conf.device,
                                           int(self.conf.block_mb) << 20)
-        self.queries, query_ids = load_matrix(store, "concept_embeddings")
-        self.query_row = {i: r for r, i in enumerate(query_ids)}
+        self.queries = np.load(matrix_paths(store, "concept_embeddings")[0], mmap_mode="r")   # rows come with the work list
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
-        t = store.read("concept_embeddings", columns=["id", "concept_id", "image_id", "vlm", "concept_index", "text", "status"])
-        return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
+        """Embedded concepts with their row in the concept matrix, joined by DuckDB: workers look queries up by
+        position and hold no map of every concept id."""
+        import duckdb
+
+        ids_path = matrix_paths(store, "concept_embeddings")[1]
+        con = duckdb.connect()
+        con.register("emb", store.read("concept_embeddings", columns=["id", "concept_id", "image_id", "vlm", "concept_index",
+                                                                        "text", "status"]))
+        con.register("rows", pq.read_table(ids_path) if ids_path.exists() else pa.table({"id": pa.array([], pa.string()),
+                                                                                          "row": pa.array([], pa.int64())}))
+        return con.sql("""SELECT e.id, e.concept_id, e.image_id, e.vlm, e.concept_index, e.text, r.row
+                          FROM emb e LEFT JOIN rows r USING (id) WHERE e.status = 'ok'""").to_arrow_table()
 
     @classmethod
     def data_fingerprint(cls, cfg, store) -> str:
@@ -63,7 +74,7 @@ class RetrieveStage(Stage):
                                 | {"mode": mode, "k": self.retriever.k})
         out, ablations, todo = {}, [], []
         for r in rows:
-            if r["id"] not in self.query_row:
+            if r["row"] is None:
                 out[r["id"]] = {**base(r, primary), "status": STATUS_ERROR, "error": error_text("no_embedding", "not in the concept matrix; re-run embed")}
             else:
                 todo.append(r)
@@ -71,7 +82,7 @@ class RetrieveStage(Stage):
             # a variant's concepts in concept order, so each sees what the earlier ones took (the
             # default rule ignores order: its choices are keyed by ids alone)
             todo.sort(key=lambda r: (r["concept_id"], r["concept_index"]))
-            q = np.asarray(self.queries[[self.query_row[r["id"]] for r in todo]], dtype=np.float32)
+            q = np.asarray(self.queries[[r["row"] for r in todo]], dtype=np.float32)
             need_ties = any(m in ("ssr", "raw", "argmax") for m in modes)
             distinct = bool(self.conf.distinct_within_variant)
             taken: dict[tuple[str, str], set[int]] = {}
