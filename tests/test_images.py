@@ -133,3 +133,26 @@ def test_url_list_source_against_a_local_http_server(tmp_path, make_cfg):
     assert rows[0]["status"] == "ok" and (rows[0]["width"], rows[0]["height"]) == (9, 4)
     assert rows[1]["error"].startswith("unreadable:") and "404" in rows[1]["error"]
     assert rows[2]["error"].startswith("corrupt:")
+
+
+def test_many_tars_are_listed_in_parallel_with_the_serial_result(tmp_path):
+    """Tar sources list several tars at once (threads); the work list is the same as one at a time."""
+    import io
+    import tarfile
+
+    from sonify.engine.config import SourceConf
+    from sonify.sources.images import list_images
+
+    for t in range(24):
+        with tarfile.open(tmp_path / f"sa_{t:06d}.tar", "w") as tf:
+            for i in range(3):
+                data = f"image {t} {i}".encode()
+                info = tarfile.TarInfo(f"sa_{t * 10 + i}.jpg")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    (tmp_path / "sa_999999.tar").write_bytes(b"not a tar at all" * 64)
+    serial = list_images(SourceConf(name="sa", kind="tar", path=str(tmp_path), list_workers=1), [".jpg"])
+    parallel = list_images(SourceConf(name="sa", kind="tar", path=str(tmp_path), list_workers=8), [".jpg"])
+    assert parallel.equals(serial) and serial.num_rows == 24 * 3 + 1
+    assert [e for e in serial.column("list_error").to_pylist() if e] == [e for e in parallel.column("list_error").to_pylist() if e]
+    assert any((e or "").startswith("unreadable_tar") for e in parallel.column("list_error").to_pylist())
