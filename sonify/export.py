@@ -20,7 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the dataset's folder (replaced whole)")
     p.add_argument("--rows-per-parquet", type=int, default=1000)
     a = p.parse_args([x for x in argv if not x.startswith("run=")])
-    run_dir = Path(run_args[-1].split("=", 1)[1] if run_args else "runs/demo")
+    from sonify.engine.config import resolve_run
+    from sonify.engine.errors import ConfigError
+
+    try:
+        run_dir = resolve_run(run_args[-1].split("=", 1)[1] if run_args else "demo")
+    except ConfigError as e:
+        print(f"sonify.export: {e}", file=sys.stderr)
+        return 2
     try:
         import datasets  # noqa: F401
     except ImportError:

@@ -38,16 +38,13 @@ def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
 
 
 def resolve_run(arg: str) -> Path:
-    """A run directory as given, or else the `run.dir` of the pipeline of that name (pipelines/<name>.yaml)."""
-    from sonify.engine.config import load_config
+    from sonify.engine.config import resolve_run as run_dir_of
     from sonify.engine.errors import ConfigError
 
-    if Path(arg).is_dir():
-        return Path(arg)
     try:
-        return Path(load_config([f"pipeline={arg}"]).run.dir)
+        return run_dir_of(arg)
     except ConfigError as e:
-        raise SystemExit(f"sonify.query: run={arg} is neither a run directory nor a pipeline: {e}") from None
+        raise SystemExit(f"sonify.query: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--page-size", type=int, default=d.page_size)
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args([x for x in argv if not x.startswith("run=")])
-    run_dir = Path(run_args[-1].split("=", 1)[1] if run_args else "runs/demo")
+    from sonify.engine.config import resolve_run
+    from sonify.engine.errors import ConfigError
+
+    try:
+        run_dir = resolve_run(run_args[-1].split("=", 1)[1] if run_args else "demo")
+    except ConfigError as e:
+        print(f"sonify.report: {e}", file=sys.stderr)
+        return 2
     conf = ReportConf(max_images=a.max_images, page_size=a.page_size, seed=a.seed,
                       chunk_seconds=run_chunk_seconds(run_dir, d.chunk_seconds))
     try:

@@ -466,6 +466,16 @@ def absolute_run_root(cfg: DictConfig) -> None:
     cfg.run.root = os.path.abspath(root)
 
 
+def resolve_run(arg: str) -> Path:
+    """`run=` as the commands take it: a run directory as given, or else the `run.dir` of the pipeline of that name."""
+    if Path(arg).is_dir():
+        return Path(arg)
+    try:
+        return Path(load_config([f"pipeline={arg}"]).run.dir)
+    except ConfigError as e:
+        raise ConfigError(f"run={arg} is neither a run directory nor a pipeline: {e}") from None
+
+
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
