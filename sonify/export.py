@@ -14,20 +14,19 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    run_args = [a for a in argv if a.startswith("run=")]
+    from sonify.engine.config import split_run_arg
+    from sonify.engine.errors import ConfigError
+
+    try:
+        run_dir, rest = split_run_arg(argv)
+    except ConfigError as e:
+        print(f"sonify.export: {e}", file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(prog="python -m sonify.export", description=__doc__.splitlines()[0])
     p.add_argument("format", choices=["hf"], help="hf: a Hugging Face datasets dataset")
     p.add_argument("--out", required=True, help="the dataset's folder (replaced whole)")
     p.add_argument("--rows-per-parquet", type=int, default=1000)
-    a = p.parse_args([x for x in argv if not x.startswith("run=")])
-    from sonify.engine.config import resolve_run
-    from sonify.engine.errors import ConfigError
-
-    try:
-        run_dir = resolve_run(run_args[-1].split("=", 1)[1] if run_args else "demo")
-    except ConfigError as e:
-        print(f"sonify.export: {e}", file=sys.stderr)
-        return 2
+    a = p.parse_args(rest)
     try:
         import datasets  # noqa: F401
     except ImportError:

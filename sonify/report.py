@@ -24,22 +24,21 @@ def run_chunk_seconds(run_dir: Path, default: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    run_args = [a for a in argv if a.startswith("run=")]
+    from sonify.engine.config import split_run_arg
+    from sonify.engine.errors import ConfigError
+
+    try:
+        run_dir, rest = split_run_arg(argv)
+    except ConfigError as e:
+        print(f"sonify.report: {e}", file=sys.stderr)
+        return 2
     d = ReportConf()
     p = argparse.ArgumentParser(prog="python -m sonify.report", description=__doc__.splitlines()[0])
     p.add_argument("--out", help="the site's folder (default <run>/report)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="kept images shown; more are sampled (seeded)")
     p.add_argument("--page-size", type=int, default=d.page_size)
     p.add_argument("--seed", type=int, default=d.seed)
-    a = p.parse_args([x for x in argv if not x.startswith("run=")])
-    from sonify.engine.config import resolve_run
-    from sonify.engine.errors import ConfigError
-
-    try:
-        run_dir = resolve_run(run_args[-1].split("=", 1)[1] if run_args else "demo")
-    except ConfigError as e:
-        print(f"sonify.report: {e}", file=sys.stderr)
-        return 2
+    a = p.parse_args(rest)
     conf = ReportConf(max_images=a.max_images, page_size=a.page_size, seed=a.seed,
                       chunk_seconds=run_chunk_seconds(run_dir, d.chunk_seconds))
     try:
