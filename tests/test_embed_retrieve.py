@@ -250,7 +250,7 @@ def test_retrieve_partitions_hold_whole_variants(base_run):
 
     work, _ = dedupe_sorted(RetrieveStage.work_list(cfg, TableStore(cfg.run.dir)))
     for rows in (1, 2, 4, 7):
-        parts = plan(work, "fp", {}, rows, together_column=RetrieveStage.keep_together).partitions
+        parts = plan(work, "fp", {}, rows, together_column=RetrieveStage.keep_together)
         part_of = {}
         for p in parts:
             for cid in p.rows.column("concept_id").to_pylist():

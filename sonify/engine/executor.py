@@ -52,13 +52,14 @@ class PartitionWorker:
                 self._run_once(name, rows, stats)
                 break
             except Exception as e:   # not the rows' fault (bad rows are error rows): a model, device or I/O failure
+                reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
                 if stats["attempts"] <= retries:
                     wait = backoff * 2 ** (stats["attempts"] - 1)
-                    log.warning("partition %s of stage %s: %s: %s; retry %d of %d in %.1fs", name, self.stage.name,
-                                type(e).__name__, str(e).splitlines()[0] if str(e) else "", stats["attempts"], retries, wait)
+                    log.warning("partition %s of stage %s: %s; retry %d of %d in %.1fs", name, self.stage.name, reason,
+                                stats["attempts"], retries, wait)
                     time.sleep(wait)
                     continue
-                stats["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                stats["failed"] = reason
                 log.debug("partition %s of stage %s failed:\n%s", name, self.stage.name, traceback.format_exc())
                 break
         stats["seconds"] = round(time.perf_counter() - t0, 4)
@@ -247,10 +248,9 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
     run.rows_in = work.num_rows
     for t in cls.outputs:
         store.clean_temp_files(t)
-    planned = plan(work, cls.fingerprint(cfg, store), existing_partitions(store, cls),
-                   int(cls.settings(cfg).partition_rows), list(cls.content_columns or []) or None, cls.partition_by,
-                   cls.pass_column, cls.keep_together)
-    parts = planned.partitions
+    parts = plan(work, cls.fingerprint(cfg, store), existing_partitions(store, cls),
+                 int(cls.settings(cfg).partition_rows), list(cls.content_columns or []) or None, cls.partition_by,
+                 cls.pass_column, cls.keep_together)
     run.partitions = len(parts)
     run.stale_removed = remove_unplanned(store, cls, {p.name for p in parts})
     done = set.intersection(*(store.partitions(t) for t in cls.outputs))
@@ -279,8 +279,7 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
         run.failed = [f"{r['partition']}: {r['failed']}" for r in results if r["failed"]]
         too_many = error_fraction_exceeded(cls, cfg, results)
         if too_many:   # a broken model or decoder must not quietly turn everything into error rows
-            for t in cls.outputs:
-                store.remove_partitions(t, {r["partition"] for r in results})
+            remove_unplanned(store, cls, {p.name for p in parts} - {r["partition"] for r in results})   # tables, files, stats
             run.computed, run.failed = 0, [too_many]
     bar.close()
     if not run.failed:

@@ -25,13 +25,6 @@ class Partition:
     rows: pa.Table
 
 
-@dataclass
-class Plan:
-    partitions: list[Partition]   # every partition the stage's outputs should hold, in id order
-    kept: set[str]                # finished partitions planned again unchanged (their rows are not recomputed)
-    stale: set[str]               # finished or partial partitions no longer planned: their rows and files go
-
-
 def row_digests(work: pa.Table, columns: list[str]) -> list[str]:
     """A digest per row of the values that determine its output (ids and upstream content, not locations)."""
     cols = [c for c in columns if c in work.column_names]
@@ -63,8 +56,9 @@ def dedupe_sorted(work: pa.Table, id_column: str = "id") -> tuple[pa.Table, int]
 
 def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], partition_rows: int,
          content_columns: list[str] | None = None, group_column: str | None = None,
-         split_column: str | None = None, together_column: str | None = None) -> Plan:
-    """Partitions for `work` (sorted and unique by id; see `dedupe_sorted`).
+         split_column: str | None = None, together_column: str | None = None) -> list[Partition]:
+    """Every partition the stage's outputs should hold, in id order, for `work` (sorted and unique by id;
+    see `dedupe_sorted`). Partitions on disk that are not among them are stale.
 
     `existing` maps each partition already on disk to the ids it holds. A finished partition is kept
     when recomputing its name from the current rows of its ids gives the same name. The remaining rows
@@ -105,7 +99,7 @@ def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], parti
         name = partition_name(fingerprint, [ids[n] for n in chunk], [digests[n] for n in chunk])
         partitions.append(Partition(name, work.take(pa.array(chunk, pa.int64()))))
     partitions.sort(key=lambda p: p.rows.column("id")[0].as_py())   # processed in id order
-    return Plan(partitions, set(kept), set(existing) - {p.name for p in partitions})
+    return partitions
 
 
 def _cut(rows: list[int], size: int, together: list | None) -> list[list[int]]:
