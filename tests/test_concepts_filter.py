@@ -10,6 +10,7 @@ import pytest
 from sonify.concepts.keywords import keyword_pattern
 from sonify.engine.errors import ConfigError
 from sonify.engine.executor import run_stage
+from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.stages import get_stage
 from sonify.stages.concepts import ConceptsStage, vlm_key
@@ -104,7 +105,7 @@ def test_parseable_replies_become_concepts(ingested, monkeypatch, tmp_path):
 
 def test_image_gone_after_ingest_is_an_error_row(ingested, tmp_path, demo_dir):
     cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", "stages.concepts.imports=[]")
-    work = ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)).slice(0, 3)
+    work = work_table(ConceptsStage.work_list(cfg, TableStore(cfg.run.dir))).slice(0, 3)
     rows = work.to_pylist()
     bad = tmp_path / "truncated_now.jpg"
     bad.write_bytes((demo_dir / "images/broken/truncated.jpg").read_bytes())

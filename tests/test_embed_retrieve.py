@@ -3,11 +3,13 @@
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import copy_run
 
 from sonify.engine.executor import run_stage
 from sonify.engine.keys import keyed_rng
+from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.media.audio import load_chunk
 from sonify.retrieval.matrices import load_matrix
@@ -147,7 +149,7 @@ def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypa
     from sonify.stages.embed import EmbedAudioStage
 
     cfg = _copy_run(base_run, tmp_path)
-    work = EmbedAudioStage.work_list(cfg, TableStore(cfg.run.dir))
+    work = work_table(EmbedAudioStage.work_list(cfg, TableStore(cfg.run.dir)))
     audio = work.to_pylist()[:3]
     audio[2]["uri"] = str(tmp_path / "gone.wav")
     real = ClapEmbedder.embed_audio
@@ -242,21 +244,23 @@ def _by_variant(cfg):
     return out
 
 
-def test_retrieve_partitions_hold_whole_variants(base_run):
+def test_retrieve_partitions_hold_whole_variants(base_run, tmp_path):
     from sonify.stages.retrieve import RetrieveStage
 
     cfg, _ = base_run
-    from sonify.engine.partitions import dedupe_sorted, plan
+    from sonify.engine.partitions import PlanReader, plan, planner_connection, write_work
 
-    work, _ = dedupe_sorted(RetrieveStage.work_list(cfg, TableStore(cfg.run.dir)))
+    work = write_work(RetrieveStage.work_list(cfg, TableStore(cfg.run.dir)), tmp_path / "work.parquet")
+    n = pq.read_metadata(work).num_rows
     for rows in (1, 2, 4, 7):
-        parts = plan(work, "fp", {}, rows, together_column=RetrieveStage.keep_together)
-        part_of = {}
-        for p in parts:
-            for cid in p.rows.column("concept_id").to_pylist():
+        planned = plan(planner_connection(), work, tmp_path / "plan.parquet", "fp", [], rows,
+                       together_column=RetrieveStage.keep_together)
+        reader, part_of = PlanReader(planned.path), {}
+        for p in planned.partitions:
+            for cid in reader.read(p.offset, p.rows).column("concept_id").to_pylist():
                 assert part_of.setdefault(cid, p.name) == p.name     # a variant never spans two
-        assert max(p.rows.num_rows for p in parts) <= rows + 2     # a cut waits for the variant's end (3 concepts at most)
-        assert sum(p.rows.num_rows for p in parts) == work.num_rows
+        assert max(p.rows for p in planned.partitions) <= rows + 2     # a cut waits for the variant's end (3 concepts at most)
+        assert sum(p.rows for p in planned.partitions) == n
     assert RetrieveStage.keep_together == "concept_id" and RetrieveStage.whole_partition
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from sonify.engine.config import load_config
 from sonify.engine.executor import run_stage
+from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.media.image import center_crop
 from sonify.models.encoders import kaldi_frames
@@ -179,13 +180,13 @@ def test_corrupt_mixture_and_vanished_image_are_error_rows(shard_run, tmp_path):
 
     other = copy_run(shard_run, tmp_path)
     store = TableStore(other.run.dir)
-    work = FeaturesStage.work_list(other, store).slice(0, 2)
+    work = work_table(FeaturesStage.work_list(other, store)).slice(0, 2)
     (Path(other.run.dir) / work.column("path")[0].as_py()).write_bytes(b"not flac")
     features = FeaturesStage(other)
     features.partition = "part-test"
     rows = features.process_batch(work)["audio_features"].to_pylist()
     assert rows[0]["error"].startswith("decode_error:") and rows[1]["status"] == "ok"
-    lw = LatentsStage.work_list(other, store).slice(0, 2).to_pylist()
+    lw = work_table(LatentsStage.work_list(other, store)).slice(0, 2).to_pylist()
     lw[0]["uri"], lw[0]["tar_offset"] = str(tmp_path / "gone.png"), None
     latents = LatentsStage(other)
     latents.partition = "part-test"

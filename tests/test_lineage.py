@@ -53,7 +53,7 @@ def owned_files(run_dir: Path, store: TableStore) -> set[Path]:
     for name in ("audio_embeddings", "concept_embeddings"):
         owned |= {run_dir / "matrices" / f"{name}{s}" for s in (".npy", ".ids.parquet", ".json")}
     owned |= {run_dir / "release" / n for n in ("release.parquet", "release.jsonl")}
-    owned |= {run_dir / "shards" / n for n in ("_plan.parquet", "train.txt", "val.txt")}
+    owned |= {run_dir / "shards" / n for n in ("train.txt", "val.txt")}
     return owned
 
 

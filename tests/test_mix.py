@@ -11,6 +11,7 @@ import soundfile as sf
 from conftest import copy_run
 
 from sonify.engine.executor import run_stage
+from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.media.loudness import LoudnessMeter
 from sonify.mix import main as mix_main
@@ -109,7 +110,7 @@ def test_silent_components_are_left_out_and_all_silent_is_an_error(mixed_run, tm
     cfg = copy_run(mixed_run, tmp_path)   # _mix writes mixture files: never into the shared run
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(16000 * 5, np.float32), 16000)
-    work = MixStage.work_list(cfg, TableStore(cfg.run.dir)).to_pylist()
+    work = work_table(MixStage.work_list(cfg, TableStore(cfg.run.dir))).to_pylist()
     row = next(r for r in work if len(r["components"]) >= 2)
     row["components"][0].update(uri=str(silent), start_frame=0, num_frames=80000)
     all_silent = {**row, "id": row["id"], "components": [dict(c, uri=str(silent), start_frame=0, num_frames=80000) for c in row["components"]]}
@@ -199,7 +200,7 @@ def test_repeated_chunks_are_recorded_in_the_mixes_row(mixed_run, tmp_path):
     from sonify.stages.mix import MixStage
 
     cfg = copy_run(mixed_run, tmp_path)
-    work = MixStage.work_list(cfg, TableStore(cfg.run.dir)).to_pylist()
+    work = work_table(MixStage.work_list(cfg, TableStore(cfg.run.dir))).to_pylist()
     row = next(r for r in work if len(r["components"]) >= 2)
     stage = MixStage(cfg)
     stage.partition = "part-test"

@@ -204,6 +204,7 @@ def test_pixart_shape_with_audio_projector_loads_plainly(shape_dir, tmp_path):
 def test_smolvlm_shape_runs_through_the_concepts_stage(make_cfg, shape_dir):
     """The stage's batch callable on 2 images: SigLIP tiles, chat template, generate, then the parser."""
     from sonify.engine.executor import run_stage
+    from sonify.engine.partitions import work_table
     from sonify.engine.store import TableStore
     from sonify.stages import get_stage
     from sonify.stages.concepts import ConceptsStage
@@ -212,7 +213,7 @@ def test_smolvlm_shape_runs_through_the_concepts_stage(make_cfg, shape_dir):
     cfg = make_cfg(f"models.tiny_dir={shape_dir}", f"models.vlms=[{spec}]", "stages.concepts.imports=[]",
                    "stages.concepts.generation.max_new_tokens=6", "stages.concepts.caption_generation.max_new_tokens=4")
     run_stage(get_stage("images"), cfg, progress_bar=False)
-    work = ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)).slice(0, 2)
+    work = work_table(ConceptsStage.work_list(cfg, TableStore(cfg.run.dir))).slice(0, 2)
     stage = ConceptsStage(cfg)
     assert stage.vlms[spec].processor.tokenizer.convert_tokens_to_ids("<image>") == 49153
     out = stage.process_batch(work)

@@ -28,6 +28,7 @@ def main(argv=None) -> None:
     from omegaconf import OmegaConf
 
     from sonify.engine.executor import PartitionWorker, run_stage
+    from sonify.engine.partitions import work_table
     from sonify.engine.store import TableStore
     from sonify.media.image import load_rgb
     from sonify.sources.images import read_image_bytes
@@ -44,7 +45,7 @@ def main(argv=None) -> None:
         from sonify.sources.demo import ensure_demo_data
         ensure_demo_data(cfg.demo_data.dir, a.images, 0)
         run_stage(get_stage("images"), cfg, progress_bar=False)
-        work = ConceptsStage.work_list(cfg, TableStore(cfg.run.dir))
+        work = work_table(ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)))
         n = work.num_rows
         worker = PartitionWorker(get_stage("concepts"), OmegaConf.to_container(cfg))
         stage = worker.stage

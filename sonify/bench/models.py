@@ -164,6 +164,7 @@ def _worker(ctx, stage: str, *overrides: str):
     from omegaconf import OmegaConf
 
     from sonify.engine.executor import PartitionWorker
+    from sonify.engine.partitions import work_table
     from sonify.stages import get_stage
 
     cls = get_stage(stage)
@@ -171,7 +172,7 @@ def _worker(ctx, stage: str, *overrides: str):
     single = [f"stages.{cls.conf_key or stage}.model_batch=1"] if cls.models else []
     cfg = demo_config(ctx["tmp"], *ctx["base"], *single, *overrides)
     worker = PartitionWorker(cls, OmegaConf.to_container(cfg))
-    return worker, get_stage(stage).work_list(cfg, worker.store)
+    return worker, work_table(get_stage(stage).work_list(cfg, worker.store))
 
 
 def _stage_vs_bare(worker, work, bare, repeats: int) -> tuple[float, float]:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sonify.bench.common import best_of_interleaved, demo_config, peak_rss_mib
 from sonify.media.tar import TarStream
@@ -37,7 +36,7 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one stage run")
     a = ap.parse_args(argv)
 
-    from sonify.stages.shards import PLAN, ShardsStage
+    from sonify.stages.shards import ShardsStage
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         cfg = demo_config(tmp, f"stages.shards.samples_per_shard={a.samples_per_shard}",
@@ -56,10 +55,8 @@ def main(argv=None) -> None:
                          "id": key, "image_id": f"{i:016x}", "vlm": "bench", "mix_id": f"m{i}", "ast_path": ast,
                          "latent_path": lat, "mix_path": "", "uri": "", "tar_offset": None, "nbytes": None, "meta": meta})
         plan = pa.Table.from_pylist(rows)
-        (run / "shards").mkdir(parents=True, exist_ok=True)
-        pq.write_table(plan, run / PLAN, row_group_size=a.samples_per_shard)
         shards = sorted({r["shard"] for r in rows})
-        work = {s: plan.filter(pa.compute.equal(plan.column("shard"), s)).select(["id", "split", "shard", "position"]) for s in shards}
+        work = {s: plan.filter(pa.compute.equal(plan.column("shard"), s)) for s in shards}   # a partition's rows, as planned
         stage = ShardsStage(cfg)
         stage.partition = "part-bench"   # the stage writes into its partition's folder
         out_dir = run / "shards" / stage.partition

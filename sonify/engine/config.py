@@ -34,6 +34,7 @@ class RunConf:
     retry_backoff_s: float = 2.0       # ... after 2 s, 4 s, 8 s
     max_error_fraction: float = 0.5    # a stage stops when more of its computed rows than this are error rows
     error_fraction_min_rows: int = 20  # ... judged once at least this many rows were computed (a few bad files are not a trend)
+    plan_memory: str = "1GB"           # DuckDB memory limit of the driver's planning (it spills to <run>/plan/ beyond it)
     progress: bool = True
 
 

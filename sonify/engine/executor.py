@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.errors import ConfigError, error_reason
 from sonify.engine.files import atomic_write, clean_temp_files
-from sonify.engine.partitions import Partition, dedupe_sorted, plan, table_from_bytes, table_to_bytes
+from sonify.engine.partitions import Partition, Plan, PlanReader, plan, planner_connection, write_work
 from sonify.engine.schemas import STATUS_OK, table_spec
 from sonify.engine.store import TableStore
 
@@ -33,8 +32,9 @@ class PartitionWorker:
     """Processes whole partitions of one stage. Ray Data maps it (`__call__`); the local loop calls
     `run_partition`. The stage (and its models) is built once, in `__init__`."""
 
-    def __init__(self, stage_cls: type, cfg: dict):
+    def __init__(self, stage_cls: type, cfg: dict, plan_path: str | None = None):
         self.cfg = OmegaConf.create(cfg)
+        self.plan = PlanReader(plan_path) if plan_path else None   # the planned rows, read partition by partition
         self.stage = stage_cls(self.cfg)
         self.store = TableStore(self.cfg.run.dir)
         self.stats_dir = Path(self.cfg.run.dir) / "stats" / stage_cls.name
@@ -97,7 +97,8 @@ class PartitionWorker:
         return outputs
 
     def __call__(self, batch: dict) -> dict:
-        stats = [self.run_partition(str(n), table_from_bytes(b)) for n, b in zip(batch["partition"], batch["rows"])]
+        stats = [self.run_partition(str(n), self.plan.read(int(o), int(r)))
+                 for n, o, r in zip(batch["partition"], batch["offset"], batch["rows"])]
         return {"stats": [json.dumps(s) for s in stats]}
 
 
@@ -117,25 +118,27 @@ class StageRun:
     tables: dict = field(default_factory=dict)
 
 
-def _run_local(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
-    worker = PartitionWorker(cls, OmegaConf.to_container(cfg))
+def _run_local(cls: type, cfg: DictConfig, plan_path: Path, todo: list[Partition], progress) -> list[dict]:
+    worker = PartitionWorker(cls, OmegaConf.to_container(cfg), str(plan_path))
     results = []
     for p in todo:
-        results.append(worker.run_partition(p.name, p.rows))
+        results.append(worker.run_partition(p.name, worker.plan.read(p.offset, p.rows)))
         progress(results[-1])
     return results
 
 
-def _run_ray(cls: type, cfg: DictConfig, todo: list[Partition], progress) -> list[dict]:
+def _run_ray(cls: type, cfg: DictConfig, plan_path: Path, todo: list[Partition], progress) -> list[dict]:
+    """Ray Data ships one small spec per partition; each actor reads its rows from the plan file
+    (the run folder is on storage every node sees, as the outputs are)."""
     import ray
 
     conf = cls.settings(cfg)
     check_resources(cls.name, conf)
-    items = [{"partition": p.name, "rows": table_to_bytes(p.rows)} for p in todo]
+    items = [{"partition": p.name, "offset": p.offset, "rows": p.rows} for p in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         PartitionWorker,
-        fn_constructor_args=(cls, OmegaConf.to_container(cfg)),
+        fn_constructor_args=(cls, OmegaConf.to_container(cfg), str(plan_path)),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(conf.concurrency))),
         num_cpus=float(conf.num_cpus),
@@ -180,19 +183,6 @@ def table_counts(store: TableStore, table: str) -> dict:
     return counts
 
 
-def existing_partitions(store: TableStore, cls: type) -> dict[str, list[str]]:
-    """The ids each partition on disk holds (from the stage's keyed outputs); partitions found only in
-    its other outputs (a writer killed between files) are listed with no ids, so they are never kept."""
-    found: dict[str, list[str]] = {}
-    for t in cls.keyed_outputs():
-        for f in store.files(t):
-            found.setdefault(f.stem, []).extend(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-    for t in cls.outputs:
-        for name in store.partitions(t) - set(found):
-            found[name] = []
-    return found
-
-
 def remove_unplanned(store: TableStore, cls: type, planned: set[str]) -> int:
     """Remove every partition of the stage that is not planned, with its files and stats; returns how many."""
     stale: set[str] = set()
@@ -216,7 +206,7 @@ def passes(cls: type, todo: list[Partition]) -> list[tuple[object, list[Partitio
         return [(None, todo)]
     lanes: dict[object, list[Partition]] = {}
     for p in todo:
-        lanes.setdefault(p.rows.column(cls.pass_column)[0].as_py(), []).append(p)
+        lanes.setdefault(p.lane, []).append(p)
     return sorted(lanes.items(), key=lambda kv: str(kv[0]))
 
 
@@ -242,15 +232,35 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
     stage_name = cls.name
     store = TableStore(cfg.run.dir)
     run = StageRun(stage=stage_name)
-    work, run.duplicates_dropped = dedupe_sorted(cls.work_list(cfg, store))
-    if run.duplicates_dropped:
-        log.warning("stage %s: %d duplicate input ids dropped (kept the first of each)", stage_name, run.duplicates_dropped)
-    run.rows_in = work.num_rows
+    plan_dir = store.run_dir / "plan" / stage_name   # rewritten by every run of the stage, removed after it
+    shutil.rmtree(plan_dir, ignore_errors=True)
+    try:
+        return _run_planned(cls, cfg, store, run, plan_dir, progress_bar, connect, t0)
+    finally:
+        shutil.rmtree(plan_dir, ignore_errors=True)
+
+
+def plan_stage(cls: type, cfg: DictConfig, store: TableStore, plan_dir: Path) -> Plan:
+    """The stage's work list, streamed to `plan_dir/work.parquet`, planned into `plan_dir/plan.parquet`."""
+    write_work(cls.work_list(cfg, store), plan_dir / "work.parquet")   # a DuckDB relation streams; no Python rows
     for t in cls.outputs:
         store.clean_temp_files(t)
-    parts = plan(work, cls.fingerprint(cfg, store), existing_partitions(store, cls),
-                 int(cls.settings(cfg).partition_rows), list(cls.content_columns or []) or None, cls.partition_by,
-                 cls.pass_column, cls.keep_together)
+    planned = plan(planner_connection(str(cfg.run.plan_memory), plan_dir / "spill"), plan_dir / "work.parquet",
+                   plan_dir / "plan.parquet", cls.fingerprint(cfg, store),
+                   [f for t in cls.keyed_outputs() for f in store.files(t)], int(cls.settings(cfg).partition_rows),
+                   list(cls.content_columns or []) or None, cls.partition_by, cls.pass_column, cls.keep_together)
+    (plan_dir / "work.parquet").unlink()
+    return planned
+
+
+def _run_planned(cls, cfg, store, run, plan_dir, progress_bar, connect, t0) -> StageRun:
+    stage_name = cls.name
+    planned = plan_stage(cls, cfg, store, plan_dir)
+    parts = planned.partitions
+    run.duplicates_dropped = planned.duplicates
+    if run.duplicates_dropped:
+        log.warning("stage %s: %d duplicate input ids dropped (kept the first of each)", stage_name, run.duplicates_dropped)
+    run.rows_in = planned.rows_in - planned.duplicates
     run.partitions = len(parts)
     run.stale_removed = remove_unplanned(store, cls, {p.name for p in parts})
     done = set.intersection(*(store.partitions(t) for t in cls.outputs))
@@ -273,7 +283,7 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
         runner = _run_local if cfg.run.executor == "local" else _run_ray
         results = []
         for value, part in passes(cls, todo):   # one pass per VLM: no worker ever holds two
-            results += runner(cls, cfg if value is None else cls.pass_config(cfg, value), part, progress)
+            results += runner(cls, cfg if value is None else cls.pass_config(cfg, value), planned.path, part, progress)
         run.computed = sum(1 for r in results if not r["failed"])
         run.rows_computed = sum(r["rows_in"] for r in results if not r["failed"])
         run.failed = [f"{r['partition']}: {r['failed']}" for r in results if r["failed"]]

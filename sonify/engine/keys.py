@@ -26,3 +26,8 @@ def keyed_rng(*key: object) -> np.random.Generator:
 def unit_hash(text: str) -> float:
     """A stable number in [0, 1) from a string."""
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2.0**64
+
+
+def unit_hash_sql(expr: str) -> str:
+    """`unit_hash` of a SQL string expression, computed by DuckDB (work lists never leave it)."""
+    return f"(CAST(('0x' || substr(sha1({expr}), 1, 16)) AS UBIGINT)::DOUBLE / 18446744073709551616.0)"

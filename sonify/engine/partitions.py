@@ -7,120 +7,212 @@ the same content; only the rows left over are grouped into new partitions. So ad
 creates work proportional to N wherever the new ids fall, a changed row recomputes only its own
 partition, and a config change (a new fingerprint) recomputes everything that depends on it.
 Which rows share a file may depend on the order data arrived; what a table holds does not.
+
+Planning runs out of core: the work list is written to Parquet, DuckDB (with a memory limit,
+spilling to disk) does the dedupe, digests, joins and cuts, and writes every row in partition
+order to `plan.parquet`. The driver keeps one small record per partition (name, offset, row count);
+workers read their partition's rows from the file. No row ever becomes a Python object on the driver.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sonify.engine.errors import ConfigError
+from sonify.engine.files import atomic_path
+
+PLAN_ROW_GROUP = 8192   # rows per row group of plan.parquet: a worker reads one or two groups per partition
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One planned partition: its rows are `plan.parquet[offset : offset + rows]`."""
+    name: str
+    offset: int
+    rows: int
+    lane: object = None   # its value of the stage's pass column (one pass per value)
 
 
 @dataclass
-class Partition:
-    name: str
-    rows: pa.Table
+class Plan:
+    path: Path                 # plan.parquet: every row, in partition order
+    partitions: list[Partition]
+    rows_in: int               # work-list rows before dropping duplicate ids
+    duplicates: int
 
 
-def row_digests(work: pa.Table, columns: list[str]) -> list[str]:
-    """A digest per row of the values that determine its output (ids and upstream content, not locations)."""
-    cols = [c for c in columns if c in work.column_names]
-    out = []
-    for batch in work.select(cols).to_batches(max_chunksize=8192):
-        for row in batch.to_pylist():
-            text = json.dumps([row[c] for c in cols], sort_keys=True, default=str, separators=(",", ":"))
-            out.append(hashlib.sha1(text.encode()).hexdigest())
-    return out
+class PlanReader:
+    """Reads one partition's rows from a plan file (opened once per worker)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.file = pq.ParquetFile(path)
+        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def read(self, offset: int, rows: int) -> pa.Table:
+        first = int(np.searchsorted(self.starts, offset, side="right") - 1)
+        last = int(np.searchsorted(self.starts, offset + rows - 1, side="right") - 1)
+        table = self.file.read_row_groups(list(range(first, last + 1)))
+        return table.slice(offset - int(self.starts[first]), rows)
 
 
-def partition_name(fingerprint: str, ids: list[str], digests: list[str]) -> str:
-    """'part-' + 16 hex digits of sha1(fingerprint, (id, digest) pairs in id order)."""
-    h = hashlib.sha1(fingerprint.encode())
-    for i, d in sorted(zip(ids, digests)):
-        h.update(b"\x00" + i.encode() + b"\x01" + d.encode())
-    return f"part-{h.hexdigest()[:16]}"
+def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike | None = None):
+    """A DuckDB connection for planning: bounded memory, spilling to `spill_dir`."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("SELECT ?::VARCHAR", [memory_limit])
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    except duckdb.Error:
+        raise ConfigError(f"run.plan_memory={memory_limit!r} is not a memory size (write e.g. 1GB or 512MB)") from None
+    con.execute("SET preserve_insertion_order = true")
+    if spill_dir is not None:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = '{spill_dir}'")
+    return con
 
 
-def dedupe_sorted(work: pa.Table, id_column: str = "id") -> tuple[pa.Table, int]:
-    """Sort by id and keep the first row of each id; returns the table and how many rows were dropped."""
-    work = work.take(pc.sort_indices(work, sort_keys=[(id_column, "ascending")]))
-    ids = work.column(id_column).to_pylist()
-    keep = [i for i in range(len(ids)) if i == 0 or ids[i] != ids[i - 1]]
-    if len(keep) == len(ids):
-        return work, 0
-    return work.take(pa.array(keep, pa.int64())), len(ids) - len(keep)
+def work_table(work) -> pa.Table:
+    """A work list (an Arrow table or a DuckDB relation) as an Arrow table: for tools and tests on small runs."""
+    return work if isinstance(work, pa.Table) else work.to_arrow_table()
 
 
-def plan(work: pa.Table, fingerprint: str, existing: dict[str, list[str]], partition_rows: int,
+def write_work(work, path: Path) -> Path:
+    """The work list (an Arrow table or a DuckDB relation, streamed) as a Parquet file, atomically."""
+    with atomic_path(path) as tmp:
+        if isinstance(work, pa.Table):
+            pq.write_table(work, tmp, row_group_size=65536)
+        else:
+            work.write_parquet(str(tmp))
+    return path
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _name(fingerprint_param: str, id_col: str, digest_col: str) -> str:
+    """SQL for a partition's name: 'part-' + 16 hex digits of sha256 of the fingerprint, the row count and
+    the sums of the 128-bit md5 of each (id, digest) pair: a digest of the set of rows that needs no order
+    and no string of the whole partition, so it costs the same per row at any partition size."""
+    pair = f"{id_col} || chr(1) || {digest_col}"
+    return (f"'part-' || substr(sha256({fingerprint_param} || ':' || count(*) || ':' || sum(md5_number_lower({pair})) "
+            f"|| ':' || sum(md5_number_upper({pair}))), 1, 16)")
+
+
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[Path], partition_rows: int,
          content_columns: list[str] | None = None, group_column: str | None = None,
-         split_column: str | None = None, together_column: str | None = None) -> list[Partition]:
-    """Every partition the stage's outputs should hold, in id order, for `work` (sorted and unique by id;
-    see `dedupe_sorted`). Partitions on disk that are not among them are stale.
+         split_column: str | None = None, together_column: str | None = None) -> Plan:
+    """Every partition the stage's outputs should hold for the work list at `work_path`, written in
+    partition order to `out_path`. Partitions on disk that are not among them are stale.
 
-    `existing` maps each partition already on disk to the ids it holds. A finished partition is kept
-    when recomputing its name from the current rows of its ids gives the same name. The remaining rows
-    are cut every `partition_rows` rows in id order, or, with `group_column`, one partition per value;
-    with `split_column`, rows of different values never share a partition (they run in separate passes);
-    with `together_column`, rows of equal values are never cut apart (they must sort next to each other).
+    Duplicate ids keep their first row. `existing` are the stage's keyed output files on disk
+    (`<partition>.parquet`, each with an `id` column). A finished partition is kept when recomputing
+    its name from the current rows of its ids gives the same name (and no kept partition with a
+    smaller name claims one of its ids). The remaining rows are cut every `partition_rows` rows in id
+    order, or, with `group_column`, one partition per value; with `split_column`, rows of different
+    values never share a partition (they run in separate passes); with `together_column`, rows of
+    equal values are never cut apart (they must sort next to each other by id).
     """
     if partition_rows < 1:
         raise ValueError("partition_rows must be >= 1")
-    ids = work.column("id").to_pylist()
-    digests = row_digests(work, content_columns or work.column_names)
-    position = {i: n for n, i in enumerate(ids)}
-    claimed: set[int] = set()
-    kept: dict[str, list[int]] = {}
-    for name in sorted(existing):
-        members = existing[name]
-        rows = [position.get(i) for i in members]
-        if not members or None in rows or claimed.intersection(rows):
-            continue
-        if partition_name(fingerprint, members, [digests[r] for r in rows]) == name:
-            kept[name] = rows
-            claimed.update(rows)
-    partitions = [Partition(name, work.take(pa.array(rows, pa.int64()))) for name, rows in kept.items()]
-    rest = [n for n in range(len(ids)) if n not in claimed]
-    if group_column:
-        groups: dict[str, list[int]] = {}
-        for n, g in zip(rest, work.column(group_column).take(pa.array(rest, pa.int64())).to_pylist() if rest else []):
-            groups.setdefault(g, []).append(n)
-        chunks = [groups[g] for g in sorted(groups)]
+    names = pq.read_schema(work_path).names
+    digest_cols = [c for c in (content_columns or names) if c in names] or ["id"]
+    lane = _q(split_column) if split_column else "NULL"
+    grp = _q(group_column) if group_column else "NULL"
+    tog = _q(together_column) if together_column else "NULL"
+    packed = "{" + ", ".join(f"'{c}': {_q(c)}" for c in digest_cols) + "}"
+    con.execute("SET VARIABLE fp = ?", [fingerprint])
+    fp = "getvariable('fp')"
+    work = f"read_parquet('{work_path}', file_row_number = true)"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE k AS
+        SELECT file_row_number AS fr, id, md5(CAST({packed} AS VARCHAR)) AS digest,
+               {lane} AS lane, CAST({grp} AS VARCHAR) AS grp, CAST({tog} AS VARCHAR) AS tog
+        FROM {work} QUALIFY row_number() OVER (PARTITION BY id ORDER BY file_row_number) = 1""")
+    rows_in = con.execute(f"SELECT count(*) FROM read_parquet('{work_path}')").fetchone()[0]
+    unique = con.execute("SELECT count(*) FROM k").fetchone()[0]
+
+    if existing:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE ex AS
+            SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1) AS partition, id
+            FROM read_parquet({_sql_list(existing)}, filename = true, union_by_name = true)""")
     else:
-        lanes: dict[object, list[int]] = {}
-        values = work.column(split_column).to_pylist() if split_column else None
-        for n in rest:
-            lanes.setdefault(values[n] if values else None, []).append(n)
-        together = work.column(together_column).to_pylist() if together_column else None
-        chunks = [c for lane in lanes.values() for c in _cut(lane, partition_rows, together)]
-    for chunk in chunks:
-        name = partition_name(fingerprint, [ids[n] for n in chunk], [digests[n] for n in chunk])
-        partitions.append(Partition(name, work.take(pa.array(chunk, pa.int64()))))
-    partitions.sort(key=lambda p: p.rows.column("id")[0].as_py())   # processed in id order
-    return partitions
+        con.execute("CREATE OR REPLACE TEMP TABLE ex (partition VARCHAR, id VARCHAR)")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE valid AS
+        SELECT e.partition FROM ex e LEFT JOIN k USING (id) GROUP BY e.partition
+        HAVING count(*) = count(k.digest) AND count(*) = count(DISTINCT e.id)
+           AND {_name(fp, 'e.id', 'k.digest')} = e.partition""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE assign AS
+        WITH member AS (SELECT e.partition, e.id FROM ex e JOIN valid USING (partition)),
+             owner AS (SELECT id, min(partition) AS partition FROM member GROUP BY id),
+             keep AS (SELECT m.partition FROM member m JOIN owner o USING (id) GROUP BY m.partition
+                      HAVING bool_and(o.partition = m.partition))
+        SELECT k.fr, m.partition FROM member m JOIN keep USING (partition) JOIN k USING (id)""")
+
+    rest = "SELECT k.* FROM k ANTI JOIN assign a ON a.fr = k.fr"
+    if group_column:
+        chunked = f"SELECT *, grp AS chunk FROM ({rest})"
+    elif together_column:
+        chunked = _cut_together(con, rest, partition_rows)
+    else:
+        chunked = (f"SELECT *, coalesce(CAST(lane AS VARCHAR), '') || '#' || CAST((row_number() OVER "
+                   f"(PARTITION BY lane ORDER BY id) - 1) // {int(partition_rows)} AS VARCHAR) AS chunk FROM ({rest})")
+    con.execute(f"""
+        INSERT INTO assign
+        WITH c AS ({chunked}),
+             named AS (SELECT chunk, {_name(fp, 'id', 'digest')} AS partition FROM c GROUP BY chunk)
+        SELECT c.fr, named.partition FROM c JOIN named USING (chunk)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE parts AS
+        SELECT a.partition, min(k.id) AS first_id, count(*) AS n, any_value(k.lane) AS lane
+        FROM assign a JOIN k USING (fr) GROUP BY a.partition""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE parts AS
+        SELECT *, row_number() OVER (ORDER BY first_id) AS ord,
+               coalesce(sum(n) OVER (ORDER BY first_id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS start
+        FROM parts""")
+    with atomic_path(out_path) as tmp:
+        con.execute(f"""
+            COPY (SELECT w.* EXCLUDE (file_row_number) FROM {work} w
+                  JOIN assign a ON a.fr = w.file_row_number JOIN parts p USING (partition)
+                  ORDER BY p.ord, w.id)
+            TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE {PLAN_ROW_GROUP})""")
+    found = con.execute("SELECT partition, start, n, lane FROM parts ORDER BY ord").fetchall()
+    return Plan(out_path, [Partition(str(n), int(o), int(c), lane) for n, o, c, lane in found], rows_in, rows_in - unique)
 
 
-def _cut(rows: list[int], size: int, together: list | None) -> list[list[int]]:
-    """Runs of `size` rows; with `together`, a run ends only where the value changes."""
-    if together is None:
-        return [rows[s:s + size] for s in range(0, len(rows), size)]
-    chunks, current = [], []
-    for n in rows:
-        if len(current) >= size and together[n] != together[current[-1]]:
-            chunks.append(current)
-            current = []
-        current.append(n)
-    return chunks + ([current] if current else [])
-
-
-def table_to_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def table_from_bytes(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+def _cut_together(con, rest: str, size: int) -> str:
+    """Cuts every `size` rows per lane, but only where the together value changes: a greedy pass over
+    runs of equal values (numpy, one step per run), joined back by SQL."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rr AS
+        SELECT * EXCLUDE (new_run), CAST(sum(CAST(new_run OR new_lane AS INTEGER)) OVER (ORDER BY lane, id) AS BIGINT) AS run FROM (
+            SELECT k.*, (row_number() OVER w = 1 OR lane IS DISTINCT FROM lag(lane) OVER w) AS new_lane,
+                   (tog IS DISTINCT FROM lag(tog) OVER w) AS new_run
+            FROM ({rest}) k WINDOW w AS (ORDER BY lane, id))""")
+    runs = con.sql("SELECT run, count(*) AS n, bool_or(new_lane) AS new_lane FROM rr GROUP BY run ORDER BY run").to_arrow_table()
+    sizes = runs.column("n").to_numpy()
+    lane_starts = runs.column("new_lane").to_numpy(zero_copy_only=False)
+    chunk = np.empty(len(sizes), np.int64)
+    c, filled = -1, size
+    for r in range(len(sizes)):
+        if lane_starts[r] or filled >= size:
+            c, filled = c + 1, 0
+        chunk[r] = c
+        filled += int(sizes[r])
+    con.register("run_chunk", pa.table({"run": runs.column("run"), "chunk": pa.array(chunk)}))
+    return "SELECT rr.* EXCLUDE (run, new_lane), CAST(rc.chunk AS VARCHAR) AS chunk FROM rr JOIN run_chunk rc USING (run)"

@@ -104,6 +104,28 @@ class TableStore:
         parts = [pq.read_table(f, columns=columns) for f in files]
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
+    def connect(self, *tables: str, **aliases: str):
+        """A DuckDB connection with a view over each table's files, named as the table (or `alias=table`):
+        work lists are queries that stream from disk and never hold a table in Python."""
+        import duckdb
+
+        con = duckdb.connect()
+        for view, table in [(t, t) for t in tables] + list(aliases.items()):
+            self.view(con, table, alias=view)
+        return con
+
+    def view(self, con, name: str, columns: list[str] | None = None, alias: str | None = None) -> None:
+        """Expose a table to DuckDB connection `con` as a view over its Parquet files."""
+        spec = table_spec(name)
+        files = self.files(name)
+        if not files:
+            raise FileNotFoundError(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first")
+        for f in files:
+            check_schema(f, spec)
+        cols = ", ".join('"' + c + '"' for c in columns) if columns else "*"
+        listed = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+        con.execute(f"CREATE OR REPLACE VIEW \"{alias or name}\" AS SELECT {cols} FROM read_parquet({listed}, union_by_name = true)")
+
     def iter_batches(self, name: str, batch_size: int = 65536, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """Stream a table batch by batch: memory is bounded by the batch, not the table."""
         spec = table_spec(name)

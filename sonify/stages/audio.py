@@ -40,7 +40,7 @@ class AudioStage(Stage):
     expected_errors = frozenset({"silent"})
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
+    def work_list(cls, cfg, store):
         return list_sources(cfg.sources.audio, list_audio, cfg.stages.audio.extensions, "audio")
 
     def _file(self, row: dict) -> tuple[dict, list[dict]]:

@@ -71,8 +71,9 @@ class Stage:
         return cfg.stages[cls.conf_key or cls.name]
 
     @classmethod
-    def work_list(cls, cfg: DictConfig, store: TableStore) -> pa.Table:
-        """The rows to process, with a unique `id` column."""
+    def work_list(cls, cfg: DictConfig, store: TableStore):
+        """The rows to process, with a unique `id` column: a DuckDB relation over the store's tables
+        (`store.connect`), streamed to disk by the planner, or an Arrow table (a source listing)."""
         raise NotImplementedError
 
     @classmethod

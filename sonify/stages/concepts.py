@@ -14,7 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sonify.concepts.parser import Concept, ParseResult, item_line, make_text, parse_concepts, split_item
 from sonify.engine.config import resolve_text
@@ -56,7 +55,8 @@ def read_import(path: str) -> list[dict]:
     return pq.read_table(p).to_pylist()
 
 
-def _import_rows(imp, ok_images: dict[str, dict]) -> list[dict]:
+def _import_rows(imp) -> pa.Table:
+    """The variants an import file names (its image, concepts and caption); the image is joined later."""
     records = read_import(imp.path)
     cols = set().union(*(r.keys() for r in records)) if records else set()
     if records and ("concepts" not in cols or not ({"image_id", "relpath"} & cols)):
@@ -64,12 +64,14 @@ def _import_rows(imp, ok_images: dict[str, dict]) -> list[dict]:
     rows = []
     for r in records:
         image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
-        image = ok_images.get(image_id)
-        rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name, "origin": "import",
-                     "uri": image["uri"] if image else None, "import_json": json.dumps(r.get("concepts")),
-                     "import_caption": r.get("caption"),
-                     "list_error": None if image else f"unknown_image: {image_id} is not a decodable image of this run"})
-    return rows
+        rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name,
+                     "import_json": json.dumps(r.get("concepts")), "import_caption": r.get("caption")})
+    return pa.Table.from_pylist(rows, schema=pa.schema([(n, pa.string()) for n in
+                                                         ("id", "image_id", "vlm", "import_json", "import_caption")]))
+
+
+def _literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
 
 
 def check_template(template: str) -> None:
@@ -115,29 +117,25 @@ class ConceptsStage(Stage):
         return cfg
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
+    def work_list(cls, cfg, store):
+        """One row per (decoded image, VLM) and per imported variant, as a DuckDB query over the images table."""
         check_template(cfg.stages.concepts.text_template)
-        images = store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "sha256", "status"])
-        images = images.filter(pc.equal(images.column("status"), "ok")).drop(["status"])
-        parts = []
         conf = cfg.stages.concepts
-        if conf.generate:
-            n = images.num_rows
-            for vlm in cfg.models.vlms:
-                parts.append(pa.table({
-                    "id": pc.binary_join_element_wise(pa.array([vlm_key(vlm)] * n, pa.string()), images.column("id"), "-"),
-                    "image_id": images.column("id"), "vlm": pa.array([vlm] * n, pa.string()),
-                    "origin": pa.array(["generate"] * n, pa.string()), "uri": images.column("uri"),
-                    "tar_offset": images.column("tar_offset"), "nbytes": images.column("nbytes"), "sha256": images.column("sha256"),
-                    "import_json": pa.nulls(n, pa.string()), "import_caption": pa.nulls(n, pa.string()),
-                    "list_error": pa.nulls(n, pa.string())}, schema=WORK_SCHEMA))
+        con = store.connect("images")
+        selects = [f"""SELECT {_literal(vlm_key(vlm))} || '-' || id AS id, id AS image_id, {_literal(vlm)} AS vlm,
+                              'generate' AS origin, uri, tar_offset, nbytes, sha256, NULL::VARCHAR AS import_json,
+                              NULL::VARCHAR AS import_caption, NULL::VARCHAR AS list_error
+                       FROM images WHERE status = 'ok'""" for vlm in (cfg.models.vlms if conf.generate else [])]
         if conf.imports:
-            ok = {r["id"]: r for r in images.select(["id", "uri"]).to_pylist()}
-            for imp in conf.imports:
-                parts.append(pa.Table.from_pylist(_import_rows(imp, ok), schema=WORK_SCHEMA))
-        if not parts:
+            con.register("imports", pa.concat_tables([_import_rows(imp) for imp in conf.imports]))
+            selects.append("""SELECT m.id, m.image_id, m.vlm, 'import' AS origin, i.uri, NULL::BIGINT AS tar_offset,
+                                     NULL::BIGINT AS nbytes, NULL::VARCHAR AS sha256, m.import_json, m.import_caption,
+                                     CASE WHEN i.id IS NULL THEN 'unknown_image: ' || m.image_id
+                                          || ' is not a decodable image of this run' END AS list_error
+                              FROM imports m LEFT JOIN (SELECT id, uri FROM images WHERE status = 'ok') i ON i.id = m.image_id""")
+        if not selects:
             raise ValueError("stage concepts has nothing to do: no models.vlms with generate=true and no imports")
-        return pa.concat_tables(parts)
+        return con.sql(" UNION ALL ".join(selects))
 
     def _base(self, row: dict, prompt: str) -> dict:
         return {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "origin": row["origin"], "prompt": prompt}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
@@ -81,9 +80,9 @@ class EmbedAudioStage(_EmbedStage):
     uses = ("stages.audio.chunk_seconds",)
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
-        t = store.read("audio_chunks", columns=["id", "file_id", "uri", "start_frame", "num_frames", "status"])
-        return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
+    def work_list(cls, cfg, store):
+        return store.connect("audio_chunks").sql(
+            "SELECT id, file_id, uri, start_frame, num_frames FROM audio_chunks WHERE status = 'ok'")
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         rows = batch.to_pylist()
@@ -104,19 +103,14 @@ class EmbedTextStage(_EmbedStage):
     upstream = ("concepts", "filter")
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
-        import duckdb
-
-        con = duckdb.connect()
-        con.register("concepts", store.read("concepts", columns=["id", "image_id", "vlm", "concepts", "status"]))
-        con.register("kept", store.read("kept_images", columns=["id", "kept"]))
-        return con.sql("""
+    def work_list(cls, cfg, store):
+        return store.connect("concepts", kept="kept_images").sql("""
             SELECT c.id || '-' || (u.i - 1)::VARCHAR AS id, c.id AS concept_id, c.image_id, c.vlm,
                    (u.i - 1)::TINYINT AS concept_index, c.concepts[u.i].text AS text
             FROM concepts c JOIN kept k ON k.id = c.image_id AND k.kept,
                  LATERAL (SELECT unnest(range(1, len(c.concepts) + 1)) AS i) u
             WHERE c.status = 'ok'
-        """).to_arrow_table()
+        """)
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         rows = batch.to_pylist()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import soundfile as sf
 
 from sonify.media.audio import resample
@@ -30,9 +28,8 @@ class FeaturesStage(EncoderStage):
         self.mix_rate, self.input_frames = mix_rate, int(n)
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
-        t = store.read("mixes", columns=["id", "image_id", "vlm", "path", "flac_sha256", "status"])
-        return t.filter(pc.equal(t.column("status"), "ok")).drop(["status"])
+    def work_list(cls, cfg, store):
+        return store.connect("mixes").sql("SELECT id, image_id, vlm, path, flac_sha256 FROM mixes WHERE status = 'ok'")
 
     def base(self, r: dict) -> dict:
         return {"id": r["id"], "image_id": r["image_id"], "vlm": r["vlm"], "model": self.cfg.models.ast,

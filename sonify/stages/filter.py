@@ -25,22 +25,16 @@ class FilterStage(Stage):
         self.pattern = keyword_pattern(read_keywords(self.conf.keywords))
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
+    def work_list(cls, cfg, store):
         """Each decoded image with its variants that have concepts and all its captions."""
-        import duckdb
-
-        con = duckdb.connect()
-        con.register("images", store.read("images", columns=["id", "status"]))
-        con.register("concepts", store.read("concepts", columns=["image_id", "vlm", "status", "n_concepts"]))
-        con.register("captions", store.read("captions", columns=["image_id", "caption", "status"]))
-        return con.sql("""
+        return store.connect("images", "concepts", "captions").sql("""
             SELECT i.id, v.vlms, c.captions
             FROM images i
             LEFT JOIN (SELECT image_id, list(DISTINCT vlm ORDER BY vlm) AS vlms FROM concepts
                        WHERE status = 'ok' AND n_concepts > 0 GROUP BY image_id) v ON v.image_id = i.id
             LEFT JOIN (SELECT image_id, list(caption) AS captions FROM captions
                        WHERE status = 'ok' AND caption IS NOT NULL GROUP BY image_id) c ON c.image_id = i.id
-            WHERE i.status = 'ok'""").to_arrow_table()
+            WHERE i.status = 'ok'""")
 
     def decide(self, vlms: list[str] | None, captions: list[str] | None) -> dict:
         vlms = sorted(set(vlms or []))

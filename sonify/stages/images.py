@@ -20,7 +20,7 @@ class ImagesStage(Stage):
     outputs = ("images",)
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
+    def work_list(cls, cfg, store):
         return list_sources(cfg.sources.images, list_images, cfg.stages.images.extensions, "images")
 
     def _one(self, row: dict) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from sonify.media.image import center_crop
 from sonify.models.encoders import VAEEncoder
@@ -25,13 +24,9 @@ class LatentsStage(EncoderStage):
                               int(self.conf.model_batch))
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
-        import duckdb
-
-        con = duckdb.connect()
-        con.register("images", store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "sha256"]))
-        con.register("kept", store.read("kept_images", columns=["id", "kept"]))
-        return con.sql("SELECT i.id, i.uri, i.tar_offset, i.nbytes, i.sha256 FROM images i JOIN kept k ON k.id = i.id AND k.kept").to_arrow_table()
+    def work_list(cls, cfg, store):
+        return store.connect("images", kept="kept_images").sql(
+            "SELECT i.id, i.uri, i.tar_offset, i.nbytes, i.sha256 FROM images i JOIN kept k ON k.id = i.id AND k.kept")
 
     def base(self, r: dict) -> dict:
         return {"id": r["id"], "model": self.cfg.models.vae, "resolution": int(self.conf.resolution),

@@ -49,16 +49,10 @@ class MixStage(Stage):
         self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
+    def work_list(cls, cfg, store):
         """Matched chunks grouped by (image, variant). (Temp files that a killed mixture write left under
         mixes/ are removed by the executor before any partition runs, as for every stage's files.)"""
-        import duckdb
-
-        con = duckdb.connect()
-        con.register("matches", store.read("matches", columns=["id", "image_id", "vlm", "concept_index", "text", "chunk_id", "cosine", "status"]))
-        con.register("chunks", store.read("audio_chunks", columns=["id", "file_id", "uri", "sample_rate", "start_frame", "num_frames", "offset", "duration"]))
-        con.register("files", store.read("audio_files", columns=["id", "source", "relpath"]))
-        return con.sql("""
+        return store.connect("matches", chunks="audio_chunks", files="audio_files").sql("""
             SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm,
                    list(struct_pack(concept_index := m.concept_index, text := m.text, chunk_id := m.chunk_id,
                                     dataset := f.source, relpath := f.relpath, uri := c.uri,
@@ -68,7 +62,7 @@ class MixStage(Stage):
             FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
             WHERE m.status = 'ok'
             GROUP BY ALL
-        """).to_arrow_table().cast(WORK_SCHEMA)
+        """)
 
     @classmethod
     def finalize(cls, cfg, store) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sonify.engine.errors import error_text
 from sonify.engine.keys import keyed_rng
@@ -44,19 +43,15 @@ class RetrieveStage(Stage):
         self.queries = np.load(matrix_paths(store, "concept_embeddings")[0], mmap_mode="r")   # rows come with the work list
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
+    def work_list(cls, cfg, store):
         """Embedded concepts with their row in the concept matrix, joined by DuckDB: workers look queries up by
         position and hold no map of every concept id."""
-        import duckdb
-
         ids_path = matrix_paths(store, "concept_embeddings")[1]
-        con = duckdb.connect()
-        con.register("emb", store.read("concept_embeddings", columns=["id", "concept_id", "image_id", "vlm", "concept_index",
-                                                                        "text", "status"]))
-        con.register("rows", pq.read_table(ids_path) if ids_path.exists() else pa.table({"id": pa.array([], pa.string()),
-                                                                                          "row": pa.array([], pa.int64())}))
-        return con.sql("""SELECT e.id, e.concept_id, e.image_id, e.vlm, e.concept_index, e.text, r.row
-                          FROM emb e LEFT JOIN rows r USING (id) WHERE e.status = 'ok'""").to_arrow_table()
+        con = store.connect(emb="concept_embeddings")
+        rows = (f"read_parquet('{ids_path}')" if ids_path.exists() else
+                "(SELECT NULL::VARCHAR AS id, NULL::BIGINT AS row WHERE false)")
+        return con.sql(f"""SELECT e.id, e.concept_id, e.image_id, e.vlm, e.concept_index, e.text, r.row
+                           FROM emb e LEFT JOIN {rows} r USING (id) WHERE e.status = 'ok'""")
 
     @classmethod
     def data_fingerprint(cls, cfg, store) -> str:

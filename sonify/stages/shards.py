@@ -5,44 +5,38 @@ float16), `<key>.json` (image id, variant, concepts, components, loudness figure
 `<key>.jpg` (the centre crop) and `<key>.flac` (the mixture). Keys are '<image id>_<vlm key>':
 no dots or slashes. The split is by a hash of the image id (every variant of an image on one
 side); samples are shuffled across shards by a hash of (seed, key). Each shard is one partition:
-written to a temp file and renamed, with a JSON summary beside it. Workers read their shard's rows
-from a plan file sorted by shard, so memory is bounded by one sample.
+written to a temp file and renamed, with a JSON summary beside it. A worker gets its shard's rows
+from the engine's plan file and reads one sample's members at a time, so memory is bounded by one
+shard's metadata and one sample's bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sonify.engine.errors import error_text
 from sonify.engine.files import atomic_path, atomic_write
-from sonify.engine.keys import unit_hash
+from sonify.engine.keys import unit_hash_sql
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.tar import TarStream
 from sonify.stages.base import Stage
 
-PLAN = "shards/_plan.parquet"
-
-
-def _assign(keys: pa.Table, conf, seed: int) -> pa.Table:
-    rows = keys.to_pylist()
-    for r in rows:
-        r["split"] = "val" if unit_hash(f"split\x00{r['image_id']}") < conf.val_fraction else "train"
-        r["_order"] = hashlib.sha1(f"{seed}\x00{r['id']}".encode()).hexdigest()
-    out = []
-    for split in ("train", "val"):
-        members = sorted((r for r in rows if r["split"] == split), key=lambda r: r["_order"])
-        n = int(conf.samples_per_shard)
-        for i, r in enumerate(members):
-            out.append({"id": r["id"], "split": split, "shard": f"{split}-{i // n:06d}.tar", "position": i % n})
-    return pa.Table.from_pylist(out, schema=pa.schema([("id", pa.string()), ("split", pa.string()),
-                                                      ("shard", pa.string()), ("position", pa.int32())]))
+def _assign_sql(conf, seed: int) -> str:
+    """Each sample's split (by a hash of its image id: every variant on one side), shard and position
+    (in the order of a hash of (seed, key)), as SQL over `samples`."""
+    n = int(conf.samples_per_shard)
+    split = unit_hash_sql("'split' || chr(0) || image_id")
+    return f"""
+        WITH k AS (SELECT id, CASE WHEN {split} < {float(conf.val_fraction)!r} THEN 'val' ELSE 'train' END AS split,
+                          sha1('{int(seed)}' || chr(0) || id) AS ord FROM samples),
+             r AS (SELECT id, split, row_number() OVER (PARTITION BY split ORDER BY ord) - 1 AS i FROM k)
+        SELECT id, split, split || '-' || printf('%06d', i // {n}) || '.tar' AS shard, CAST(i % {n} AS INTEGER) AS position
+        FROM r"""
 
 
 class ShardsStage(Stage):
@@ -53,22 +47,16 @@ class ShardsStage(Stage):
     files_dir = "shards"
     partition_by = "shard"
     whole_partition = True
+    # a sample's content is its members' bytes (by hash) and its metadata; paths are only where they lie
+    content_columns = ("id", "split", "shard", "position", "ast_sha256", "latent_sha256", "flac_sha256", "image_sha256", "meta")
 
     def __init__(self, cfg):
         super().__init__(cfg)
 
     @classmethod
-    def work_list(cls, cfg, store) -> pa.Table:
-        import duckdb
-
+    def work_list(cls, cfg, store):
         conf = cfg.stages.shards
-        con = duckdb.connect()
-        con.register("mixes", store.read("mixes", columns=["id", "image_id", "vlm", "components", "lufs", "peak_dbfs", "mix_gain_db", "path", "flac_sha256", "duration", "status"]))
-        con.register("feats", store.read("audio_features", columns=["id", "path", "sha256", "frames", "dim", "status"]))
-        con.register("lat", store.read("image_latents", columns=["id", "path", "sha256", "channels", "height", "width", "scaling_factor", "status"]))
-        con.register("kept", store.read("kept_images", columns=["id", "kept"]))
-        con.register("images", store.read("images", columns=["id", "source", "relpath", "uri", "tar_offset", "nbytes", "sha256"]))
-        con.register("concepts", store.read("concepts", columns=["id", "concepts"]))
+        con = store.connect("mixes", "images", "concepts", feats="audio_features", lat="image_latents", kept="kept_images")
         con.execute("""
             CREATE TEMP TABLE samples AS
             SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
@@ -92,16 +80,8 @@ class ShardsStage(Stage):
             JOIN images i ON i.id = m.image_id
             LEFT JOIN concepts c ON c.id = m.id
             WHERE m.status = 'ok'""")
-        assign = _assign(con.sql("SELECT id, image_id FROM samples").to_arrow_table(), conf, int(cfg.run.seed))
-        con.register("assign", assign)
-        plan = Path(cfg.run.dir) / PLAN
-        with atomic_path(plan) as tmp:
-            con.execute(f"""COPY (SELECT a.shard, a.position, a.split, s.* FROM assign a JOIN samples s USING (id)
-                                  ORDER BY a.shard, a.position)
-                            TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE {max(1, int(conf.samples_per_shard))})""")
-        # a sample's content is its members' bytes (by hash) and its metadata; paths are only where they lie
-        return con.sql("""SELECT a.id, a.split, a.shard, a.position, s.ast_sha256, s.latent_sha256, s.flac_sha256,
-                                 s.image_sha256, s.meta FROM assign a JOIN samples s USING (id)""").to_arrow_table()
+        con.execute(f"CREATE TEMP TABLE assign AS {_assign_sql(conf, int(cfg.run.seed))}")
+        return con.sql("SELECT a.shard, a.position, a.split, s.* EXCLUDE (id), a.id FROM assign a JOIN samples s USING (id)")
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
@@ -124,17 +104,11 @@ class ShardsStage(Stage):
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         shard = batch.column("shard")[0].as_py()
-        plan = pq.read_table(self.run_dir / PLAN, filters=[("shard", "=", shard)],
-                             columns=["id", "split", "position", "image_id", "vlm", "mix_id", "ast_path", "latent_path",
-                                      "mix_path", "uri", "tar_offset", "nbytes", "meta"]).to_pylist()  # written in position order
-        wanted = set(batch.column("id").to_pylist())
         rel, target = self.owned_path(shard)
         index, total = [], 0
         with atomic_path(target) as tmp, open(tmp, "wb") as f:
             tf = TarStream(f)
-            for r in plan:
-                if r["id"] not in wanted:
-                    continue
+            for r in batch.sort_by("position").to_pylist():   # one shard's rows: bounded by samples_per_shard
                 k = r["id"]
                 row = {"id": k, "split": r["split"], "shard": shard, "path": rel, "position": r["position"], "image_id": r["image_id"],
                        "variant": r["vlm"], "mix_id": r["mix_id"]}
