@@ -23,12 +23,13 @@ from sonify.engine.keys import stable_id
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.image import ImageRejected
+from sonify.sources import SourcePaths
 from sonify.sources.images import load_image
 from sonify.stages.base import Stage
 
 WORK_SCHEMA = pa.schema([
     ("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()), ("origin", pa.string()),
-    ("uri", pa.string()), ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("sha256", pa.string()),
+    ("source", pa.string()), ("uri", pa.string()), ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("sha256", pa.string()),
     ("import_json", pa.string()), ("import_caption", pa.string()), ("list_error", pa.string()),
 ])
 
@@ -66,7 +67,7 @@ def _import_rows(imp, ok_images: dict[str, dict]) -> list[dict]:
         image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
         image = ok_images.get(image_id)
         rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name, "origin": "import",
-                     "uri": image["uri"] if image else None, "import_json": json.dumps(r.get("concepts")),
+                     "source": image["source"] if image else None, "uri": image["uri"] if image else None, "import_json": json.dumps(r.get("concepts")),
                      "import_caption": r.get("caption"),
                      "list_error": None if image else f"unknown_image: {image_id} is not a decodable image of this run"})
     return rows
@@ -99,6 +100,7 @@ class ConceptsStage(Stage):
         self.caption_prompt = resolve_text(self.conf.caption_prompt)
         self.generation = dict(self.conf.generation)
         self.caption_generation = dict(self.conf.caption_generation)
+        self.paths = SourcePaths.of(cfg, "images")
         self.vlms = {}
         if self.conf.generate:
             for name in cfg.models.vlms:
@@ -117,7 +119,7 @@ class ConceptsStage(Stage):
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
         check_template(cfg.stages.concepts.text_template)
-        images = store.read("images", columns=["id", "uri", "tar_offset", "nbytes", "sha256", "status"])
+        images = store.read("images", columns=["id", "source", "uri", "tar_offset", "nbytes", "sha256", "status"])
         images = images.filter(pc.equal(images.column("status"), "ok")).drop(["status"])
         parts = []
         conf = cfg.stages.concepts
@@ -127,12 +129,12 @@ class ConceptsStage(Stage):
                 parts.append(pa.table({
                     "id": pc.binary_join_element_wise(pa.array([vlm_key(vlm)] * n, pa.string()), images.column("id"), "-"),
                     "image_id": images.column("id"), "vlm": pa.array([vlm] * n, pa.string()),
-                    "origin": pa.array(["generate"] * n, pa.string()), "uri": images.column("uri"),
+                    "origin": pa.array(["generate"] * n, pa.string()), "source": images.column("source"), "uri": images.column("uri"),
                     "tar_offset": images.column("tar_offset"), "nbytes": images.column("nbytes"), "sha256": images.column("sha256"),
                     "import_json": pa.nulls(n, pa.string()), "import_caption": pa.nulls(n, pa.string()),
                     "list_error": pa.nulls(n, pa.string())}, schema=WORK_SCHEMA))
         if conf.imports:
-            ok = {r["id"]: r for r in images.select(["id", "uri"]).to_pylist()}
+            ok = {r["id"]: r for r in images.select(["id", "source", "uri"]).to_pylist()}
             for imp in conf.imports:
                 parts.append(pa.Table.from_pylist(_import_rows(imp, ok), schema=WORK_SCHEMA))
         if not parts:
@@ -183,7 +185,7 @@ class ConceptsStage(Stage):
         failed = lambda row, err: (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
         for row in rows:
             try:
-                images.append(load_image(row, self.conf.max_pixels, self.conf.max_image_side))
+                images.append(load_image(row, self.paths, self.conf.max_pixels, self.conf.max_image_side))
                 good.append(row)
             except ImageRejected as e:
                 out[row["id"]] = failed(row, error_text(e.reason, e.detail))

@@ -25,6 +25,7 @@ from sonify.engine.keys import unit_hash
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.tar import TarStream
+from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
 
 PLAN = "shards/_plan.parquet"
@@ -56,6 +57,7 @@ class ShardsStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.paths = SourcePaths.of(cfg, "images")
 
     @classmethod
     def work_list(cls, cfg, store) -> pa.Table:
@@ -74,7 +76,7 @@ class ShardsStage(Stage):
             SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
                    f.path AS ast_path, l.path AS latent_path, m.path AS mix_path,
                    f.sha256 AS ast_sha256, l.sha256 AS latent_sha256, m.flac_sha256, i.sha256 AS image_sha256,
-                   i.uri, i.tar_offset, i.nbytes,
+                   i.source, i.uri, i.tar_offset, i.nbytes,
                    to_json(struct_pack(
                        image_id := m.image_id, image_source := i.source, image_relpath := i.relpath, variant := m.vlm,
                        concepts := c.concepts, lufs := m.lufs, peak_dbfs := m.peak_dbfs, mix_gain_db := m.mix_gain_db,
@@ -117,7 +119,7 @@ class ShardsStage(Stage):
         from sonify.media.image import center_crop
         from sonify.sources.images import load_image
 
-        im = center_crop(load_image(r, int(self.cfg.stages.latents.max_pixels)), int(self.cfg.stages.latents.resolution))
+        im = center_crop(load_image(r, self.paths, int(self.cfg.stages.latents.max_pixels)), int(self.cfg.stages.latents.resolution))
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=int(self.conf.jpg_quality))
         return buf.getvalue()
@@ -126,7 +128,7 @@ class ShardsStage(Stage):
         shard = batch.column("shard")[0].as_py()
         plan = pq.read_table(self.run_dir / PLAN, filters=[("shard", "=", shard)],
                              columns=["id", "split", "position", "image_id", "vlm", "mix_id", "ast_path", "latent_path",
-                                      "mix_path", "uri", "tar_offset", "nbytes", "meta"]).to_pylist()  # written in position order
+                                      "mix_path", "source", "uri", "tar_offset", "nbytes", "meta"]).to_pylist()  # written in position order
         wanted = set(batch.column("id").to_pylist())
         rel, target = self.owned_path(shard)
         index, total = [], 0
