@@ -36,7 +36,9 @@ class Run:
 
         if role not in self._paths:
             saved = self.dir / "config.yaml"
-            self._paths[role] = SourcePaths(OmegaConf.load(saved).sources[role] if saved.is_file() else [], role)
+            if not saved.is_file():
+                raise FileNotFoundError(f"{saved} is missing: the run's source roots are unknown (run a stage with sonify.run)")
+            self._paths[role] = SourcePaths(OmegaConf.load(saved).sources[role], role)
         return self._paths[role]
 
     def table(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
