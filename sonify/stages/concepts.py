@@ -108,6 +108,14 @@ class ConceptsStage(Stage):
                                            self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch))
 
     @classmethod
+    def own_fingerprint(cls, cfg) -> dict:
+        """An import's rows enter by content (the work list's `import_json`); where its file lies is not content,
+        so moving it recomputes nothing."""
+        fp = super().own_fingerprint(cfg)
+        fp["conf"]["imports"] = [{k: v for k, v in imp.items() if k != "path"} for imp in fp["conf"]["imports"]]
+        return fp
+
+    @classmethod
     def pass_config(cls, cfg, value: str):
         """Workers of one pass load only that pass's VLM (none for an import)."""
         from omegaconf import OmegaConf
