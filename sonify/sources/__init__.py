@@ -132,6 +132,9 @@ def read_regular_file(path: str | os.PathLike, timeout_s: float, offset: int = 0
         os.close(fd)
 
 
+LIST_KINDS = ("parquet", "csv")
+
+
 def source_root(source) -> str:
     """The declared root of a source (a `SourceConf`): the folder its stored paths are relative to.
 
@@ -146,9 +149,6 @@ def source_root(source) -> str:
     if source.kind == "tar" and os.path.isfile(source.path):
         return os.path.dirname(str(source.path))
     return str(source.path)
-
-
-LIST_KINDS = ("parquet", "csv")
 
 
 def stored_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
