@@ -1,9 +1,13 @@
 """Rebuild every mixture of a release manifest from the source audio alone.
 
-    python -m sonify.mix --manifest release.parquet --audio-root DIR [--out DIR] [--check]
+    python -m sonify.mix --manifest release.parquet --source NAME=DIR ... [--out DIR] [--check]
 
-`--audio-root DIR` holds one folder per audio dataset named as in the manifest (`DIR/<dataset>/<relpath>`);
-`--audio-root NAME=DIR` maps one dataset to a folder (repeatable). No model is needed. Components
+A manifest names each component by its audio source (`dataset`) and its path relative to that source's
+root (`relpath`), never by a path of the machine that made it. Say where each source's root is now:
+`--source NAME=DIR` (repeatable; `--audio-root NAME=DIR` is the same), `--audio-root DIR` holding one
+folder per source (`DIR/<dataset>/<relpath>`), or `--pipeline NAME`, whose `sources.audio` give the
+roots (a folder source's path, a list's root or folder, a recipe's root); flags win over the pipeline.
+A source with no root, or whose root is not a folder, fails in one line naming it. No model is needed. Components
 are decoded and gained exactly as the pipeline did (`sonify.mixing.render`), so the files are bit-for-bit
 the pipeline's. Parallel over local processes, or over Ray with `--ray` (or when RAY_ADDRESS is set);
 resumable (existing outputs are kept unless --force); missing, corrupt or out-of-root sources
@@ -28,7 +32,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sonify.mixing.rebuild import REPORT_NAME, parse_roots, plan_outputs, prepare_out, render_all
+from sonify.engine.errors import ConfigError
+from sonify.mixing.rebuild import REPORT_NAME, missing_root, parse_roots, plan_outputs, prepare_out, render_all
 
 MAX_ERROR_LINES = 20
 
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--manifest", required=True, help="release manifest (.parquet or .jsonl)")
     p.add_argument("--audio-root", action="append", default=[], metavar="DIR|NAME=DIR")
+    p.add_argument("--source", action="append", default=[], metavar="NAME=DIR", help="where audio source NAME's root is now")
+    p.add_argument("--pipeline", metavar="NAME", help="take the audio sources' roots from this pipeline's config")
     p.add_argument("--out", default="mixes", help="output folder (default: ./mixes)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local processes (default: all cores)")
     p.add_argument("--ray", action="store_true", help="render on Ray (RAY_ADDRESS, or a local Ray)")
@@ -47,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="verify each mixture against the manifest's hashes")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    if not a.audio_root:
-        p.error("--audio-root is required (DIR with one folder per dataset, or NAME=DIR)")
+    if not (a.audio_root or a.source or a.pipeline):
+        p.error("say where the audio sources are: --source NAME=DIR (one per source), --audio-root DIR or --pipeline NAME")
     t0 = time.perf_counter()
     try:
         rows = read_release(a.manifest)
@@ -66,7 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sonify.mix: {len(dups)} output paths are claimed by more than one row, e.g. {path} by mix ids "
               f"{', '.join(ids[:3])}; nothing rendered", file=sys.stderr)
         return 2
-    roots = parse_roots(a.audio_root)
+    try:
+        roots = parse_roots(a.audio_root, a.source, pipeline_roots(a.pipeline) if a.pipeline else None)
+    except (ValueError, ConfigError) as e:
+        print(f"sonify.mix: {e}", file=sys.stderr)
+        return 2
+    problem = missing_root(todo, *roots)
+    if problem:
+        print(f"sonify.mix: {problem}; nothing rendered", file=sys.stderr)
+        return 2
     reports = refused + render_all(todo, roots, a.out, a.workers, a.ray or bool(os.environ.get("RAY_ADDRESS")),
                                    a.force, a.check, progress=not a.no_progress)
     pq.write_table(pa.Table.from_pylist(reports), Path(a.out) / REPORT_NAME)
@@ -83,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed) > MAX_ERROR_LINES:
         print(f"  ... {len(failed) - MAX_ERROR_LINES} more in {Path(a.out) / REPORT_NAME}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def pipeline_roots(name: str) -> dict[str, Path]:
+    """The roots of a pipeline's audio sources, by source name (resolved as `sonify.run` resolves them)."""
+    from sonify.engine.config import load_config
+    from sonify.sources import source_root
+
+    return {str(s.name): Path(source_root(s)) for s in load_config([f"pipeline={name}"]).sources.audio}
 
 
 if __name__ == "__main__":

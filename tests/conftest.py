@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; read 
 
 import pytest
 
-from sonify.engine.config import load_config
+from sonify.engine.config import load_config, save_config
 from sonify.sources.demo import ensure_demo_data
 from sonify.stages import get_stage, stage_names
 
@@ -50,6 +50,7 @@ def full_run(tmp_path_factory, demo_dir):
             "run.executor=local", "run.progress=false", "models.vlms=[]", f"models.tiny_dir={root / 'tiny'}",
             "stages.mix.release_jsonl=true"]
     cfg = load_config(args, stage_names())
+    save_config(cfg, Path(cfg.run.dir) / "config.yaml")   # as `sonify.run` does: report and export read its source roots
     for stage in ALL_STAGES:
         assert not run_stage(get_stage(stage), cfg, progress_bar=False).failed, stage
     return cfg, args

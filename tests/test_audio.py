@@ -52,7 +52,7 @@ def test_audio_stage_on_demo_sources(make_cfg):
     cfg = make_cfg()
     stage = AudioStage(cfg)
     files, chunks = _process(stage, AudioStage.work_list(cfg, None))
-    by_name = {f["uri"].rsplit("/", 1)[1]: f for f in files}
+    by_name = {f["uri"].rsplit("/", 1)[-1]: f for f in files}
     engine = by_name["engine_48000hz_2ch.flac"]
     assert engine["status"] == "ok" and engine["num_chunks"] == 7 and engine["channels"] == 2
     eng_chunks = [c for c in chunks if c["file_id"] == engine["id"]]
@@ -71,7 +71,7 @@ def test_audio_stage_on_demo_sources(make_cfg):
     # chunk ids are unique and every ok chunk decodes to exactly 5 s at 48 kHz
     assert len({c["id"] for c in chunks}) == len(chunks)
     for c in [c for c in chunks if c["status"] == "ok"][:5]:
-        assert load_chunk(c["uri"], c["start_frame"], c["num_frames"], 48000, 5.0).shape == (240000,)
+        assert load_chunk(stage.paths.locate(c), c["start_frame"], c["num_frames"], 48000, 5.0).shape == (240000,)
 
 
 def test_audio_stage_wrong_rate_and_many_channels(tmp_path, make_cfg):

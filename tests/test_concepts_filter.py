@@ -59,7 +59,7 @@ def test_imported_concepts_feed_the_filter(ingested):
     kept = {r["id"]: r for r in TableStore(cfg.run.dir).read("kept_images").to_pylist()}
     images = {r["id"]: r for r in TableStore(cfg.run.dir).read("images").to_pylist() if r["status"] == "ok"}
     assert set(kept) == set(images)  # one decision per decoded image
-    by_uri = {images[i]["uri"].rsplit("/", 1)[1]: k for i, k in kept.items()}
+    by_uri = {images[i]["uri"].rsplit("/", 1)[-1]: k for i, k in kept.items()}
     assert by_uri["logo_acme.png"]["reason"] == "keyword:logo" and not by_uri["logo_acme.png"]["kept"]
     assert by_uri["logo_icon.png"]["reason"] in ("keyword:icon", "keyword:logo")
     assert by_uri["scene_001.jpg"]["reason"] == "no_concepts" and not by_uri["scene_001.jpg"]["kept"]  # imported with no concepts

@@ -13,6 +13,7 @@ from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.media.audio import load_chunk
 from sonify.retrieval.matrices import load_matrix
+from sonify.sources import SourcePaths
 from sonify.stages import get_stage
 
 
@@ -58,7 +59,7 @@ def test_chunks_are_decoded_from_the_source_at_48k(base_run):
     store = TableStore(cfg.run.dir)
     chunk = next(r for r in store.read("audio_chunks").to_pylist() if r["status"] == "ok" and r["sample_rate"] == 22050)
     clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, "cpu", "float32")
-    direct, _, _ = normalise(clap.embed_audio([load_chunk(chunk["uri"], chunk["start_frame"], chunk["num_frames"], 48000,
+    direct, _, _ = normalise(clap.embed_audio([load_chunk(SourcePaths.of(cfg, "audio").locate(chunk), chunk["start_frame"], chunk["num_frames"], 48000,
                                                           cfg.stages.audio.chunk_seconds)]))
     stored = next(r for r in store.read("audio_embeddings").to_pylist() if r["id"] == chunk["id"])["embedding"]
     assert np.allclose(direct[0], np.array(stored, np.float32), atol=2e-3)
@@ -77,7 +78,7 @@ def _clap_inputs(cfg, rows, monkeypatch):
         return real(self, clips)
 
     monkeypatch.setattr(ClapEmbedder, "embed_audio", spy)
-    columns = ("id", "file_id", "uri", "start_frame", "num_frames")
+    columns = ("id", "file_id", "source", "uri", "start_frame", "num_frames")
     EmbedAudioStage(cfg).process_batch(pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows]))
     return seen
 
@@ -91,11 +92,12 @@ def test_clap_hears_the_last_chunk_zero_padded_as_mixed(base_run, monkeypatch):
     assert clip.shape == (int(round(48000 * secs)),)                     # the full chunk, not the short tail
     real = int(round(last["duration"] * 48000))
     assert not clip[real + 64:].any() and np.abs(clip[: real - 64]).max() > 0   # zero padding, no repeat
-    mixed = load_chunk(last["uri"], last["start_frame"], last["num_frames"], cfg.stages.mix.sample_rate, secs)
+    source = SourcePaths.of(cfg, "audio").locate(last)
+    mixed = load_chunk(source, last["start_frame"], last["num_frames"], cfg.stages.mix.sample_rate, secs)
     assert mixed.size / cfg.stages.mix.sample_rate == clip.size / 48000  # the mix uses the same 5 s
     mixed_real = int(round(last["duration"] * cfg.stages.mix.sample_rate))
     assert not mixed[mixed_real + 32:].any()                           # padded with zeros there too
-    assert np.array_equal(clip, load_chunk(last["uri"], last["start_frame"], last["num_frames"], 48000, secs))
+    assert np.array_equal(clip, load_chunk(source, last["start_frame"], last["num_frames"], 48000, secs))
 
 
 def test_paper16k_gives_clap_16k_summed_mono(base_run, tmp_path, monkeypatch):
@@ -110,7 +112,7 @@ def test_paper16k_gives_clap_16k_summed_mono(base_run, tmp_path, monkeypatch):
     right[: sr] += 0.1 * np.sin(2 * np.pi * 11000 * t[: sr])                               # 11 kHz: above 8 kHz Nyquist
     path = tmp_path / "stereo.wav"
     sf.write(path, np.stack([left, right], 1).astype(np.float32), sr, subtype="FLOAT")
-    row = {"id": "x-00000", "file_id": "x", "uri": str(path), "start_frame": 0, "num_frames": n}
+    row = {"id": "x-00000", "file_id": "x", "source": "t", "uri": str(path), "start_frame": 0, "num_frames": n}
     paper = OmegaConf.merge(cfg, {"stages": {"embed": {"audio_input": "paper16k"}}})
     (clip,) = _clap_inputs(paper, [row], monkeypatch)
     # the paper's A.7 path written out: sum the channels, 16 kHz, then CLAP's 48 kHz, zero-padded to 5 s

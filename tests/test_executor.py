@@ -93,7 +93,7 @@ def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)
     # name the URL so that its id sorts last: every other partition runs before it blocks
-    top = max(stable_id("kill", r) for r in existing)
+    top = max(stable_id("kill", os.path.relpath(r, tmp_path)) for r in existing)   # ids key the path stored: relative to the list's folder
     base = f"http://127.0.0.1:{silent.getsockname()[1]}/zz.png"
     name = next(f"{base}?{i}" for i in range(10_000) if stable_id("kill", f"{base}?{i}") > top)
     (tmp_path / "list.csv").write_text("uri\n" + "\n".join([*existing, name]) + "\n")

@@ -15,6 +15,7 @@ datasets = pytest.importorskip("datasets")
 from sonify import export as cmd  # noqa: E402
 from sonify.engine.store import TableStore  # noqa: E402
 from sonify.publish.hf import decode_audio  # noqa: E402
+from sonify.sources import SourcePaths
 from sonify.sources.images import read_image_bytes  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def test_round_trip_decodes_every_mixture_and_image(exported, how):
         assert rate == ref_rate == m["sample_rate"] and samples.shape == ref.shape
         np.testing.assert_allclose(samples, ref, rtol=0, atol=1e-6)
         img = images[ex["image_id"]]
-        with Image.open(io.BytesIO(read_image_bytes(img["uri"], img["tar_offset"], img["nbytes"]))) as f:
+        with Image.open(io.BytesIO(read_image_bytes(SourcePaths.of(cfg, "images").locate(img), img["tar_offset"], img["nbytes"]))) as f:
             # datasets applies the EXIF orientation, as sonify's images table does (width/height upright)
             assert np.array_equal(np.asarray(ex["image"]), np.asarray(ImageOps.exif_transpose(f)))
             assert ex["image"].size == (img["width"], img["height"])

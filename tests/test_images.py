@@ -9,12 +9,13 @@ from PIL import Image
 
 from sonify.engine.config import SourceConf
 from sonify.media.image import ImageRejected, inspect_image, load_rgb
+from sonify.sources import SourcePaths
 from sonify.sources.images import list_images, read_image_bytes
 from sonify.stages.images import ImagesStage
 
 
 def _by_name(rows):
-    return {r["uri"].rsplit("/", 1)[1].rsplit("#", 1)[-1]: r for r in rows}
+    return {r["uri"].rsplit("/", 1)[-1].rsplit("#", 1)[-1]: r for r in rows}
 
 
 def test_images_stage_on_demo_sources(make_cfg):
@@ -83,11 +84,12 @@ def test_tar_listing_reads_members_by_offset_and_survives_a_broken_tar(tmp_path)
             info.size = len(buf.getvalue())
             tf.addfile(info, io.BytesIO(buf.getvalue()))
     (good / "b.tar").write_bytes(b"not a tar at all" * 10)
-    listing = list_images(SourceConf(name="sa", kind="tar", path=str(good)), [".jpg"]).to_pylist()
+    src = SourceConf(name="sa", kind="tar", path=str(good))
+    listing = list_images(src, [".jpg"]).to_pylist()
     members = [r for r in listing if r["list_error"] is None]
-    assert len(members) == 3
+    assert len(members) == 3 and {r["uri"] for r in members} == {f"a.tar#sa_{i}.jpg" for i in range(3)}
     for r in members:
-        im = Image.open(io.BytesIO(read_image_bytes(r["uri"], r["tar_offset"], r["nbytes"])))
+        im = Image.open(io.BytesIO(read_image_bytes(SourcePaths([src]).locate(r), r["tar_offset"], r["nbytes"])))
         assert im.size[1] == 10
     broken = [r for r in listing if r["list_error"]]
     assert len(broken) == 1 and broken[0]["list_error"].startswith("unreadable_tar:")
@@ -97,8 +99,9 @@ def test_parquet_uri_list_source(tmp_path, make_cfg):
     img = tmp_path / "one.png"
     Image.new("RGB", (5, 7)).save(img)
     pq.write_table(pa.table({"uri": ["one.png", str(tmp_path / "gone.jpg"), None]}), tmp_path / "list.parquet")
-    cfg = make_cfg()
-    listing = list_images(SourceConf(name="lst", kind="parquet", path=str(tmp_path / "list.parquet")), [".png"])
+    cfg = make_cfg(f"sources.images=[{{name: lst, kind: parquet, path: '{tmp_path / 'list.parquet'}'}}]")
+    listing = list_images(cfg.sources.images[0], [".png"])
+    assert listing.column("uri").to_pylist() == ["one.png", "gone.jpg"]   # relative to the list's folder, its root
     rows = ImagesStage(cfg).process_batch(listing)["images"].to_pylist()
     assert [r["status"] for r in rows] == ["ok", "error"]
     assert rows[0]["width"] == 5 and rows[1]["error"].startswith("not_found:")

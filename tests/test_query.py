@@ -93,7 +93,7 @@ def test_a_file_with_the_wrong_schema_version_is_refused(demo_run, tmp_path):
     shutil.copytree(demo_run / "manifests", run / "manifests")
     bad = pa.table({"id": ["x"], "status": ["ok"]}).replace_schema_metadata({"sonify.table": "images", "sonify.schema_version": "0"})
     pq.write_table(bad, run / "manifests" / "images" / "part-old.parquet")
-    with pytest.raises(SchemaError, match="schema v0, code expects .images. v2"):
+    with pytest.raises(SchemaError, match="schema v0, code expects .images. v3"):
         TableStore(run).read("images")
     with pytest.raises(SchemaError):
         connect(run)

@@ -51,9 +51,9 @@ def _hostile_folder(tmp_path: Path, kind: str) -> tuple[Path, Path]:
     return root, outside
 
 
-def _run_stage(stage_cls, make_cfg, listing: pa.Table, table: str):
+def _run_stage(stage_cls, make_cfg, listing: pa.Table, table: str, *overrides: str):
     """Process a listing on a thread with a deadline: a hang fails the test instead of blocking the suite."""
-    stage = stage_cls(make_cfg())
+    stage = stage_cls(make_cfg(*overrides))
     result = {}
     t = threading.Thread(target=lambda: result.update(rows=stage.process_batch(listing)[table].to_pylist()), daemon=True)
     t.start()
@@ -67,12 +67,13 @@ def test_fifo_folder_and_outside_link_are_error_rows(tmp_path, make_cfg, kind):
     root, _ = _hostile_folder(tmp_path, kind)
     ext = ".jpg" if kind == "images" else ".wav"
     src = SourceConf(name="hostile", kind="folder", path=str(root))
+    configured = f"sources.{kind}=[{{name: hostile, kind: folder, path: '{root}'}}]"   # stored paths resolve against it
     if kind == "images":
         listing = list_images(src, IMAGE_EXTS)
-        rows = _run_stage(ImagesStage, make_cfg, listing, "images")
+        rows = _run_stage(ImagesStage, make_cfg, listing, "images", configured)
     else:
         listing = list_audio(src, AUDIO_EXTS)
-        rows = _run_stage(AudioStage, make_cfg, listing, "audio_files")
+        rows = _run_stage(AudioStage, make_cfg, listing, "audio_files", configured)
     assert set(rows) == {f"good{ext}", f"fifo{ext}", f"folder{ext}", f"folder{ext}/inner{ext}", f"link_out{ext}",
                          "dir_out", f"link_in{ext}"}
     for ok in (f"good{ext}", f"folder{ext}/inner{ext}", f"link_in{ext}"):

@@ -104,7 +104,7 @@ def main(argv=None) -> None:
                                  "res16": lambda: _bare(paths, 16000)}, a.repeats)
 
         from sonify.media.audio import load_chunk
-        chunks = worker.store.read("audio_chunks").to_pylist()
+        chunks = [{**c, "uri": worker.stage.paths.locate(c)} for c in worker.store.read("audio_chunks").to_pylist()]
 
         def chunk_run():
             for c in chunks:

@@ -51,7 +51,7 @@ def main(argv=None) -> None:
         stage = worker.stage
         vlm = stage.vlms[a.vlm]
         batches = [work.slice(s, a.batch_size) for s in range(0, n, a.batch_size)]
-        decoded = [[load_rgb(read_image_bytes(r["uri"], r["tar_offset"], r["nbytes"]), stage.conf.max_pixels, stage.conf.max_image_side)
+        decoded = [[load_rgb(read_image_bytes(stage.paths.locate(r), r["tar_offset"], r["nbytes"]), stage.conf.max_pixels, stage.conf.max_image_side)
                     for r in b.to_pylist()] for b in batches]
 
         def stage_run():

@@ -200,7 +200,7 @@ def _embed(ctx) -> list[dict]:
     clap, bs, tbs = wa.stage.clap, int(wa.stage.conf.batch_size), int(wt.stage.conf.text_batch_size)
     seconds = float(wa.stage.chunk_seconds)
     rows_a, rows_t = work_a.to_pylist(), work_t.to_pylist()
-    clips = [[load_chunk(r["uri"], r["start_frame"], r["num_frames"], clap.sampling_rate, seconds) for r in rows_a[s:s + bs]]
+    clips = [[load_chunk(wa.stage.paths.locate(r), r["start_frame"], r["num_frames"], clap.sampling_rate, seconds) for r in rows_a[s:s + bs]]
              for s in range(0, len(rows_a), bs)]
     texts = [r["text"] or "" for r in rows_t]
 
@@ -277,7 +277,7 @@ def _time_vlm(ctx, reduced: str, depth: int, reply_tokens: int, load_rgb, read_i
     work = work.slice(0, a.vlm_images)
     st = worker.stage
     vlm = st.vlms[reduced]
-    images = [load_rgb(read_image_bytes(r["uri"], r["tar_offset"], r["nbytes"]), st.conf.max_pixels, st.conf.max_image_side)
+    images = [load_rgb(read_image_bytes(st.paths.locate(r), r["tar_offset"], r["nbytes"]), st.conf.max_pixels, st.conf.max_image_side)
               for r in work.to_pylist()]
     clock = LayerClock(language_model(vlm.model).layers)
 

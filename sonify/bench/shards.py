@@ -53,7 +53,7 @@ def main(argv=None) -> None:
             meta = json.dumps({"image_id": f"{i:016x}", "variant": "bench", "components": [{"concept": "x" * 40}] * 3, "pad": "y" * 600})
             rows.append({"shard": f"train-{i // a.samples_per_shard:06d}.tar", "position": i % a.samples_per_shard, "split": "train",
                          "id": key, "image_id": f"{i:016x}", "vlm": "bench", "mix_id": f"m{i}", "ast_path": ast,
-                         "latent_path": lat, "mix_path": "", "uri": "", "tar_offset": None, "nbytes": None, "meta": meta})
+                         "latent_path": lat, "mix_path": "", "source": "", "uri": "", "tar_offset": None, "nbytes": None, "meta": meta})
         plan = pa.Table.from_pylist(rows)
         shards = sorted({r["shard"] for r in rows})
         work = {s: plan.filter(pa.compute.equal(plan.column("shard"), s)) for s in shards}   # a partition's rows, as planned

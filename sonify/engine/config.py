@@ -51,7 +51,8 @@ class SourceConf:
     kind: str = "folder"               # folder | tar | parquet | csv | recipe
     path: str = ""                     # the folder, tar or list file (every kind but recipe)
     recipe: str = ""                   # kind recipe: the corpus (sa1b | audioset | fsd50k | bbc_sfx | vggsound)
-    root: str = ""                     # kind recipe: the local copy in its official layout; paths are stored relative to it
+    root: str = ""                     # recipe: the local copy in its official layout; csv/parquet lists: the folder their
+                                       # entries are stored relative to (default: the list file's folder)
     uri_column: str = "uri"            # list sources: column holding the path or URL
     labels_column: str = "labels"      # audio list sources: labels (list, or ';'-separated string)
     recursive: bool = True
@@ -447,6 +448,7 @@ def load_config(overrides: list[str], stage_names: list[str] | None = None) -> D
     cfg = compose(SonifyConf, path, override_data, before_resolve=absolute_run_root,
                   pipeline=Path(pipeline).stem if path.suffix else pipeline)
     _check_choices(cfg, stage_names or [])
+    absolute_source_paths(cfg)
     return cfg
 
 
@@ -458,13 +460,26 @@ def absolute_run_root(cfg: DictConfig) -> None:
     """`run.root` becomes absolute here, on the driver, before anything ships to Ray: every stored path
     derived from it then means the same on every node. Inside a `ray job submit` job a relative root
     would land in Ray's copy of the working dir and vanish with it, so it is refused in one line."""
-    root = str(cfg.run.root)
-    if os.path.isabs(root):
-        return
+    cfg.run.root = _absolute(str(cfg.run.root), "run.root", " (e.g. run.root=$PWD/runs)")
+
+
+def _absolute(value: str, key: str, example: str = "") -> str:
+    """`value` made absolute against the cwd; refused in one line inside a Ray job (see `absolute_run_root`)."""
+    if not value or os.path.isabs(value):
+        return value
     if os.environ.get(RAY_JOB_ENV):
-        raise ConfigError(f"bad value {root!r} for key 'run.root': relative, and this is a Ray job whose working dir is "
-                          f"a temporary copy; give an absolute path (e.g. run.root=$PWD/runs)")
-    cfg.run.root = os.path.abspath(root)
+        raise ConfigError(f"bad value {value!r} for key '{key}': relative, and this is a Ray job whose working dir is "
+                          f"a temporary copy; give an absolute path{example}")
+    return os.path.abspath(value)
+
+
+def absolute_source_paths(cfg: DictConfig) -> None:
+    """Source roots (`path`, and `root` of recipes and lists) become absolute on the driver, as `run.root`
+    does, so the roots that resolve stored paths (`sonify.sources.SourcePaths`) mean the same on every node."""
+    for role in ("images", "audio"):
+        for i, src in enumerate(cfg.sources[role]):
+            for key in ("path", "root"):
+                src[key] = _absolute(str(src[key]), f"sources.{role}[{i}].{key}")
 
 
 def resolve_run(arg: str) -> Path:

@@ -34,11 +34,14 @@ def _spec(name: str, version: int, doc: str, fields: list[tuple[str, pa.DataType
     return TableSpec(name=name, version=version, id_column=fields[0][0], schema=schema, doc=doc)
 
 
-IMAGES = _spec("images", 2, "One row per input image: where it is, what it is, whether it decodes.", [
+# Paths travel (schema versions 3, 2, 2, 4 below): `uri` is stored relative to its source's declared root
+# and resolved at read time against the roots of the config in hand (`sonify.sources.SourcePaths`).
+IMAGES = _spec("images", 3, "One row per input image: where it is, what it is, whether it decodes.", [
     ("id", pa.string(), "stable id: hash of source name and the image's path inside the source"),
     ("source", pa.string(), "name of the image source in the pipeline config"),
-    ("uri", pa.string(), "file path, URL, or 'shard.tar#member' for images inside a tar"),
-    ("relpath", pa.string(), "path inside the source ('shard.tar#member' for tars), as a release manifest names it"),
+    ("uri", pa.string(), "where the bytes are: relative to the source's declared root ('shard.tar#member' inside a tar), "
+                         "resolved at read time; a URL, or an absolute path for a list entry outside the root, as given"),
+    ("relpath", pa.string(), "the image's path inside its source (the id's key; equal to uri), as a release manifest names it"),
     ("tar_offset", pa.int64(), "byte offset of the member's data inside its tar (null otherwise)"),
     ("nbytes", pa.int64(), "size of the encoded image in bytes"),
     ("sha256", pa.string(), "sha256 of the encoded bytes"),
@@ -49,11 +52,12 @@ IMAGES = _spec("images", 2, "One row per input image: where it is, what it is, w
     ("exif_orientation", pa.int8(), "EXIF orientation tag (1 = upright)"),
 ])
 
-AUDIO_FILES = _spec("audio_files", 1, "One row per input audio file.", [
+AUDIO_FILES = _spec("audio_files", 2, "One row per input audio file.", [
     ("id", pa.string(), "stable id: hash of source name and the file's path inside the source"),
     ("source", pa.string(), "name of the audio source in the pipeline config (e.g. fsd50k)"),
-    ("uri", pa.string(), "file path"),
-    ("relpath", pa.string(), "path relative to the source root, as a release manifest names it"),
+    ("uri", pa.string(), "the file, relative to the source's declared root and resolved at read time "
+                         "(an absolute path for a list entry outside the root, as given)"),
+    ("relpath", pa.string(), "path relative to the source root (the id's key; equal to uri), as a release manifest names it"),
     ("labels", pa.list_(pa.string()), "labels from the source list, if any"),
     ("format", pa.string(), "container format (WAV, FLAC, OGG, MP3...)"),
     ("sample_rate", pa.int32(), "native sample rate in Hz"),
@@ -65,11 +69,11 @@ AUDIO_FILES = _spec("audio_files", 1, "One row per input audio file.", [
     ("num_chunks", pa.int32(), "number of chunks cut from this file"),
 ])
 
-AUDIO_CHUNKS = _spec("audio_chunks", 1, "Non-overlapping mono chunks that point into their source file.", [
+AUDIO_CHUNKS = _spec("audio_chunks", 2, "Non-overlapping mono chunks that point into their source file.", [
     ("id", pa.string(), "'<file id>-<chunk index>'"),
     ("file_id", pa.string(), "id in audio_files"),
     ("source", pa.string(), "audio source name"),
-    ("uri", pa.string(), "source file path (chunks are decoded from it on demand)"),
+    ("uri", pa.string(), "the source file as in audio_files (relative to the source's root; chunks are decoded from it on demand)"),
     ("chunk_index", pa.int32(), "position of the chunk in its file"),
     ("sample_rate", pa.int32(), "native sample rate of the source"),
     ("start_frame", pa.int64(), "first frame in the source, at its native rate"),
@@ -168,11 +172,11 @@ COMPONENT_TYPE = pa.struct([
     ("included", pa.bool_()), ("reason", pa.string()),
 ])
 
-MIXES = _spec("mixes", 3, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
+MIXES = _spec("mixes", 4, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
     ("id", pa.string(), "the variant id ('<vlm key>-<image id>', as in concepts)"),
     ("image_id", pa.string(), "id in images"),
     ("vlm", pa.string(), "variant"),
-    ("components", pa.list_(COMPONENT_TYPE), "per matched chunk: where it is, its concept, target and measured LUFS, gain, and whether it was summed"),
+    ("components", pa.list_(COMPONENT_TYPE), "per matched chunk: where it is (dataset = audio source, relpath and uri relative to its root), its concept, target and measured LUFS, gain, and whether it was summed"),
     ("n_components", pa.int32(), "components summed (silent ones are left out with a reason)"),
     ("repeated_chunks", pa.list_(pa.string()), "chunk ids matched by more than one concept of this mixture (summed coherently: up to 6 dB hotter); empty when all differ"),
     ("sample_rate", pa.int32(), "rate of the mixture"),

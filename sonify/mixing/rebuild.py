@@ -79,22 +79,40 @@ def plan_outputs(rows: list[dict], out_dir: str | Path) -> tuple[list[dict], lis
     return todo, refused, {p: ids for p, ids in claimed.items() if len(ids) > 1}
 
 
-def parse_roots(values: list[str]) -> tuple[Path | None, dict[str, Path]]:
-    default, named = None, {}
+def parse_roots(values: list[str], sources: list[str] = (), known: dict[str, Path] | None = None) -> tuple[Path | None, dict[str, Path]]:
+    """The audio roots: `known` (a pipeline's sources), then `--audio-root DIR|NAME=DIR`, then `--source NAME=DIR`
+    (later ones win). ValueError with one line for a `--source` that is not NAME=DIR."""
+    default, named = None, dict(known or {})
     for v in values:
         if "=" in v and not Path(v).exists():
             name, d = v.split("=", 1)
             named[name] = Path(d)
         else:
             default = Path(v)
+    for v in sources:
+        name, sep, d = v.partition("=")
+        if not (sep and name and d):
+            raise ValueError(f"--source {v!r} is not NAME=DIR (the folder where audio source NAME's files are now)")
+        named[name] = Path(d)
     return default, named
+
+
+def missing_root(rows: list[dict], default: Path | None, named: dict[str, Path]) -> str | None:
+    """One line naming the first audio source of `rows` that has no root folder, and the flag that gives it; else None."""
+    for dataset in sorted({c["dataset"] for r in rows for c in r["components"]}):
+        root = named.get(dataset) or (default / dataset if default is not None else None)
+        if root is None:
+            return f"no root for audio source {dataset!r}: pass --source {dataset}=DIR (the folder its files are relative to now)"
+        if not root.is_dir():
+            return f"the root of audio source {dataset!r}, {root}, is not a folder: pass --source {dataset}=DIR where its files are now"
+    return None
 
 
 def resolve_source(dataset: str, relpath: str, default: Path | None, named: dict[str, Path]) -> Path:
     """The component's file under its dataset's root; refuses paths that resolve outside the root."""
     root = named.get(dataset) or (default / dataset if default is not None else None)
     if root is None:
-        raise SourceRefused(f"no audio root for dataset {dataset!r} (pass --audio-root DIR or --audio-root {dataset}=DIR)")
+        raise SourceRefused(f"no audio root for dataset {dataset!r} (pass --source {dataset}=DIR)")
     root = root.resolve()
     path = (root / relpath).resolve()
     if Path(relpath).is_absolute() or not path.is_relative_to(root):

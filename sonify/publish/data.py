@@ -23,8 +23,23 @@ class Run:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self.store = TableStore(self.dir)
+        self._paths: dict = {}
         if not self.store.exists("images"):
             raise FileNotFoundError(f"{self.dir}: no images table under manifests/; pass run=<run dir> of a run")
+
+    def paths(self, role: str):
+        """The `SourcePaths` of the run's `images` or `audio` sources, from the config it saved (`config.yaml`):
+        stored uris are relative to those roots."""
+        from omegaconf import OmegaConf
+
+        from sonify.sources import SourcePaths
+
+        if role not in self._paths:
+            saved = self.dir / "config.yaml"
+            if not saved.is_file():
+                raise FileNotFoundError(f"{saved} is missing: the run's source roots are unknown (run a stage with sonify.run)")
+            self._paths[role] = SourcePaths(OmegaConf.load(saved).sources[role], role)
+        return self._paths[role]
 
     def table(self, name: str, columns: list[str] | None = None) -> pa.Table | None:
         return self.store.read(name, columns) if self.store.exists(name) else None

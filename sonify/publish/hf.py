@@ -48,6 +48,7 @@ def examples(run_dir: str):
     """The rows, one mixture at a time (media read as each row is made)."""
     run = Run(run_dir)
     images = run.by_id("images")
+    image_paths = run.paths("images")
     concepts = {r["id"]: r for r in run.rows("concepts")}
     captions = {r["id"]: r for r in run.rows("captions")}
     matches = {r["id"]: r for r in run.rows("matches") if r["status"] == STATUS_OK}
@@ -61,7 +62,7 @@ def examples(run_dir: str):
                           **{k: match.get(k) for k in ("score", "threshold", "n_eligible")}})
         yield {
             "id": m["id"], "image_id": m["image_id"], "variant": m["vlm"], "split": split.get(m["id"], "unsplit"),
-            "image": {"bytes": read_image_bytes(img["uri"], img["tar_offset"], img["nbytes"]), "path": Path(img["relpath"]).name},
+            "image": {"bytes": read_image_bytes(image_paths.locate(img), img["tar_offset"], img["nbytes"]), "path": Path(img["relpath"]).name},
             "audio": {"bytes": (run.dir / m["path"]).read_bytes(), "path": Path(m["path"]).name},
             "sample_rate": m["sample_rate"], "caption": (captions.get(m["id"]) or {}).get("caption"),
             "concepts": (concepts.get(m["id"]) or {}).get("concepts") or [], "components": comps,

@@ -46,7 +46,7 @@ def write_thumb(run: Run, image: dict, out: Path, side: int) -> bool:
     from sonify.sources.images import load_image
 
     try:
-        im = load_image(image, max_pixels=89_478_485, max_side=side)
+        im = load_image(image, run.paths("images"), max_pixels=89_478_485, max_side=side)
     except Exception:
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,10 +55,10 @@ def write_thumb(run: Run, image: dict, out: Path, side: int) -> bool:
     return True
 
 
-def write_clip(comp: dict, rate: int, conf: ReportConf, out: Path) -> float:
+def write_clip(run: Run, comp: dict, rate: int, conf: ReportConf, out: Path) -> float:
     """The chunk as it was mixed, as FLAC; returns its duration in seconds."""
     if not out.exists():
-        y = load_chunk(comp["uri"], comp["start_frame"], comp["num_frames"], rate, conf.chunk_seconds)
+        y = load_chunk(run.paths("audio").resolve(comp["dataset"], comp["uri"]), comp["start_frame"], comp["num_frames"], rate, conf.chunk_seconds)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, lambda tmp: sf.write(str(tmp), y, rate, format="FLAC", subtype="PCM_16"))
     return sf.info(str(out)).frames / rate
@@ -145,7 +145,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
                 vm[comp["concept_index"]] = m
                 clip = f"assets/chunks/{comp['chunk_id']}.flac"
                 try:
-                    clips[comp["chunk_id"]] = (clip, write_clip(comp, mix["sample_rate"], conf, out / clip))
+                    clips[comp["chunk_id"]] = (clip, write_clip(run, comp, mix["sample_rate"], conf, out / clip))
                 except Exception:
                     pass   # its source is gone: the card still shows the scores
             src = os.path.relpath(run.dir / mix["path"], out) if mix and mix["status"] == STATUS_OK else None

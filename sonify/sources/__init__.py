@@ -132,12 +132,73 @@ def read_regular_file(path: str | os.PathLike, timeout_s: float, offset: int = 0
         os.close(fd)
 
 
-def resolve_list_path(uri: str, list_file: Path) -> str:
-    """Relative paths in a list file are relative to the list file's folder; URLs pass through."""
-    if "://" in uri:
-        return uri[len("file://"):] if uri.startswith("file://") else uri
-    p = Path(uri)
-    return str(p if p.is_absolute() else (list_file.parent / p))
+LIST_KINDS = ("parquet", "csv")
+
+
+def source_root(source) -> str:
+    """The declared root of a source (a `SourceConf`): the folder its stored paths are relative to.
+
+    A folder source: its `path`. A tar source: its `path`, or the folder of a single tar file. A CSV or
+    Parquet list: its `root`, by default the list file's folder (where relative entries point). A recipe:
+    its `root`. The one home of the rule that `SourcePaths.resolve` and every listing use.
+    """
+    if source.kind == "recipe":
+        return str(source.root)
+    if source.kind in LIST_KINDS:
+        return str(source.root) if source.root else os.path.dirname(str(source.path))
+    if source.kind == "tar" and os.path.isfile(source.path):
+        return os.path.dirname(str(source.path))
+    return str(source.path)
+
+
+def stored_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """What tables store for a local path: relative to `root` (posix, normalised, '.' for the root itself),
+    so the same tables work from any cwd, on every node and on another machine."""
+    return Path(os.path.relpath(os.path.normpath(path), os.path.normpath(root))).as_posix()
+
+
+def list_entry(entry: str, list_file: str | os.PathLike, root: str | os.PathLike) -> str:
+    """What tables store for an entry of a list source: a relative entry (relative to the list file's
+    folder) or an absolute one, made relative to the declared `root`; URLs, and absolute entries outside
+    the root, as given (`file://` entries are paths)."""
+    if entry.startswith("file://"):
+        entry = entry[len("file://"):]
+    elif "://" in entry:
+        return entry
+    path = os.path.normpath(os.path.join(os.path.dirname(str(list_file)), entry))
+    root = os.path.normpath(str(root))
+    if os.path.isabs(entry) and not Path(path).is_relative_to(root):
+        return Path(path).as_posix()
+    return stored_path(path, root)
+
+
+class SourcePaths:
+    """Resolves stored paths at read time: `resolve(source, uri)` is the source's declared root joined
+    with the stored relative path (URLs and absolute paths pass as they are). Built from the sources of
+    one role (`sources.images` or `sources.audio`) of the config in hand, so a moved corpus is found
+    where the config says it is now."""
+
+    def __init__(self, sources, role: str = "images"):
+        self.role = role
+        self.roots = {str(s.name): source_root(s) for s in sources}
+
+    @classmethod
+    def of(cls, cfg, role: str) -> "SourcePaths":
+        return cls(cfg.sources[role], role)
+
+    def resolve(self, source: str | None, uri: str) -> str:
+        """The readable location of a stored `uri` of `source`; FileNotFoundError when the source is unknown."""
+        if "://" in uri or os.path.isabs(uri):
+            return uri
+        root = self.roots.get(source)
+        if root is None:
+            raise FileNotFoundError(f"{uri}: source {source!r} is not in sources.{self.role} "
+                                    f"(configured: {', '.join(self.roots) or 'none'})")
+        return os.path.join(root, uri)
+
+    def locate(self, row: dict) -> str:
+        """`resolve` of a row with `source` and `uri` columns."""
+        return self.resolve(row.get("source"), row["uri"])
 
 
 def list_sources(sources, lister, extensions, role: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from sonify.engine.keys import stable_id
-from sonify.sources import read_list_file, resolve_list_path, walk_files
+from sonify.sources import list_entry, read_list_file, source_root, stored_path, walk_files
 
 LISTING_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
@@ -24,23 +24,23 @@ def _labels(value) -> list[str]:
 
 
 def list_audio(source, extensions: list[str]) -> pa.Table:
-    """The work list of one audio source (a `SourceConf`)."""
-    root = Path(source.path)
+    """The work list of one audio source (a `SourceConf`); paths are stored relative to its declared root."""
+    root, base = Path(source.path), source_root(source)
     rows: list[dict] = []
 
-    def add(rel: str, uri: str, labels=None, list_error=None):
-        rows.append({"id": stable_id(source.name, rel), "source": source.name, "uri": uri, "relpath": rel,
+    def add(rel: str, labels=None, list_error=None):
+        rows.append({"id": stable_id(source.name, rel), "source": source.name, "uri": rel, "relpath": rel,
                      "labels": _labels(labels), "list_error": list_error})
 
     if source.kind == "recipe":
         from sonify.sources.recipes import recipe_listing
         for r in recipe_listing(source):
-            add(r["relpath"], r["uri"], r["labels"], r["list_error"])
+            add(r["relpath"], r["labels"], r["list_error"])
     elif not root.exists():
-        add(str(root), str(root), list_error=f"not_found: source path {root} does not exist")
+        add(".", list_error=f"not_found: source path {root} does not exist")
     elif source.kind == "folder":
         for p, problem in walk_files(root, extensions, source.recursive, source.follow_outside_links, source.name):
-            add(str(p.relative_to(root)), str(p), list_error=problem)
+            add(stored_path(p, base), list_error=problem)
     else:
         table = read_list_file(root, source.kind)
         if source.uri_column not in table.column_names:
@@ -50,5 +50,5 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
                   if source.labels_column in table.column_names else [None] * len(uris))
         for uri, lab in zip(uris, labels):
             if uri is not None:
-                add(uri, resolve_list_path(uri, root), lab)
+                add(list_entry(uri, root, base), lab)
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from sonify.engine.keys import stable_id
-from sonify.sources import read_list_file, read_regular_file, read_within, resolve_list_path, walk_files
+from sonify.sources import (list_entry, read_list_file, read_regular_file, read_within, source_root, stored_path,
+                            walk_files)
 
 LISTING_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
@@ -18,47 +19,48 @@ LISTING_SCHEMA = pa.schema([
 ])
 
 
-def _row(source: str, rel: str, uri: str, tar_offset=None, nbytes=None, list_error=None) -> dict:
-    return {"id": stable_id(source, rel), "source": source, "uri": uri, "relpath": rel,
+def _row(source: str, rel: str, tar_offset=None, nbytes=None, list_error=None) -> dict:
+    """A listed image: `rel` (relative to the source's declared root) is its id key and where it is read from."""
+    return {"id": stable_id(source, rel), "source": source, "uri": rel, "relpath": rel,
             "tar_offset": tar_offset, "nbytes": nbytes, "list_error": list_error}
 
 
-def _list_tar(source: str, tar_path: Path, root: Path, exts: set[str]) -> list[dict]:
-    rel_tar = str(tar_path.relative_to(root)) if tar_path != root else tar_path.name
+def _list_tar(source: str, tar_path: Path, base: str, exts: set[str]) -> list[dict]:
+    rel_tar = stored_path(tar_path, base)
     rows = []
     try:
         with tarfile.open(tar_path, "r:") as tf:  # uncompressed only: members are read by offset
             for m in tf:
                 if m.isfile() and Path(m.name).suffix.lower() in exts:
-                    rows.append(_row(source, f"{rel_tar}#{m.name}", f"{tar_path}#{m.name}", m.offset_data, m.size))
+                    rows.append(_row(source, f"{rel_tar}#{m.name}", m.offset_data, m.size))
     except (tarfile.TarError, OSError, EOFError) as e:
-        rows.append(_row(source, rel_tar, str(tar_path), list_error=f"unreadable_tar: {type(e).__name__}: {e}"))
+        rows.append(_row(source, rel_tar, list_error=f"unreadable_tar: {type(e).__name__}: {e}"))
     return rows
 
 
 def list_images(source, extensions: list[str]) -> pa.Table:
-    """The work list of one image source (a `SourceConf`)."""
-    root = Path(source.path)
+    """The work list of one image source (a `SourceConf`); paths are stored relative to its declared root."""
+    root, base = Path(source.path), source_root(source)
     exts = {e.lower() for e in extensions}
     rows: list[dict] = []
     if source.kind == "recipe":
         from sonify.sources.recipes import recipe_listing
         for r in recipe_listing(source):
-            rows.append(_row(source.name, r["relpath"], r["uri"], r["tar_offset"], r["nbytes"], r["list_error"]))
+            rows.append(_row(source.name, r["relpath"], r["tar_offset"], r["nbytes"], r["list_error"]))
     elif not root.exists():
-        rows.append(_row(source.name, str(root), str(root), list_error=f"not_found: source path {root} does not exist"))
+        rows.append(_row(source.name, ".", list_error=f"not_found: source path {root} does not exist"))
     elif source.kind == "folder":
         for p, problem in walk_files(root, exts, source.recursive, source.follow_outside_links, source.name):
-            rows.append(_row(source.name, str(p.relative_to(root)), str(p), list_error=problem))
+            rows.append(_row(source.name, stored_path(p, base), list_error=problem))
     elif source.kind == "tar":
         tars = [(root, None)] if root.is_file() else list(walk_files(root, [".tar"], source.recursive, source.follow_outside_links, source.name))
         for t, problem in tars:
             if problem:
-                rows.append(_row(source.name, str(t.relative_to(root)), str(t), list_error=problem))
+                rows.append(_row(source.name, stored_path(t, base), list_error=problem))
         good = [t for t, problem in tars if not problem]
         # SA-1B is 1,000 tars of ~11K images: their headers are read by several threads (the I/O overlaps)
         with ThreadPoolExecutor(max_workers=max(1, min(int(source.list_workers), len(good) or 1))) as pool:
-            for listed in pool.map(lambda t: _list_tar(source.name, t, root, exts), good):
+            for listed in pool.map(lambda t: _list_tar(source.name, t, base, exts), good):
                 rows.extend(listed)
     else:  # parquet | csv list of URIs
         table = read_list_file(root, source.kind)
@@ -67,12 +69,13 @@ def list_images(source, extensions: list[str]) -> pa.Table:
         for uri in table.column(source.uri_column).to_pylist():
             if uri is None:
                 continue
-            rows.append(_row(source.name, uri, resolve_list_path(uri, root)))
+            rows.append(_row(source.name, list_entry(uri, root, base)))
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
 
 
-def load_image(row: dict, max_pixels: int, max_side: int | None = None):
-    """The upright RGB image of a work row (uri, tar_offset, nbytes), bounded by `max_side`.
+def load_image(row: dict, paths, max_pixels: int, max_side: int | None = None):
+    """The upright RGB image of a work row (source, uri, tar_offset, nbytes), bounded by `max_side`;
+    its stored `uri` is resolved by `paths` (a `SourcePaths` of the image sources).
 
     Raises `ImageRejected` for every failure: the decoder's reason, or 'unreadable' when the bytes
     cannot be read (the file changed since ingest, a URL failed).
@@ -80,7 +83,7 @@ def load_image(row: dict, max_pixels: int, max_side: int | None = None):
     from sonify.media.image import ImageRejected, load_rgb
 
     try:
-        return load_rgb(read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"]), max_pixels, max_side)
+        return load_rgb(read_image_bytes(paths.locate(row), row["tar_offset"], row["nbytes"]), max_pixels, max_side)
     except ImageRejected:
         raise
     except Exception as e:

@@ -20,7 +20,7 @@ from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import chunk_frames_at, dbfs, declared_frames, iter_blocks, to_mono
-from sonify.sources import file_problem, list_sources
+from sonify.sources import SourcePaths, file_problem, list_sources
 from sonify.sources.audio import list_audio
 from sonify.stages.base import Stage
 
@@ -39,6 +39,10 @@ class AudioStage(Stage):
     outputs = ("audio_files", "audio_chunks")
     expected_errors = frozenset({"silent"})
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.paths = SourcePaths.of(cfg, "audio")
+
     @classmethod
     def work_list(cls, cfg, store):
         return list_sources(cfg.sources.audio, list_audio, cfg.stages.audio.extensions, "audio")
@@ -51,7 +55,10 @@ class AudioStage(Stage):
 
         if row["list_error"]:
             return {**out, "status": STATUS_ERROR, "error": row["list_error"]}, []
-        path = row["uri"]
+        try:
+            path = self.paths.locate(row)
+        except FileNotFoundError as e:
+            return fail("not_found", e)
         if problem := file_problem(path):  # a FIFO would block the decoder forever; a folder is no file
             return {**out, "status": STATUS_ERROR, "error": problem}, []
         try:
@@ -81,7 +88,7 @@ class AudioStage(Stage):
                 if not (np.isfinite(bpeak) and np.isfinite(cpeak)):
                     return fail("corrupt", f"non-finite samples in chunk {i}")
                 peak, channel_peak = max(peak, bpeak), max(channel_peak, cpeak)
-                chunk = {"id": f"{row['id']}-{i:05d}", "file_id": row["id"], "source": row["source"], "uri": path,
+                chunk = {"id": f"{row['id']}-{i:05d}", "file_id": row["id"], "source": row["source"], "uri": row["uri"],
                          "chunk_index": i, "sample_rate": sr, "start_frame": total, "num_frames": n,
                          "offset": total / sr, "duration": n / sr, "padding": (chunk_frames - n) / sr,
                          "peak_dbfs": dbfs(bpeak), "rms_dbfs": dbfs(rms), "status": STATUS_OK, "error": None}

@@ -22,15 +22,9 @@ from sonify.engine.keys import stable_id
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.image import ImageRejected
+from sonify.sources import SourcePaths
 from sonify.sources.images import load_image
 from sonify.stages.base import Stage
-
-WORK_SCHEMA = pa.schema([
-    ("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()), ("origin", pa.string()),
-    ("uri", pa.string()), ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("sha256", pa.string()),
-    ("import_json", pa.string()), ("import_caption", pa.string()), ("list_error", pa.string()),
-])
-
 
 def vlm_key(vlm: str) -> str:
     """Short stable key of a variant name, the prefix of its rows' ids (groups a VLM's rows together)."""
@@ -101,11 +95,20 @@ class ConceptsStage(Stage):
         self.caption_prompt = resolve_text(self.conf.caption_prompt)
         self.generation = dict(self.conf.generation)
         self.caption_generation = dict(self.conf.caption_generation)
+        self.paths = SourcePaths.of(cfg, "images")
         self.vlms = {}
         if self.conf.generate:
             for name in cfg.models.vlms:
                 self.vlms[name] = load_vlm(name, self.conf.backend, cfg.models.tiny_dir, self.conf.device,
                                            self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch))
+
+    @classmethod
+    def own_fingerprint(cls, cfg) -> dict:
+        """An import's rows enter by content (the work list's `import_json`); where its file lies is not content,
+        so moving it recomputes nothing."""
+        fp = super().own_fingerprint(cfg)
+        fp["conf"]["imports"] = [{k: v for k, v in imp.items() if k != "path"} for imp in fp["conf"]["imports"]]
+        return fp
 
     @classmethod
     def pass_config(cls, cfg, value: str):
@@ -123,16 +126,16 @@ class ConceptsStage(Stage):
         conf = cfg.stages.concepts
         con = store.connect("images")
         selects = [f"""SELECT {_literal(vlm_key(vlm))} || '-' || id AS id, id AS image_id, {_literal(vlm)} AS vlm,
-                              'generate' AS origin, uri, tar_offset, nbytes, sha256, NULL::VARCHAR AS import_json,
+                              'generate' AS origin, source, uri, tar_offset, nbytes, sha256, NULL::VARCHAR AS import_json,
                               NULL::VARCHAR AS import_caption, NULL::VARCHAR AS list_error
                        FROM images WHERE status = 'ok'""" for vlm in (cfg.models.vlms if conf.generate else [])]
         if conf.imports:
             con.register("imports", pa.concat_tables([_import_rows(imp) for imp in conf.imports]))
-            selects.append("""SELECT m.id, m.image_id, m.vlm, 'import' AS origin, i.uri, NULL::BIGINT AS tar_offset,
+            selects.append("""SELECT m.id, m.image_id, m.vlm, 'import' AS origin, i.source, i.uri, NULL::BIGINT AS tar_offset,
                                      NULL::BIGINT AS nbytes, NULL::VARCHAR AS sha256, m.import_json, m.import_caption,
                                      CASE WHEN i.id IS NULL THEN 'unknown_image: ' || m.image_id
                                           || ' is not a decodable image of this run' END AS list_error
-                              FROM imports m LEFT JOIN (SELECT id, uri FROM images WHERE status = 'ok') i ON i.id = m.image_id""")
+                              FROM imports m LEFT JOIN (SELECT id, source, uri FROM images WHERE status = 'ok') i ON i.id = m.image_id""")
         if not selects:
             raise ValueError("stage concepts has nothing to do: no models.vlms with generate=true and no imports")
         return con.sql(" UNION ALL ".join(selects))
@@ -181,7 +184,7 @@ class ConceptsStage(Stage):
         failed = lambda row, err: (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
         for row in rows:
             try:
-                images.append(load_image(row, self.conf.max_pixels, self.conf.max_image_side))
+                images.append(load_image(row, self.paths, self.conf.max_pixels, self.conf.max_image_side))
                 good.append(row)
             except ImageRejected as e:
                 out[row["id"]] = failed(row, error_text(e.reason, e.detail))

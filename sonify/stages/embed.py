@@ -21,6 +21,7 @@ from sonify.engine.store import rows_to_table
 from sonify.media.audio import load_chunk
 from sonify.models.clap import ClapEmbedder, normalise
 from sonify.retrieval.matrices import build_matrix
+from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
 
 PAPER_POOL_RATE = 16000   # A.7: the pool is standardised to 16 kHz mono (channels summed)
@@ -82,7 +83,11 @@ class EmbedAudioStage(_EmbedStage):
     @classmethod
     def work_list(cls, cfg, store):
         return store.connect("audio_chunks").sql(
-            "SELECT id, file_id, uri, start_frame, num_frames FROM audio_chunks WHERE status = 'ok'")
+            "SELECT id, file_id, source, uri, start_frame, num_frames FROM audio_chunks WHERE status = 'ok'")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.paths = SourcePaths.of(cfg, "audio")
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         rows = batch.to_pylist()
@@ -90,7 +95,7 @@ class EmbedAudioStage(_EmbedStage):
         base = lambda r: {"id": r["id"], "file_id": r["file_id"], "model": self.clap.name}
         for r in rows:
             try:
-                clips.append(load_chunk(r["uri"], r["start_frame"], r["num_frames"], sr, self.chunk_seconds, **self.decode))
+                clips.append(load_chunk(self.paths.locate(r), r["start_frame"], r["num_frames"], sr, self.chunk_seconds, **self.decode))
                 good.append(r)
             except Exception as e:
                 out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(e).__name__}: {e}")})

@@ -10,7 +10,7 @@ from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.image import ImageRejected, inspect_image
-from sonify.sources import NotAFile, list_sources
+from sonify.sources import NotAFile, SourcePaths, list_sources
 from sonify.sources.images import list_images, read_image_bytes
 from sonify.stages.base import Stage
 
@@ -18,6 +18,10 @@ from sonify.stages.base import Stage
 class ImagesStage(Stage):
     name = "images"
     outputs = ("images",)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.paths = SourcePaths.of(cfg, "images")
 
     @classmethod
     def work_list(cls, cfg, store):
@@ -28,7 +32,7 @@ class ImagesStage(Stage):
         if row["list_error"]:
             return {**out, "status": STATUS_ERROR, "error": row["list_error"]}
         try:
-            data = read_image_bytes(row["uri"], row["tar_offset"], row["nbytes"], self.conf.url_timeout_s)
+            data = read_image_bytes(self.paths.locate(row), row["tar_offset"], row["nbytes"], self.conf.url_timeout_s)
         except FileNotFoundError as e:
             return {**out, "status": STATUS_ERROR, "error": error_text("not_found", e)}
         except NotAFile as e:

@@ -6,6 +6,7 @@ import numpy as np
 
 from sonify.media.image import center_crop
 from sonify.models.encoders import VAEEncoder
+from sonify.sources import SourcePaths
 from sonify.sources.images import load_image
 from sonify.stages.encoder import EncoderStage
 
@@ -22,18 +23,19 @@ class LatentsStage(EncoderStage):
         super().__init__(cfg)
         self.vae = VAEEncoder(cfg.models.vae, cfg.models.tiny_dir, self.conf.device, self.conf.dtype, self.conf.vae_subfolder,
                               int(self.conf.model_batch))
+        self.paths = SourcePaths.of(cfg, "images")
 
     @classmethod
     def work_list(cls, cfg, store):
         return store.connect("images", kept="kept_images").sql(
-            "SELECT i.id, i.uri, i.tar_offset, i.nbytes, i.sha256 FROM images i JOIN kept k ON k.id = i.id AND k.kept")
+            "SELECT i.id, i.source, i.uri, i.tar_offset, i.nbytes, i.sha256 FROM images i JOIN kept k ON k.id = i.id AND k.kept")
 
     def base(self, r: dict) -> dict:
         return {"id": r["id"], "model": self.cfg.models.vae, "resolution": int(self.conf.resolution),
                 "scaling_factor": self.vae.scaling_factor}
 
     def decode(self, r: dict):
-        return center_crop(load_image(r, self.conf.max_pixels), int(self.conf.resolution))
+        return center_crop(load_image(r, self.paths, self.conf.max_pixels), int(self.conf.resolution))
 
     def encode(self, images: list) -> list[np.ndarray]:
         mean, std = self.vae.encode(images)

@@ -25,6 +25,7 @@ from sonify.engine.store import rows_to_table
 from sonify.media.audio import dbfs, load_chunk
 from sonify.media.loudness import LoudnessMeter
 from sonify.mixing.render import render, write_flac
+from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
 
 WORK_COMPONENT = pa.struct([f for f in COMPONENT_TYPE if f.name not in
@@ -35,7 +36,7 @@ WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm",
 
 class MixStage(Stage):
     name = "mix"
-    version = 2                         # 2: mixes.repeated_chunks, files in partition folders
+    version = 3                         # 2: mixes.repeated_chunks, files in partition folders; 3: uris relative to source roots
     outputs = ("mixes",)
     upstream = ("retrieve", "audio")
     uses = ("run.seed", "stages.audio.chunk_seconds")
@@ -47,6 +48,7 @@ class MixStage(Stage):
         self.rate = int(self.conf.sample_rate)
         self.meter = LoudnessMeter(self.rate)
         self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
+        self.paths = SourcePaths.of(cfg, "audio")
 
     @classmethod
     def work_list(cls, cfg, store):
@@ -81,7 +83,7 @@ class MixStage(Stage):
             comp = {**c, "target_lufs": conf.lufs_min + (conf.lufs_max - conf.lufs_min) * float(rng.random()),
                     "measured_lufs": None, "gain_db": None, "included": False, "reason": None}
             try:
-                x = load_chunk(c["uri"], c["start_frame"], c["num_frames"], self.rate, self.chunk_seconds)
+                x = load_chunk(self.paths.resolve(c["dataset"], c["uri"]), c["start_frame"], c["num_frames"], self.rate, self.chunk_seconds)
             except Exception as e:
                 comp["reason"] = error_text("decode_error", f"{type(e).__name__}: {e}")
                 comps.append(comp)

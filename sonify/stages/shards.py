@@ -24,6 +24,7 @@ from sonify.engine.keys import unit_hash_sql
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.tar import TarStream
+from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
 
 def _assign_sql(conf, seed: int) -> str:
@@ -52,6 +53,7 @@ class ShardsStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.paths = SourcePaths.of(cfg, "images")
 
     @classmethod
     def work_list(cls, cfg, store):
@@ -62,7 +64,7 @@ class ShardsStage(Stage):
             SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
                    f.path AS ast_path, l.path AS latent_path, m.path AS mix_path,
                    f.sha256 AS ast_sha256, l.sha256 AS latent_sha256, m.flac_sha256, i.sha256 AS image_sha256,
-                   i.uri, i.tar_offset, i.nbytes,
+                   i.source, i.uri, i.tar_offset, i.nbytes,
                    to_json(struct_pack(
                        image_id := m.image_id, image_source := i.source, image_relpath := i.relpath, variant := m.vlm,
                        concepts := c.concepts, lufs := m.lufs, peak_dbfs := m.peak_dbfs, mix_gain_db := m.mix_gain_db,
@@ -97,7 +99,7 @@ class ShardsStage(Stage):
         from sonify.media.image import center_crop
         from sonify.sources.images import load_image
 
-        im = center_crop(load_image(r, int(self.cfg.stages.latents.max_pixels)), int(self.cfg.stages.latents.resolution))
+        im = center_crop(load_image(r, self.paths, int(self.cfg.stages.latents.max_pixels)), int(self.cfg.stages.latents.resolution))
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=int(self.conf.jpg_quality))
         return buf.getvalue()

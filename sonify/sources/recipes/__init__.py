@@ -81,18 +81,12 @@ def counts(table: pa.Table) -> dict:
 
 
 def recipe_listing(source) -> list[dict]:
-    """Rows for a source of kind `recipe` (relpath, uri, labels, tar_offset, nbytes, list_error).
-
-    The uri is resolved from the root at listing time; only `relpath` is stored relative.
-    """
+    """Rows for a source of kind `recipe` (relpath, labels, tar_offset, nbytes, list_error); `relpath` is
+    relative to the recipe's root, which is the source's declared root (`sonify.sources.source_root`)."""
     root = Path(source.root)
     try:
         table = run_recipe(source.recipe, root)
     except RecipeError as e:
-        return [{"relpath": str(root), "uri": str(root), "labels": [], "tar_offset": None, "nbytes": None,
-                 "list_error": error_text("not_found", e)}]
-    out = []
-    for r in table.to_pylist():
-        out.append({"relpath": r["relpath"], "uri": str(root / r["relpath"]), "labels": r["labels"], "tar_offset": r["tar_offset"],
-                    "nbytes": r["nbytes"], "list_error": r["error"]})
-    return out
+        return [{"relpath": ".", "labels": [], "tar_offset": None, "nbytes": None, "list_error": error_text("not_found", e)}]
+    return [{"relpath": r["relpath"], "labels": r["labels"], "tar_offset": r["tar_offset"], "nbytes": r["nbytes"],
+             "list_error": r["error"]} for r in table.to_pylist()]
