@@ -26,6 +26,7 @@ from sonify.sources import SourcePaths
 from sonify.sources.images import load_image
 from sonify.stages.base import Stage
 
+
 def vlm_key(vlm: str) -> str:
     """Short stable key of a variant name, the prefix of its rows' ids (groups a VLM's rows together)."""
     return hashlib.sha1(vlm.encode()).hexdigest()[:8]
