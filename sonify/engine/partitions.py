@@ -98,13 +98,11 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _name(fingerprint_param: str, id_col: str, digest_col: str) -> str:
+def _name(fingerprint_param: str, lo: str, hi: str) -> str:
     """SQL for a partition's name: 'part-' + 16 hex digits of sha256 of the fingerprint, the row count and
-    the sums of the 128-bit md5 of each (id, digest) pair: a digest of the set of rows that needs no order
-    and no string of the whole partition, so it costs the same per row at any partition size."""
-    pair = f"{id_col} || chr(1) || {digest_col}"
-    return (f"'part-' || substr(sha256({fingerprint_param} || ':' || count(*) || ':' || sum(md5_number_lower({pair})) "
-            f"|| ':' || sum(md5_number_upper({pair}))), 1, 16)")
+    the sums of the two halves of each row's 128-bit md5 (of its id and content): a digest of the set of
+    rows that needs no order and no string of the whole partition, so it costs the same at any size."""
+    return f"'part-' || substr(sha256({fingerprint_param} || ':' || count(*) || ':' || sum({lo}) || ':' || sum({hi})), 1, 16)"
 
 
 def _sql_list(paths: list[Path]) -> str:
@@ -128,7 +126,7 @@ def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[
     if partition_rows < 1:
         raise ValueError("partition_rows must be >= 1")
     names = pq.read_schema(work_path).names
-    digest_cols = [c for c in (content_columns or names) if c in names] or ["id"]
+    digest_cols = ["id"] + [c for c in (content_columns or names) if c in names and c != "id"]
     lane = _q(split_column) if split_column else "NULL"
     grp = _q(group_column) if group_column else "NULL"
     tog = _q(together_column) if together_column else "NULL"
@@ -138,9 +136,10 @@ def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[
     work = f"read_parquet('{work_path}', file_row_number = true)"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE k AS
-        SELECT file_row_number AS fr, id, md5(CAST({packed} AS VARCHAR)) AS digest,
-               {lane} AS lane, CAST({grp} AS VARCHAR) AS grp, CAST({tog} AS VARCHAR) AS tog
-        FROM {work} QUALIFY row_number() OVER (PARTITION BY id ORDER BY file_row_number) = 1""")
+        SELECT fr, id, (h & 18446744073709551615::UHUGEINT)::UBIGINT AS lo, (h >> 64)::UBIGINT AS hi, lane, grp, tog
+        FROM (SELECT file_row_number AS fr, id, md5_number(CAST({packed} AS VARCHAR)) AS h, {lane} AS lane,
+                     CAST({grp} AS VARCHAR) AS grp, CAST({tog} AS VARCHAR) AS tog FROM {work})
+        QUALIFY row_number() OVER (PARTITION BY id ORDER BY fr) = 1""")
     rows_in = con.execute(f"SELECT count(*) FROM read_parquet('{work_path}')").fetchone()[0]
     unique = con.execute("SELECT count(*) FROM k").fetchone()[0]
 
@@ -153,8 +152,8 @@ def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE valid AS
         SELECT e.partition FROM ex e LEFT JOIN k USING (id) GROUP BY e.partition
-        HAVING count(*) = count(k.digest) AND count(*) = count(DISTINCT e.id)
-           AND {_name(fp, 'e.id', 'k.digest')} = e.partition""")
+        HAVING count(*) = count(k.lo) AND count(*) = count(DISTINCT e.id)
+           AND {_name(fp, 'k.lo', 'k.hi')} = e.partition""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE assign AS
         WITH member AS (SELECT e.partition, e.id FROM ex e JOIN valid USING (partition)),
@@ -169,13 +168,13 @@ def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[
     elif together_column:
         chunked = _cut_together(con, rest, partition_rows)
     else:
-        chunked = (f"SELECT *, coalesce(CAST(lane AS VARCHAR), '') || '#' || CAST((row_number() OVER "
-                   f"(PARTITION BY lane ORDER BY id) - 1) // {int(partition_rows)} AS VARCHAR) AS chunk FROM ({rest})")
+        chunked = (f"SELECT *, {{'lane': lane, 'cut': (row_number() OVER (PARTITION BY lane ORDER BY id) - 1) "
+                   f"// {int(partition_rows)}}} AS chunk FROM ({rest})")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE c AS SELECT fr, lo, hi, chunk FROM ({chunked})")
     con.execute(f"""
         INSERT INTO assign
-        WITH c AS ({chunked}),
-             named AS (SELECT chunk, {_name(fp, 'id', 'digest')} AS partition FROM c GROUP BY chunk)
-        SELECT c.fr, named.partition FROM c JOIN named USING (chunk)""")
+        SELECT c.fr, named.partition FROM c
+        JOIN (SELECT chunk, {_name(fp, 'lo', 'hi')} AS partition FROM c GROUP BY chunk) named USING (chunk)""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE parts AS
         SELECT a.partition, min(k.id) AS first_id, count(*) AS n, any_value(k.lane) AS lane

@@ -161,15 +161,28 @@ def list_entry(entry: str, list_file: str | os.PathLike, root: str | os.PathLike
     """What tables store for an entry of a list source: a relative entry (relative to the list file's
     folder) or an absolute one, made relative to the declared `root`; URLs, and absolute entries outside
     the root, as given (`file://` entries are paths)."""
-    if entry.startswith("file://"):
-        entry = entry[len("file://"):]
-    elif "://" in entry:
-        return entry
-    path = os.path.normpath(os.path.join(os.path.dirname(str(list_file)), entry))
-    root = os.path.normpath(str(root))
-    if os.path.isabs(entry) and not Path(path).is_relative_to(root):
-        return Path(path).as_posix()
-    return stored_path(path, root)
+    return list_entries([entry], list_file, root)[0]
+
+
+def list_entries(entries: list[str], list_file: str | os.PathLike, root: str | os.PathLike) -> list[str]:
+    """`list_entry` of every entry, with string operations only: a list source can name a million files."""
+    folder, root = os.path.dirname(str(list_file)), os.path.normpath(str(root))
+    prefix = root.rstrip("/") + "/"
+    out = []
+    for entry in entries:
+        if entry.startswith("file://"):
+            entry = entry[len("file://"):]
+        elif "://" in entry:
+            out.append(entry)
+            continue
+        path = os.path.normpath(os.path.join(folder, entry))
+        if path.startswith(prefix):
+            out.append(path[len(prefix):])
+        elif os.path.isabs(entry) and path != root:
+            out.append(path)   # outside the root: kept as given
+        else:
+            out.append(stored_path(path, root))
+    return out
 
 
 class SourcePaths:

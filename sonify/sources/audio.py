@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from sonify.engine.keys import stable_id
-from sonify.sources import list_entry, read_list_file, source_root, stored_path, walk_files
+from sonify.sources import list_entries, read_list_file, source_root, stored_path, walk_files
 
 LISTING_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
@@ -48,7 +48,10 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
         uris = table.column(source.uri_column).to_pylist()
         labels = (table.column(source.labels_column).to_pylist()
                   if source.labels_column in table.column_names else [None] * len(uris))
-        for uri, lab in zip(uris, labels):
-            if uri is not None:
-                add(list_entry(uri, root, base), lab)
+        kept = [(u, lab) for u, lab in zip(uris, labels) if u is not None]
+        rels = list_entries([u for u, _ in kept], root, base)
+        name, n = str(source.name), len(rels)   # built column by column: a list can name a million clips
+        return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
+                         "labels": [_labels(lab) for _, lab in kept], "list_error": pa.nulls(n, pa.string())},
+                        schema=LISTING_SCHEMA)
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)

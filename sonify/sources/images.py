@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from sonify.engine.keys import stable_id
-from sonify.sources import (list_entry, read_list_file, read_regular_file, read_within, source_root, stored_path,
+from sonify.sources import (list_entries, read_list_file, read_regular_file, read_within, source_root, stored_path,
                             walk_files)
 
 LISTING_SCHEMA = pa.schema([
@@ -66,11 +66,11 @@ def list_images(source, extensions: list[str]) -> pa.Table:
         table = read_list_file(root, source.kind)
         if source.uri_column not in table.column_names:
             raise ValueError(f"{root}: no column {source.uri_column!r} (set sources.images[].uri_column); columns: {table.column_names}")
-        for uri in table.column(source.uri_column).to_pylist():
-            if uri is None:
-                continue
-            rows.append(_row(source.name, list_entry(uri, root, base)))
-    return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
+        rels = list_entries([u for u in table.column(source.uri_column).to_pylist() if u is not None], root, base)
+        name, n = str(source.name), len(rels)   # built column by column: a list can name a million images
+        return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
+                         "tar_offset": pa.nulls(n, pa.int64()), "nbytes": pa.nulls(n, pa.int64()),
+                         "list_error": pa.nulls(n, pa.string())}, schema=LISTING_SCHEMA)
 
 
 def load_image(row: dict, paths, max_pixels: int, max_side: int | None = None):
