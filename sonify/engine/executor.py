@@ -168,18 +168,19 @@ def check_resources(stage: str, conf) -> None:
 
 
 def table_counts(store: TableStore, table: str) -> dict:
-    """Rows, ok and errors by reason of a whole table, read from disk (the source of truth)."""
+    """Rows, ok and errors by reason of a whole table, counted by DuckDB from disk (the source of truth)."""
     if not store.exists(table):
         return {"rows": 0, "ok": 0, "errors": {}}
-    decision = {"kept", "reason"} <= set(table_spec(table).schema.names)  # decision tables: why rows were dropped
-    t = store.read(table, columns=["status", "error"] + (["kept", "reason"] if decision else []))
-    statuses, errors = t.column("status").to_pylist(), t.column("error").to_pylist()
-    reasons = Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK)
-    counts = {"rows": t.num_rows, "ok": sum(s == STATUS_OK for s in statuses), "errors": dict(reasons.most_common())}
-    if decision:
-        kept = t.column("kept").to_pylist()
-        counts["kept"] = sum(bool(k) for k in kept)
-        counts["dropped"] = dict(Counter(r for k, r in zip(kept, t.column("reason").to_pylist()) if not k).most_common())
+    con = store.connect(t=table)
+    rows, ok = con.execute(f"SELECT count(*), count(*) FILTER (status = '{STATUS_OK}') FROM t").fetchone()
+    reason = "CASE WHEN error IS NULL THEN NULL ELSE split_part(error, ':', 1) END"   # engine.errors.error_reason
+    errors = con.execute(f"SELECT {reason} AS r, count(*) AS n FROM t WHERE status != '{STATUS_OK}' "
+                         "GROUP BY r ORDER BY n DESC, r").fetchall()
+    counts = {"rows": rows, "ok": ok, "errors": {r: n for r, n in errors}}
+    if {"kept", "reason"} <= set(table_spec(table).schema.names):   # decision tables: why rows were dropped
+        counts["kept"] = con.execute("SELECT count(*) FILTER (kept) FROM t").fetchone()[0]
+        counts["dropped"] = dict(con.execute("SELECT reason, count(*) AS n FROM t WHERE NOT kept OR kept IS NULL "
+                                             "GROUP BY reason ORDER BY n DESC, reason").fetchall())
     return counts
 
 
@@ -230,14 +231,14 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
     `connect` is called before the first partition goes to Ray (so a run with nothing to do starts no Ray)."""
     t0 = time.perf_counter()
     stage_name = cls.name
-    store = TableStore(cfg.run.dir)
+    store = TableStore(cfg.run.dir, str(cfg.run.plan_memory))
     run = StageRun(stage=stage_name)
-    plan_dir = store.run_dir / "plan" / stage_name   # rewritten by every run of the stage, removed after it
-    shutil.rmtree(plan_dir, ignore_errors=True)
+    shutil.rmtree(store.run_dir / "plan", ignore_errors=True)   # rewritten by every stage run (one at a time), removed after it
+    (store.run_dir / "plan" / stage_name).mkdir(parents=True)
     try:
-        return _run_planned(cls, cfg, store, run, plan_dir, progress_bar, connect, t0)
+        return _run_planned(cls, cfg, store, run, store.run_dir / "plan" / stage_name, progress_bar, connect, t0)
     finally:
-        shutil.rmtree(plan_dir, ignore_errors=True)
+        shutil.rmtree(store.run_dir / "plan", ignore_errors=True)
 
 
 def plan_stage(cls: type, cfg: DictConfig, store: TableStore, plan_dir: Path) -> Plan:

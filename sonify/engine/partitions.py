@@ -73,9 +73,8 @@ def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike |
     except duckdb.Error:
         raise ConfigError(f"run.plan_memory={memory_limit!r} is not a memory size (write e.g. 1GB or 512MB)") from None
     con.execute("SET preserve_insertion_order = true")
-    if spill_dir is not None:
-        Path(spill_dir).mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = '{spill_dir}'")
+    # DuckDB creates the spill folder (not its parent) when it first spills; none: never spill (not into the cwd)
+    con.execute(f"SET temp_directory = '{spill_dir if spill_dir is not None else ''}'")
     return con
 
 

@@ -60,9 +60,10 @@ def check_schema(path: Path, spec: TableSpec) -> None:
 class TableStore:
     """The tables of one run: ``<run_dir>/manifests/<table>/<partition>.parquet``."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, memory_limit: str = "1GB"):
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "manifests"
+        self.memory_limit = memory_limit   # of the DuckDB connections work lists run on (`run.plan_memory`)
 
     def table_dir(self, name: str) -> Path:
         return self.root / name
@@ -107,9 +108,10 @@ class TableStore:
     def connect(self, *tables: str, **aliases: str):
         """A DuckDB connection with a view over each table's files, named as the table (or `alias=table`):
         work lists are queries that stream from disk and never hold a table in Python."""
-        import duckdb
+        from sonify.engine.partitions import planner_connection
 
-        con = duckdb.connect()
+        plan = self.run_dir / "plan"   # exists while a stage runs (the executor makes and removes it)
+        con = planner_connection(self.memory_limit, plan / "spill" if plan.is_dir() else None)
         for view, table in [(t, t) for t in tables] + list(aliases.items()):
             self.view(con, table, alias=view)
         return con

@@ -71,6 +71,7 @@ def list_images(source, extensions: list[str]) -> pa.Table:
         return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
                          "tar_offset": pa.nulls(n, pa.int64()), "nbytes": pa.nulls(n, pa.int64()),
                          "list_error": pa.nulls(n, pa.string())}, schema=LISTING_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
 
 
 def load_image(row: dict, paths, max_pixels: int, max_side: int | None = None):
