@@ -183,8 +183,13 @@ class Release:
             parts = (pa.Table.from_batches([b]) for b in self._table.to_batches(self.batch_rows))
         else:
             parts = (pa.Table.from_batches([b]) for b in pq.ParquetFile(self.path).iter_batches(self.batch_rows))
+        start = 0
         for t in parts:
-            check_release(t)
+            try:
+                check_release(t)
+            except ManifestError as e:   # counts in the message are this batch's: say which rows
+                raise ManifestError(f"{e} (in rows {start}..{start + t.num_rows - 1})") from None
+            start += t.num_rows
             yield t
 
     def rows(self) -> Iterator[dict]:
