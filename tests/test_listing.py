@@ -15,7 +15,7 @@ def test_200_sa1b_tars_listed_by_several_processes_give_the_serial_listing(tmp_p
     with caplog.at_level(logging.DEBUG, logger="sonify.sources.images"):
         serial = list_images(conf(1), [".jpg"])
         parallel = list_images(conf(2), [".jpg"])
-    serial_pids, parallel_pids = (r.pids for r in caplog.records if hasattr(r, "pids"))
+    serial_pids, parallel_pids = (set(r.cpu_by_pid) for r in caplog.records if hasattr(r, "cpu_by_pid"))
     assert len(serial_pids) == 1 and len(parallel_pids) == 2 and not serial_pids & parallel_pids
     assert parallel.equals(serial) and serial.num_rows == 199 * 20 + 1
     rel = serial.column("relpath").to_pylist()
@@ -34,7 +34,7 @@ def _square(x):
 def test_process_map_keeps_order_and_runs_few_items_here():
     import os
 
-    out, pids = process_map(_square, range(50), 2)
-    assert out == [x * x for x in range(50)] and len(pids) == 2 and os.getpid() not in pids
-    out, pids = process_map(_square, range(3), 8)     # too few to pay for processes
-    assert out == [0, 1, 4] and pids == {os.getpid()}
+    out, cpu = process_map(_square, range(50), 2)
+    assert out == [x * x for x in range(50)] and len(cpu) == 2 and os.getpid() not in cpu
+    out, cpu = process_map(_square, range(3), 8)     # too few to pay for processes
+    assert out == [0, 1, 4] and list(cpu) == [os.getpid()]

@@ -5,6 +5,11 @@
 Baselines in the same run, same tars, same `tarfile` header parsing: the source listed serially
 (`list_workers=1`), and the former way, `_list_tar` over a thread pool (threads share the GIL while
 `tarfile` parses headers in Python). SA-1B is 1,000 tars of ~11K images; the listing is its first step.
+
+Wall times depend on the cores free: on a machine others load, extra processes get no more CPU (the
+kernel shares it per session), so the CPU seconds are printed too: the serial listing's, and for the
+processes the driver's plus the busiest worker's (the critical path), whose ratio is the speed-up
+with a free core per worker (a projection from measured CPU seconds, labelled as such).
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import tarfile
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -69,17 +76,43 @@ def main(argv=None) -> None:
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 return [r for part in pool.map(one_tar, tars) for r in part]
 
-        serial, parallel = list_images(conf(1), [".jpg"]), list_images(conf(a.workers), [".jpg"])
-        assert parallel.equals(serial) and serial.num_rows == a.tars * a.images_per_tar
         t = best_of_interleaved({"serial": lambda: list_images(conf(1), [".jpg"]), "threads": threaded,
                                  "processes": lambda: list_images(conf(a.workers), [".jpg"])}, a.repeats)
+        # CPU seconds of warm runs (after the timed ones: imports and caches are no part of the listing)
+        cpu = {name: cpu_seconds(lambda: list_images(conf(w), [".jpg"])) for name, w in (("serial", 1), ("processes", a.workers))}
+        assert cpu["processes"][0].equals(cpu["serial"][0]) and cpu["serial"][0].num_rows == a.tars * a.images_per_tar
     n = a.tars * a.images_per_tar
     print(f"{a.tars} tars x {a.images_per_tar} images (JPEG + JSON: {2 * n} members), {os.cpu_count()} cores, "
-          f"best of {a.repeats}; the listings are identical")
+          f"load average {os.getloadavg()[0]:.1f}, best of {a.repeats}; the listings are identical")
     print(f"{'how':<28} {'seconds':>8} {'images/s':>10} {'vs serial':>10}")
     for name, label in (("serial", "serial (list_workers=1)"), ("threads", f"threads ({threads}, the former way)"),
                         ("processes", f"processes (list_workers={a.workers})")):
         print(f"{label:<28} {t[name]:>8.2f} {n / t[name]:>10.0f} {t['serial'] / t[name]:>9.2f}x")
+    (_, serial_cpu, _), (_, driver_cpu, workers_cpu) = cpu["serial"], cpu["processes"]
+    path = driver_cpu + max(workers_cpu.values())
+    print(f"CPU seconds: serial {serial_cpu:.2f}; processes: driver {driver_cpu:.2f} + workers "
+          f"{' / '.join(f'{c:.2f}' for c in sorted(workers_cpu.values()))} (critical path {path:.2f}); "
+          f"projected with a free core per worker: {serial_cpu / path:.2f}x vs serial")
+
+
+def cpu_seconds(listing):
+    """(the listing, this process's CPU seconds for it, CPU seconds per process that listed tars, from the
+    source's own debug record)."""
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("sonify.sources.images")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        cpu = time.process_time()
+        table = listing()
+        cpu = time.process_time() - cpu
+    finally:
+        logger.removeHandler(handler)
+    by_pid = next(r.cpu_by_pid for r in records if hasattr(r, "cpu_by_pid"))
+    own = by_pid.pop(os.getpid(), 0.0)      # serial: the tars were listed here, inside `cpu`
+    return table, cpu - own if by_pid else cpu, by_pid or {os.getpid(): own}
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ def list_images(source, extensions: list[str]) -> pa.Table:
                 rows.append(_row(source.name, str(t.relative_to(root)), str(t), list_error=problem))
         good = [t for t, problem in tars if not problem]
         # SA-1B is 1,000 tars of ~11K images: their headers are parsed by several processes, in tar order
-        listed, pids = process_map(partial(_list_tar, source.name, root=root, exts=exts), good, source.list_workers)
-        log.debug("source %s: %d tars listed by %d processes", source.name, len(good), len(pids), extra={"pids": pids})
+        listed, cpu = process_map(partial(_list_tar, source.name, root=root, exts=exts), good, source.list_workers)
+        log.debug("source %s: %d tars listed by %d processes", source.name, len(good), len(cpu), extra={"cpu_by_pid": cpu})
         for part in listed:
             rows.extend(part)
     else:  # parquet | csv list of URIs
