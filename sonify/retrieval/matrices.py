@@ -77,7 +77,8 @@ def build_matrix(store: TableStore, table: str, column: str = "embedding", float
 def float32_matrix(store: TableStore, table: str, block_rows: int = 65536) -> Path:
     """`<table>.f32.npy`: the float16 matrix widened to float32, written once in row blocks (bounded memory).
 
-    Concurrent builders (workers of a run whose copy is missing) write the same bytes; the first file stays.
+    Concurrent builders (workers of a run made before the copy existed) write the same bytes, each
+    moved into place atomically, so a reader maps a whole file either way.
     """
     npy, f32 = matrix_paths(store, table)[0], pool_path(store, table)
     src = np.load(npy, mmap_mode="r")
