@@ -1,6 +1,6 @@
 """Rebuild every mixture of a release manifest from the source audio alone.
 
-    python -m sonify.mix --manifest release.parquet --source NAME=DIR ... [--out DIR] [--check]
+    python -m sonify.mix --manifest release.parquet --source NAME=DIR ... [--out DIR] [--check | --verify]
 
 A manifest names each component by its audio source (`dataset`) and its path relative to that source's
 root (`relpath`), never by a path of the machine that made it. Say where each source's root is now:
@@ -17,7 +17,8 @@ Nothing is written outside --out: a row whose output `path` is absolute, holds `
 outside through a link is refused (one line each, non-zero exit). A manifest that cannot be
 rendered (a missing column, values of the wrong kind, two rows with the same output path) or an
 --out that is not a writable folder fails in one line, exit 2, before anything is rendered.
-Temp files left by an earlier render that was killed are removed first.
+Temp files left by an earlier render that was killed are removed first. The manifest is streamed in
+batches with a bounded number of batches in flight, so memory does not grow with the release.
 """
 
 from __future__ import annotations
@@ -26,20 +27,15 @@ import argparse
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from sonify.engine.errors import ConfigError
-from sonify.mixing.rebuild import REPORT_NAME, missing_root, parse_roots, plan_outputs, prepare_out, render_all
-
-MAX_ERROR_LINES = 20
+from sonify.mixing.rebuild import (REPORT_NAME, Renderer, datasets, duplicate_outputs, missing_root, parse_roots, prepare_out,
+                                   report_writer)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sonify.mixing.release import read_release
+    from sonify.mixing.release import Release
 
     p = argparse.ArgumentParser(prog="python -m sonify.mix", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -52,22 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray", action="store_true", help="render on Ray (RAY_ADDRESS, or a local Ray)")
     p.add_argument("--force", action="store_true", help="re-render outputs that already exist")
     p.add_argument("--check", action="store_true", help="verify each mixture against the manifest's hashes")
+    p.add_argument("--verify", action="store_true", help="render in memory and compare with pcm24_sha256; write no audio")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if not (a.audio_root or a.source or a.pipeline):
         p.error("say where the audio sources are: --source NAME=DIR (one per source), --audio-root DIR or --pipeline NAME")
     t0 = time.perf_counter()
     try:
-        rows = read_release(a.manifest)
+        release = Release(a.manifest)
+        dups = duplicate_outputs(release, a.out)   # a first pass checks every row before anything is rendered
+        names = datasets(release)
     except (OSError, ValueError) as e:
         print(f"sonify.mix: manifest {a.manifest}: {e}", file=sys.stderr)
         return 2
-    try:
-        prepare_out(a.out)
-    except ValueError as e:
-        print(f"sonify.mix: {e}", file=sys.stderr)
-        return 2
-    todo, refused, dups = plan_outputs(rows, a.out)
     if dups:
         path, ids = next(iter(dups.items()))
         print(f"sonify.mix: {len(dups)} output paths are claimed by more than one row, e.g. {path} by mix ids "
@@ -78,26 +71,30 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError) as e:
         print(f"sonify.mix: {e}", file=sys.stderr)
         return 2
-    problem = missing_root(todo, *roots)
+    problem = missing_root(names, *roots)
     if problem:
         print(f"sonify.mix: {problem}; nothing rendered", file=sys.stderr)
         return 2
-    reports = refused + render_all(todo, roots, a.out, a.workers, a.ray or bool(os.environ.get("RAY_ADDRESS")),
-                                   a.force, a.check, progress=not a.no_progress)
-    pq.write_table(pa.Table.from_pylist(reports), Path(a.out) / REPORT_NAME)
-    errors = Counter((r["error"] or "").split(":")[0] for r in reports if r["status"] != "ok")
-    rendered = sum(1 for r in reports if r["status"] == "ok" and not r["skipped"])
-    skipped = sum(1 for r in reports if r["skipped"] and r["status"] == "ok")
-    notes = Counter((r["error"] or "").split(":")[0] for r in reports if r["status"] == "ok" and r["error"])
-    print(f"{len(rows)} mixtures: {rendered} rendered, {skipped} already there, {sum(errors.values())} errors "
-          f"{dict(errors) if errors else ''} in {time.perf_counter() - t0:.1f}s -> {a.out}"
-          + (f"; notes {dict(notes)}" if notes else "") + ("; hashes checked" if a.check else ""))
-    failed = [r for r in reports if r["status"] != "ok"]
-    for r in failed[:MAX_ERROR_LINES]:
+    try:
+        prepare_out(a.out)
+    except ValueError as e:
+        print(f"sonify.mix: {e}", file=sys.stderr)
+        return 2
+    renderer = Renderer(roots, a.out, a.workers, a.ray or bool(os.environ.get("RAY_ADDRESS")),
+                        a.force, a.check, a.verify)
+    with report_writer(Path(a.out) / REPORT_NAME, release.num_rows, not a.no_progress) as reports:
+        for done in renderer.run(release.rows()):    # a row whose output is refused comes back as its error row
+            reports.add(done)
+    errors, notes = reports.errors, +reports.notes
+    print(f"{release.num_rows} mixtures: {reports.rendered} {'verified' if a.verify else 'rendered'}, "
+          f"{reports.skipped} already there, {reports.failed} errors {dict(errors) if errors else ''} in "
+          f"{time.perf_counter() - t0:.1f}s -> {a.out}" + (f"; notes {dict(notes)}" if notes else "")
+          + ("; hashes checked" if a.check else "") + f"; batches in flight: at most {renderer.peak}, bound {renderer.limit}")
+    for r in reports.first_failed:
         print(f"  {r['mix_id']}: {r['error']}", file=sys.stderr)
-    if len(failed) > MAX_ERROR_LINES:
-        print(f"  ... {len(failed) - MAX_ERROR_LINES} more in {Path(a.out) / REPORT_NAME}", file=sys.stderr)
-    return 1 if errors else 0
+    if reports.failed > len(reports.first_failed):
+        print(f"  ... {reports.failed - len(reports.first_failed)} more in {Path(a.out) / REPORT_NAME}", file=sys.stderr)
+    return 1 if reports.failed else 0
 
 
 def pipeline_roots(name: str) -> dict[str, Path]:

@@ -139,7 +139,7 @@ def test_url_list_source_against_a_local_http_server(tmp_path, make_cfg):
 
 
 def test_many_tars_are_listed_in_parallel_with_the_serial_result(tmp_path):
-    """Tar sources list several tars at once (threads); the work list is the same as one at a time."""
+    """Tar sources list several tars at once (processes); the work list is the same as one at a time."""
     import io
     import tarfile
 

@@ -52,6 +52,7 @@ def owned_files(run_dir: Path, store: TableStore) -> set[Path]:
                     owned.add((run_dir / r["path"]).with_suffix(".json"))
     for name in ("audio_embeddings", "concept_embeddings"):
         owned |= {run_dir / "matrices" / f"{name}{s}" for s in (".npy", ".ids.parquet", ".json")}
+    owned.add(run_dir / "matrices" / "audio_embeddings.f32.npy")   # the pool as retrieve workers map it
     owned |= {run_dir / "release" / n for n in ("release.parquet", "release.jsonl")}
     owned |= {run_dir / "shards" / n for n in ("train.txt", "val.txt")}
     return owned

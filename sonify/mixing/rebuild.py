@@ -1,11 +1,24 @@
 """Rebuilding mixtures from a release manifest: sources resolved under their dataset's root, rendered
-with the pipeline's own renderer, locally in processes or on Ray. Bad rows become report rows."""
+with the pipeline's own renderer, locally in processes or on Ray. Bad rows become report rows.
+
+The manifest is streamed: rows are read in batches, rendered with a bounded number of batches in
+flight, and report rows are written as they come, so memory does not grow with the manifest.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 class SourceRefused(Exception):
@@ -17,6 +30,9 @@ class OutputRefused(Exception):
 
 
 REPORT_NAME = "render_report.parquet"
+REPORT_SCHEMA = pa.schema([("mix_id", pa.string()), ("path", pa.string()), ("status", pa.string()),
+                           ("error", pa.string()), ("skipped", pa.bool_())])
+MAX_ERROR_LINES = 20
 
 
 def resolve_output(out_dir: str | Path, relpath: str) -> Path:
@@ -61,22 +77,31 @@ def prepare_out(out_dir: str | Path) -> int:
     return clean_temp_files(out, recursive=True)
 
 
-def plan_outputs(rows: list[dict], out_dir: str | Path) -> tuple[list[dict], list[dict], dict[Path, list[str]]]:
-    """Split rows into those to render and refused report rows; also the output paths claimed twice.
-
-    Paths are compared resolved, so `a/x.flac` and `a/./x.flac` are the same file.
-    """
-    todo, refused, claimed = [], [], {}
-    for row in rows:
+def _output_keys(table: pa.Table, out_dir: str | Path) -> Iterator[tuple[str, Path, int]]:
+    """(mix id, resolved output path, 64-bit hash of it) of each row whose output is allowed."""
+    for mix_id, rel in zip(table.column("mix_id").to_pylist(), table.column("path").to_pylist()):
         try:
-            target = resolve_output(out_dir, row["path"])
-        except OutputRefused as e:
-            refused.append({"mix_id": row["mix_id"], "path": str(row["path"]), "status": "error",
-                            "error": f"refused: {e}", "skipped": False})
+            target = resolve_output(out_dir, rel).resolve()
+        except OutputRefused:
             continue
-        claimed.setdefault(target.resolve(), []).append(row["mix_id"])
-        todo.append(row)
-    return todo, refused, {p: ids for p, ids in claimed.items() if len(ids) > 1}
+        yield mix_id, target, int.from_bytes(hashlib.blake2b(str(target).encode(), digest_size=8).digest(), "little")
+
+
+def duplicate_outputs(release, out_dir: str | Path) -> dict[Path, list[str]]:
+    """Output paths claimed by more than one row (compared resolved: `a/x.flac` is `a/./x.flac`).
+
+    A pass over the whole manifest (every batch checked as it is read) keeping 8 bytes per row, a hash
+    of its resolved path; only when hashes repeat, a second pass gathers those rows' paths and ids.
+    """
+    keys = [np.fromiter((k for _, _, k in _output_keys(t, out_dir)), dtype=np.uint64) for t in release.batches()]
+    uniq, counts = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.uint64), return_counts=True)
+    repeated = set(uniq[counts > 1].tolist())
+    claimed: dict[Path, list[str]] = {}
+    for t in release.batches() if repeated else ():
+        for mix_id, target, key in _output_keys(t, out_dir):
+            if key in repeated:
+                claimed.setdefault(target, []).append(mix_id)
+    return {p: ids for p, ids in claimed.items() if len(ids) > 1}
 
 
 def parse_roots(values: list[str], sources: list[str] = (), known: dict[str, Path] | None = None) -> tuple[Path | None, dict[str, Path]]:
@@ -97,9 +122,19 @@ def parse_roots(values: list[str], sources: list[str] = (), known: dict[str, Pat
     return default, named
 
 
-def missing_root(rows: list[dict], default: Path | None, named: dict[str, Path]) -> str | None:
-    """One line naming the first audio source of `rows` that has no root folder, and the flag that gives it; else None."""
-    for dataset in sorted({c["dataset"] for r in rows for c in r["components"]}):
+def datasets(release) -> set[str]:
+    """The audio sources a release's components name (a pass over its batches)."""
+    import pyarrow.compute as pc
+
+    found: set[str] = set()
+    for t in release.batches():
+        found.update(pc.unique(pc.list_flatten(t.column("components")).combine_chunks().field("dataset")).to_pylist())
+    return found - {None}
+
+
+def missing_root(names: set[str], default: Path | None, named: dict[str, Path]) -> str | None:
+    """One line naming the first audio source in `names` that has no root folder, and the flag that gives it; else None."""
+    for dataset in sorted(names):
         root = named.get(dataset) or (default / dataset if default is not None else None)
         if root is None:
             return f"no root for audio source {dataset!r}: pass --source {dataset}=DIR (the folder its files are relative to now)"
@@ -120,8 +155,12 @@ def resolve_source(dataset: str, relpath: str, default: Path | None, named: dict
     return path
 
 
-def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: str, force: bool, check: bool) -> dict:
-    """Render one manifest row; returns its report row (never raises for bad data)."""
+def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: str, force: bool, check: bool,
+               verify: bool = False) -> dict:
+    """Render one manifest row; returns its report row (never raises for bad data).
+
+    `verify`: render in memory and compare with the manifest's pcm24_sha256; nothing is written.
+    """
     from sonify.media.audio import load_chunk
     from sonify.mixing.render import file_sha256, pcm24_sha256, render, write_flac
 
@@ -131,7 +170,7 @@ def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: s
         report["path"] = str(out)
         if out.exists() and not out.is_file():
             raise ValueError(f"{out} exists and is not a file")
-        if out.exists() and not force:
+        if out.exists() and not force and not verify:
             report["skipped"] = True
             if check and row.get("flac_sha256") and file_sha256(out) != row["flac_sha256"]:
                 raise ValueError("existing output differs from the manifest's flac_sha256 (use --force to re-render)")
@@ -146,6 +185,12 @@ def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: s
         if not signals:
             raise ValueError("manifest row has no components")
         mix, _ = render(signals, gains, row["mix_gain_db"])
+        if verify:
+            if not row.get("pcm24_sha256"):
+                raise ValueError("the manifest has no pcm24_sha256 for this mixture: nothing to verify against")
+            if pcm24_sha256(mix) != row["pcm24_sha256"]:
+                raise ValueError("rendered audio differs from the manifest's pcm24_sha256 (sources changed?)")
+            return report
         if check and row.get("pcm24_sha256") and pcm24_sha256(mix) != row["pcm24_sha256"]:
             raise ValueError("rendered audio differs from the manifest's pcm24_sha256 (sources changed?)")
         flac_sha, _ = write_flac(out, mix, row["sample_rate"])
@@ -160,52 +205,105 @@ def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: s
     return report
 
 
-def _render_batch(rows, roots, out_dir, force, check):
-    return [render_row(r, roots, out_dir, force, check) for r in rows]
+def _render_batch(rows, roots, out_dir, force, check, verify=False):
+    return [render_row(r, roots, out_dir, force, check, verify) for r in rows]
 
 
-def render_all(rows: list[dict], roots, out_dir: str, workers: int, use_ray: bool, force: bool, check: bool,
-               progress: bool = True, batch: int = 16) -> list[dict]:
-    """Render every row in batches; at most two batches per worker are in flight at once, so the tasks
-    (and their arguments) held at a time do not grow with the manifest."""
-    from tqdm.auto import tqdm
+class Renderer:
+    """Renders rows as they are read, in batches, with at most `limit` batches in flight (two per worker),
+    so the tasks and rows held at a time do not grow with the manifest. `peak` is the most batches that
+    were in flight at once: `sonify.mix` prints it with the bound."""
 
-    batches = (rows[i:i + batch] for i in range(0, len(rows), batch))
-    reports: list[dict] = []
-    bar = tqdm(total=len(rows), unit="mix", desc="rendering", disable=not progress)
+    def __init__(self, roots, out_dir: str, workers: int, use_ray: bool, force: bool, check: bool,
+                 verify: bool = False, batch: int = 16):
+        self.args = (roots, out_dir, force, check, verify)
+        self.workers, self.use_ray, self.batch = max(1, int(workers)), use_ray, batch
+        self.limit = self.peak = 0
 
-    def collect(results: list[dict]) -> None:
-        reports.extend(results)
-        bar.update(len(results))
+    def run(self, rows: Iterable[dict]) -> Iterator[list[dict]]:
+        """Yield report rows, one list per finished batch (in the order they finish)."""
+        rows = iter(rows)
+        batches = iter(lambda: list(islice(rows, self.batch)), [])
+        if self.use_ray:
+            yield from self._on_ray(batches)
+        elif self.workers == 1:
+            self.limit = 1
+            for b in batches:
+                self.peak = 1
+                yield _render_batch(b, *self.args)
+        else:
+            self.limit = 2 * self.workers
+            with ProcessPoolExecutor(max_workers=self.workers) as pool:
+                running: set = set()
+                for b in batches:
+                    running.add(pool.submit(_render_batch, b, *self.args))
+                    self.peak = max(self.peak, len(running))
+                    if len(running) >= self.limit:
+                        done, running = wait(running, return_when=FIRST_COMPLETED)
+                        yield from (f.result() for f in done)
+                yield from (f.result() for f in as_completed(running))
 
-    if use_ray:
+    def _on_ray(self, batches: Iterator[list[dict]]) -> Iterator[list[dict]]:
         import ray
 
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
         task = ray.remote(_render_batch)
-        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
         pending: list = []
         for b in batches:
-            pending.append(task.remote(b, roots, out_dir, force, check))
-            if len(pending) >= limit:
+            pending.append(task.remote(b, *self.args))
+            self.peak = max(self.peak, len(pending))
+            if len(pending) >= self.limit:
                 done, pending = ray.wait(pending, num_returns=1)
-                collect(ray.get(done[0]))
-        for ref in pending:
-            collect(ray.get(ref))
-    elif workers <= 1:
-        for b in batches:
-            collect(_render_batch(b, roots, out_dir, force, check))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            running: set = set()
-            for b in batches:
-                running.add(pool.submit(_render_batch, b, roots, out_dir, force, check))
-                if len(running) >= 2 * workers:
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        collect(f.result())
-            for f in as_completed(running):
-                collect(f.result())
-    bar.close()
-    return reports
+                yield ray.get(done[0])
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+
+
+class Reports:
+    """Report rows written as they come, counted for the summary line; the first failures kept to print."""
+
+    def __init__(self, writer: pq.ParquetWriter, bar, flush_rows: int = 4096):
+        self.writer, self.bar, self.flush_rows = writer, bar, flush_rows
+        self.buffer: list[dict] = []
+        self.errors, self.notes = Counter(), Counter()
+        self.rendered = self.skipped = self.failed = 0
+        self.first_failed: list[dict] = []
+
+    def add(self, rows: list[dict]) -> None:
+        for r in rows:
+            kind = (r["error"] or "").split(":")[0]
+            if r["status"] != "ok":
+                self.errors[kind] += 1
+                self.failed += 1
+                if len(self.first_failed) < MAX_ERROR_LINES:
+                    self.first_failed.append(r)
+            else:
+                self.skipped += bool(r["skipped"])
+                self.rendered += not r["skipped"]
+                self.notes[kind] += bool(r["error"])
+        self.buffer.extend(rows)
+        self.bar.update(len(rows))
+        if len(self.buffer) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=REPORT_SCHEMA))
+            self.buffer = []
+
+
+@contextmanager
+def report_writer(path: Path, total: int, progress: bool) -> Iterator[Reports]:
+    """`Reports` writing `path` (atomically: a killed render leaves no half report), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from sonify.engine.files import atomic_path
+
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, REPORT_SCHEMA) as writer, \
+            tqdm(total=total, unit="mix", desc="rendering", disable=not progress) as bar:
+        reports = Reports(writer, bar)
+        yield reports
+        reports.flush()

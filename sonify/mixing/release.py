@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from sonify.engine.files import atomic_write
 
 RELEASE_VERSION = "1"
+RELEASE_ROW_GROUP = 8192     # rows per Parquet row group: a reader streams a row group at a time
 
 RELEASE_COMPONENT = pa.struct([
     ("dataset", pa.string()), ("relpath", pa.string()), ("source_rate", pa.int32()),
@@ -67,7 +69,7 @@ def build_release(cfg, store) -> pa.Table:
 def write_release(cfg, store) -> Path:
     parquet_path, jsonl_path = release_paths(cfg.run.dir)
     table = build_release(cfg, store)
-    atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=RELEASE_ROW_GROUP))
     if cfg.stages.mix.release_jsonl:
         atomic_write(jsonl_path, "".join(json.dumps(row) + "\n" for row in table.to_pylist()))
     return parquet_path
@@ -155,19 +157,46 @@ def _jsonl_table(path: Path) -> pa.Table:
     return pa.table(columns)
 
 
-def read_release(path: str | Path) -> list[dict]:
-    """Rows of a release manifest (Parquet or JSON Lines), checked by `check_release`.
+class Release:
+    """A release manifest read in batches: Parquet is streamed (`ParquetFile.iter_batches`), so memory does
+    not grow with the manifest; JSON Lines, the human-readable copy, is read whole.
 
-    Refuses another release version (`ValueError`) and a manifest that cannot be rendered (`ManifestError`).
+    Refuses another release version (`ValueError`); each batch is checked by `check_release` as it is read.
     """
-    path = Path(path)
-    if path.suffix in (".jsonl", ".json"):
-        table = _jsonl_table(path)
-    else:
-        meta = pq.read_schema(path).metadata or {}
-        version = meta.get(b"sonify.release_version", b"?").decode()
-        if version != RELEASE_VERSION:
-            raise ValueError(f"{path}: release manifest version {version}, this sonify reads version {RELEASE_VERSION}")
-        table = pq.read_table(path)
-    check_release(table)
-    return table.to_pylist()
+
+    def __init__(self, path: str | Path, batch_rows: int = 4096):
+        self.path, self.batch_rows = Path(path), batch_rows
+        if self.path.suffix in (".jsonl", ".json"):
+            self._table = _jsonl_table(self.path)
+            self.num_rows = self._table.num_rows
+        else:
+            self._table = None
+            meta = pq.read_schema(self.path).metadata or {}
+            version = meta.get(b"sonify.release_version", b"?").decode()
+            if version != RELEASE_VERSION:
+                raise ValueError(f"{self.path}: release manifest version {version}, this sonify reads version {RELEASE_VERSION}")
+            self.num_rows = pq.ParquetFile(self.path).metadata.num_rows
+            check_release(pq.read_schema(self.path).empty_table())   # a missing column fails before any row is read
+
+    def batches(self) -> Iterator[pa.Table]:
+        if self._table is not None:
+            parts = (pa.Table.from_batches([b]) for b in self._table.to_batches(self.batch_rows))
+        else:
+            parts = (pa.Table.from_batches([b]) for b in pq.ParquetFile(self.path).iter_batches(self.batch_rows))
+        start = 0
+        for t in parts:
+            try:
+                check_release(t)
+            except ManifestError as e:   # counts in the message are this batch's: say which rows
+                raise ManifestError(f"{e} (in rows {start}..{start + t.num_rows - 1})") from None
+            start += t.num_rows
+            yield t
+
+    def rows(self) -> Iterator[dict]:
+        for t in self.batches():
+            yield from t.to_pylist()
+
+
+def read_release(path: str | Path) -> list[dict]:
+    """Every row of a (small) release manifest, checked; `sonify.mix` streams a `Release` instead."""
+    return list(Release(path).rows())

@@ -135,16 +135,24 @@ def choose_distinct(cos_topk: np.ndarray, idx_topk: np.ndarray, mode: str, rng: 
 
 
 class BlockedRetriever:
-    """The pool in memory once (torch, on GPU when present); queries in blocks through matmul + top-k."""
+    """The pool in memory once (torch, on GPU when present); queries in blocks through matmul + top-k.
+
+    A float32, C-ordered pool (e.g. a read-only memory map) is used in place on CPU, never copied, so
+    processes that map the same file share its pages; the pool is only ever read.
+    """
 
     def __init__(self, pool: np.ndarray, k: int, device: str = "auto", block_bytes: int = 256 << 20):
+        import warnings
+
         import torch
 
         self.torch = torch
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if pool.ndim != 2 or pool.shape[0] == 0:
             raise ValueError(f"the audio pool is empty or not a matrix (shape {pool.shape})")
-        self.pool = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32)).to(self.device)
+        with warnings.catch_warnings():   # torch warns that a read-only array must not be written: it never is
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.pool = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32)).to(self.device)
         self.n = self.pool.shape[0]
         self.k = max(1, min(int(k), self.n))
         self.block = max(1, int(block_bytes // (self.n * 4)))  # queries per block: bounds the B x N score matrix

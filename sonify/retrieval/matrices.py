@@ -3,6 +3,10 @@
 `<run>/matrices/<table>.npy` (float16, N x D, rows sorted by id), `<table>.ids.parquet` (id, row)
 and `<table>.json` (the partitions it was built from). Built by streaming the table's partitions
 into a memory-mapped file, so memory is bounded by one partition; rebuilt when the partitions change.
+
+The audio pool also gets `<table>.f32.npy`, the same rows as float32 (exactly: float16 -> float32 is
+lossless), which retrieve workers map read-only (`load_pool`): the pages live once in the node's page
+cache, shared by every worker that maps them, instead of one float32 copy per worker.
 """
 
 from __future__ import annotations
@@ -24,12 +28,21 @@ def matrix_paths(store: TableStore, table: str) -> tuple[Path, Path, Path]:
     return d / f"{table}.npy", d / f"{table}.ids.parquet", d / f"{table}.json"
 
 
-def build_matrix(store: TableStore, table: str, column: str = "embedding") -> Path:
+def pool_path(store: TableStore, table: str) -> Path:
+    return store.run_dir / "matrices" / f"{table}.f32.npy"
+
+
+def build_matrix(store: TableStore, table: str, column: str = "embedding", float32: bool = False) -> Path:
+    """The float16 matrix of `table` (and with `float32`, its float32 copy for `load_pool`), rebuilt
+    only when the table's partitions changed."""
     npy, ids_path, meta_path = matrix_paths(store, table)
     files = store.files(table)
     parts = sorted(f.stem for f in files)
     if meta_path.exists() and npy.exists() and json.loads(meta_path.read_text()).get("partitions") == parts:
+        if float32:
+            float32_matrix(store, table)
         return npy
+    pool_path(store, table).unlink(missing_ok=True)     # a copy of the old rows must never pair with the new ones
     ids = []
     for f in files:
         t = pq.read_table(f, columns=["id", "status"])
@@ -56,7 +69,41 @@ def build_matrix(store: TableStore, table: str, column: str = "embedding") -> Pa
     ids = pa.table({"id": sorted_ids, "row": pa.array(np.arange(len(row_of)), pa.int64())})
     atomic_write(ids_path, lambda tmp: pq.write_table(ids, tmp))
     atomic_write(meta_path, json.dumps({"table": table, "rows": len(row_of), "dim": dim, "partitions": parts}))
+    if float32:
+        float32_matrix(store, table)
     return npy
+
+
+def float32_matrix(store: TableStore, table: str, block_rows: int = 65536) -> Path:
+    """`<table>.f32.npy`: the float16 matrix widened to float32, written once in row blocks (bounded memory).
+
+    Concurrent builders (workers of a run made before the copy existed) write the same bytes, each
+    moved into place atomically, so a reader maps a whole file either way.
+    """
+    npy, f32 = matrix_paths(store, table)[0], pool_path(store, table)
+    src = np.load(npy, mmap_mode="r")
+    if f32.exists() and np.load(f32, mmap_mode="r").shape == src.shape:
+        return f32
+    with atomic_path(f32, replace=False) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=src.shape)
+        for start in range(0, src.shape[0], block_rows):
+            out[start:start + block_rows] = src[start:start + block_rows]
+        out.flush()
+        del out
+    return f32
+
+
+def load_pool(store: TableStore, table: str) -> tuple[np.ndarray, pa.Array]:
+    """The matrix as float32, memory-mapped read-only, and its ids (an Arrow array: row n is `ids[n]`).
+
+    Every process on a node that maps the file reads the same page-cache pages: N workers hold the
+    pool once, not N times. No dict of ids: a worker turns the chosen rows into ids by position.
+    """
+    npy, ids_path, _ = matrix_paths(store, table)
+    if not npy.exists():
+        raise FileNotFoundError(f"{npy} missing: run the stage that writes {table} first")
+    return (np.load(float32_matrix(store, table), mmap_mode="r"),
+            pq.read_table(ids_path, columns=["id"]).column("id").combine_chunks())
 
 
 def load_matrix(store: TableStore, table: str, mmap: bool = True) -> tuple[np.ndarray, list[str]]:

@@ -32,6 +32,7 @@ class _EmbedStage(Stage):
     so adding images never re-embeds audio and adding audio embeds only the new chunks."""
     conf_key = "embed"
     models = ("clap",)
+    pool_matrix = False   # the audio pool also gets a float32 matrix, which retrieve workers map (shared per node)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -44,7 +45,7 @@ class _EmbedStage(Stage):
     @classmethod
     def finalize(cls, cfg, store) -> None:
         if store.exists(cls.outputs[0]):
-            build_matrix(store, cls.outputs[0])
+            build_matrix(store, cls.outputs[0], float32=cls.pool_matrix)
 
     def _vectors(self, rows: list[dict], embed, base) -> list[dict]:
         if not rows:
@@ -77,6 +78,7 @@ class EmbedAudioStage(_EmbedStage):
     name = "embed_audio"
     version = 2                         # 2: the last chunk of a file is zero-padded as mixed
     outputs = ("audio_embeddings",)
+    pool_matrix = True
     upstream = ("audio",)
     uses = ("stages.audio.chunk_seconds",)
 

@@ -1,7 +1,8 @@
 """Stage `retrieve`: Algorithm 1 for every embedded concept against the whole audio pool.
 
-Each worker holds the pool (the audio embedding matrix) in memory once, on GPU when present, and
-runs queries in blocks (matmul + top-k); see `sonify.retrieval.algorithm`. The choice is keyed by
+Workers map the pool (the audio embedding matrix, float32) read-only from its file, so the workers of
+one node share one copy in the page cache (on GPU each worker copies it to its device), and
+run queries in blocks (matmul + top-k); see `sonify.retrieval.algorithm`. The choice is keyed by
 (run.seed, image, vlm, concept index), so matches do not depend on block size, workers or order.
 
 Partitions hold whole image variants (`keep_together`: the planner never cuts between rows of one
@@ -20,7 +21,7 @@ from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import TableStore, rows_to_table
 from sonify.retrieval.algorithm import BlockedRetriever, choose, choose_distinct
-from sonify.retrieval.matrices import load_matrix, matrix_paths
+from sonify.retrieval.matrices import load_pool, matrix_paths
 from sonify.stages.base import Stage
 
 
@@ -37,9 +38,8 @@ class RetrieveStage(Stage):
     def __init__(self, cfg):
         super().__init__(cfg)
         store = TableStore(cfg.run.dir)
-        pool, self.chunk_ids = load_matrix(store, "audio_embeddings")
-        self.retriever = BlockedRetriever(np.asarray(pool, dtype=np.float32), self.conf.k, self.conf.device,
-                                          int(self.conf.block_mb) << 20)
+        pool, self.chunk_ids = load_pool(store, "audio_embeddings")     # mapped, shared per node; ids by row
+        self.retriever = BlockedRetriever(pool, self.conf.k, self.conf.device, int(self.conf.block_mb) << 20)
         self.queries = np.load(matrix_paths(store, "concept_embeddings")[0], mmap_mode="r")   # rows come with the work list
 
     @classmethod
@@ -90,7 +90,7 @@ class RetrieveStage(Stage):
                         used.add(m.chunk)
                     else:
                         m = choose(vals, idx, mode, rng, self.conf.temperature, ties)
-                    row = {**base(r, mode), "chunk_id": self.chunk_ids[m.chunk], "cosine": m.cosine, "score": m.score,
+                    row = {**base(r, mode), "chunk_id": self.chunk_ids[m.chunk].as_py(), "cosine": m.cosine, "score": m.score,
                            "threshold": m.threshold, "n_eligible": m.n_eligible, "rank": m.rank,
                            "fallback": m.fallback, "status": STATUS_OK, "error": None}
                     if mode == primary:
