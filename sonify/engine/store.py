@@ -95,14 +95,18 @@ class TableStore:
         """Remove temp files left by a killed writer; returns how many."""
         return clean_temp_files(self.table_dir(name))
 
-    def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
+    def checked_files(self, name: str) -> list[Path]:
+        """The table's files, each holding the schema version this code expects (else a one-line SchemaError)."""
         spec = table_spec(name)
         files = self.files(name)
         if not files:
             raise FileNotFoundError(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first")
         for f in files:
             check_schema(f, spec)
-        parts = [pq.read_table(f, columns=columns) for f in files]
+        return files
+
+    def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        parts = [pq.read_table(f, columns=columns) for f in self.checked_files(name)]
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def connect(self, *tables: str, **aliases: str):
@@ -118,12 +122,7 @@ class TableStore:
 
     def view(self, con, name: str, columns: list[str] | None = None, alias: str | None = None) -> None:
         """Expose a table to DuckDB connection `con` as a view over its Parquet files."""
-        spec = table_spec(name)
-        files = self.files(name)
-        if not files:
-            raise FileNotFoundError(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first")
-        for f in files:
-            check_schema(f, spec)
+        files = self.checked_files(name)
         cols = ", ".join('"' + c + '"' for c in columns) if columns else "*"
         listed = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
         con.execute(f"CREATE OR REPLACE VIEW \"{alias or name}\" AS SELECT {cols} FROM read_parquet({listed}, union_by_name = true)")
