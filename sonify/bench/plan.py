@@ -125,12 +125,10 @@ def build(root: Path, images: int, pool_chunks: int) -> None:
 
 def one(root: Path, stage: str) -> dict:
     """Plan `stage` of the run under `root` in this process; its seconds, the baseline's, and this process's peak RSS."""
-    import shutil
-
     import pyarrow as pa
 
     from sonify.bench.common import peak_rss_mib
-    from sonify.engine.executor import plan_stage
+    from sonify.engine.executor import plan_folder, plan_stage
     from sonify.engine.partitions import planner_connection
     from sonify.engine.store import TableStore
     from sonify.stages import get_stage
@@ -138,22 +136,21 @@ def one(root: Path, stage: str) -> dict:
     cfg = config(root / "runs", root / "lists")
     for name in STAGES:   # imports (torch, transformers) are the process's, not the planning's
         get_stage(name)
-    cls, store = get_stage(stage), TableStore(cfg.run.dir)
-    plan_dir = root / "plan" / stage
-    shutil.rmtree(plan_dir, ignore_errors=True)
-    t0 = time.perf_counter()
-    planned = plan_stage(cls, cfg, store, plan_dir)
-    seconds = time.perf_counter() - t0
-    rss = peak_rss_mib()
-    t0 = time.perf_counter()
-    work = cls.work_list(cfg, store)
-    if isinstance(work, pa.Table):   # a source listing
-        con = planner_connection(str(cfg.run.plan_memory), plan_dir / "spill")
-        con.register("w", work)
-        work = con.sql("SELECT * FROM w")
-    work.order("id").write_parquet(str(plan_dir / "baseline.parquet"))
-    baseline = time.perf_counter() - t0
-    shutil.rmtree(plan_dir, ignore_errors=True)
+    cls, store = get_stage(stage), TableStore(cfg.run.dir, str(cfg.run.plan_memory))
+    with plan_folder(store, stage) as plan_dir:   # as run_stage plans
+        t0 = time.perf_counter()
+        planned = plan_stage(cls, cfg, store, plan_dir)
+        seconds = time.perf_counter() - t0
+        rss = peak_rss_mib()
+    with plan_folder(store, stage) as plan_dir:
+        t0 = time.perf_counter()
+        work = cls.work_list(cfg, store)
+        if isinstance(work, pa.Table):   # a source listing
+            con = planner_connection(str(cfg.run.plan_memory), plan_dir / "spill")
+            con.register("w", work)
+            work = con.sql("SELECT * FROM w")
+        work.order("id").write_parquet(str(plan_dir / "baseline.parquet"))
+        baseline = time.perf_counter() - t0
     return {"stage": stage, "rows": planned.rows_in, "partitions": len(planned.partitions), "seconds": seconds,
             "baseline": baseline, "rss_mib": rss}
 

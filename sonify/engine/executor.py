@@ -13,6 +13,7 @@ import shutil
 import time
 import traceback
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,10 +234,18 @@ def run_stage(cls: type, cfg: DictConfig, progress_bar: bool = True, connect=Non
     stage_name = cls.name
     store = TableStore(cfg.run.dir, str(cfg.run.plan_memory))
     run = StageRun(stage=stage_name)
-    shutil.rmtree(store.run_dir / "plan", ignore_errors=True)   # rewritten by every stage run (one at a time), removed after it
-    (store.run_dir / "plan" / stage_name).mkdir(parents=True)
+    with plan_folder(store, stage_name) as plan_dir:
+        return _run_planned(cls, cfg, store, run, plan_dir, progress_bar, connect, t0)
+
+
+@contextmanager
+def plan_folder(store: TableStore, stage: str):
+    """`<run>/plan/<stage>/`: the stage's work list, plan file and DuckDB spill files, made anew for each
+    stage run (one at a time: the run lock) and removed after it."""
+    shutil.rmtree(store.run_dir / "plan", ignore_errors=True)
+    (store.run_dir / "plan" / stage).mkdir(parents=True)
     try:
-        return _run_planned(cls, cfg, store, run, store.run_dir / "plan" / stage_name, progress_bar, connect, t0)
+        yield store.run_dir / "plan" / stage
     finally:
         shutil.rmtree(store.run_dir / "plan", ignore_errors=True)
 
