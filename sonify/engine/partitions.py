@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sonify.engine.errors import ConfigError
@@ -72,7 +73,7 @@ def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike |
         con.execute(f"SET memory_limit = '{memory_limit}'")
     except duckdb.Error:
         raise ConfigError(f"run.plan_memory={memory_limit!r} is not a memory size (write e.g. 1GB or 512MB)") from None
-    con.execute("SET preserve_insertion_order = true")
+    con.execute("SET preserve_insertion_order = false")   # order comes from ORDER BY; the rest need not hold rows back
     # DuckDB creates the spill folder (not its parent) when it first spills; none: never spill (not into the cwd)
     con.execute(f"SET temp_directory = '{spill_dir if spill_dir is not None else ''}'")
     return con
@@ -80,17 +81,62 @@ def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike |
 
 def work_table(work) -> pa.Table:
     """A work list (an Arrow table or a DuckDB relation) as an Arrow table: for tools and tests on small runs."""
-    return work if isinstance(work, pa.Table) else work.to_arrow_table()
+    if isinstance(work, pa.Table):
+        return work
+    return work.to_arrow_table() if hasattr(work, "to_arrow_table") else pa.concat_tables(list(work))
 
 
 def write_work(work, path: Path) -> Path:
-    """The work list (an Arrow table or a DuckDB relation, streamed) as a Parquet file, atomically."""
+    """The work list as a Parquet file, atomically: an Arrow table, a DuckDB relation (streamed by
+    DuckDB) or an iterator of Arrow tables (`nest_sorted`, streamed batch by batch)."""
     with atomic_path(path) as tmp:
         if isinstance(work, pa.Table):
             pq.write_table(work, tmp, row_group_size=65536)
-        else:
+        elif hasattr(work, "write_parquet"):
             work.write_parquet(str(tmp))
+        else:
+            writer = None
+            for t in work:
+                writer = writer or pq.ParquetWriter(tmp, t.schema)
+                writer.write_table(t)
+            if writer is None:
+                raise ValueError("an iterator work list must yield at least one table (an empty one carries the schema)")
+            writer.close()
     return path
+
+
+def nest_sorted(relation, key: str, keep: list[str], nested: pa.StructType, name: str, batch_rows: int = 65536):
+    """Rows of a DuckDB relation sorted by `key` as one row per key: the `keep` columns of its
+    first row and its rows' `nested` fields as a list column `name`. A list aggregate in DuckDB holds
+    every group in memory; this holds one batch. Yields Arrow tables (the first may be empty)."""
+    reader = relation.fetch_record_batch(batch_rows)   # the relation (and its connection) lives as long as this generator
+    carry = None
+    out_schema = None
+
+    def group(t: pa.Table, starts: np.ndarray) -> pa.Table:
+        offsets = pa.array(np.append(starts, t.num_rows).astype(np.int32))
+        items = pa.StructArray.from_arrays([t.column(f.name).combine_chunks().cast(f.type) for f in nested], fields=list(nested))
+        firsts = t.select(keep).take(pa.array(starts))
+        return firsts.append_column(name, pa.ListArray.from_arrays(offsets, items))
+
+    for batch in reader:
+        t = pa.Table.from_batches([batch])
+        t = pa.concat_tables([carry, t]) if carry is not None else t
+        keys = t.column(key).combine_chunks()
+        change = np.flatnonzero(np.asarray(pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).fill_null(True))) + 1
+        starts = np.concatenate([[0], change]).astype(np.int64) if len(keys) else np.zeros(0, np.int64)
+        if not len(starts):
+            continue
+        last = int(starts[-1])   # the last key's rows may go on in the next batch
+        carry, t = t.slice(last), t.slice(0, last)
+        if t.num_rows:
+            table = group(t, starts[:-1])
+            out_schema = table.schema
+            yield table
+    if carry is not None and carry.num_rows:
+        yield group(carry, np.zeros(1, np.int64))
+    elif out_schema is None:   # nothing at all: an empty table of the right columns
+        yield pa.table({**{k: pa.array([], reader.schema.field(k).type) for k in keep}, name: pa.array([], pa.list_(nested))})
 
 
 def _q(name: str) -> str:
@@ -194,23 +240,22 @@ def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[
 
 
 def _cut_together(con, rest: str, size: int) -> str:
-    """Cuts every `size` rows per lane, but only where the together value changes: a greedy pass over
-    runs of equal values (numpy, one step per run), joined back by SQL."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rr AS
-        SELECT * EXCLUDE (new_run), CAST(sum(CAST(new_run OR new_lane AS INTEGER)) OVER (ORDER BY lane, id) AS BIGINT) AS run FROM (
-            SELECT k.*, (row_number() OVER w = 1 OR lane IS DISTINCT FROM lag(lane) OVER w) AS new_lane,
-                   (tog IS DISTINCT FROM lag(tog) OVER w) AS new_run
-            FROM ({rest}) k WINDOW w AS (ORDER BY lane, id))""")
-    runs = con.sql("SELECT run, count(*) AS n, bool_or(new_lane) AS new_lane FROM rr GROUP BY run ORDER BY run").to_arrow_table()
+    """Cuts every `size` rows per lane, but only between runs of equal together values: the runs are
+    counted by SQL (one record per run, in id order), packed greedily by numpy, and joined back."""
+    runs = con.sql(f"""
+        SELECT lk, tk, n, (row_number() OVER w = 1 OR lk IS DISTINCT FROM lag(lk) OVER w) AS new_lane
+        FROM (SELECT coalesce(CAST(lane AS VARCHAR), '') AS lk, coalesce(tog, '') AS tk, count(*) AS n, min(id) AS first
+              FROM ({rest}) GROUP BY lk, tk)
+        WINDOW w AS (ORDER BY lk, first) ORDER BY lk, first""").to_arrow_table()
     sizes = runs.column("n").to_numpy()
     lane_starts = runs.column("new_lane").to_numpy(zero_copy_only=False)
     chunk = np.empty(len(sizes), np.int64)
     c, filled = -1, size
-    for r in range(len(sizes)):
+    for r in range(len(sizes)):   # one step per run of equal values, not per row
         if lane_starts[r] or filled >= size:
             c, filled = c + 1, 0
         chunk[r] = c
         filled += int(sizes[r])
-    con.register("run_chunk", pa.table({"run": runs.column("run"), "chunk": pa.array(chunk)}))
-    return "SELECT rr.* EXCLUDE (run, new_lane), CAST(rc.chunk AS VARCHAR) AS chunk FROM rr JOIN run_chunk rc USING (run)"
+    con.register("run_chunk", pa.table({"lk": runs.column("lk"), "tk": runs.column("tk"), "chunk": pa.array(chunk)}))
+    return f"""SELECT r.*, rc.chunk FROM ({rest}) r
+               JOIN run_chunk rc ON rc.lk = coalesce(CAST(r.lane AS VARCHAR), '') AND rc.tk = coalesce(r.tog, '')"""

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from sonify.engine.errors import error_text
 from sonify.engine.keys import keyed_rng
+from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import dbfs, load_chunk
@@ -54,17 +55,14 @@ class MixStage(Stage):
     def work_list(cls, cfg, store):
         """Matched chunks grouped by (image, variant). (Temp files that a killed mixture write left under
         mixes/ are removed by the executor before any partition runs, as for every stage's files.)"""
-        return store.connect("matches", chunks="audio_chunks", files="audio_files").sql("""
-            SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm,
-                   list(struct_pack(concept_index := m.concept_index, text := m.text, chunk_id := m.chunk_id,
-                                    dataset := f.source, relpath := f.relpath, uri := c.uri,
-                                    source_rate := c.sample_rate, start_frame := c.start_frame, num_frames := c.num_frames,
-                                    "offset" := c."offset", duration := c.duration, cosine := m.cosine)
-                        ORDER BY m.concept_index) AS components
+        flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql("""
+            SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm, m.concept_index, m.text, m.chunk_id,
+                   f.source AS dataset, f.relpath, c.uri, c.sample_rate AS source_rate, c.start_frame, c.num_frames,
+                   c."offset", c.duration, m.cosine
             FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
             WHERE m.status = 'ok'
-            GROUP BY ALL
-        """)
+            ORDER BY 1, m.concept_index""")   # a sort spills to disk; a list aggregate of 2M groups would not
+        return nest_sorted(flat, "id", ["id", "image_id", "vlm"], WORK_COMPONENT, "components")
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
