@@ -121,3 +121,20 @@ def test_a_duckdb_relation_streams_into_the_plan(tmp_path):
 def test_bad_plan_memory_is_one_line():
     with pytest.raises(ConfigError, match="run.plan_memory='lots'"):
         planner_connection("lots")
+
+
+def test_nest_sorted_groups_across_batch_boundaries():
+    import duckdb
+
+    from sonify.engine.partitions import nest_sorted, work_table
+
+    con = duckdb.connect()
+    rel = con.sql("SELECT printf('k%03d', i // 3 + (i % 7 = 0)::INT) AS k, i AS v, 'x' || i AS s FROM range(200) t(i) ORDER BY k, v")
+    item = pa.struct([("v", pa.int32()), ("s", pa.string())])
+    got = work_table(nest_sorted(rel, "k", ["k"], item, "items", batch_rows=16)).to_pylist()
+    want: dict[str, list] = {}
+    for k, v, s in rel.fetchall():   # the grouping by hand
+        want.setdefault(k, []).append({"v": v, "s": s})
+    assert got == [{"k": k, "items": items} for k, items in want.items()]
+    empty = work_table(nest_sorted(con.sql("SELECT 'a' AS k, 1 AS v, 'b' AS s WHERE false"), "k", ["k"], item, "items"))
+    assert empty.num_rows == 0 and empty.column_names == ["k", "items"]
