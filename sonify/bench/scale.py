@@ -198,7 +198,7 @@ def report(pool: list[dict], sizes: dict[int, list[dict]], summary: dict, chunks
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m sonify.bench scale", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,3000,10000", help="image counts, comma-separated (at least two)")
     ap.add_argument("--pool-chunks", type=int, default=50000)
@@ -251,3 +251,4 @@ def main(argv=None) -> None:
     print()
     print(report(pool, measured, summary, chunks, files, paper))
     print(f"\nwall time {time.perf_counter() - t0:.0f}s; runs under {runs}")
+    return {"pool": pool, "sizes": measured, "summary": summary}
