@@ -15,7 +15,6 @@ chunks, pipelines/bench/paper_scale.yaml) on this machine is projected from it.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import tempfile
 import time
