@@ -125,17 +125,21 @@ class PeakRSS:
     def begin(self) -> None:
         """Start a span: every high-water mark set back to the current RSS."""
         _reset_hwm("self")
+        self.driver_start = _hwm_kib("self")   # just reset: the current RSS
         for p in self._workers():
             _reset_hwm(p.pid)
         with self.lock:
             self.worker_peaks, self.total_peak = {}, 0
 
     def end(self) -> dict:
-        """The span's peaks in MiB: driver, the largest worker, all workers together; and workers seen."""
+        """The span's peaks in MiB: driver (and its rise over its RSS at the start), the largest worker, all
+        workers together; and workers seen."""
         self._sample()
         with self.lock:
             peaks, total = dict(self.worker_peaks), self.total_peak
-        return {"driver_mib": _hwm_kib("self") / 1024, "worker_mib": max(peaks.values(), default=0) / 1024,
+        driver = _hwm_kib("self")
+        return {"driver_mib": driver / 1024, "driver_rise_mib": (driver - self.driver_start) / 1024,
+                "worker_mib": max(peaks.values(), default=0) / 1024,
                 "workers_mib": total / 1024, "workers": len(peaks)}
 
     def close(self) -> None:

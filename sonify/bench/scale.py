@@ -162,15 +162,16 @@ def report(pool: list[dict], sizes: dict[int, list[dict]], summary: dict, chunks
     for r in pool:
         lines.append(f"{r['stage']:<12} {r['rows']:>8,} {r['seconds']:>8.1f} {r['rows'] / r['seconds']:>8.1f} "
                      f"{chunks / r['seconds']:>9.1f} {_mib(r['driver_mib']):>10} {_mib(r['worker_mib']):>10} {_mib(r['workers_mib']):>11}")
-    lines += ["", "stage=all per size (the pool stages re-plan only: their partitions are done); worker MiB is the largest "
-                  "Ray worker, workers MiB all of them at once:",
+    lines += ["", "stage=all per size (the pool stages re-plan only: their partitions are done); driver MiB is its peak "
+                  "(rise: over its RSS when the stage began), worker MiB the largest Ray worker, workers MiB all at once:",
               f"{'stage':<12} {'images':>7} {'rows':>8} {'computed':>8} {'seconds':>8} {'rows/s':>8} {'driver MiB':>10} "
-              f"{'worker MiB':>10} {'workers MiB':>11}"]
+              f"{'(rise)':>7} {'worker MiB':>10} {'workers MiB':>11}"]
     for n in sorted(sizes):
         for r in sizes[n]:
             rate = r["computed"] / r["seconds"] if r["computed"] else 0.0
             lines.append(f"{r['stage']:<12} {n:>7,} {r['rows']:>8,} {r['computed']:>8,} {r['seconds']:>8.1f} {rate:>8.1f} "
-                         f"{_mib(r['driver_mib']):>10} {_mib(r['worker_mib']):>10} {_mib(r['workers_mib']):>11}")
+                         f"{_mib(r['driver_mib']):>10} {_mib(r.get('driver_rise_mib', 0)):>7} {_mib(r['worker_mib']):>10} "
+                         f"{_mib(r['workers_mib']):>11}")
         lines.append(f"{'(total)':<12} {n:>7,} {'':>8} {'':>8} {sum(r['seconds'] for r in sizes[n]):>8.1f}")
     ns = sorted(sizes)
     lines += ["", f"growth over {', '.join(f'{n:,}' for n in ns)} images (exponent: slope of log seconds on log rows, "
