@@ -5,8 +5,8 @@ of 0.5M five-second chunks from 250K clips, outputs cut at `pipelines/sam.yaml`'
 are written once per size; then every stage is planned in a fresh process, as `sonify.run` plans it
 (work list, dedupe, digests, partition names, cuts, the plan file), with no partition on disk yet.
 Prints seconds and the process's peak RSS per stage at N/10 and N, the growth exponent of the
-seconds, and the ratio to a baseline: the same work list streamed by DuckDB into one Parquet file
-sorted by id (what any planner must at least do), in the same process.
+seconds, and the ratio to a baseline: the same work list streamed into Parquet and sorted by id by
+DuckDB under the same memory cap (what any planner must at least do), in the same process.
 """
 
 from __future__ import annotations
@@ -125,11 +125,9 @@ def build(root: Path, images: int, pool_chunks: int) -> None:
 
 def one(root: Path, stage: str) -> dict:
     """Plan `stage` of the run under `root` in this process; its seconds, the baseline's, and this process's peak RSS."""
-    import pyarrow as pa
-
     from sonify.bench.common import peak_rss_mib
     from sonify.engine.executor import plan_folder, plan_stage
-    from sonify.engine.partitions import planner_connection
+    from sonify.engine.partitions import planner_connection, write_work
     from sonify.engine.store import TableStore
     from sonify.stages import get_stage
 
@@ -144,12 +142,9 @@ def one(root: Path, stage: str) -> dict:
         rss = peak_rss_mib()
     with plan_folder(store, stage) as plan_dir:
         t0 = time.perf_counter()
-        work = cls.work_list(cfg, store)
-        if isinstance(work, pa.Table):   # a source listing
-            con = planner_connection(str(cfg.run.plan_memory), plan_dir / "spill")
-            con.register("w", work)
-            work = con.sql("SELECT * FROM w")
-        work.order("id").write_parquet(str(plan_dir / "baseline.parquet"))
+        write_work(cls.work_list(cfg, store), plan_dir / "work.parquet")
+        planner_connection(str(cfg.run.plan_memory), plan_dir / "spill").execute(
+            f"COPY (SELECT * FROM read_parquet('{plan_dir / 'work.parquet'}') ORDER BY id) TO '{plan_dir / 'sorted.parquet'}'")
         baseline = time.perf_counter() - t0
     return {"stage": stage, "rows": planned.rows_in, "partitions": len(planned.partitions), "seconds": seconds,
             "baseline": baseline, "rss_mib": rss}

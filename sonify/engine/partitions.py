@@ -183,9 +183,12 @@ def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[
         CREATE OR REPLACE TEMP TABLE k AS
         SELECT fr, id, (h & 18446744073709551615::UHUGEINT)::UBIGINT AS lo, (h >> 64)::UBIGINT AS hi, lane, grp, tog
         FROM (SELECT file_row_number AS fr, id, md5_number(CAST({packed} AS VARCHAR)) AS h, {lane} AS lane,
-                     CAST({grp} AS VARCHAR) AS grp, CAST({tog} AS VARCHAR) AS tog FROM {work})
-        QUALIFY row_number() OVER (PARTITION BY id ORDER BY fr) = 1""")
-    rows_in = con.execute(f"SELECT count(*) FROM read_parquet('{work_path}')").fetchone()[0]
+                     CAST({grp} AS VARCHAR) AS grp, CAST({tog} AS VARCHAR) AS tog FROM {work})""")
+    rows_in = con.execute("SELECT count(*) FROM k").fetchone()[0]
+    # duplicate ids keep their first row: a hash aggregate (it spills), not a window over every row
+    con.execute("""DELETE FROM k WHERE fr IN (
+        SELECT k.fr FROM k JOIN (SELECT id, min(fr) AS first FROM k GROUP BY id HAVING count(*) > 1) d USING (id)
+        WHERE k.fr != d.first)""")
     unique = con.execute("SELECT count(*) FROM k").fetchone()[0]
 
     if existing:
@@ -230,6 +233,7 @@ def plan(con, work_path: Path, out_path: Path, fingerprint: str, existing: list[
                coalesce(sum(n) OVER (ORDER BY first_id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS start
         FROM parts""")
     with atomic_path(out_path) as tmp:
+        con.execute("SET threads = 1")   # the wide sort's buffers are per thread: one keeps it under the memory cap
         con.execute(f"""
             COPY (SELECT w.* EXCLUDE (file_row_number) FROM {work} w
                   JOIN assign a ON a.fr = w.file_row_number JOIN parts p USING (partition)
