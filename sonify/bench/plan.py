@@ -143,7 +143,9 @@ def one(root: Path, stage: str) -> dict:
     with plan_folder(store, stage) as plan_dir:
         t0 = time.perf_counter()
         write_work(cls.work_list(cfg, store), plan_dir / "work.parquet")
-        planner_connection(str(cfg.run.plan_memory), plan_dir / "spill").execute(
+        con = planner_connection(str(cfg.run.plan_memory), plan_dir / "spill")
+        con.execute("SET threads = 1")   # as the planner writes its plan file
+        con.execute(
             f"COPY (SELECT * FROM read_parquet('{plan_dir / 'work.parquet'}') ORDER BY id) TO '{plan_dir / 'sorted.parquet'}'")
         baseline = time.perf_counter() - t0
     return {"stage": stage, "rows": planned.rows_in, "partitions": len(planned.partitions), "seconds": seconds,
