@@ -59,6 +59,7 @@ class ShardsStage(Stage):
     def work_list(cls, cfg, store):
         conf = cfg.stages.shards
         con = store.connect("mixes", "images", "concepts", feats="audio_features", lat="image_latents", kept="kept_images")
+        con.execute("SET threads = 1")   # six joins into a JSON per sample: one thread's buffers stay under run.plan_memory
         con.execute("""
             CREATE TEMP TABLE samples AS
             SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
