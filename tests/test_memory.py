@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.retrieval.matrices import build_matrix, pool_path
 
@@ -88,7 +89,7 @@ def test_two_retrieve_actors_on_one_node_hold_the_pool_once(make_cfg):
     build_matrix(store, "concept_embeddings")
     pool_bytes = pool_path(store, "audio_embeddings").stat().st_size
     assert pool_bytes > POOL_ROWS * DIM * 4
-    work = RetrieveStage.work_list(cfg, store)
+    work = work_table(RetrieveStage.work_list(cfg, store))
     temp = tempfile.mkdtemp(prefix="ray_pool_", dir="/tmp")   # short: Ray's socket paths have a length limit
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=temp)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # Ray workers cannot import a test module
