@@ -35,13 +35,21 @@ class PartitionWorker:
 
     def __init__(self, stage_cls: type, cfg: dict, plan_path: str | None = None):
         self.cfg = OmegaConf.create(cfg)
-        self.plan = PlanReader(plan_path) if plan_path else None   # the planned rows, read partition by partition
+        self.plan_path, self._plan = plan_path, None
         self.stage = stage_cls(self.cfg)
         self.store = TableStore(self.cfg.run.dir)
         self.stats_dir = Path(self.cfg.run.dir) / "stats" / stage_cls.name
         if stage_cls.models:   # model outputs depend on the thread count: it is fixed by config, not by the executor
             import torch
             torch.set_num_threads(int(self.cfg.run.torch_threads))
+
+    @property
+    def plan(self) -> PlanReader:
+        """The planned rows, read partition by partition; opened on first use, so an actor that Ray
+        starts after the stage has finished (and its plan folder is gone) never touches the file."""
+        if self._plan is None:
+            self._plan = PlanReader(self.plan_path)
+        return self._plan
 
     def run_partition(self, name: str, rows: pa.Table) -> dict:
         t0 = time.perf_counter()
