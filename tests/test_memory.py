@@ -124,6 +124,30 @@ def test_the_pool_is_a_read_only_map_of_the_exact_float32_rows_and_follows_a_reb
     assert pool.shape[0] == 340 and np.array_equal(pool, np.load(matrix_paths(store, "audio_embeddings")[0]).astype(np.float32))
 
 
+def test_each_matrix_row_holds_the_vector_of_the_id_beside_it(tmp_path):
+    """Ids unsorted within and across partitions, error rows between them: row r of the matrix is the
+    vector stored for ids[r], and error rows take no row."""
+    from sonify.retrieval.matrices import matrix_paths
+
+    import pyarrow.parquet as pq
+
+    store, rng = TableStore(tmp_path), np.random.default_rng(3)
+    stored = {}
+    names = rng.permutation([f"c{i:04d}" for i in range(90)])
+    for n, part in enumerate(np.array_split(names, 3)):
+        vec = rng.standard_normal((len(part), DIM)).astype(np.float16)
+        status = ["ok" if i % 4 else "decode_error" for i in range(len(part))]
+        stored.update({c: v for c, v, s in zip(part, vec, status) if s == "ok"})
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), DIM)
+        store.write_partition("audio_embeddings", f"part-{n}", pa.table({"id": list(part), "embedding": emb, "status": status}))
+    build_matrix(store, "audio_embeddings")
+    npy, ids_path, _ = matrix_paths(store, "audio_embeddings")
+    mat, ids = np.load(npy), pq.read_table(ids_path)
+    assert ids.column("id").to_pylist() == sorted(stored) and ids.column("row").to_pylist() == list(range(len(stored)))
+    for r, c in enumerate(ids.column("id").to_pylist()):
+        assert np.array_equal(mat[r], stored[c]), c
+
+
 def _manifest(folder, rows, distinct=48, seed=0):
     """A valid release manifest of `rows` mixtures over a few generated 16 kHz files (0.1 s mixtures of two
     components), cycling through `distinct` combinations; each hash computed here from the definition:

@@ -48,27 +48,30 @@ def build_matrix(store: TableStore, table: str, column: str = "embedding", float
         t = pq.read_table(f, columns=["id", "status"])
         ids.append(t.filter(pc.equal(t.column("status"), "ok")).column("id"))
     all_ids = pa.chunked_array([c for a in ids for c in a.chunks], pa.string()) if ids else pa.chunked_array([], pa.string())
-    order = pc.sort_indices(all_ids)
+    order = pc.sort_indices(all_ids).to_numpy()
     sorted_ids = all_ids.take(order)
-    row_of = {i: r for r, i in enumerate(sorted_ids.to_pylist())}
+    # the k-th ok row read (files in order) goes to matrix row rank[k]: positions, never a dict of every id
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
     # the width is in the schema of any partition that holds vectors (a fixed-size list); no data read for it
     widths = (pq.read_schema(f).field(column).type for f in files)
     dim = next((t.list_size for t in widths if pa.types.is_fixed_size_list(t)), None)
     with atomic_path(npy) as tmp:
-        mat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(row_of), dim or 0))
+        mat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(order), dim or 0))
+        start = 0
         for f in files:
-            t = pq.read_table(f, columns=["id", column, "status"])
+            t = pq.read_table(f, columns=[column, "status"])
             t = t.filter(pc.equal(t.column("status"), "ok"))
             if not t.num_rows:
                 continue
             flat = t.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            rows = np.fromiter((row_of[i] for i in t.column("id").to_pylist()), dtype=np.int64, count=t.num_rows)
-            mat[rows] = flat.reshape(t.num_rows, dim).astype(np.float16)
+            mat[rank[start:start + t.num_rows]] = flat.reshape(t.num_rows, dim).astype(np.float16)
+            start += t.num_rows
         mat.flush()
         del mat
-    ids = pa.table({"id": sorted_ids, "row": pa.array(np.arange(len(row_of)), pa.int64())})
+    ids = pa.table({"id": sorted_ids, "row": pa.array(np.arange(len(order)), pa.int64())})
     atomic_write(ids_path, lambda tmp: pq.write_table(ids, tmp))
-    atomic_write(meta_path, json.dumps({"table": table, "rows": len(row_of), "dim": dim, "partitions": parts}))
+    atomic_write(meta_path, json.dumps({"table": table, "rows": len(order), "dim": dim, "partitions": parts}))
     if float32:
         float32_matrix(store, table)
     return npy
