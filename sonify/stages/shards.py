@@ -90,9 +90,10 @@ class ShardsStage(Stage):
     def finalize(cls, cfg, store) -> None:
         """`shards/train.txt` and `shards/val.txt`: the current shards of each split, one path per line
         relative to that folder. The trainer reads these lists, never a glob of the folder."""
-        index = store.read("shard_index", columns=["split", "shard", "path", "status"]).to_pylist()
+        con = store.connect("shard_index") if store.files("shard_index") else None   # a row per sample: never in Python
         for split in ("train", "val"):
-            paths = sorted({(r["shard"], r["path"]) for r in index if r["split"] == split and r["status"] == STATUS_OK})
+            paths = con.execute("SELECT DISTINCT shard, path FROM shard_index WHERE split = ? AND status = ? ORDER BY shard, path",
+                                [split, STATUS_OK]).fetchall() if con else []
             lines = "".join(Path(p).relative_to(cls.files_dir).as_posix() + "\n" for _, p in paths)
             atomic_write(Path(cfg.run.dir) / cls.files_dir / f"{split}.txt", lines)
 
