@@ -137,6 +137,42 @@ def test_import_formats_jsonl_with_image_ids_and_structs(ingested, tmp_path):
     assert kept[images[0]["id"]]["kept"] and kept[images[1]["id"]]["reason"] == "keyword:sign"
 
 
+def test_an_import_larger_than_a_batch_gives_every_variant_once(ingested, tmp_path, monkeypatch):
+    """Import files are read a batch at a time (a release names millions of variants): batches of 2
+    over 5 JSONL records and a Parquet file give the same work rows as one read."""
+    import pyarrow.parquet as pq
+
+    from sonify.stages import concepts as concepts_stage
+
+    cfg = ingested("models.vlms=[]")
+    images = [r for r in TableStore(cfg.run.dir).read("images").to_pylist() if r["status"] == "ok"][:5]
+    records = [{"image_id": r["id"], "concepts": [{"object": f"thing{n}", "sound": "hum"}], "caption": f"c{n}"}
+               for n, r in enumerate(images)]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    pq.write_table(pa.Table.from_pylist([{**r, "concepts": json.dumps(r["concepts"])} for r in records]), tmp_path / "r.parquet")
+    imports = f"stages.concepts.imports=[{{name: a, path: '{tmp_path / 'r.jsonl'}'}}, {{name: b, path: '{tmp_path / 'r.parquet'}'}}]"
+    cfg2 = ingested("models.vlms=[]", imports)
+    whole = work_table(ConceptsStage.work_list(cfg2, TableStore(cfg2.run.dir))).sort_by("id")
+    monkeypatch.setattr(concepts_stage, "IMPORT_BATCH_ROWS", 2)
+    batched = work_table(ConceptsStage.work_list(cfg2, TableStore(cfg2.run.dir))).sort_by("id")
+    assert batched.equals(whole) and batched.num_rows == 10
+    assert sorted(batched.column("image_id").to_pylist()) == sorted([r["id"] for r in images] * 2)
+    assert not any(batched.column("list_error").to_pylist())
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"image_id": "a", "concepts": []}\n{"caption": "no image"}\n', "row 2: needs 'image_id' or 'relpath'"),
+    ('{"image_id": "a", "caption": "x"}\n', "needs a 'concepts' field"),
+    ('{"image_id": "a", "concepts": []}\n{"image_id": \n', "line 2"),
+])
+def test_a_bad_import_file_fails_in_one_line(ingested, tmp_path, text, message):
+
+    (tmp_path / "bad.jsonl").write_text(text)
+    cfg = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: a, path: '{tmp_path / 'bad.jsonl'}'}}]")
+    with pytest.raises(ValueError, match=message):
+        work_table(ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)))
+
+
 @pytest.mark.parametrize("caption, word", [
     ("A company logo", "logo"), ("Two logos side by side", "logo"), ("Road SIGNS at dusk", "sign"),
     ("An emblem and symbols", "emblem"), ("app icons", "icon"), ("the Nike trademark", "trademark"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,37 +33,67 @@ def vlm_key(vlm: str) -> str:
     return hashlib.sha1(vlm.encode()).hexdigest()[:8]
 
 
-def read_import(path: str) -> list[dict]:
-    """Rows of a concepts import: Parquet, or JSON Lines (where `concepts` may differ in type per line)."""
-    p = Path(path)
+IMPORT_FIELDS = ("image_id", "relpath", "source", "concepts", "caption")
+IMPORT_BATCH_ROWS = 65536   # records read from an import file at once
+IMPORT_SCHEMA = pa.schema([(n, pa.string()) for n in ("id", "image_id", "vlm", "import_json", "import_caption")])
+
+
+def read_import(path: str, batch_rows: int | None = None) -> Iterator[list[dict]]:
+    """Rows of a concepts import in batches: Parquet (only the fields used), or JSON Lines (where
+    `concepts` may differ in type per line). A release names millions of variants: never all at once."""
+    p, batch_rows = Path(path), batch_rows or IMPORT_BATCH_ROWS
     if not p.is_file():
         raise FileNotFoundError(f"concepts import {path} not found")
     if p.suffix in (".jsonl", ".json"):
         rows = []
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"concepts import {path}, line {n}: {e}") from None
-        return rows
+        with open(p, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"concepts import {path}, line {n}: {e}") from None
+                if len(rows) == batch_rows:
+                    yield rows
+                    rows = []
+        if rows:
+            yield rows
+        return
     import pyarrow.parquet as pq
-    return pq.read_table(p).to_pylist()
+    pf = pq.ParquetFile(p)
+    columns = [c for c in IMPORT_FIELDS if c in pf.schema_arrow.names]
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        yield batch.to_pylist()
 
 
-def _import_rows(imp) -> pa.Table:
-    """The variants an import file names (its image, concepts and caption); the image is joined later."""
-    records = read_import(imp.path)
-    cols = set().union(*(r.keys() for r in records)) if records else set()
-    if records and ("concepts" not in cols or not ({"image_id", "relpath"} & cols)):
-        raise ValueError(f"concepts import {imp.path}: needs a 'concepts' field and 'image_id' or 'relpath'; has {sorted(cols)}")
-    rows = []
-    for r in records:
-        image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
-        rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name,
-                     "import_json": json.dumps(r.get("concepts")), "import_caption": r.get("caption")})
-    return pa.Table.from_pylist(rows, schema=pa.schema([(n, pa.string()) for n in
-                                                         ("id", "image_id", "vlm", "import_json", "import_caption")]))
+def _import_rows(imp) -> Iterator[pa.Table]:
+    """The variants an import file names (its image, concepts and caption), a batch at a time; the
+    image is joined later."""
+    fields, seen = set(), 0
+    for records in read_import(imp.path):
+        rows = []
+        for r in records:
+            fields.update(r)
+            if not (r.get("image_id") or r.get("relpath")):
+                raise ValueError(f"concepts import {imp.path}, row {seen + len(rows) + 1}: needs 'image_id' or 'relpath'")
+            image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
+            rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name,
+                         "import_json": json.dumps(r.get("concepts")), "import_caption": r.get("caption")})
+        seen += len(rows)
+        yield pa.Table.from_pylist(rows, schema=IMPORT_SCHEMA)
+    if seen and "concepts" not in fields:
+        raise ValueError(f"concepts import {imp.path}: needs a 'concepts' field and 'image_id' or 'relpath'; has {sorted(fields)}")
+
+
+def _load_imports(con, imports) -> None:
+    """Table `imports` in DuckDB, filled batch by batch: it spills under `run.plan_memory`, Python
+    holds one batch."""
+    con.execute("CREATE TEMP TABLE imports (id VARCHAR, image_id VARCHAR, vlm VARCHAR, import_json VARCHAR, import_caption VARCHAR)")
+    for imp in imports:
+        for batch in _import_rows(imp):
+            con.register("import_batch", batch)
+            con.execute("INSERT INTO imports SELECT * FROM import_batch")
+            con.unregister("import_batch")
 
 
 def _literal(text: str) -> str:
@@ -131,7 +162,7 @@ class ConceptsStage(Stage):
                               NULL::VARCHAR AS import_caption, NULL::VARCHAR AS list_error
                        FROM images WHERE status = 'ok'""" for vlm in (cfg.models.vlms if conf.generate else [])]
         if conf.imports:
-            con.register("imports", pa.concat_tables([_import_rows(imp) for imp in conf.imports]))
+            _load_imports(con, conf.imports)
             selects.append("""SELECT m.id, m.image_id, m.vlm, 'import' AS origin, i.source, i.uri, NULL::BIGINT AS tar_offset,
                                      NULL::BIGINT AS nbytes, NULL::VARCHAR AS sha256, m.import_json, m.import_caption,
                                      CASE WHEN i.id IS NULL THEN 'unknown_image: ' || m.image_id
