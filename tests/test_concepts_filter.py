@@ -160,6 +160,30 @@ def test_an_import_larger_than_a_batch_gives_every_variant_once(ingested, tmp_pa
     assert not any(batched.column("list_error").to_pylist())
 
 
+def test_a_parquet_import_names_images_by_id_or_by_path_as_the_listing_does(ingested, tmp_path):
+    """Parquet imports are read by DuckDB: an image named by path gets the listing's id, the first 16
+    hex digits of sha1(source NUL relpath), with the import's image_source when a row has no source."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    cfg = ingested("models.vlms=[]")
+    images = [r for r in TableStore(cfg.run.dir).read("images").to_pylist() if r["status"] == "ok"][:3]
+    rows = [{"image_id": images[0]["id"], "relpath": None, "source": None, "concepts": "1. Dog - barking", "caption": "a dog"},
+            {"image_id": None, "relpath": images[1]["relpath"], "source": images[1]["source"], "concepts": "1. Car - honking", "caption": None},
+            {"image_id": "", "relpath": images[2]["relpath"], "source": "", "concepts": None, "caption": "x"},
+            {"image_id": None, "relpath": "nowhere.jpg", "source": None, "concepts": "1. Bell - ringing", "caption": None}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
+    src = images[2]["source"]
+    cfg2 = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: rel, path: '{tmp_path / 'r.parquet'}', image_source: {src}}}]")
+    work = {r["image_id"]: r for r in work_table(ConceptsStage.work_list(cfg2, TableStore(cfg2.run.dir))).to_pylist()}
+    by_path = hashlib.sha1(f"{src}\x00nowhere.jpg".encode()).hexdigest()[:16]
+    assert set(work) == {images[0]["id"], images[1]["id"], images[2]["id"], by_path}
+    assert [work[i["id"]]["list_error"] for i in images] == [None] * 3 and work[by_path]["list_error"].startswith("unknown_image")
+    assert json.loads(work[images[1]["id"]]["import_json"]) == "1. Car - honking" and work[images[2]["id"]]["import_json"] is None
+    assert work[images[0]["id"]]["id"] == f"{vlm_key('rel')}-{images[0]['id']}" and work[images[0]["id"]]["import_caption"] == "a dog"
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"image_id": "a", "concepts": []}\n{"caption": "no image"}\n', "row 2: needs 'image_id' or 'relpath'"),
     ('{"image_id": "a", "caption": "x"}\n', "needs a 'concepts' field"),
@@ -169,6 +193,19 @@ def test_a_bad_import_file_fails_in_one_line(ingested, tmp_path, text, message):
 
     (tmp_path / "bad.jsonl").write_text(text)
     cfg = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: a, path: '{tmp_path / 'bad.jsonl'}'}}]")
+    with pytest.raises(ValueError, match=message):
+        work_table(ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)))
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"image_id": "a", "caption": "x"}], "needs a 'concepts' field"),
+    ([{"image_id": "a", "concepts": "x"}, {"image_id": None, "concepts": "y"}], "1 rows have neither 'image_id' nor 'relpath'"),
+])
+def test_a_bad_parquet_import_fails_in_one_line(ingested, tmp_path, rows, message):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    cfg = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: a, path: '{tmp_path / 'bad.parquet'}'}}]")
     with pytest.raises(ValueError, match=message):
         work_table(ConceptsStage.work_list(cfg, TableStore(cfg.run.dir)))
 

@@ -33,42 +33,31 @@ def vlm_key(vlm: str) -> str:
     return hashlib.sha1(vlm.encode()).hexdigest()[:8]
 
 
-IMPORT_FIELDS = ("image_id", "relpath", "source", "concepts", "caption")
-IMPORT_BATCH_ROWS = 65536   # records read from an import file at once
+IMPORT_BATCH_ROWS = 65536   # JSON Lines records read from an import file at once
 IMPORT_SCHEMA = pa.schema([(n, pa.string()) for n in ("id", "image_id", "vlm", "import_json", "import_caption")])
+IMPORT_NEEDS = "needs a 'concepts' field and 'image_id' or 'relpath'"
 
 
 def read_import(path: str, batch_rows: int | None = None) -> Iterator[list[dict]]:
-    """Rows of a concepts import in batches: Parquet (only the fields used), or JSON Lines (where
-    `concepts` may differ in type per line). A release names millions of variants: never all at once."""
-    p, batch_rows = Path(path), batch_rows or IMPORT_BATCH_ROWS
-    if not p.is_file():
-        raise FileNotFoundError(f"concepts import {path} not found")
-    if p.suffix in (".jsonl", ".json"):
-        rows = []
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"concepts import {path}, line {n}: {e}") from None
-                if len(rows) == batch_rows:
-                    yield rows
-                    rows = []
-        if rows:
-            yield rows
-        return
-    import pyarrow.parquet as pq
-    pf = pq.ParquetFile(p)
-    columns = [c for c in IMPORT_FIELDS if c in pf.schema_arrow.names]
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-        yield batch.to_pylist()
+    """Records of a JSON Lines import (where `concepts` may differ in type per line), in batches: a
+    release names millions of variants, never all at once."""
+    rows, batch_rows = [], batch_rows or IMPORT_BATCH_ROWS
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"concepts import {path}, line {n}: {e}") from None
+            if len(rows) == batch_rows:
+                yield rows
+                rows = []
+    if rows:
+        yield rows
 
 
-def _import_rows(imp) -> Iterator[pa.Table]:
-    """The variants an import file names (its image, concepts and caption), a batch at a time; the
-    image is joined later."""
+def _jsonl_rows(imp) -> Iterator[pa.Table]:
+    """The variants a JSON Lines import names (its image, concepts and caption), a batch at a time."""
     fields, seen = set(), 0
     for records in read_import(imp.path):
         rows = []
@@ -82,15 +71,40 @@ def _import_rows(imp) -> Iterator[pa.Table]:
         seen += len(rows)
         yield pa.Table.from_pylist(rows, schema=IMPORT_SCHEMA)
     if seen and "concepts" not in fields:
-        raise ValueError(f"concepts import {imp.path}: needs a 'concepts' field and 'image_id' or 'relpath'; has {sorted(fields)}")
+        raise ValueError(f"concepts import {imp.path}: {IMPORT_NEEDS}; has {sorted(fields)}")
+
+
+def _parquet_rows(con, imp) -> str:
+    """The variants a Parquet import names, as SQL over the file: no row passes through Python.
+    An image named by path gets `stable_id`'s id: the first 16 hex digits of sha1(source NUL relpath)."""
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(imp.path).names)
+    if "concepts" not in names or not ({"image_id", "relpath"} & names):
+        raise ValueError(f"concepts import {imp.path}: {IMPORT_NEEDS}; has {sorted(names)}")
+    col = lambda c: f"NULLIF(CAST(\"{c}\" AS VARCHAR), '')" if c in names else "NULL::VARCHAR"
+    source = f"COALESCE({col('source')}, {_literal(imp.image_source)})"
+    image_id = f"COALESCE({col('image_id')}, substr(sha1({source} || chr(0) || {col('relpath')}), 1, 16))"
+    rows = f"SELECT {image_id} AS image_id, to_json(concepts)::VARCHAR AS import_json, {col('caption')} AS import_caption " \
+           f"FROM read_parquet({_literal(imp.path)})"
+    missing = con.execute(f"SELECT count(*) FROM ({rows}) WHERE image_id IS NULL").fetchone()[0]
+    if missing:
+        raise ValueError(f"concepts import {imp.path}: {missing} rows have neither 'image_id' nor 'relpath'")
+    return f"SELECT {_literal(vlm_key(imp.name))} || '-' || image_id, image_id, {_literal(imp.name)}, import_json, import_caption " \
+           f"FROM ({rows})"
 
 
 def _load_imports(con, imports) -> None:
-    """Table `imports` in DuckDB, filled batch by batch: it spills under `run.plan_memory`, Python
-    holds one batch."""
+    """Table `imports` in DuckDB (it spills under `run.plan_memory`): Parquet files inserted by DuckDB
+    itself, JSON Lines a batch at a time."""
     con.execute("CREATE TEMP TABLE imports (id VARCHAR, image_id VARCHAR, vlm VARCHAR, import_json VARCHAR, import_caption VARCHAR)")
     for imp in imports:
-        for batch in _import_rows(imp):
+        if not Path(imp.path).is_file():
+            raise FileNotFoundError(f"concepts import {imp.path} not found")
+        if Path(imp.path).suffix not in (".jsonl", ".json"):
+            con.execute(f"INSERT INTO imports {_parquet_rows(con, imp)}")
+            continue
+        for batch in _jsonl_rows(imp):
             con.register("import_batch", batch)
             con.execute("INSERT INTO imports SELECT * FROM import_batch")
             con.unregister("import_batch")
