@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 STAGES = ["images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards"]
+# `concepts:import`: the concepts stage reproducing a release instead of running the VLMs (one import
+# file per variant, as `pipelines/` recipes name them)
+ROWS = STAGES[:3] + ["concepts:import"] + STAGES[3:]
 VLMS = ["llava-hf/llava-1.5-7b-hf", "HuggingFaceTB/SmolVLM-Instruct"]   # pipelines/sam.yaml's two variants
 CHUNKS_PER_CLIP = 2   # AudioSet clips are 10 s: two 5 s chunks
 
@@ -79,14 +82,29 @@ def _sql(template: str, pool_chunks: int) -> str:
                            chunk_pick=f"{clip(f'hash(i) % {pool_chunks // CHUNKS_PER_CLIP}')} || '-' || (i % 2)")
 
 
-def config(root: Path, lists: Path):
+def config(root: Path, lists: Path, imports: bool = False):
     from sonify.engine.config import load_config
     from sonify.stages import stage_names
 
+    released = ", ".join(f"{{name: '{vlm}', path: {lists / f'import-{k}.parquet'}}}" for k, vlm in enumerate(VLMS))
     return load_config(["pipeline=sam", f"run.root={root}", "run.executor=local", "run.progress=false",
                         f"sources.images=[{{name: sa1b, kind: parquet, path: {lists / 'images.parquet'}, uri_column: uri}}]",
-                        f"sources.audio=[{{name: audioset, kind: parquet, path: {lists / 'audio.parquet'}, uri_column: uri}}]"],
+                        f"sources.audio=[{{name: audioset, kind: parquet, path: {lists / 'audio.parquet'}, uri_column: uri}}]",
+                        *(["models.vlms=[]", f"stages.concepts.imports=[{released}]"] if imports else [])],
                        stage_names())
+
+
+def write_imports(lists: Path, images: int) -> None:
+    """A released variant per VLM: every image's three concepts (object, sound) and caption, as Parquet."""
+    import duckdb
+
+    for k in range(len(VLMS)):
+        path = lists / f"import-{k}.parquet"
+        if not path.exists():
+            duckdb.sql(f"""COPY (SELECT {_sql('{img_i}', 1)} AS image_id, [{{'object': 'dog ' || j, 'sound': 'barking'}}
+                                       FOR j IN range(3)] AS concepts, 'a dog in a park' AS caption
+                                FROM range({images}) t(i)) TO '{path}.tmp' (FORMAT parquet)""")
+            Path(f"{path}.tmp").rename(path)
 
 
 def build(root: Path, images: int, pool_chunks: int) -> None:
@@ -97,8 +115,10 @@ def build(root: Path, images: int, pool_chunks: int) -> None:
 
     lists = root / "lists"
     if (root / "done").exists():
+        write_imports(lists, images)   # a folder built before the import row existed
         return
     lists.mkdir(parents=True, exist_ok=True)
+    write_imports(lists, images)
     cfg = config(root / "runs", lists)
     con = duckdb.connect()
     con.execute(f"COPY (SELECT '/data/sa1b/sa_' || i || '.jpg' AS uri FROM range({images}) t(i)) TO '{lists / 'images.parquet'}'")
@@ -131,7 +151,8 @@ def one(root: Path, stage: str) -> dict:
     from sonify.engine.store import TableStore
     from sonify.stages import get_stage
 
-    cfg = config(root / "runs", root / "lists")
+    stage, _, variant = stage.partition(":")
+    cfg = config(root / "runs", root / "lists", imports=variant == "import")
     for name in STAGES:   # imports (torch, transformers) are the process's, not the planning's
         get_stage(name)
     cls, store = get_stage(stage), TableStore(cfg.run.dir, str(cfg.run.plan_memory))
@@ -148,7 +169,7 @@ def one(root: Path, stage: str) -> dict:
         con.execute(
             f"COPY (SELECT * FROM read_parquet('{plan_dir / 'work.parquet'}') ORDER BY id) TO '{plan_dir / 'sorted.parquet'}'")
         baseline = time.perf_counter() - t0
-    return {"stage": stage, "rows": planned.rows_in, "partitions": len(planned.partitions), "seconds": seconds,
+    return {"stage": stage + (f":{variant}" if variant else ""), "rows": planned.rows_in, "partitions": len(planned.partitions), "seconds": seconds,
             "baseline": baseline, "rss_mib": rss}
 
 
@@ -157,7 +178,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--images", type=int, default=1_000_000, help="the larger size; the smaller is a tenth of it")
     ap.add_argument("--pool-chunks", type=int, default=500_000)
     ap.add_argument("--work", default="/tmp/sonify-bench-plan", help="synthetic runs are built here once per size")
-    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--stages", default=",".join(ROWS))
     ap.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a._one:
@@ -176,15 +197,15 @@ def main(argv: list[str]) -> None:
             if out.returncode:
                 raise SystemExit(f"planning {stage} at {n} images failed:\n{out.stderr[-2000:]}")
             results.setdefault(n, {})[stage] = r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"  {stage:12s} {r['rows']:>9d} rows  {r['seconds']:7.1f} s  {r['rss_mib']:7.0f} MiB", file=sys.stderr)
+            print(f"  {stage:15s} {r['rows']:>9d} rows  {r['seconds']:7.1f} s  {r['rss_mib']:7.0f} MiB", file=sys.stderr)
     small, big = sizes
     print(f"\nplanning every stage, fresh (no partition on disk); pool {a.pool_chunks // 10} and {a.pool_chunks} chunks")
-    print(f"{'stage':12s} {'rows@big':>9s} {'parts':>6s} {'s@small':>8s} {'s@big':>7s} {'MiB@small':>9s} {'MiB@big':>8s} "
+    print(f"{'stage':15s} {'rows@big':>9s} {'parts':>6s} {'s@small':>8s} {'s@big':>7s} {'MiB@small':>9s} {'MiB@big':>8s} "
           f"{'growth':>6s} {'plan/base':>9s}")
     for stage in a.stages.split(","):
         s, b = results[small][stage], results[big][stage]
         growth = math.log(b["seconds"] / s["seconds"]) / math.log(b["rows"] / s["rows"]) if b["rows"] > s["rows"] else float("nan")
-        print(f"{stage:12s} {b['rows']:>9d} {b['partitions']:>6d} {s['seconds']:>8.1f} {b['seconds']:>7.1f} {s['rss_mib']:>9.0f} "
+        print(f"{stage:15s} {b['rows']:>9d} {b['partitions']:>6d} {s['seconds']:>8.1f} {b['seconds']:>7.1f} {s['rss_mib']:>9.0f} "
               f"{b['rss_mib']:>8.0f} {growth:>6.2f} {b['seconds'] / b['baseline']:>9.2f}")
     worst = max(results[big].values(), key=lambda r: r["rss_mib"])
     print(f"\npeak driver RSS at {big} images: {worst['rss_mib']:.0f} MiB ({worst['stage']}); "
