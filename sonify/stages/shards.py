@@ -59,7 +59,9 @@ class ShardsStage(Stage):
     def work_list(cls, cfg, store):
         conf = cfg.stages.shards
         con = store.connect("mixes", "images", "concepts", feats="audio_features", lat="image_latents", kept="kept_images")
-        con.execute("SET threads = 1")   # six joins into a JSON per sample: one thread's buffers stay under run.plan_memory
+        # six joins into a JSON per sample: two threads join them within run.plan_memory (1GB at 1M images,
+        # bench plan), the join with the assignment streams on one, as the plan file's sort does
+        con.execute("SET threads = 2")
         con.execute("""
             CREATE TEMP TABLE samples AS
             SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
@@ -84,6 +86,7 @@ class ShardsStage(Stage):
             LEFT JOIN concepts c ON c.id = m.id
             WHERE m.status = 'ok'""")
         con.execute(f"CREATE TEMP TABLE assign AS {_assign_sql(conf, int(cfg.run.seed))}")
+        con.execute("SET threads = 1")
         return con.sql("SELECT a.shard, a.position, a.split, s.* EXCLUDE (id), a.id FROM assign a JOIN samples s USING (id)")
 
     @classmethod
