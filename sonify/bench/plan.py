@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 STAGES = ["images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards"]
-# `concepts:import`: the concepts stage reproducing a release instead of running the VLMs (one import
-# file per variant, as `pipelines/` recipes name them)
+# `concepts:import`: the concepts stage reproducing a release instead of running the VLMs (one
+# Parquet import file per variant)
 ROWS = STAGES[:3] + ["concepts:import"] + STAGES[3:]
 VLMS = ["llava-hf/llava-1.5-7b-hf", "HuggingFaceTB/SmolVLM-Instruct"]   # pipelines/sam.yaml's two variants
 CHUNKS_PER_CLIP = 2   # AudioSet clips are 10 s: two 5 s chunks
