@@ -24,6 +24,45 @@ def test_200_sa1b_tars_listed_by_several_processes_give_the_serial_listing(tmp_p
     assert rel[2001] == "sa_000101.tar#sa_2020.jpg"
 
 
+def test_a_folder_of_folders_listed_by_several_processes_gives_the_serial_listing(tmp_path, caplog):
+    """Sub-folders walked by processes and merged back: the same rows, the same order, the same reasons."""
+    import os
+
+    from sonify.sources.audio import list_audio
+
+    root, outside = tmp_path / "corpus", tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "o.jpg").write_bytes(b"x")
+    for d in range(12):
+        sub = root / f"d{d:02d}" / "inner"
+        sub.mkdir(parents=True)
+        for n in range(30):
+            (sub / f"{n}.jpg").write_bytes(b"x")
+            (sub.parent / f"{n}.wav").write_bytes(b"x")
+    (root / "top.jpg").write_bytes(b"x")
+    (root / "zz.jpg").write_bytes(b"x")
+    (root / "d03" / "folder.jpg").mkdir()                       # a folder named like an image: not_a_file
+    os.mkfifo(root / "d05" / "pipe.jpg")                         # a FIFO: not_a_file, never opened
+    (root / "d07" / "away.jpg").symlink_to(outside / "o.jpg")  # outside_root
+    (root / "d08" / "out").symlink_to(outside)                 # a folder outside: outside_root, not entered
+    (root / "d09" / "again").symlink_to(root / "d00")          # a folder inside: listed where it is
+    (root / "d10" / "empty").mkdir()
+    conf = lambda workers: SourceConf(name="c", kind="folder", path=str(root), list_workers=workers)
+    with caplog.at_level(logging.DEBUG, logger="sonify.sources"):
+        serial, parallel = list_images(conf(1), [".jpg"]), list_images(conf(2), [".jpg"])
+        serial_audio, parallel_audio = list_audio(conf(1), [".wav"]), list_audio(conf(2), [".wav"])
+    pids = [set(r.cpu_by_pid) for r in caplog.records if hasattr(r, "cpu_by_pid")]
+    assert len(pids) == 2 and all(len(p) == 2 and os.getpid() not in p for p in pids)   # only the parallel walks log
+    assert parallel.equals(serial) and parallel_audio.equals(serial_audio)
+    # images: 2 good files at the top and 4 error rows; audio: the folder link outside is its error row too
+    assert serial.num_rows == 12 * 30 + 2 + 4 and serial_audio.num_rows == 12 * 30 + 1
+    errors = dict(zip(serial.column("relpath").to_pylist(), serial.column("list_error").to_pylist()))
+    assert errors["d03/folder.jpg"].startswith("not_a_file") and errors["d05/pipe.jpg"].startswith("not_a_file")
+    assert errors["d07/away.jpg"].startswith("outside_root") and errors["d08/out"].startswith("outside_root")
+    rel = serial.column("relpath").to_pylist()
+    assert rel[0] == "d00/inner/0.jpg" and rel[-1] == "zz.jpg" and rel.index("top.jpg") == len(rel) - 2
+
+
 def _square(x):
     import time
 

@@ -57,7 +57,7 @@ class SourceConf:
     labels_column: str = "labels"      # audio list sources: labels (list, or ';'-separated string)
     recursive: bool = True
     follow_outside_links: bool = False # folder/tar sources: links resolving outside `path` are error rows 'outside_root' unless true
-    list_workers: int = 0              # tar sources: processes listing tars at once (0: one per core)
+    list_workers: int = 0              # folder/tar sources: processes listing sub-folders or tars at once (0: one per core)
 
 
 @dataclass

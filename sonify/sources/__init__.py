@@ -7,6 +7,7 @@ one row whose `list_error` says why.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator
 from sonify.engine.errors import error_text
 
 READ_BLOCK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class NotAFile(OSError):
@@ -50,46 +52,78 @@ def outside_problem(path: Path, real_root: Path, source_name: str) -> str | None
                                       f"(follow_outside_links: true on source {source_name!r} follows such links)")
 
 
+_TREE = "\x00tree"   # a sub-folder a listing process walks (never a real reason: reasons are words)
+
+
+def _entries(folder: Path, exts: set[str], real_root: Path, seen: set[Path], recursive: bool, follow_outside_links: bool,
+             source_name: str, below=None) -> Iterator[tuple[Path, str | None]]:
+    """`walk_files` of one folder; a sub-folder to enter is walked here, or handed to `below` when given."""
+    try:
+        with os.scandir(folder) as it:
+            listed = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        yield folder, error_text("unreadable", f"cannot list {folder}: {e.strerror or e}")
+        return
+    for e in listed:
+        p = Path(e.path)
+        is_link, is_dir = e.is_symlink(), e.is_dir()
+        named = os.path.splitext(e.name)[1].lower() in exts
+        # folders entered below are real folders inside the root, so only a link can lead outside
+        outside = outside_problem(p, real_root, source_name) if is_link and not follow_outside_links else None
+        if outside:
+            if named or is_dir:
+                yield p, outside
+            continue
+        if named:
+            yield p, None if e.is_file() else file_problem(p)
+        if is_dir and recursive:
+            real = Path(os.path.realpath(p)) if is_link else p
+            if is_link and (real.is_relative_to(real_root) or real in seen):
+                continue  # listed where it really is (or a loop)
+            seen.add(real)
+            if below:
+                yield p, below
+            else:
+                yield from _entries(p, exts, real_root, seen, recursive, follow_outside_links, source_name)
+
+
+def _subtree(folder: str, exts: set[str], real_root: str, source_name: str) -> list[tuple[str, str | None]]:
+    """Everything `walk_files` lists under one sub-folder of the root, in a listing process."""
+    root = Path(real_root)
+    return [(str(p), problem) for p, problem in _entries(Path(folder), exts, root, {root}, True, False, source_name)]
+
+
 def walk_files(root: Path, extensions: Iterable[str], recursive: bool = True, follow_outside_links: bool = False,
-               source_name: str = "") -> Iterator[tuple[Path, str | None]]:
+               source_name: str = "", workers: int = 1) -> Iterator[tuple[Path, str | None]]:
     """Entries under `root` named with one of `extensions` (case-insensitive), sorted, each with why it
     cannot be read (None: a regular file to read).
 
     Folders named like media files and FIFOs, sockets or devices come back with `not_a_file`; links that
     resolve outside the root with `outside_root` (links to folders outside are then not entered), unless
     `follow_outside_links`. A linked folder inside the root is not entered: its files are listed where they are.
+    With `workers` other than 1 (0: one per core), the root's sub-folders are walked by that many
+    processes and merged back in the same order (a big folder of folders; not with outside links followed,
+    whose loops are found across the whole walk).
     """
     exts = {e.lower() for e in extensions}
     real_root = Path(os.path.realpath(root))
-    seen = {real_root}
+    if workers == 1 or not recursive or follow_outside_links:
+        yield from _entries(Path(root), exts, real_root, {real_root}, recursive, follow_outside_links, source_name)
+        return
+    from functools import partial
 
-    def entries(folder: Path) -> Iterator[tuple[Path, str | None]]:
-        try:
-            with os.scandir(folder) as it:
-                listed = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            yield folder, error_text("unreadable", f"cannot list {folder}: {e.strerror or e}")
-            return
-        for e in listed:
-            p = Path(e.path)
-            is_link, is_dir = e.is_symlink(), e.is_dir()
-            named = os.path.splitext(e.name)[1].lower() in exts
-            # folders entered below are real folders inside the root, so only a link can lead outside
-            outside = outside_problem(p, real_root, source_name) if is_link and not follow_outside_links else None
-            if outside:
-                if named or is_dir:
-                    yield p, outside
-                continue
-            if named:
-                yield p, None if e.is_file() else file_problem(p)
-            if is_dir and recursive:
-                real = Path(os.path.realpath(p)) if is_link else p
-                if is_link and (real.is_relative_to(real_root) or real in seen):
-                    continue  # listed where it really is (or a loop)
-                seen.add(real)
-                yield from entries(p)
+    from sonify.sources.parallel import process_map
 
-    yield from entries(root)
+    top = list(_entries(Path(root), exts, real_root, {real_root}, True, False, source_name, below=_TREE))
+    trees = [str(p) for p, problem in top if problem is _TREE]
+    listed, cpu = process_map(partial(_subtree, exts=exts, real_root=str(real_root), source_name=source_name), trees, workers)
+    log.debug("%s: %d sub-folders walked by %d processes", root, len(trees), len(cpu), extra={"cpu_by_pid": cpu})
+    below = iter(listed)
+    for p, problem in top:
+        if problem is _TREE:
+            yield from ((Path(q), why) for q, why in next(below))
+        else:
+            yield p, problem
 
 
 def read_within(f, timeout_s: float, nbytes: int | None = None) -> bytes:

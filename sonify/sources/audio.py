@@ -39,7 +39,8 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
     elif not root.exists():
         add(".", list_error=f"not_found: source path {root} does not exist")
     elif source.kind == "folder":
-        for p, problem in walk_files(root, extensions, source.recursive, source.follow_outside_links, source.name):
+        for p, problem in walk_files(root, extensions, source.recursive, source.follow_outside_links, source.name,
+                                     source.list_workers):
             add(stored_path(p, base), list_error=problem)
     else:
         table = read_list_file(root, source.kind)

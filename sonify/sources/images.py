@@ -54,10 +54,11 @@ def list_images(source, extensions: list[str]) -> pa.Table:
     elif not root.exists():
         rows.append(_row(source.name, ".", list_error=f"not_found: source path {root} does not exist"))
     elif source.kind == "folder":
-        for p, problem in walk_files(root, exts, source.recursive, source.follow_outside_links, source.name):
+        for p, problem in walk_files(root, exts, source.recursive, source.follow_outside_links, source.name, source.list_workers):
             rows.append(_row(source.name, stored_path(p, base), list_error=problem))
     elif source.kind == "tar":
-        tars = [(root, None)] if root.is_file() else list(walk_files(root, [".tar"], source.recursive, source.follow_outside_links, source.name))
+        tars = [(root, None)] if root.is_file() else list(walk_files(root, [".tar"], source.recursive, source.follow_outside_links, source.name,
+                                                                        source.list_workers))
         for t, problem in tars:
             if problem:
                 rows.append(_row(source.name, stored_path(t, base), list_error=problem))
