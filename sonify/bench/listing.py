@@ -1,6 +1,10 @@
 """Listing a tar image source (SA-1B style: uncompressed tars of JPEG + JSON) in processes, against one at a time.
 
     python -m sonify.bench listing [--tars 200] [--images-per-tar 500] [--workers 0] [--repeats 3]
+                                   [--folders 200] [--files-per-folder 500]
+
+Then a folder source of `--folders` sub-folders (`--folders 0`: none), walked by processes against
+the serial walk, in the same run, over the same files.
 
 Baselines in the same run, same tars, same `tarfile` header parsing: the source listed serially
 (`list_workers=1`), and the former way, `_list_tar` over a thread pool (threads share the GIL while
@@ -60,6 +64,8 @@ def main(argv=None) -> None:
     ap.add_argument("--images-per-tar", type=int, default=500)
     ap.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--folders", type=int, default=200, help="a folder source of this many sub-folders (0: skip)")
+    ap.add_argument("--files-per-folder", type=int, default=500)
     a = ap.parse_args(argv)
 
     from sonify.engine.config import SourceConf
@@ -93,6 +99,32 @@ def main(argv=None) -> None:
     print(f"CPU seconds: serial {serial_cpu:.2f}; processes: driver {driver_cpu:.2f} + workers "
           f"{' / '.join(f'{c:.2f}' for c in sorted(workers_cpu.values()))} (critical path {path:.2f}); "
           f"projected with a free core per worker: {serial_cpu / path:.2f}x vs serial")
+    if a.folders:
+        folders(a)
+
+
+def folders(a) -> None:
+    """A folder of `a.folders` sub-folders of `a.files_per_folder` empty `.jpg` files: serial walk vs processes."""
+    from sonify.engine.config import SourceConf
+    from sonify.sources.images import list_images
+
+    with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
+        root = Path(tmp) / "images"
+        for d in range(a.folders):
+            sub = root / f"{d:06d}"
+            sub.mkdir(parents=True)
+            for n in range(a.files_per_folder):
+                (sub / f"{n}.jpg").touch()
+        conf = lambda workers: SourceConf(name="img", kind="folder", path=str(root), list_workers=workers)
+        t = best_of_interleaved({"serial": lambda: list_images(conf(1), [".jpg"]),
+                                 "processes": lambda: list_images(conf(a.workers), [".jpg"])}, a.repeats)
+        same = list_images(conf(a.workers), [".jpg"]).equals(list_images(conf(1), [".jpg"]))
+        assert same
+    n = a.folders * a.files_per_folder
+    print(f"\nfolder source: {a.folders} sub-folders x {a.files_per_folder} files, best of {a.repeats}; the listings are identical")
+    print(f"{'how':<28} {'seconds':>8} {'files/s':>10} {'vs serial':>10}")
+    for name, label in (("serial", "serial (list_workers=1)"), ("processes", f"processes (list_workers={a.workers})")):
+        print(f"{label:<28} {t[name]:>8.2f} {n / t[name]:>10.0f} {t['serial'] / t[name]:>9.2f}x")
 
 
 def cpu_seconds(listing):
