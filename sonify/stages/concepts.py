@@ -74,7 +74,7 @@ def _jsonl_rows(imp) -> Iterator[pa.Table]:
         raise ValueError(f"concepts import {imp.path}: {IMPORT_NEEDS}; has {sorted(fields)}")
 
 
-def _parquet_rows(con, imp) -> str:
+def _parquet_rows(imp) -> str:
     """The variants a Parquet import names, as SQL over the file: no row passes through Python.
     An image named by path gets `stable_id`'s id: the first 16 hex digits of sha1(source NUL relpath)."""
     import pyarrow.parquet as pq
@@ -87,9 +87,6 @@ def _parquet_rows(con, imp) -> str:
     image_id = f"COALESCE({col('image_id')}, substr(sha1({source} || chr(0) || {col('relpath')}), 1, 16))"
     rows = f"SELECT {image_id} AS image_id, to_json(concepts)::VARCHAR AS import_json, {col('caption')} AS import_caption " \
            f"FROM read_parquet({_literal(imp.path)})"
-    missing = con.execute(f"SELECT count(*) FROM ({rows}) WHERE image_id IS NULL").fetchone()[0]
-    if missing:
-        raise ValueError(f"concepts import {imp.path}: {missing} rows have neither 'image_id' nor 'relpath'")
     return f"SELECT {_literal(vlm_key(imp.name))} || '-' || image_id, image_id, {_literal(imp.name)}, import_json, import_caption " \
            f"FROM ({rows})"
 
@@ -102,7 +99,10 @@ def _load_imports(con, imports) -> None:
         if not Path(imp.path).is_file():
             raise FileNotFoundError(f"concepts import {imp.path} not found")
         if Path(imp.path).suffix not in (".jsonl", ".json"):
-            con.execute(f"INSERT INTO imports {_parquet_rows(con, imp)}")
+            con.execute(f"INSERT INTO imports {_parquet_rows(imp)}")   # one pass over the file; then the check
+            missing = con.execute("SELECT count(*) FROM imports WHERE image_id IS NULL").fetchall()[0][0]
+            if missing:
+                raise ValueError(f"concepts import {imp.path}: {missing} rows have neither 'image_id' nor 'relpath'")
             continue
         for batch in _jsonl_rows(imp):
             con.register("import_batch", batch)
