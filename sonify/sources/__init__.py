@@ -52,12 +52,13 @@ def outside_problem(path: Path, real_root: Path, source_name: str) -> str | None
                                       f"(follow_outside_links: true on source {source_name!r} follows such links)")
 
 
-_TREE = "\x00tree"   # a sub-folder a listing process walks (never a real reason: reasons are words)
+_TREE = object()   # in place of a reason: a sub-folder left for a listing process to walk
 
 
 def _entries(folder: Path, exts: set[str], real_root: Path, seen: set[Path], recursive: bool, follow_outside_links: bool,
-             source_name: str, below=None) -> Iterator[tuple[Path, str | None]]:
-    """`walk_files` of one folder; a sub-folder to enter is walked here, or handed to `below` when given."""
+             source_name: str, defer_subfolders: bool = False) -> Iterator[tuple[Path, str | None]]:
+    """`walk_files` of one folder; a sub-folder to enter is walked here, or (`defer_subfolders`) yielded
+    with `_TREE` for its reason."""
     try:
         with os.scandir(folder) as it:
             listed = sorted(it, key=lambda e: e.name)
@@ -81,8 +82,8 @@ def _entries(folder: Path, exts: set[str], real_root: Path, seen: set[Path], rec
             if is_link and (real.is_relative_to(real_root) or real in seen):
                 continue  # listed where it really is (or a loop)
             seen.add(real)
-            if below:
-                yield p, below
+            if defer_subfolders:
+                yield p, _TREE
             else:
                 yield from _entries(p, exts, real_root, seen, recursive, follow_outside_links, source_name)
 
@@ -114,7 +115,7 @@ def walk_files(root: Path, extensions: Iterable[str], recursive: bool = True, fo
 
     from sonify.sources.parallel import process_map
 
-    top = list(_entries(Path(root), exts, real_root, {real_root}, True, False, source_name, below=_TREE))
+    top = list(_entries(Path(root), exts, real_root, {real_root}, True, False, source_name, defer_subfolders=True))
     trees = [str(p) for p, problem in top if problem is _TREE]
     listed, cpu = process_map(partial(_subtree, exts=exts, real_root=str(real_root), source_name=source_name), trees, workers)
     log.debug("%s: %d sub-folders walked by %d processes", root, len(trees), len(cpu), extra={"cpu_by_pid": cpu})
