@@ -52,7 +52,10 @@ def test_a_folder_of_folders_listed_by_several_processes_gives_the_serial_listin
         serial, parallel = list_images(conf(1), [".jpg"]), list_images(conf(2), [".jpg"])
         serial_audio, parallel_audio = list_audio(conf(1), [".wav"]), list_audio(conf(2), [".wav"])
     pids = [set(r.cpu_by_pid) for r in caplog.records if hasattr(r, "cpu_by_pid")]
-    assert len(pids) == 2 and all(len(p) == 2 and os.getpid() not in p for p in pids)   # only the parallel walks log
+    # only the parallel walks log, and their walking ran in worker processes; how the pool spreads
+    # 12 sub-folders over its 2 workers is the scheduler's choice (one worker may take them all
+    # on a loaded machine), so the count of distinct pids is not asserted
+    assert len(pids) == 2 and all(p and os.getpid() not in p for p in pids)
     assert parallel.equals(serial) and parallel_audio.equals(serial_audio)
     # images: 2 good files at the top and 4 error rows; audio: the folder link outside is its error row too
     assert serial.num_rows == 12 * 30 + 2 + 4 and serial_audio.num_rows == 12 * 30 + 1
