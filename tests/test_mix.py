@@ -96,12 +96,32 @@ def test_mixes_hit_their_targets_and_record_everything(mixed_run):
 
 
 def test_targets_are_keyed_by_ids_not_order(mixed_run, tmp_path):
+    """Recomputed from scratch in other partitions and batches, every mixture is the same bytes.
+
+    partition_rows and batch_size are runtime keys: without removing the copied partitions first
+    nothing would be recomputed and the test would compare the table with itself."""
     cfg, _ = mixed_run
     other = copy_run(mixed_run, tmp_path, "stages.mix.partition_rows=3", "stages.mix.batch_size=2")
-    run_stage(get_stage("mix"), other, progress_bar=False)
-    a = {m["id"]: m["flac_sha256"] for m in TableStore(cfg.run.dir).read("mixes").to_pylist()}
-    b = {m["id"]: m["flac_sha256"] for m in TableStore(other.run.dir).read("mixes").to_pylist()}
-    assert a == b
+    store = TableStore(other.run.dir)
+    store.remove_partitions("mixes", store.partitions("mixes"))
+    assert not store.partitions("mixes")
+    result = run_stage(get_stage("mix"), other, progress_bar=False)
+    assert result.computed == result.partitions > 1 and result.skipped == 0   # all recomputed, in partitions of 3
+    a = {m["id"]: (m["flac_sha256"], [c["target_lufs"] for c in m["components"]])
+         for m in TableStore(cfg.run.dir).read("mixes").to_pylist()}
+    b = {m["id"]: (m["flac_sha256"], [c["target_lufs"] for c in m["components"]])
+         for m in store.read("mixes").to_pylist()}
+    assert a and a == b
+    # one fresh stage instance mixing the work rows in reverse order draws the same targets: the
+    # draw depends on (seed, image, variant, concept), not on which rows came before it
+    from sonify.stages.mix import MixStage
+
+    stage = MixStage(other)
+    stage.partition = "part-reversed"
+    work = work_table(MixStage.work_list(other, store)).to_pylist()
+    assert len(work) == len(a) > 2
+    for row in reversed(work):
+        assert [c["target_lufs"] for c in stage._mix(row)["components"]] == a[row["id"]][1], row["id"]
 
 
 def test_silent_components_are_left_out_and_all_silent_is_an_error(mixed_run, tmp_path):
