@@ -156,14 +156,33 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path, demo_dir):
     assert (run_dir / ".lock").read_text() == ""   # released: nobody holds it
 
 
-def test_two_runs_racing_for_one_folder_never_duplicate_rows(tmp_path, demo_dir):
-    """Started together with different partition sizes: one runs, the other refuses; every id once."""
-    args = ["pipeline=demo", "stage=images,audio", f"run.root={tmp_path / 'runs'}", f"demo_data.dir={demo_dir}",
-            "demo_data.enabled=false", "run.executor=local", "run.progress=false"]
-    procs = [subprocess.Popen([sys.executable, "-m", "sonify.run", *args, f"stages.images.partition_rows={n}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for n in (2, 7)]
-    codes = sorted(p.wait(timeout=300) for p in procs)
-    assert codes in ([0, 2], [0, 0])   # [0, 0]: the second started after the first had finished
-    store = TableStore(tmp_path / "runs" / "demo")
-    ids = _ids(store, "images")
-    assert len(ids) == len(set(ids))
+def _race_for_lock(run_dir, barrier, done, results):
+    from sonify.engine.lock import RunLock, RunLocked
+
+    lock = RunLock(run_dir)
+    barrier.wait()                       # every process tries at the same moment
+    try:
+        lock.acquire()
+        results.put("acquired")
+    except RunLocked as e:
+        results.put(f"refused: {e}")
+        return
+    done.wait(60)                        # hold it until every contender has tried
+    lock.release()
+
+
+def test_runs_racing_for_one_folder_exactly_one_gets_it(tmp_path):
+    """Four processes released by one barrier take the run lock at the same moment: exactly one holds
+    it, the others are refused in one line. No outcome where the race did not happen is accepted."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, done, results = ctx.Barrier(4), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_race_for_lock, args=(tmp_path / "runs" / "demo", barrier, done, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = sorted(results.get(timeout=60) for _ in procs)
+    done.set()
+    for p in procs:
+        p.join(60)
+    assert outcomes[0] == "acquired" and all(o.startswith("refused: ") and "in use by" in o for o in outcomes[1:]), outcomes
