@@ -5,23 +5,26 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from sonify.media.audio import load_chunk, plan_chunks
+from sonify.media.audio import load_chunk
 from sonify.stages.audio import AudioStage
 
 
-def test_plan_chunks_34s_gives_seven_with_one_second_padding():
-    spans = plan_chunks(34 * 48000, 48000, 5.0)
-    assert len(spans) == 7
-    assert [s.start_frame for s in spans] == [i * 240000 for i in range(7)]
-    assert spans[-1].num_frames == 4 * 48000 and spans[-1].pad_frames == 48000
-    assert all(s.pad_frames == 0 for s in spans[:-1])
-
-
-def test_plan_chunks_short_and_exact():
-    (only,) = plan_chunks(int(0.3 * 16000), 16000, 5.0)
-    assert only.num_frames == 4800 and only.pad_frames == 80000 - 4800
-    assert len(plan_chunks(10 * 22050, 22050, 5.0)) == 2
-    assert plan_chunks(0, 16000, 5.0) == []
+@pytest.mark.parametrize("sr, seconds, starts, last_frames", [
+    (48000, 34.0, [i * 240000 for i in range(7)], 4 * 48000),   # 34 s: 7 chunks, the last 4 s + 1 s padding
+    (16000, 0.3, [0], 4800),                                     # shorter than a chunk: one, mostly padding
+    (22050, 10.0, [0, 110250], 110250),                          # an exact multiple: no padding
+])
+def test_the_stage_cuts_non_overlapping_chunks_and_pads_the_last(tmp_path, make_cfg, sr, seconds, starts, last_frames):
+    """DESIGN: mono, non-overlapping 5 s chunks pointing into the source, the last one zero-padded."""
+    path = tmp_path / f"noise_{sr}.wav"
+    sf.write(path, 0.1 * np.random.default_rng(sr).standard_normal(int(round(sr * seconds))), sr, subtype="FLOAT")
+    files, chunks = _one(path, make_cfg)
+    assert files[0]["status"] == "ok" and files[0]["num_chunks"] == len(starts)
+    assert [c["start_frame"] for c in chunks] == starts and [c["chunk_index"] for c in chunks] == list(range(len(starts)))
+    assert all(c["num_frames"] == 5 * sr and c["padding"] == 0 for c in chunks[:-1])
+    assert chunks[-1]["num_frames"] == last_frames
+    assert chunks[-1]["padding"] == pytest.approx(5.0 - last_frames / sr)
+    assert sum(c["num_frames"] for c in chunks) == files[0]["frames"] == int(round(sr * seconds))
 
 
 @pytest.mark.parametrize("sr", [8000, 22050, 44100])

@@ -8,7 +8,6 @@ source's native rate; each consumer decodes it and resamples with soxr to the ra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -97,24 +96,6 @@ def _riff_frames(f) -> int | None:
             return size // block_align
         else:
             f.seek(size + size % 2, 1)
-
-
-@dataclass(frozen=True)
-class ChunkSpan:
-    index: int
-    start_frame: int
-    num_frames: int        # real audio frames
-    pad_frames: int        # zero padding to the full chunk length
-
-
-def plan_chunks(total_frames: int, sample_rate: int, chunk_seconds: float) -> list[ChunkSpan]:
-    """Non-overlapping chunks; the last is zero-padded (34 s -> 7 chunks, the last with 1 s of padding)."""
-    chunk_frames = chunk_frames_at(sample_rate, chunk_seconds)
-    spans = []
-    for i, start in enumerate(range(0, total_frames, chunk_frames)):
-        n = min(chunk_frames, total_frames - start)
-        spans.append(ChunkSpan(i, start, n, chunk_frames - n))
-    return spans
 
 
 def chunk_frames_at(sample_rate: int, chunk_seconds: float) -> int:
