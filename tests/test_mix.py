@@ -233,7 +233,7 @@ def test_repeated_chunks_are_recorded_in_the_mixes_row(mixed_run, tmp_path):
     single = stage._mix({**row, "components": twice[:1]})
     hot = doubled["lufs"] - doubled["mix_gain_db"] - (single["lufs"] - single["mix_gain_db"])
     assert hot == pytest.approx(20 * np.log10(2), abs=0.01)     # summed coherently: 6 dB hotter
-    stored = TableStore(cfg.run.dir).read("mixes").to_pylist()
-    for m in stored:                              # the stage's own rows agree with their components
-        ids = [c["chunk_id"] for c in m["components"]]
-        assert m["repeated_chunks"] == sorted({i for i in ids if ids.count(i) > 1})
+    a, b = row["components"][0], distinct[0]       # apart, not only side by side; each id listed once, sorted
+    assert stage._mix({**row, "components": [dict(a), dict(b), dict(a)]})["repeated_chunks"] == [a["chunk_id"]]
+    both = stage._mix({**row, "components": [dict(b), dict(a), dict(b), dict(a)]})["repeated_chunks"]
+    assert both == sorted([a["chunk_id"], b["chunk_id"]])
