@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import datasets  # noqa: F401
     except ImportError:
-        print("sonify.export: the hf export needs the datasets package (pip install 'sonify[publish]')", file=sys.stderr)
+        print("sonify.export: the hf export needs the datasets package, a dependency of sonify that is missing here (pip install 'datasets>=4.0')", file=sys.stderr)
         return 2
     from sonify.publish.hf import export_hf
     try:
