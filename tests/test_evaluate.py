@@ -4,6 +4,7 @@ resumable generation, scoring end to end, and the pair-quality audit against Duc
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -338,7 +339,7 @@ def test_end_to_end_prepare_generate_resume_score(tmp_path, demo_checkpoint, cap
     assert "| other | greatesthits | 4 |" in (tmp_path / "other" / "scores.md").read_text()
 
 
-def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg):
+def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
     """The scoring path with known embeddings: identical sets give FID 0, IIS 1, R@1 1."""
     from sonify.evaluation.scoring import score
 
@@ -366,6 +367,21 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg):
     assert r["per_class"]["metal"]["R@1 (image)"] == 1.0   # ranked in the whole pool of 4, not among the class's 2
     md = (tmp_path / "s" / "scores.md").read_text()
     assert "| Sound2Scene (published) | 184.2 |" in md and "† (n=4)" in md and "nan" not in md.lower()
+    assert "| Sound2Scene (published) | 184.2 | 0.68 | 0.049 | 109.0 |" in md   # as printed, trailing zeros kept
+    # `table` composes several scored folders into one Table 1, the published rows first
+    score(tmp_path / "p", tmp_path / "g", tmp_path / "s2", cfg, name="other", features=features)
+    assert main(["table", str(tmp_path / "s"), str(tmp_path / "s2" / "scores.json"), "--out", str(tmp_path / "t.md"), "config=eval_demo"]) == 0
+    names = [ln.split(" | ")[0][2:] for ln in (tmp_path / "t.md").read_text().split("## The peers")[0].splitlines()
+             if ln.startswith("| ") and not ln.startswith("| method")]
+    assert names[-2:] == ["model", "other"] and names[0] == "Sound2Scene (published)" and len(names) == 7
+    capsys.readouterr()
+    assert main(["table", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip() == f"sonify.evaluate table: no scores.json at {tmp_path / 'nothing'}; run `python -m sonify.evaluate score` first"
+    (tmp_path / "bad.csv").write_text("model,benchmark,FID,IIS,AIS\nX,vegas,ten,0.5,0.1\n")
+    assert main(["table", str(tmp_path / "s"), f"published={tmp_path / 'bad.csv'}"]) == 2
+    assert "row 1 is not model,benchmark,FID,IIS,AIS with numbers" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "no_ckpt")]) == 2
+    assert "run `make demo` first" in capsys.readouterr().err
 
 
 def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):
@@ -422,3 +438,33 @@ def test_score_with_the_tiny_feature_models_is_finite_at_enough_samples(tmp_path
     o = json.loads((tmp_path / "g" / "scores.json").read_text())["overall"]
     assert o["n"] == 33 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in o.values()), o
     assert o["FID"] == pytest.approx(0, abs=1e-6) and o["IIS"] == pytest.approx(1) and o["NDB"] == 0
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path, demo_checkpoint, capsys):
+    """`python -m sonify.evaluate demo`: fake VGGSound / Greatest Hits / Landscapes + ITW, the demo model, one Table 1."""
+    from sonify.evaluation.table import read_published
+
+    out = tmp_path / "runs" / "eval_demo"
+    assert main(["demo", "--out", str(out), "--checkpoint", str(demo_checkpoint), f"models.tiny_dir={tmp_path / 'tiny'}"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(out / "scores.md")
+    md = Path(lines[-1]).read_text()
+    table1 = md.split("## The peers")[0]
+    rows = [ln.strip("| ").split(" | ") for ln in table1.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    published, _ = read_published("pipelines/eval/paper_table1.csv")
+    assert [r[0] for r in rows] == [*[f"{m} (published)" for m in dict.fromkeys(p["model"] for p in published)], "demo"]
+    for cells in rows:
+        for c in cells[1:]:
+            assert re.fullmatch(r"-?\d+(\.\d+)?†? \(n=\d+\)|-?\d+(\.\d+)?|n/a \(.+\)", c), c
+    demo = dict(zip(table1.splitlines()[2].strip("| ").split(" | "), rows[-1]))
+    for bench in ("greatesthits", "landscapes_itw", "vggsound"):
+        assert re.fullmatch(r"\d+\.\d+† \(n=\d+\)", demo[f"{bench} FID ↓"]), demo   # a number at the demo's small n, marked
+    assert demo["vegas FID ↓"] == "n/a (not scored)"
+    assert "ground truth (upper bound)" in md and "nan" not in md.lower()
+    for bench, n in (("vggsound", 11), ("greatesthits", 7), ("landscapes_itw", 12)):
+        clips = pq.read_table(out / bench / "clips.parquet").to_pylist()
+        assert len(clips) == n and all(r["status"] == "ok" and r["seconds"] == 5.0 for r in clips), bench
+        assert all(sf.info(out / bench / r["audio"]).frames == 5 * 16000 for r in clips)
+    vgg = {r["label"] for r in pq.read_table(out / "vggsound" / "clips.parquet").to_pylist()}
+    assert vgg == {"dog barking", "baby crying", "railroad car, train wagon", "hail"}   # the unlisted class is left out

@@ -33,7 +33,8 @@ def read_published(path: str | Path) -> tuple[list[dict], list[str]]:
     rows = []
     for i, r in enumerate(csv.DictReader(ln for ln in lines if ln.strip() and not ln.startswith("#"))):
         try:
-            rows.append({"model": r["model"], "benchmark": r["benchmark"], **{m: float(r[m]) for m in TABLE1}})
+            rows.append({"model": r["model"], "benchmark": r["benchmark"], **{m: float(r[m]) for m in TABLE1},
+                         "printed": {m: r[m].strip() for m in TABLE1}})   # as the paper prints them (trailing zeros kept)
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"published: {p} row {i + 1} is not model,benchmark,FID,IIS,AIS with numbers") from None
     return rows, source
@@ -76,7 +77,7 @@ def _peer_cells(scope: dict, ks: list[str], gt: bool = False) -> list[str]:
     kid = d.get("kid")
     kid_cell = absent if gt else value(scope["KID"]) + (f" ± {kid['std']:.4f} ({kid['subsets']} × {kid['subset_size']})" if kid else "")
     isd = d.get("is")
-    is_cell = value(scope.get("IS")) + (f" ± {isd['std']:.3f} ({isd['splits']} splits)" if isd else "")
+    is_cell = value(scope.get("IS")) + (f" ± {isd['std']:.3f} ({isd['splits']} split{'s' if isd['splits'] > 1 else ''})" if isd else "")
     cells = [str(n), kid_cell, is_cell, absent if gt else value(scope["CS"])]
     cells += [value(scope[f"R@{k}"]) for k in ks]
     cells += [absent if gt else value(scope[f"R@{k} (image)"]) for k in ks]
@@ -96,7 +97,7 @@ def compose(results: list[dict], published: str | Path | None) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in dict.fromkeys(r["model"] for r in pub):
         got = {(r["benchmark"]): r for r in pub if r["model"] == model}
-        cells = [f"{got[b][m]:g}" if b in got else "n/a (not in the paper)" for b in benches for m in TABLE1]
+        cells = [got[b]["printed"][m] if b in got else "n/a (not in the paper)" for b in benches for m in TABLE1]
         lines.append("| " + " | ".join([f"{model} (published)", *cells]) + " |")
     for name in names:
         mine = {r["benchmark"]: r for r in results if r["name"] == name}
