@@ -136,6 +136,7 @@ def test_kid_matches_torchmetrics_with_one_subset_of_all_samples():
     assert str(kid(x[:1], y)) == "n/a (needs >= 2 samples)"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")   # torchmetrics: its feature buffer, and the std of one split
 def test_inception_score_matches_torchmetrics_from_logits():
     torch = pytest.importorskip("torch")
     tm_is = pytest.importorskip("torchmetrics.image.inception")
