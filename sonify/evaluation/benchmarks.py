@@ -92,7 +92,8 @@ def _vggsound(root: Path, bc: BenchmarkConf, seed: int, notes: list[str]) -> lis
         present = {r["label"] for r in rows}
         absent = [c for c in listed if c not in present]
         shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
-        notes.append(f"{len(listed)} listed classes ({bc.classes})" + (f"; {len(absent)} not in the {bc.split or 'whole'} CSV: {shown}" if absent else ""))
+        notes.append(f"{len(listed)} listed classes ({bc.classes})"
+                     + (f"; {len(absent)} not in the {bc.split or 'whole'} CSV: {shown}" if absent else ""))
         rows = [r for r in rows if r["label"] in set(listed)]
     labels = [r["label"] for r in rows]
     keep = list(range(len(rows)))

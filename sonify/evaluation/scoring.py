@@ -132,5 +132,6 @@ def score(clips_path: str | Path, index_path: str | Path, out: str | Path, cfg: 
               "per_class": {lab: metrics_of(f, np.flatnonzero(labels == lab), cfg, ranks, len(classes)) for lab in classes}}
     out = Path(out)
     atomic_write(out / "scores.json", json.dumps(jsonable(result), indent=1))
-    atomic_write(out / "scores.md", compose([jsonable(result)], data_file(cfg.published) if cfg.published else None) + "\n" + per_class_markdown(jsonable(result)))
+    published = data_file(cfg.published) if cfg.published else None
+    atomic_write(out / "scores.md", compose([jsonable(result)], published) + "\n" + per_class_markdown(jsonable(result)))
     return result
