@@ -1,10 +1,14 @@
 """Evaluate an audio-to-image model the paper's way (Table 1) and its peers': `python -m sonify.evaluate <command>`.
 
   prepare <benchmark> --root DIR --out DIR   a benchmark's clips: clips.parquet + frames/<id>.jpg + audio/<id>.wav
-                                             (vggsound, greatesthits, landscapes, intothewild, vegas)
+                                             (vggsound, greatesthits, landscapes, intothewild, vegas; landscapes_itw
+                                             takes --root landscapes=DIR --root intothewild=DIR)
   generate --clips DIR --out DIR [generate.checkpoint=CKPT | --images DIR]
                                              images for the clips (batched, resumable, seeded) or another model's folder
-  score --clips DIR --images DIR --out DIR   FID, IIS, AIS, CS, R@1/5/10, NDB, per class: scores.md and scores.json
+  score --clips DIR --images DIR --out DIR   FID, IIS, AIS, KID, IS, CS, R@1/5/10, NDB, per class: scores.md + scores.json,
+                                             shaped like the paper's Table 1 with its published rows
+  table <scored folder>... [--out FILE]      one Table 1 from several scored models (and benchmarks)
+  demo [--out DIR]                           the whole protocol offline: fake benchmarks, the demo checkpoint, tiny models
   pairs run=runs/<pipeline> [--out DIR]      pair-quality audit of a built dataset, every retrieval mode: plots + table
 
 Settings are `pipelines/eval_<config>.yaml` (`config=eval_demo` for tiny offline models) with `key=value`
@@ -26,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("prepare", help="a benchmark's clip list, frames and audio")
     pr.add_argument("benchmark")
-    pr.add_argument("--root", required=True, help="the local copy of the benchmark")
+    pr.add_argument("--root", required=True, action="append",
+                    help="the local copy of the benchmark; for landscapes_itw one per part: --root landscapes=DIR --root intothewild=DIR")
     pr.add_argument("--out", help="default: runs/eval/<benchmark>")
     ge = sub.add_parser("generate", help="images for a clip list")
     ge.add_argument("--clips", required=True, help="a prepared folder (or its clips.parquet)")
@@ -37,15 +42,43 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--images", required=True, help="the generate output folder (or its index.parquet)")
     sc.add_argument("--out", help="default: the --images folder")
     sc.add_argument("--name", default="model", help="the method's name in the table")
+    tb = sub.add_parser("table", help="one Table 1 from several scored folders")
+    tb.add_argument("scored", nargs="+", help="folders holding scores.json (or the files)")
+    tb.add_argument("--out", help="also write the table here (Markdown)")
+    de = sub.add_parser("demo", help="the whole protocol on small fake benchmarks with the demo checkpoint")
+    de.add_argument("--out", default="runs/eval_demo", help="where the fake benchmarks, images and scores go")
+    de.add_argument("--checkpoint", default="runs/demo/dit", help="the demo model (made by `make demo`)")
     pa = sub.add_parser("pairs", help="pair-quality audit of a built dataset (run=runs/<pipeline>)")
     pa.add_argument("--out", help="default: <run>/audit")
     return p
 
 
+VALUE_FLAGS = ("--root", "--out", "--clips", "--images", "--name", "--checkpoint")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(`key=value` overrides, the rest); a flag's value (`--root landscapes=DIR`) is never an override."""
+    overrides, rest = [], []
+    for i, a in enumerate(argv):
+        is_value = i > 0 and argv[i - 1] in VALUE_FLAGS
+        (overrides if "=" in a and not a.startswith("-") and not is_value else rest).append(a)
+    return overrides, rest
+
+
+def _root(values: list[str]):
+    """One `--root DIR`, or `--root part=DIR` per part of a union benchmark."""
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    parts = dict(v.split("=", 1) for v in values if "=" in v)
+    if len(parts) != len(values):
+        raise ValueError("give one --root DIR, or one --root part=DIR per part of a union benchmark")
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    a = _parser().parse_args([x for x in argv if x not in overrides])
+    overrides, rest = split_overrides(argv)
+    a = _parser().parse_args(rest)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if a.command == "pairs":
@@ -59,15 +92,33 @@ def main(argv: list[str] | None = None) -> int:
             print(report["markdown"])
             print(f"plots and tables in {report['out']}")
             return 0
+        if a.command == "table":
+            from sonify.evaluation.config import data_file, load_eval_config
+            from sonify.evaluation.table import compose, read_result
+
+            cfg = load_eval_config(overrides)
+            md = compose([read_result(p) for p in a.scored], data_file(cfg.published) if cfg.published else None)
+            if a.out:
+                from sonify.engine.files import atomic_write
+                atomic_write(a.out, md)
+            print(md + (f"\nwritten to {a.out}" if a.out else ""))
+            return 0
+        if a.command == "demo":
+            from sonify.evaluation.demo import run_demo
+
+            print(run_demo(a.out, a.checkpoint, overrides))
+            return 0
         from sonify.evaluation.config import load_eval_config
 
         cfg = load_eval_config(overrides)
         if a.command == "prepare":
-            from sonify.evaluation.benchmarks import prepare
+            from sonify.evaluation.benchmarks import notes_of, prepare
 
             out = a.out or f"runs/eval/{a.benchmark}"
-            t = prepare(a.benchmark, a.root, out, cfg)
+            t = prepare(a.benchmark, _root(a.root), out, cfg)
             errors = [r["error"] for r in t.select(["status", "error"]).to_pylist() if r["status"] != "ok"]
+            for note in notes_of(t):
+                print(note)
             print(f"{t.num_rows} clips, {t.num_rows - len(errors)} ok, {len(errors)} errors"
                   + (f" (first: {errors[0]})" if errors else "") + f"; {out}/clips.parquet")
         elif a.command == "generate":

@@ -4,43 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+from sonify.evaluation.demo_data import make_video
 
 COLORS = {"dog barking": (200, 40, 40), "rain": (40, 40, 200), "people marching, band": (40, 200, 40),
           "wood": (150, 100, 50), "metal": (180, 180, 190), "water": (20, 120, 200)}
-
-
-def make_video(path: Path, seconds=2.0, fps=8, size=(48, 32), rate=16000, color=(200, 30, 30), tone=440.0, audio=True):
-    """An MPEG-4 video with a bar sweeping across a flat colour and (optionally) an AAC sine tone."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("mpeg4", rate=fps)
-        v.width, v.height, v.pix_fmt = size[0], size[1], "yuv420p"
-        a = c.add_stream("aac", rate=rate) if audio else None
-        if a is not None:
-            a.layout = "mono"
-        n = int(seconds * fps)
-        for i in range(n):
-            img = np.zeros((size[1], size[0], 3), np.uint8)
-            img[:] = color
-            img[:, : (i * size[0]) // n] = 255
-            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in v.encode():
-            c.mux(p)
-        if a is not None:
-            t = np.arange(int(seconds * rate)) / rate
-            x = (0.3 * np.sin(2 * np.pi * tone * t)).astype(np.float32)
-            for s in range(0, x.size, 1024):
-                f = av.AudioFrame.from_ndarray(x[None, s:s + 1024], format="fltp", layout="mono")
-                f.sample_rate = rate
-                for p in a.encode(f):
-                    c.mux(p)
-            for p in a.encode():
-                c.mux(p)
-    return path
 
 
 def fake_vggsound(root: Path, per_class: int = 3, missing: int = 1) -> Path:
@@ -86,4 +53,22 @@ def fake_vegas(root: Path) -> Path:
     """`<class>/video/<name>.mp4`, one of them without a sound track."""
     make_video(root / "dog" / "video" / "d1.mp4", seconds=1.5, color=COLORS["dog barking"])
     make_video(root / "drum" / "video" / "x1.mp4", seconds=1.5, color=(10, 10, 10), audio=False)
+    return root
+
+
+def fake_intothewild(root: Path) -> Path:
+    """`<class>/<name>.mp4` with no split folder (Into The Wild has no published layout)."""
+    make_video(root / "city traffic" / "c1.mp4", seconds=2.0, color=(120, 120, 40), tone=350.0)
+    make_video(root / "fire crackling" / "f1.mp4", seconds=1.0, color=(230, 120, 20), tone=700.0)
+    return root
+
+
+def vggsound_csv_only(root: Path, clips: dict[str, int], train_per_class: int = 2) -> Path:
+    """A `vggsound.csv` with `clips[label]` test rows and some train rows per class, and no videos (every clip not_found)."""
+    lines = []
+    for ci, (label, n) in enumerate(clips.items()):
+        for j in range(n + train_per_class):
+            lines.append(f'c{ci:03d}_{j:03d},{10 * j},"{label}",{"test" if j < n else "train"}')
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "vggsound.csv").write_text("\n".join(lines) + "\n")
     return root

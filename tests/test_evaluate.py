@@ -4,6 +4,7 @@ resumable generation, scoring end to end, and the pair-quality audit against Duc
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,21 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from eval_fakes import fake_greatesthits, fake_landscapes, fake_vegas, fake_vggsound
+from eval_fakes import fake_greatesthits, fake_intothewild, fake_landscapes, fake_vegas, fake_vggsound, vggsound_csv_only
 from sonify.evaluate import main
 from sonify.evaluation.benchmarks import balanced_sample, prepare
 from sonify.evaluation.config import load_eval_config
 
 
+# The small fakes below hold 1-3 s videos: their tests take 1 s windows, the test split, and every VGGSound class
+SMALL = ["benchmarks.vggsound.seconds=1.0", "benchmarks.vggsound.classes=all", "benchmarks.vggsound.per_class=null",
+         "benchmarks.vggsound.num_clips=12", "benchmarks.greatesthits.seconds=1.0", "benchmarks.greatesthits.split=test",
+         "benchmarks.landscapes.split=test"]
+
+
 @pytest.fixture
 def cfg(tmp_path):
-    return load_eval_config(["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}"])
+    return load_eval_config(["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}", *SMALL])
 
 
 def test_vggsound_csv_and_clip_names(tmp_path):
@@ -96,10 +103,101 @@ def test_prepare_landscapes_windows_and_vegas_clips(tmp_path, cfg):
     assert rows[1]["error"].startswith("no_audio")
 
 
+def test_vggsound_takes_the_listed_classes_per_class_and_every_class_on_request(tmp_path, capsys):
+    """62 classes in the CSV, Sound2Scene's 50 listed: 20 test clips of each listed class (all 7 of two short ones)."""
+    from sonify.evaluation.benchmarks import read_class_list
+
+    listed = read_class_list("pipelines/eval/vggsound_sound2scene_50.txt")
+    assert len(listed) == 50 and "railroad car, train wagon" in listed
+    counts = {c: (7 if c in listed[:2] else 23) for c in listed}
+    counts.update({f"other class {i}": 23 for i in range(12)})
+    root = vggsound_csv_only(tmp_path / "vgg", counts)
+    common = ["config=eval_default", "progress=false"]
+    assert main(["prepare", "vggsound", "--root", str(root), "--out", str(tmp_path / "p"), *common]) == 0
+    printed = capsys.readouterr().out
+    rows = pq.read_table(tmp_path / "p" / "clips.parquet").to_pylist()
+    per = {c: sum(r["label"] == c for r in rows) for c in {r["label"] for r in rows}}
+    assert set(per) == set(listed) and len(rows) == 48 * 20 + 2 * 7
+    assert all(n == (7 if c in listed[:2] else 20) for c, n in per.items())
+    assert {r["split"] for r in rows} == {"test"} and all(r["error"].startswith("not_found") for r in rows)   # no videos here
+    assert f"fewer where a class has fewer: {listed[0]} (7), {listed[1]} (7)" in printed.replace(
+        f"{listed[1]} (7), {listed[0]} (7)", f"{listed[0]} (7), {listed[1]} (7)")
+    assert "974 clips" in printed
+    cfg = load_eval_config([*common])
+    from sonify.evaluation.benchmarks import clip_specs
+    again = clip_specs("vggsound", root, cfg)
+    assert [s["id"] for s in again] == [r["id"] for r in rows]   # seeded: the same sample again
+    other = clip_specs("vggsound", root, load_eval_config([*common, "seed=1"]))
+    assert [s["id"] for s in other] != [r["id"] for r in rows]
+    every = clip_specs("vggsound", root, load_eval_config([*common, "benchmarks.vggsound.classes=all", "benchmarks.vggsound.per_class=2"]))
+    assert len({s["label"] for s in every}) == 62 and len(every) == 124
+    with pytest.raises(Exception, match="benchmarks.vggsound.classes"):
+        clip_specs("vggsound", root, load_eval_config([*common, "benchmarks.vggsound.classes=nosuch.txt"]))
+
+
+def test_greatesthits_takes_every_split_and_counts_hits(tmp_path, capsys):
+    root = fake_greatesthits(tmp_path / "gh")
+    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}", "benchmarks.greatesthits.seconds=1.0"]
+    assert main(["prepare", "greatesthits", "--root", str(root), "--out", str(tmp_path / "p"), *common]) == 0
+    rows = pq.read_table(tmp_path / "p" / "clips.parquet").to_pylist()
+    assert {r["split"] for r in rows} == {"train", "test"} and len(rows) == 5   # 4 test hits + the train recording's one
+    assert ("2015-02-17-10-00-00", "train", "wood") in {(r["id"].split("_")[0], r["split"], r["label"]) for r in rows}
+    assert "5 kept hits (one instance each) from 3 recordings; test: 4, train: 1" in capsys.readouterr().out
+
+
+def test_landscapes_itw_is_one_set_over_the_union(tmp_path, capsys):
+    """The union's FID is the FID of the two sets' features concatenated (not an average of two FIDs)."""
+    from sonify.evaluation import metrics as M
+    from sonify.evaluation.generation import index_folder
+    from sonify.evaluation.scoring import score
+
+    ls, itw = fake_landscapes(tmp_path / "ls"), fake_intothewild(tmp_path / "itw")
+    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}"] + [
+        f"benchmarks.{b}.{k}" for b in ("landscapes", "intothewild", "landscapes_itw") for k in ("seconds=1.0", "max_clips_per_video=2")]
+    cfg = load_eval_config(common)
+    assert main(["prepare", "landscapes_itw", "--root", f"landscapes={ls}", "--root", f"intothewild={itw}",
+                 "--out", str(tmp_path / "u"), *common]) == 0
+    assert "landscapes_itw: the union of 4 landscapes, 3 intothewild clips" in capsys.readouterr().out
+    assert main(["prepare", "landscapes_itw", "--root", str(ls), "--out", str(tmp_path / "x"), *common]) == 2
+    assert "--root landscapes=DIR --root intothewild=DIR" in capsys.readouterr().err
+    prepare("landscapes", ls, tmp_path / "l", cfg)
+    prepare("intothewild", itw, tmp_path / "i", cfg)
+
+    def vec(path, flip=False):
+        im = np.asarray(Image.open(path).convert("RGB").resize((4, 2)), np.float64)
+        return (im[:, ::-1] if flip else im).ravel() / 255
+
+    def features(gt, gen, audio, seconds, classes):
+        g, f = np.stack([vec(p) for p in gt]), np.stack([vec(p, flip=True) for p in gen])
+        c = np.eye(len(classes), 4)
+        return {"inc_gt": g, "inc_gen": f, "clip_gen": f[:, :4], "clip_gt": g[:, :4], "iis_gen": f, "iis_gt": g,
+                "audio": f[:, :4], "text": c, "logits_gt": g, "logits_gen": f}
+
+    feats = {}
+    for name in ("u", "l", "i"):
+        index_folder(tmp_path / name, tmp_path / name / "frames", tmp_path / f"g{name}")
+        feats[name] = score(tmp_path / name, tmp_path / f"g{name}", tmp_path / f"s{name}", cfg, features=features)
+        rows = [r for r in pq.read_table(tmp_path / name / "clips.parquet").to_pylist() if r["status"] == "ok"]
+        feats[name]["gt"] = np.stack([vec(tmp_path / name / r["image"]) for r in rows])
+    u = feats["u"]
+    assert u["benchmark"] == "landscapes_itw" and u["overall"]["n"] == 7 and u["classes"] == 4
+    concat = M.fid(np.concatenate([feats["l"]["gt"], feats["i"]["gt"]]),
+                   np.concatenate([feats["l"]["gt"][:, ::1].reshape(-1, 2, 4, 3)[:, :, ::-1].reshape(-1, 24),
+                                   feats["i"]["gt"].reshape(-1, 2, 4, 3)[:, :, ::-1].reshape(-1, 24)]))
+    assert u["overall"]["FID"] == pytest.approx(concat, rel=1e-9)
+    assert u["overall"]["FID"] != pytest.approx((feats["l"]["overall"]["FID"] + feats["i"]["overall"]["FID"]) / 2, rel=1e-3)
+
+
 def test_the_default_config_names_the_papers_models():
     cfg = load_eval_config(["config=eval_default"])
     assert cfg.models.clip == cfg.models.clip_iis == "openai/clip-vit-base-patch32"
-    assert cfg.benchmarks.vggsound.num_clips == 1000 and cfg.score.ndb_k == 50 and cfg.score.ks == [1, 5, 10]
+    assert cfg.score.ndb_k == 50 and cfg.score.ks == [1, 5, 10] and not cfg.score.cs_clipped and cfg.score.text_template == "{}"
+    b = cfg.benchmarks
+    assert b.vggsound.per_class == 20 and b.vggsound.split == "test" and b.vggsound.classes.endswith("vggsound_sound2scene_50.txt")
+    for name in ("greatesthits", "landscapes", "intothewild", "landscapes_itw", "vegas"):
+        assert getattr(b, name).split is None, name   # the paper: every split
+    for name in ("vggsound", "greatesthits", "landscapes", "intothewild", "landscapes_itw", "vegas"):
+        assert getattr(b, name).seconds == 5.0, name   # the training chunk length
 
 
 def test_wav2clip_loads_the_published_checkpoint_layout(tmp_path):
@@ -193,7 +291,7 @@ def test_end_to_end_prepare_generate_resume_score(tmp_path, demo_checkpoint, cap
     from sonify.evaluation.generation import generate_images
     from sonify.training.sampling import Sampler
 
-    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}"]
+    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}", *SMALL]
     vgg, gh = fake_vggsound(tmp_path / "vgg"), fake_greatesthits(tmp_path / "gh")
     assert main(["prepare", "vggsound", "--root", str(vgg), "--out", str(tmp_path / "p_vgg"), *common]) == 0
     assert main(["prepare", "greatesthits", "--root", str(gh), "--out", str(tmp_path / "p_gh"), *common]) == 0
@@ -226,12 +324,14 @@ def test_end_to_end_prepare_generate_resume_score(tmp_path, demo_checkpoint, cap
         result = json.loads((tmp_path / f"g_{bench}" / "scores.json").read_text())
         for scope in [result["overall"], *result["per_class"].values()]:
             for key, value in scope.items():
+                if key == "details":
+                    continue
                 if isinstance(value, dict):
                     assert value["value"] is None and value["undefined"].startswith("n/a (needs >= "), (key, value)
                 else:
                     assert np.isfinite(value), (key, value)
         md = (tmp_path / f"g_{bench}" / "scores.md").read_text()
-        assert "n/a (needs >= 33 samples)" in md   # FID in the tiny Inception's 32 dimensions
+        assert re.search(r"\| -?\d+\.\d+† \(n=\d+\) \|", md)   # FID at a few clips: a number, marked rank-deficient (n <= 32 dimensions)
         assert "nan" not in md.lower()
     assert json.loads((tmp_path / "g_vgg" / "scores.json").read_text())["retrieval_pool"] == 8
     # another model's folder, keyed by id, scores the same way
@@ -241,7 +341,7 @@ def test_end_to_end_prepare_generate_resume_score(tmp_path, demo_checkpoint, cap
     assert "| other | greatesthits | 4 |" in (tmp_path / "other" / "scores.md").read_text()
 
 
-def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg):
+def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
     """The scoring path with known embeddings: identical sets give FID 0, IIS 1, R@1 1."""
     from sonify.evaluation.scoring import score
 
@@ -253,17 +353,37 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg):
     rng = np.random.default_rng(0)
     e = rng.standard_normal((len(clips), 5))
 
-    def features(gt, gen, audio, seconds):
-        assert [Path(p).name for p in gt] == [Path(p).name for p in gen]
-        return {"inc_gt": e, "inc_gen": e, "clip_gen": e, "clip_gt": e, "iis_gen": e, "iis_gt": e, "audio": e}
+    def features(gt, gen, audio, seconds, classes):
+        assert [Path(p).name for p in gt] == [Path(p).name for p in gen] and classes == ["metal", "water", "wood"]
+        text = np.stack([e[[r["label"] for r in clips].index(c)] for c in classes])   # each class text = its first clip's vector
+        return {"inc_gt": e, "inc_gen": e, "clip_gen": e, "clip_gt": e, "iis_gen": e, "iis_gt": e, "audio": e, "text": text,
+                "logits_gt": e, "logits_gen": e}
 
     r = score(tmp_path / "p", tmp_path / "g", tmp_path / "s", cfg, features=features)
     o = r["overall"]
     assert o["IIS"] == pytest.approx(1.0) and o["AIS"] == pytest.approx(1.0) and o["CS"] == pytest.approx(100.0)
-    assert o["R@1"] == 1.0 and str(o["R@5"]) == "n/a (needs >= 5 images in the pool)"
-    assert str(o["FID"]) == "n/a (needs >= 6 samples)"   # 4 clips in 5 dimensions
+    assert o["R@1 (image)"] == 1.0 and str(o["R@5 (image)"]) == "n/a (needs >= 5 images in the pool)"
+    assert str(o["R@5"]) == "n/a (needs >= 6 classes)"   # Sound2Scene's R@K: 3 classes
+    assert o["FID"] == pytest.approx(0, abs=1e-6) and o["details"]["fid_rank_deficient"]   # 4 clips in 5 dimensions: a number, marked
     assert set(r["per_class"]) == {"wood", "metal", "water"} and r["per_class"]["metal"]["n"] == 2
-    assert r["per_class"]["metal"]["R@1"] == 1.0   # ranked in the whole pool of 4, not among the class's 2
+    assert r["per_class"]["metal"]["R@1 (image)"] == 1.0   # ranked in the whole pool of 4, not among the class's 2
+    md = (tmp_path / "s" / "scores.md").read_text()
+    assert "| Sound2Scene (published) | 184.2 |" in md and "† (n=4)" in md and "nan" not in md.lower()
+    assert "| Sound2Scene (published) | 184.2 | 0.68 | 0.049 | 109.0 |" in md   # as printed, trailing zeros kept
+    # `table` composes several scored folders into one Table 1, the published rows first
+    score(tmp_path / "p", tmp_path / "g", tmp_path / "s2", cfg, name="other", features=features)
+    assert main(["table", str(tmp_path / "s"), str(tmp_path / "s2" / "scores.json"), "--out", str(tmp_path / "t.md"), "config=eval_demo"]) == 0
+    names = [ln.split(" | ")[0][2:] for ln in (tmp_path / "t.md").read_text().split("## The peers")[0].splitlines()
+             if ln.startswith("| ") and not ln.startswith("| method")]
+    assert names[-2:] == ["model", "other"] and names[0] == "Sound2Scene (published)" and len(names) == 7
+    capsys.readouterr()
+    assert main(["table", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip() == f"sonify.evaluate table: no scores.json at {tmp_path / 'nothing'}; run `python -m sonify.evaluate score` first"
+    (tmp_path / "bad.csv").write_text("model,benchmark,FID,IIS,AIS\nX,vegas,ten,0.5,0.1\n")
+    assert main(["table", str(tmp_path / "s"), f"published={tmp_path / 'bad.csv'}"]) == 2
+    assert "row 1 is not model,benchmark,FID,IIS,AIS with numbers" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "no_ckpt")]) == 2
+    assert "run `make demo` first" in capsys.readouterr().err
 
 
 def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):
@@ -310,13 +430,47 @@ def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):
 @pytest.mark.slow
 def test_score_with_the_tiny_feature_models_is_finite_at_enough_samples(tmp_path):
     """33 clips scored against their own ground truth (another model's folder) through the real extractors:
-    with more samples than the tiny Inception's 32 dimensions every metric is a number; FID and NDB say 'same'."""
-    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}", "benchmarks.vggsound.num_clips=33"]
+    with more samples than the tiny Inception's 32 dimensions every metric is a number (R@5/10 over 3 class names: n/a);
+    FID and NDB say 'same'."""
+    common = ["config=eval_demo", f"models.tiny_dir={tmp_path / 'tiny'}", *SMALL, "benchmarks.vggsound.num_clips=33"]
     vgg = fake_vggsound(tmp_path / "vgg", per_class=11, missing=0)
     assert main(["prepare", "vggsound", "--root", str(vgg), "--out", str(tmp_path / "p"), *common]) == 0
     assert main(["generate", "--clips", str(tmp_path / "p"), "--images", str(tmp_path / "p" / "frames"),
                  "--out", str(tmp_path / "g"), *common]) == 0
     assert main(["score", "--clips", str(tmp_path / "p"), "--images", str(tmp_path / "g"), *common]) == 0
     o = json.loads((tmp_path / "g" / "scores.json").read_text())["overall"]
-    assert o["n"] == 33 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in o.values()), o
+    undefined = {k for k, v in o.items() if isinstance(v, dict) and "undefined" in v}
+    assert undefined == {"R@5", "R@10"}, o   # Sound2Scene's R@K over 3 class names says nothing at K >= 3
+    assert o["n"] == 33 and all(isinstance(v, (int, float)) and np.isfinite(v) for k, v in o.items() if k not in undefined | {"details"}), o
+    assert not o["details"]["fid_rank_deficient"]
     assert o["FID"] == pytest.approx(0, abs=1e-6) and o["IIS"] == pytest.approx(1) and o["NDB"] == 0
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path, demo_checkpoint, capsys):
+    """`python -m sonify.evaluate demo`: fake VGGSound / Greatest Hits / Landscapes + ITW, the demo model, one Table 1."""
+    from sonify.evaluation.table import read_published
+
+    out = tmp_path / "runs" / "eval_demo"
+    assert main(["demo", "--out", str(out), "--checkpoint", str(demo_checkpoint), f"models.tiny_dir={tmp_path / 'tiny'}"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(out / "scores.md")
+    md = Path(lines[-1]).read_text()
+    table1 = md.split("## The peers")[0]
+    rows = [ln.strip("| ").split(" | ") for ln in table1.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    published, _ = read_published("pipelines/eval/paper_table1.csv")
+    assert [r[0] for r in rows] == [*[f"{m} (published)" for m in dict.fromkeys(p["model"] for p in published)], "demo"]
+    for cells in rows:
+        for c in cells[1:]:
+            assert re.fullmatch(r"-?\d+(\.\d+)?†? \(n=\d+\)|-?\d+(\.\d+)?|n/a \(.+\)", c), c
+    demo = dict(zip(table1.splitlines()[2].strip("| ").split(" | "), rows[-1]))
+    for bench in ("greatesthits", "landscapes_itw", "vggsound"):
+        assert re.fullmatch(r"\d+\.\d+† \(n=\d+\)", demo[f"{bench} FID ↓"]), demo   # a number at the demo's small n, marked
+    assert demo["vegas FID ↓"] == "n/a (not scored)"
+    assert "ground truth (upper bound)" in md and "nan" not in md.lower()
+    for bench, n in (("vggsound", 11), ("greatesthits", 7), ("landscapes_itw", 12)):
+        clips = pq.read_table(out / bench / "clips.parquet").to_pylist()
+        assert len(clips) == n and all(r["status"] == "ok" and r["seconds"] == 5.0 for r in clips), bench
+        assert all(sf.info(out / bench / r["audio"]).frames == 5 * 16000 for r in clips)
+    vgg = {r["label"] for r in pq.read_table(out / "vggsound" / "clips.parquet").to_pylist()}
+    assert vgg == {"dog barking", "baby crying", "railroad car, train wagon", "hail"}   # the unlisted class is left out

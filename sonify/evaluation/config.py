@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -11,24 +12,31 @@ from sonify.engine.config import load_object
 
 @dataclass
 class BenchmarkConf:
-    seconds: float = 5.0               # the conditioning audio: a window this long, centred on the ground-truth frame
+    seconds: float = 5.0               # the conditioning audio: the training chunk length, centred on the ground-truth frame
     num_clips: Optional[int] = None    # class-balanced sample of this many clips (null: every clip)
-    split: Optional[str] = "test"      # null: every split
+    split: Optional[str] = None        # null: every split (the paper: "all the available instances across different splits")
     min_gap: float = 0.0               # greatesthits: seconds between kept hits of one recording
     max_clips_per_video: int = 1       # landscapes / intothewild: fixed windows per video
+    classes: Optional[str] = None      # vggsound: a file of class names (one a line, `#` comments), `all`, or null (all)
+    per_class: Optional[int] = None    # vggsound: this many clips of each class, seeded (fewer where a class has fewer)
 
 
 def _bench(**kw):
     return field(default_factory=lambda: BenchmarkConf(**kw))
 
 
+SOUND2SCENE_CLASSES = "pipelines/eval/vggsound_sound2scene_50.txt"
+PUBLISHED = "pipelines/eval/paper_table1.csv"
+
+
 @dataclass
 class BenchmarksConf:
-    vggsound: BenchmarkConf = _bench(num_clips=1000)
-    greatesthits: BenchmarkConf = _bench(seconds=2.0, min_gap=2.0)
+    vggsound: BenchmarkConf = _bench(split="test", classes=SOUND2SCENE_CLASSES, per_class=20)
+    greatesthits: BenchmarkConf = _bench(min_gap=2.0)
     landscapes: BenchmarkConf = _bench(max_clips_per_video=3)
-    intothewild: BenchmarkConf = _bench(split=None, max_clips_per_video=3)
-    vegas: BenchmarkConf = _bench(split=None)
+    intothewild: BenchmarkConf = _bench(max_clips_per_video=3)
+    landscapes_itw: BenchmarkConf = _bench(max_clips_per_video=3)   # the union of the two, scored as one set
+    vegas: BenchmarkConf = _bench()
 
 
 @dataclass
@@ -54,6 +62,12 @@ class GenerateConf:
 @dataclass
 class ScoreConf:
     ks: List[int] = field(default_factory=lambda: [1, 5, 10])
+    text_template: str = "{}"          # R@K's class text: the bare class name, as Sound2Scene feeds it (this project's reading)
+    cs_clipped: bool = False           # true: CLIPScore's 100 x max(cos, 0) instead of Visual Echoes' 100 x cos (labelled so)
+    kid_subsets: int = 100             # clean-fid's and torchmetrics' defaults
+    kid_subset_size: int = 1000
+    is_splits: int = 10                # Salimans et al.'s 10 splits ...
+    is_min_per_split: int = 10         # ... fewer where a split would hold fewer images than this
     ndb_k: int = 50
     ndb_alpha: float = 0.05
     ndb_min_per_bin: int = 5
@@ -71,9 +85,19 @@ class EvalConf:
     models: EvalModelsConf = field(default_factory=EvalModelsConf)
     generate: GenerateConf = field(default_factory=GenerateConf)
     score: ScoreConf = field(default_factory=ScoreConf)
+    published: Optional[str] = PUBLISHED   # the paper's Table 1 rows shown above the user's (null: none)
 
 
-BENCHMARKS = ("vggsound", "greatesthits", "landscapes", "intothewild", "vegas")
+BENCHMARKS = ("vggsound", "greatesthits", "landscapes", "intothewild", "landscapes_itw", "vegas")
+UNIONS = {"landscapes_itw": ("landscapes", "intothewild")}   # benchmarks scored over the union of others' clips
+
+
+def data_file(path: str) -> Path:
+    """A file named in the config: as given (absolute or from the working folder), else from the repository."""
+    from sonify.engine.config import REPO_ROOT
+
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 def load_eval_config(overrides: list[str]) -> EvalConf:

@@ -1,4 +1,5 @@
-"""Feature models for the metrics: FID's Inception, CLIP's image tower, Wav2CLIP's audio encoder.
+"""Feature models for the metrics: FID's Inception (pool features and IS logits), CLIP's image and text towers,
+Wav2CLIP's audio encoder.
 
 Every model is loaded by name through `models.loading.load_pretrained`: a Hugging Face id or folder
 for CLIP, a local weights file for Inception (pytorch-fid's) and Wav2CLIP, `tiny:<kind>` in tests.
@@ -72,6 +73,42 @@ class InceptionFeatures:
             for batch in _batches(images, self.batch_size):
                 out.append(self.model(self.preprocess(batch).to(self.device)).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.feature_dim))
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """IS logits: the 1008-way classifier on the pool features without its bias ("logits_unbiased").
+
+        The original Inception Score code (Salimans et al.) takes `pool3 @ W` of this network's
+        softmax layer, bias left out; torch-fidelity and torchmetrics do the same. Dropout is off in eval.
+        """
+        w = self.model.fc.weight.detach().double().cpu().numpy()
+        return np.asarray(features, np.float64) @ w.T
+
+
+class ClipTextFeatures:
+    """CLIP text embeddings of class names (Sound2Scene's R@K), L2-normalised; `template` formats each name."""
+
+    def __init__(self, name: str, tiny_dir: str, device: str = "cpu", template: str = "{}"):
+        from transformers import AutoTokenizer, CLIPModel
+
+        from sonify.models.loading import load_pretrained
+
+        self.model = load_pretrained(CLIPModel, name, tiny_dir, role="clip").to(device).eval()
+        self.tokenizer = load_pretrained(AutoTokenizer, name, tiny_dir, role="clip")
+        self.device, self.template = device, template
+
+    def __call__(self, class_names: list[str]) -> np.ndarray:
+        import torch
+
+        from sonify.evaluation.metrics import l2_normalise
+
+        if not class_names:
+            return np.zeros((0, self.model.config.projection_dim))
+        batch = self.tokenizer([self.template.format(c) for c in class_names], padding=True, truncation=True,
+                               max_length=self.model.config.text_config.max_position_embeddings, return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.get_text_features(**{k: v.to(self.device) for k, v in batch.items()
+                                                  if k in ("input_ids", "attention_mask")})
+        return l2_normalise(out.pooler_output.double().cpu().numpy())
 
 
 class ClipImageFeatures:

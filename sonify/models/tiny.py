@@ -17,7 +17,7 @@ from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
 KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip")
-VERSION = 5
+VERSION = 6
 
 _CORPUS = [
     "the sound of a dog barking in the park", "water splashing against the rocks", "a car engine running",
@@ -115,15 +115,24 @@ def _dit(out: Path) -> None:
 
 
 def _clip(out: Path) -> None:
-    """CLIP for IIS, AIS, CS and R@K: the image tower and its (PIL) processor are what evaluation loads."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    """CLIP for IIS, AIS, CS and R@K: image tower + PIL processor, and a text tower with a byte-level tokenizer
+    and CLIP's 77 positions (Sound2Scene's R@K embeds the class names; the EOS token's state is the pooled one)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTrainedTokenizerFast
 
-    cfg = CLIPConfig(text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                                      num_attention_heads=2, max_position_embeddings=16),
+    bpe = _bpe(["<|startoftext|>", "<|endoftext|>"])
+    bos, eos = bpe.token_to_id("<|startoftext|>"), bpe.token_to_id("<|endoftext|>")
+    bpe.post_processor = TemplateProcessing(single="<|startoftext|> $A <|endoftext|>",
+                                            special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>", model_max_length=77)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, bos_token_id=bos,
+                                      eos_token_id=eos, pad_token_id=eos, num_attention_heads=2, max_position_embeddings=77),
                      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                         image_size=32, patch_size=8), projection_dim=32)
     CLIPModel(cfg).save_pretrained(out)
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def _inception(out: Path) -> None:
