@@ -9,7 +9,12 @@ its temporary folder is removed when it stops. See docs/app.md.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     conf = AppConf(max_upload_mb=a.max_upload_mb, page_size=a.page_size, max_concepts=a.max_concepts,
                    num_images=a.num_images, device=a.device)
     temp = TempFiles()
+    # a stop by SIGTERM (a service manager, `timeout`) unwinds like Ctrl-C, so the temp folder goes too
+    signal.signal(signal.SIGTERM, _interrupt)
     from sonify.webapp.ui import launch, offline_env
 
     offline_env(str(temp.dir))

@@ -109,7 +109,6 @@ class AppRun:
         self.chunk_seconds = float(self.cfg.stages.audio.chunk_seconds)
         self.mix = self.cfg.stages.mix
         self.paths = SourcePaths.of(self.cfg, "audio")
-        self.temp = temp or TempFiles()
         e = self.cfg.stages.embed
         self.clap = ClapEmbedder(self.cfg.models.clap, self.cfg.models.tiny_dir, e.device, e.dtype, int(e.model_batch),
                                  int(e.text_max_tokens))
@@ -120,6 +119,7 @@ class AppRun:
         self._vlms: dict[str, object] = {}
         self._samplers: dict[float, object] = {}
         self._retriever = None
+        self.temp = temp or TempFiles()   # last: a run refused above leaves no folder behind
 
     # -- the checkpoint ------------------------------------------------------------------------------
     def run_ast_dim(self) -> int | None:

@@ -87,7 +87,7 @@ def ask_vlm(app: AppRun, upload: Upload, vlm: str) -> tuple[str, list[str]]:
     return caption, [x.text for x in parsed.concepts]
 
 
-def match(app: AppRun, texts: list[str], image_key: str, variant: str, draw: int = 0) -> list[dict]:
+def match(app: AppRun, texts: list[str], image_key: str, variant: str = TYPED, draw: int = 0) -> list[dict]:
     """Algorithm 1 (the run's rule and k) for each text against the whole pool; one row per text."""
     from sonify.engine.keys import keyed_rng
     from sonify.retrieval.algorithm import choose, choose_distinct
