@@ -208,7 +208,7 @@ def launch(app: AppRun, host: str, port: int | None, block: bool = True):
                             theme=theme(), css=CSS, footer_links=[], ssr_mode=False, pwa=False, mcp_server=False,
                             enable_monitoring=False)
     if block:
-        print(f"sonify.app: serving {app.run_dir} at {url}", flush=True)
+        print(f"sonify.app: serving {app.run_dir} at {url} (temporary files in {app.temp.dir}, removed at exit)", flush=True)
         try:
             demo.block_thread()
         finally:
