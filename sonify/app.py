@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-concepts", type=int, default=d.max_concepts, help="typed concepts per image")
     p.add_argument("--num-images", type=int, default=d.num_images, help="images per draw")
     p.add_argument("--device", default=d.device, help="where the checkpoint's sampler runs (auto | cpu | cuda)")
+    p.add_argument("--screenshots", metavar="DIR", help="save a screenshot of each tab (driven in headless Chromium "
+                   "with the demo's files) into DIR, then stop (make app-screenshots)")
     a = p.parse_args(rest)
     conf = AppConf(max_upload_mb=a.max_upload_mb, page_size=a.page_size, max_concepts=a.max_concepts,
                    num_images=a.num_images, device=a.device)
@@ -50,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from sonify.webapp.runtime import AppRun
 
-        app = AppRun(run_dir, checkpoints[-1] if checkpoints else None, conf, temp)
-        launch(app, a.host, a.port)
+        app = AppRun(run_dir, checkpoints[-1] if checkpoints else None, conf, temp, background=True)
+        if a.screenshots:
+            from sonify.webapp.screenshots import take
+
+            print("\n".join(f"wrote {s}" for s in take(app, a.screenshots, a.host, a.port)))
+        else:
+            launch(app, a.host, a.port)
     except AppError as e:
         print(f"sonify.app: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +76,10 @@ class AppRun:
     sampler loaded on first use (a machine without a GPU can skip the VLM and type concepts)."""
 
     def __init__(self, run_dir: str | os.PathLike, checkpoint: str | None = None, conf: AppConf | None = None,
-                 temp: TempFiles | None = None):
+                 temp: TempFiles | None = None, background: bool = False):
         from omegaconf import OmegaConf
 
         from sonify.engine.store import TableStore
-        from sonify.models.clap import ClapEmbedder
         import pyarrow.parquet as pq
 
         from sonify.retrieval.matrices import load_matrix, load_pool, matrix_paths, pool_path
@@ -109,17 +109,42 @@ class AppRun:
         self.chunk_seconds = float(self.cfg.stages.audio.chunk_seconds)
         self.mix = self.cfg.stages.mix
         self.paths = SourcePaths.of(self.cfg, "audio")
-        e = self.cfg.stages.embed
-        self.clap = ClapEmbedder(self.cfg.models.clap, self.cfg.models.tiny_dir, e.device, e.dtype, int(e.model_batch),
-                                 int(e.text_max_tokens))
-        if self.clap.dim != self.pool.shape[1]:
-            raise AppError(f"models.clap {self.cfg.models.clap} is {self.clap.dim} wide but the run's pool is "
-                           f"{self.pool.shape[1]} wide: the run's saved config does not match its pool")
+        self._clap, self._clap_future, self._lock = None, None, threading.Lock()
+        self._con = None
+        if not background:
+            self._clap = self._load_clap()
         self.checkpoint = self._check_checkpoint(checkpoint) if checkpoint else None
         self._vlms: dict[str, object] = {}
         self._samplers: dict[float, object] = {}
         self._retriever = None
         self.temp = temp or TempFiles()   # last: a run refused above leaves no folder behind
+
+    # -- CLAP ----------------------------------------------------------------------------------------
+    def _load_clap(self):
+        from sonify.models.clap import ClapEmbedder
+
+        e = self.cfg.stages.embed
+        clap = ClapEmbedder(self.cfg.models.clap, self.cfg.models.tiny_dir, e.device, e.dtype, int(e.model_batch),
+                            int(e.text_max_tokens))
+        if clap.dim != self.pool.shape[1]:
+            raise AppError(f"models.clap {self.cfg.models.clap} is {clap.dim} wide but the run's pool is "
+                           f"{self.pool.shape[1]} wide: the run's saved config does not match its pool")
+        return clap
+
+    def load_in_background(self) -> None:
+        """Start loading CLAP (importing torch and transformers: most of the startup) in a thread, so the first
+        page is served meanwhile; the first search or match waits for it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._clap is None and self._clap_future is None:
+            self._clap_future = ThreadPoolExecutor(1, thread_name_prefix="sonify-clap").submit(self._load_clap)
+
+    @property
+    def clap(self):
+        """CLAP, loaded once (here, or by `load_in_background`)."""
+        if self._clap is None:
+            self._clap = self._clap_future.result() if self._clap_future is not None else self._load_clap()
+        return self._clap
 
     # -- the checkpoint ------------------------------------------------------------------------------
     def run_ast_dim(self) -> int | None:
@@ -203,11 +228,14 @@ class AppRun:
         if not ids:
             return []
         want = pa.table({"id": pa.array(ids, pa.string())})
-        con = self.store.connect("audio_chunks", files="audio_files")
-        con.register("want", want)
-        found = {r[0]: r for r in con.sql("""
-            SELECT c.id, c.source, c.uri, f.relpath, c.start_frame, c.num_frames, c."offset", c.duration
-            FROM want w JOIN audio_chunks c ON c.id = w.id JOIN files f ON f.id = c.file_id""").fetchall()}
+        with self._lock:   # one DuckDB connection for the app's life (opening one costs more than the query)
+            if self._con is None:
+                self._con = self.store.connect("audio_chunks", files="audio_files")
+            self._con.register("want", want)
+            found = {r[0]: r for r in self._con.sql("""
+                SELECT c.id, c.source, c.uri, f.relpath, c.start_frame, c.num_frames, c."offset", c.duration
+                FROM want w JOIN audio_chunks c ON c.id = w.id JOIN files f ON f.id = c.file_id""").fetchall()}
+            self._con.unregister("want")
         out = []
         for i in ids:
             if i not in found:
@@ -231,4 +259,6 @@ class AppRun:
         return self.temp.wav(self.chunk_audio(info, rate), rate, "chunk")
 
     def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
         self.temp.close()

@@ -177,7 +177,7 @@ def build(app: AppRun):
             draw_b = gr.Button("Draw", variant="primary", elem_id="draw-button", interactive=app.checkpoint is not None)
             draw_status = gr.HTML(elem_id="draw-status")
             heard = gr.Audio(label="the clip the model heard", type="filepath", interactive=False, elem_id="heard")
-            gallery = gr.Gallery(label="images", elem_id="drawn", columns=4, height="auto", format="png")
+            gallery = gr.Gallery(label="images", elem_id="drawn", columns=4, height=320, object_fit="contain", format="png")
 
             def do_draw(*values):
                 *slot_values, seq, g, n_steps, s = values
@@ -207,6 +207,7 @@ def launch(app: AppRun, host: str, port: int | None, block: bool = True):
                             allowed_paths=[str(app.temp.dir)], max_file_size=int(app.conf.max_upload_mb * 1e6),
                             theme=theme(), css=CSS, footer_links=[], ssr_mode=False, pwa=False, mcp_server=False,
                             enable_monitoring=False)
+    app.load_in_background()   # the page is up: now the models (most of the startup)
     if block:
         print(f"sonify.app: serving {app.run_dir} at {url} (temporary files in {app.temp.dir}, removed at exit)", flush=True)
         try:
