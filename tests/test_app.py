@@ -192,3 +192,26 @@ def test_nothing_is_written_into_the_run(opened):
     search_tab.search(app, "bell")
     sonify_tab.sonify(app, ["bell", "engine"], "img2")
     assert snapshot(Path(cfg.run.dir)) == before
+
+
+@pytest.mark.slow
+def test_the_runs_vlm_gives_concepts_or_says_to_type_them(opened, demo_dir):
+    """The tiny VLM runs the real generate path with the run's prompts; its replies are noise, so the answer is
+    either parsed concepts or the message that asks for typed ones (never a traceback)."""
+    from omegaconf import OmegaConf
+
+    _, app, _ = opened
+    with pytest.raises(AppError, match="not one of the run's models.vlms"):
+        app.vlm("tiny:vlm")
+    OmegaConf.update(app.cfg, "models.vlms", ["tiny:vlm"])
+    try:
+        up = sonify_tab.decode_image(app, sorted((demo_dir / "images").glob("scene_*.jpg"))[0])
+        try:
+            caption, lines = sonify_tab.ask_vlm(app, up, "tiny:vlm")
+        except AppError as e:
+            assert "type concepts instead" in str(e)
+        else:
+            assert isinstance(caption, str) and lines and all(isinstance(x, str) and x for x in lines)
+        assert app.vlm("tiny:vlm") is app.vlm("tiny:vlm")      # loaded once
+    finally:
+        OmegaConf.update(app.cfg, "models.vlms", [])

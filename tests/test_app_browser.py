@@ -146,6 +146,14 @@ def test_the_app_in_headless_chromium(served, demo_dir, paper_algorithm1, tmp_pa
         msg = d.draw([(2, str(fake), 0)], expect="cannot be used")
         assert "input 3 (not_audio.wav) cannot be used" in msg and "cannot be decoded as audio" in msg, msg
         d.screenshot(ARTIFACTS / "app-bad-upload.png")
+        # the sonify tab's chunks go into the draw tab's chunk boxes
+        d.tab("Sonify an image")
+        d.page.click("#send-to-draw")
+        d.tab("Draw from sound")
+        d.page.wait_for_function("c => document.querySelector('#draw-chunk-0 textarea, #draw-chunk-0 input').value === c",
+                                 arg=chosen[0], timeout=30_000)
+        boxes = [d.page.locator(f"#draw-chunk-{i} textarea, #draw-chunk-{i} input").first.input_value() for i in range(4)]
+        assert boxes == [*chosen, "", ""]
         foreign = d.foreign_requests()
         d.close()
     assert not foreign, f"the page fetched from elsewhere: {foreign}"

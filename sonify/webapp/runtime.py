@@ -136,8 +136,14 @@ class AppRun:
         page is served meanwhile; the first search or match waits for it."""
         from concurrent.futures import ThreadPoolExecutor
 
+        def warm():
+            clap = self._load_clap()
+            clap.embed_text(["warm-up"])   # the first model call pays one-off costs: not the user's first search
+            self.metadata_connection()
+            return clap
+
         if self._clap is None and self._clap_future is None:
-            self._clap_future = ThreadPoolExecutor(1, thread_name_prefix="sonify-clap").submit(self._load_clap)
+            self._clap_future = ThreadPoolExecutor(1, thread_name_prefix="sonify-clap").submit(warm)
 
     @property
     def clap(self):
@@ -222,20 +228,27 @@ class AppRun:
         ids = [self.chunk_ids[int(r)].as_py() for r in rows]
         return self.chunk_info(ids)
 
+    def metadata_connection(self):
+        """One DuckDB connection over audio_chunks and audio_files for the app's life (opening one costs more
+        than a page's query)."""
+        with self._lock:
+            if self._con is None:
+                self._con = self.store.connect("audio_chunks", files="audio_files")
+            return self._con
+
     def chunk_info(self, ids: list[str]) -> list[dict]:
         import pyarrow as pa
 
         if not ids:
             return []
         want = pa.table({"id": pa.array(ids, pa.string())})
-        with self._lock:   # one DuckDB connection for the app's life (opening one costs more than the query)
-            if self._con is None:
-                self._con = self.store.connect("audio_chunks", files="audio_files")
-            self._con.register("want", want)
-            found = {r[0]: r for r in self._con.sql("""
+        con = self.metadata_connection()
+        with self._lock:
+            con.register("want", want)
+            found = {r[0]: r for r in con.sql("""
                 SELECT c.id, c.source, c.uri, f.relpath, c.start_frame, c.num_frames, c."offset", c.duration
                 FROM want w JOIN audio_chunks c ON c.id = w.id JOIN files f ON f.id = c.file_id""").fetchall()}
-            self._con.unregister("want")
+            con.unregister("want")
         out = []
         for i in ids:
             if i not in found:

@@ -95,6 +95,8 @@ def build(app: AppRun):
                     with gr.Row():
                         go = gr.Button("Sonify", variant="primary", elem_id="sonify-button")
                         again = gr.Button("Draw again", elem_id="draw-again")
+                        send = gr.Button("Use these chunks in Draw", elem_id="send-to-draw",
+                                         interactive=app.checkpoint is not None)
             sonify_status = gr.HTML(elem_id="sonify-status")
             mix_audio = gr.Audio(label="mixture (the mix stage's LUFS rule and renderer)", type="filepath",
                                  interactive=False, elem_id="mixture")
@@ -124,7 +126,8 @@ def build(app: AppRun):
                     res = sonify_tab.sonify(app, texts, key, sonify_tab.TYPED, d)
                 except AppError as e:
                     return st, status(str(e), True), None, ""
-                st = {"key": key, "variant": sonify_tab.TYPED, "texts": texts, "draw": d}
+                st = {"key": key, "variant": sonify_tab.TYPED, "texts": texts, "draw": d,
+                      "chunks": [r["chunk_id"] for r in res.rows]}
                 lufs = f"{res.mixture_lufs:.1f} LUFS" if res.mixture_lufs is not None else "none"
                 msg = f"draw {d}: {len(res.rows)} concepts matched (Algorithm 1, {app.mode}, k={app.k}); mixture {lufs}"
                 return st, status("; ".join([msg, *res.notes])), res.mixture, sonify_html(res)
@@ -190,6 +193,9 @@ def build(app: AppRun):
                 return status(f"{len(d.images)} image(s), {d.size[0]}x{d.size[1]}"), d.mixture, d.images
 
             draw_b.click(do_draw, [*slots, sequential, guidance, steps, seed], [draw_status, heard, gallery])
+            chunk_boxes = slots[1::3]
+            send.click(lambda st: [(st.get("chunks") or [])[i] if i < len(st.get("chunks") or []) else ""
+                                   for i in range(len(chunk_boxes))], state, chunk_boxes)
     return demo
 
 
