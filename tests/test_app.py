@@ -215,3 +215,18 @@ def test_the_runs_vlm_gives_concepts_or_says_to_type_them(opened, demo_dir):
         assert app.vlm("tiny:vlm") is app.vlm("tiny:vlm")      # loaded once
     finally:
         OmegaConf.update(app.cfg, "models.vlms", [])
+
+
+def test_handlers_show_one_line_and_escape_what_they_show():
+    from sonify.webapp import ui
+
+    assert ui.failure(AppError("the image x.jpg cannot be decoded")) == \
+        "<div class='status-error'>the image x.jpg cannot be decoded</div>"
+    shown = ui.failure(RuntimeError("boom <b>\ndeep traceback line"))
+    assert "unexpected error: RuntimeError: boom &lt;b&gt;" in shown and "deep traceback" not in shown
+    row = {"text": "<dog>", "chunk_id": "a'b", "row": 3, "n_eligible": 2, "source": "s", "path": "p&q.wav",
+           "offset": 5.0, "cosine": 0.5, "score": 0.7, "threshold": 0.6, "fallback": None, "target_lufs": -23.0,
+           "audio": "/tmp/x y/c.wav"}
+    page = ui.sonify_html(sonify_tab.SonifyResult(rows=[row]))
+    assert "&lt;dog&gt;" in page and "data-chunk='a&#x27;b'" in page and "p&amp;q.wav" in page
+    assert "/gradio_api/file=/tmp/x%20y/c.wav" in page

@@ -10,9 +10,9 @@ starting noise from the seed.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from sonify.webapp.runtime import AppError, AppRun, check_upload
 
@@ -72,7 +72,10 @@ def draw(app: AppRun, inputs: list[DrawInput], sequential: bool = False, guidanc
     if not used:
         raise AppError("no audio: upload or record a sound, or give a pool chunk id, in at least one input")
     paths, offsets = [p for (p, _), _ in used], [float(o) for _, o in used]
-    clip = condition_audio(paths, offsets, app.conf.draw_lufs, sequential, RATE, app.conf.draw_seconds)
+    try:
+        clip = condition_audio(paths, offsets, app.conf.draw_lufs, sequential, RATE, app.conf.draw_seconds)
+    except (OSError, ValueError) as e:   # each input was checked above; this is the mixture itself
+        raise AppError(f"the inputs cannot be mixed: {e}") from None
     n = int(num_images or app.conf.num_images)
     try:
         sampler = app.sampler(clip.size / RATE)
@@ -83,16 +86,10 @@ def draw(app: AppRun, inputs: list[DrawInput], sequential: bool = False, guidanc
                        f"{'sequential' if sequential else 'superposed'}): {type(e).__name__}: {str(e).splitlines()[0]}") from None
     out = app.temp.dir / "drawn"
     out.mkdir(exist_ok=True)
-    stamp = f"{abs(hash((tuple(paths), tuple(offsets), sequential, guidance, steps, seed))) % 10**10:010d}"
+    stamp = hashlib.sha1(repr((paths, offsets, sequential, guidance, steps, seed, n)).encode()).hexdigest()[:12]
     pngs = []
     for k, im in enumerate(images):
         pngs.append(str(out / f"image-{stamp}-{k}.png"))
         im.save(pngs[-1])
     return Drawing(pngs, app.temp.wav(clip, RATE, "heard"), images[0].size)
 
-
-def image_size(path: str) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(Path(path)) as im:
-        return im.size

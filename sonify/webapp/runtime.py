@@ -77,11 +77,10 @@ class AppRun:
 
     def __init__(self, run_dir: str | os.PathLike, checkpoint: str | None = None, conf: AppConf | None = None,
                  temp: TempFiles | None = None, background: bool = False):
+        import pyarrow.parquet as pq
         from omegaconf import OmegaConf
 
         from sonify.engine.store import TableStore
-        import pyarrow.parquet as pq
-
         from sonify.retrieval.matrices import load_matrix, load_pool, matrix_paths, pool_path
         from sonify.sources import SourcePaths
 

@@ -55,6 +55,3 @@ def search(app: AppRun, query: str, page: int = 0, players: bool = True) -> Sear
                     "audio": app.chunk_wav(info) if players else None})
     return SearchPage(query, page, pages, out)
 
-
-def page_table(result: SearchPage) -> list[list]:
-    return [[r["rank"], r["chunk_id"], r["source"], r["path"], round(r["offset"], 2), round(r["cosine"], 4)] for r in result.rows]

@@ -17,8 +17,6 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from sonify.webapp.runtime import AppError, AppRun, check_upload
 
 TYPED = "typed"   # the variant name of concepts a user typed (no VLM)
@@ -153,9 +151,3 @@ def typed_key(texts: list[str]) -> str:
     """The image key when no image was uploaded: the concepts themselves."""
     return "text:" + hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
 
-
-def result_table(result: SonifyResult) -> list[list]:
-    """Rows for a table: concept, chunk, source, path, cosine, score, threshold, eligible, fallback."""
-    fmt = lambda v: None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)
-    return [[r["text"], r["chunk_id"], r["source"], r["path"], fmt(r["cosine"]), fmt(r["score"]), fmt(r["threshold"]),
-             r["n_eligible"], r["fallback"] or ""] for r in result.rows]

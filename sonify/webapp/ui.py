@@ -8,12 +8,14 @@ Every handler turns an `AppError` (bad input, a run it cannot use) into one line
 from __future__ import annotations
 
 import html
+import logging
 import os
 from urllib.parse import quote
 
 from sonify.webapp import draw_tab, search_tab, sonify_tab
 from sonify.webapp.runtime import AppError, AppRun
 
+log = logging.getLogger("sonify.app")
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 SYSTEM_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "monospace"]
 CSS = """
@@ -33,6 +35,15 @@ def offline_env(temp_dir: str) -> None:
 
 def file_url(path: str) -> str:
     return "/gradio_api/file=" + quote(str(path))
+
+
+def failure(e: Exception) -> str:
+    """The status line for a handler's exception: an AppError as it says; anything else (a bug, a model
+    failure) by its type and first line, with the traceback in the server's log only."""
+    if isinstance(e, AppError):
+        return status(str(e), True)
+    log.error("unexpected error in a handler", exc_info=e)
+    return status(f"unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (details in the server's log)", True)
 
 
 def status(message: str, error: bool = False) -> str:
@@ -105,16 +116,16 @@ def build(app: AppRun):
             def on_image(path):
                 try:
                     up = sonify_tab.decode_image(app, path)
-                except AppError as e:
-                    return None, status(str(e), True)
+                except Exception as e:
+                    return None, failure(e)
                 return up.image, status(f"image decoded ({up.image.size[0]}x{up.image.size[1]}); ask the VLM or type concepts")
 
             def on_ask(path, name):
                 try:
                     up = sonify_tab.decode_image(app, path)
                     cap, lines = sonify_tab.ask_vlm(app, up, name)
-                except AppError as e:
-                    return gr.update(), gr.update(), status(str(e), True)
+                except Exception as e:
+                    return gr.update(), gr.update(), failure(e)
                 return cap, "\n".join(lines), status(f"{name}: {len(lines)} concepts (edit them, then Sonify)")
 
             def run(path, text, st, again_pressed):
@@ -124,8 +135,8 @@ def build(app: AppRun):
                     same = st["key"] == key and st["texts"] == texts
                     d = st["draw"] + 1 if (again_pressed and same) else 0
                     res = sonify_tab.sonify(app, texts, key, sonify_tab.TYPED, d)
-                except AppError as e:
-                    return st, status(str(e), True), None, ""
+                except Exception as e:
+                    return st, failure(e), None, ""
                 st = {"key": key, "variant": sonify_tab.TYPED, "texts": texts, "draw": d,
                       "chunks": [r["chunk_id"] for r in res.rows]}
                 lufs = f"{res.mixture_lufs:.1f} LUFS" if res.mixture_lufs is not None else "none"
@@ -152,8 +163,8 @@ def build(app: AppRun):
                 p = max(1, int(p or 1) + step)
                 try:
                     res = search_tab.search(app, q, p - 1)
-                except AppError as e:
-                    return gr.update(), status(str(e), True), ""
+                except Exception as e:
+                    return gr.update(), failure(e), ""
                 return res.page + 1, status(f"{len(res.rows)} chunks for {res.query!r}"), search_html(res)
 
             for button, step in ((find, 0), (prev_b, -1), (next_b, 1)):
@@ -188,8 +199,8 @@ def build(app: AppRun):
                           for j in range(0, len(slot_values), 3)]
                 try:
                     d = draw_tab.draw(app, inputs, bool(seq), float(g), int(n_steps), int(s or 0))
-                except AppError as e:
-                    return status(str(e), True), None, None
+                except Exception as e:
+                    return failure(e), None, None
                 return status(f"{len(d.images)} image(s), {d.size[0]}x{d.size[1]}"), d.mixture, d.images
 
             draw_b.click(do_draw, [*slots, sequential, guidance, steps, seed], [draw_status, heard, gallery])
