@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screenshots", metavar="DIR", help="save a screenshot of each tab (driven in headless Chromium "
                    "with the demo's files) into DIR, then stop (make app-screenshots)")
     a = p.parse_args(rest)
+    for flag, value in (("--page-size", a.page_size), ("--max-concepts", a.max_concepts), ("--num-images", a.num_images),
+                        ("--max-upload-mb", a.max_upload_mb)):
+        if not value > 0:
+            print(f"sonify.app: bad value {value} for {flag}: must be above 0", file=sys.stderr)
+            return 2
     conf = AppConf(max_upload_mb=a.max_upload_mb, page_size=a.page_size, max_concepts=a.max_concepts,
                    num_images=a.num_images, device=a.device)
     temp = TempFiles()

@@ -230,3 +230,8 @@ def test_handlers_show_one_line_and_escape_what_they_show():
     page = ui.sonify_html(sonify_tab.SonifyResult(rows=[row]))
     assert "&lt;dog&gt;" in page and "data-chunk='a&#x27;b'" in page and "p&amp;q.wav" in page
     assert "/gradio_api/file=/tmp/x%20y/c.wav" in page
+
+
+def test_bad_settings_fail_in_one_line(capsys):
+    assert cmd.main(["run=demo", "--page-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "sonify.app: bad value 0 for --page-size: must be above 0"
