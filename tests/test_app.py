@@ -235,3 +235,22 @@ def test_handlers_show_one_line_and_escape_what_they_show():
 def test_bad_settings_fail_in_one_line(capsys):
     assert cmd.main(["run=demo", "--page-size", "0"]) == 2
     assert capsys.readouterr().err.strip() == "sonify.app: bad value 0 for --page-size: must be above 0"
+
+
+def test_a_run_without_the_float32_pool_copy_is_read_not_written(opened, tmp_path):
+    cfg, _, _ = opened
+    src, run = Path(cfg.run.dir), tmp_path / "run"
+    run.mkdir()
+    shutil.copy(src / "config.yaml", run / "config.yaml")
+    shutil.copytree(src / "matrices", run / "matrices", ignore=shutil.ignore_patterns("*.f32.npy"))
+    for table in ("audio_chunks", "audio_files"):
+        shutil.copytree(src / "manifests" / table, run / "manifests" / table)
+    before = snapshot(run)
+    app = AppRun(run)
+    try:
+        assert app.pool.dtype == np.float32
+        assert np.array_equal(app.pool, np.load(run / "matrices" / "audio_embeddings.npy").astype(np.float32))
+        assert search_tab.search(app, "bell", 0, players=False).rows
+    finally:
+        app.close()
+    assert snapshot(run) == before
