@@ -6,14 +6,14 @@ STAMP  := $(VENV)/.sonify-installed
 # CPU wheel by default; for GPUs see README ("GPU install").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install demo test test-slow test-all bench app-screenshots clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,app]"
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -42,6 +42,10 @@ test-all: test test-slow
 
 bench: $(STAMP)
 	$(PY) -m sonify.bench audio
+
+# the screenshots of docs/app.md: the app on the demo run (make demo first), driven in headless Chromium
+app-screenshots: $(STAMP)
+	$(PY) -m sonify.app run=$(DEMO) checkpoint=$(DEMO)/dit --screenshots docs/images
 
 clean:
 	rm -rf runs .pytest_cache

@@ -19,13 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
-from sonify.engine.keys import keyed_rng
 from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import dbfs, load_chunk
 from sonify.media.loudness import LoudnessMeter
-from sonify.mixing.render import render, write_flac
+from sonify.mixing.render import render, target_lufs, write_flac
 from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
 
@@ -77,8 +76,7 @@ class MixStage(Stage):
                "repeated_chunks": sorted(k for k, n in counts.items() if n > 1)}
         comps, signals, weighted, gains = [], [], [], []
         for c in row["components"]:
-            rng = keyed_rng(seed, row["image_id"], row["vlm"], c["concept_index"], "mix")
-            comp = {**c, "target_lufs": conf.lufs_min + (conf.lufs_max - conf.lufs_min) * float(rng.random()),
+            comp = {**c, "target_lufs": target_lufs(conf.lufs_min, conf.lufs_max, seed, row["image_id"], row["vlm"], c["concept_index"]),
                     "measured_lufs": None, "gain_db": None, "included": False, "reason": None}
             try:
                 x = load_chunk(self.paths.resolve(c["dataset"], c["uri"]), c["start_frame"], c["num_frames"], self.rate, self.chunk_seconds)
