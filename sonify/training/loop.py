@@ -1,10 +1,16 @@
-"""The training loop shared by the local and the Ray Train paths, its checkpoints and resume.
+"""The training loop shared by the local and the Ray Train paths, and resuming it.
 
-Checkpoints are `<output_dir>/checkpoint-<step>/` with `transformer/` and `transformer_ema/`
-(diffusers `save_pretrained`), `conditioner/` and `conditioner_ema/` (the null-audio token, trained and
-EMA: the EMA covers every trained parameter), and `training_state.pt` (optimizer, LR scheduler, EMA,
-step, and every rank's data position: epoch, each loader stream's window and offset, the stream due
-next, its counts and torch RNG state, with the shard list and the ranks x streams it was written by).
+Checkpoints (`checkpoint.py`) are `<output_dir>/checkpoint-<step>/` with `transformer/` and
+`transformer_ema/` (loadable by diffusers' `from_pretrained`), `conditioner/` and `conditioner_ema/`
+(the null-audio token, trained and EMA: the EMA covers every trained parameter), and
+`training_state.pt` (optimizer, LR scheduler, the EMA's counters, step, and every rank's data
+position: epoch, each loader stream's window and offset, the stream due next, its counts and torch
+RNG state, with the shard list and the ranks x streams it was written by).
+
+A micro-step never waits for the device: batches arrive pinned and are copied with `non_blocking`,
+noise and timesteps are drawn on the device from a generator seeded by (seed, step, micro-step, rank)
+(so a resumed run draws the same), the loss indexes tables already on the device, and scalars are read
+back (`.item()`) only every `log_every` steps.
 """
 
 from __future__ import annotations
@@ -13,21 +19,14 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 from sonify.engine.errors import ConfigError, SonifyError
-from sonify.engine.files import atomic_path
-from sonify.training.config import TrainConf, grad_accum_steps
+from sonify.training.checkpoint import checkpoints  # noqa: F401  (re-exported: tests and callers use loop.checkpoints)
+from sonify.training.config import TrainConf, ddp_kwargs, grad_accum_steps
 
 log = logging.getLogger("sonify.train")
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    d = Path(output_dir)
-    found = [p for p in d.glob("checkpoint-*") if p.is_dir() and (p / "training_state.pt").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def check_against_shards(cfg: TrainConf, urls: list[str], model_cfg) -> dict:
@@ -99,6 +98,23 @@ def resume_position(state: dict, ckpt: Path, urls: list[str], cfg: TrainConf, ra
     return data["ranks"][rank]
 
 
+def find_resume(cfg: TrainConf, out: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        found = checkpoints(out)
+        return found[-1] if found else None
+    if not (Path(cfg.resume) / "training_state.pt").exists():
+        raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint folder (no training_state.pt)")
+    return Path(cfg.resume)
+
+
+def autocast(device: str, enabled: bool):
+    import torch
+
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
 def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device: str | None = None) -> dict:
     """The training loop shared by the local and the Ray Train paths; returns final metrics."""
     import contextlib
@@ -106,22 +122,18 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     import torch
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
+    from sonify.training.checkpoint import Saver, load_ema_weights, snapshot
     from sonify.training.data import Position, expand_shards, loader, plan_streams
     from sonify.training.dit import AudioConditioner, load_dit
     from sonify.training.loss import DiffusionLoss
+    from sonify.training.speed import make_ema, make_optimizer, setup_model
 
     device = device or ("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     urls = expand_shards(cfg.shards)
-    resume_from = None
-    if cfg.resume:
-        found = checkpoints(out)
-        resume_from = found[-1] if cfg.resume == "latest" and found else (Path(cfg.resume) if cfg.resume != "latest" else None)
-        if cfg.resume != "latest" and not (resume_from / "training_state.pt").exists():
-            raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint folder (no training_state.pt)")
+    resume_from = find_resume(cfg, out)
     if resume_from:
         model = PixArtTransformer2DModel.from_pretrained(resume_from / "transformer")
         conditioner = AudioConditioner.from_pretrained(resume_from / "conditioner")
@@ -134,17 +146,18 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     if plan_streams(urls, cfg.seed, 0, streams_total)[0].of > 1 and rank == 0:
         log.info("%d shards for %d ranks x %d loader streams: every stream reads every shard and takes every %d-th sample "
                  "of each window (a split by samples)", len(urls), world, workers, streams_total)
-    if cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+    done = setup_model(model, cfg, device)
+    if rank == 0 and (done["checkpointed_blocks"] or done["compiled_blocks"]):
+        log.info("gradient checkpointing on blocks %s; %d blocks compiled", done["checkpointed_blocks"], done["compiled_blocks"])
     model.to(device).train()
     conditioner.to(device).train()
     params = list(model.parameters()) + list(conditioner.parameters())
-    ema = EMAModel(params, decay=cfg.ema_decay)   # every trained parameter, the null token included
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = make_ema(params, cfg.ema_decay)   # every trained parameter, the null token included
+    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay, device)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
     noise_scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear",
                                     beta_start=0.0001, beta_end=0.02)
-    loss_fn = DiffusionLoss(noise_scheduler.betas)
+    loss_fn = DiffusionLoss(noise_scheduler.betas, device)
     step, pos = 0, Position(workers)
     counts = {"errors": 0, "decoded": 0}   # this rank's, carried across resumes
     if resume_from:
@@ -152,7 +165,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
         mine = resume_position(state, resume_from, urls, cfg, rank, world, workers)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
-        ema.load_state_dict(state["ema"])
+        load_ema_weights(resume_from, state["ema"], model, conditioner, ema)
         step, pos = state["step"], Position(workers, mine)
         counts = {"errors": mine["errors"], "decoded": mine["decoded"]}
         torch.set_rng_state(mine["torch_rng"])
@@ -171,106 +184,93 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
             writer = SummaryWriter(str(out / "tensorboard"))
         except ImportError:
             log.warning("tensorboard is not installed: logging to the console only")
-        if cfg.val_every > 0 and cfg.val_shards:
-            from sonify.training.validation import Validator
+    if cfg.val_every > 0 and cfg.val_shards:   # every rank scores its share of the validation batches
+        from sonify.training.validation import Validator
 
-            validator = Validator(cfg, expand_shards(cfg.val_shards), scaling, device)
+        validator = Validator(cfg, expand_shards(cfg.val_shards), scaling, device, rank, world, use_bf16)
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc="train_dit", unit="step", disable=not cfg.progress or rank != 0)
     metrics = {"step": step}
     t_last, cpu_last, samples_since = time.perf_counter(), time.process_time(), 0
+    saver = Saver(background=cfg.async_checkpoints)
+    pin = device.startswith("cuda")
+    gen = torch.Generator(device=device)   # re-seeded every micro-step: noise and timesteps drawn on the device
 
     def save(step_now: int) -> None:
         ranks = gather({**pos.state(), **counts, "torch_rng": torch.get_rng_state()}, world)
         if rank != 0:
             return
-        ckpt = out / f"checkpoint-{step_now}"
-        with atomic_path(ckpt) as tmp:
-            model.save_pretrained(tmp / "transformer")
-            conditioner.save_pretrained(tmp / "conditioner")
-            ema.store(params)
-            ema.copy_to(params)
-            model.save_pretrained(tmp / "transformer_ema")
-            conditioner.save_pretrained(tmp / "conditioner_ema")
-            ema.restore(params)
-            data = {"shards": urls, "world": world, "workers": workers, "seed": cfg.seed, "shuffle_window": cfg.shuffle_window,
-                    "ranks": ranks}
-            torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "ema": ema.state_dict(),
-                        "step": step_now, "data": data, "config": dataclasses.asdict(cfg)}, tmp / "training_state.pt")
-        for old in checkpoints(out)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        data = {"shards": urls, "world": world, "workers": workers, "seed": cfg.seed, "shuffle_window": cfg.shuffle_window,
+                "ranks": ranks}
+        saver.submit(snapshot(step_now, model, conditioner, ema, optimizer, lr_scheduler, data, cfg), out, cfg.keep_checkpoints)
 
     micro = 0   # micro-batches accumulated towards the next optimizer step (carried across epochs)
-    while step < cfg.steps:
-        fresh = all(p == (0, 0) for p in pos.streams)
-        streams = plan_streams(urls, cfg.seed, pos.epoch, streams_total)[rank * workers:(rank + 1) * workers]
-        got_batch = False
-        for item in loader(streams, pos, cfg, scaling):
-            pos.consume(item)
-            counts["errors"] += item.errors
-            counts["decoded"] += item.decoded
-            if item.batch is None:   # a stream's tail: its last counts
-                continue
-            got_batch, batch = True, item.batch
-            gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, rank)) & (2**63 - 1))
-            latents = batch.latents.to(device)
-            noise = torch.randn(latents.shape, generator=gen).to(device)
-            t = torch.randint(0, cfg.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            # DDP all-reduces on the backward of the micro-step that completes the accumulation only
-            sync = micro + 1 >= accum or not hasattr(train_model, "no_sync")
-            with contextlib.nullcontext() if sync else train_model.no_sync():
-                tokens, mask = conditioner(batch.tokens.to(device), batch.mask.to(device), batch.drop)
-                with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                    pred = train_model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
-                                       added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-                terms = loss_fn(pred, noise, latents, noisy, t)   # MSE(eps), + the variational bound for learned sigma
-                loss = terms["loss"]
-                (loss / accum).backward()
-            micro += 1
-            samples_since += latents.shape[0] * world
-            if micro < accum:
-                continue
-            micro = 0
-            if world > 1:
-                sync_grads(conditioner.parameters(), world)   # DDP wraps the transformer only
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ema.step(params)
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                errors, decoded = reduce_sum([counts["errors"], counts["decoded"]], device)
-                metrics = {"step": step, "loss": loss.detach().item(), "mse": terms["mse"].detach().item(),
-                           "vb": float(terms["vb"].detach()) if "vb" in terms else 0.0,   # detached: no autograd scalar warning
-                           "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                           "samples_per_s": samples_since / max(now - t_last, 1e-9), "step_time_s": (now - t_last) / cfg.log_every,
-                           "step_cpu_s": (time.process_time() - cpu_last) / cfg.log_every,   # this process's threads
-                           "skipped_shard_errors": int(errors), "samples_decoded": int(decoded)}
-                t_last, cpu_last, samples_since = now, time.process_time(), 0
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
-                if writer:
-                    for k, v in metrics.items():
-                        if k != "step":
-                            writer.add_scalar(f"train/{k}", v, step)
-                if rank == 0 and not cfg.progress:
-                    log.info("step %d loss %.5f lr %.3g %.1f samples/s, %d read errors skipped", step, metrics["loss"],
-                             metrics["lr"], metrics["samples_per_s"], metrics["skipped_shard_errors"])
-            if validator and step % cfg.val_every == 0:
-                metrics.update({k: v for k, v in validator.run(step, model, conditioner, ema, params, noise_scheduler,
-                                                               loss_fn, writer, out).items() if k == "val_loss"})
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save(step)
-            if step >= cfg.steps:
-                break
-        else:
-            if fresh and not got_batch:
-                raise SonifyError(f"epoch {pos.epoch} yielded no batch on rank {rank}: {len(urls)} shards, {counts['errors']} read "
-                                  f"errors, per_device_batch={cfg.per_device_batch} (drop_last={cfg.drop_last})")
-            pos.next_epoch()
+    try:
+        while step < cfg.steps:
+            fresh = all(p == (0, 0) for p in pos.streams)
+            streams = plan_streams(urls, cfg.seed, pos.epoch, streams_total)[rank * workers:(rank + 1) * workers]
+            got_batch = False
+            for item in loader(streams, pos, cfg, scaling, pin):
+                pos.consume(item)
+                counts["errors"] += item.errors
+                counts["decoded"] += item.decoded
+                if item.batch is None:   # a stream's tail: its last counts
+                    continue
+                got_batch, batch = True, item.batch.to(device, non_blocking=pin)
+                gen.manual_seed(hash((cfg.seed, step, micro, rank)) & (2**63 - 1))
+                noise = torch.randn(batch.latents.shape, generator=gen, device=device)
+                t = torch.randint(0, cfg.num_train_timesteps, (batch.latents.shape[0],), generator=gen, device=device)
+                # DDP all-reduces on the backward of the micro-step that completes the accumulation only
+                sync = micro + 1 >= accum or not hasattr(train_model, "no_sync")
+                with contextlib.nullcontext() if sync else train_model.no_sync():
+                    terms = forward_loss(train_model, conditioner, loss_fn, noise_scheduler, batch, noise, t, device, use_bf16)
+                    (terms["loss"] / accum).backward()
+                micro += 1
+                samples_since += batch.latents.shape[0] * world
+                if micro < accum:
+                    continue
+                micro = 0
+                if world > 1:
+                    sync_grads(conditioner.parameters(), world)   # DDP wraps the transformer only
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.step(params)
+                step += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:   # the only host syncs: every log_every steps
+                    now = time.perf_counter()
+                    errors, decoded = reduce_sum([counts["errors"], counts["decoded"]], device)
+                    metrics = {"step": step, "loss": terms["loss"].detach().item(), "mse": terms["mse"].detach().item(),
+                               "vb": float(terms["vb"].detach()) if "vb" in terms else 0.0,   # detached: no autograd scalar warning
+                               "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                               "samples_per_s": samples_since / max(now - t_last, 1e-9), "step_time_s": (now - t_last) / cfg.log_every,
+                               "step_cpu_s": (time.process_time() - cpu_last) / cfg.log_every,   # this process's threads
+                               "skipped_shard_errors": int(errors), "samples_decoded": int(decoded)}
+                    t_last, cpu_last, samples_since = now, time.process_time(), 0
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
+                    if writer:
+                        for k, v in metrics.items():
+                            if k != "step":
+                                writer.add_scalar(f"train/{k}", v, step)
+                    if rank == 0 and not cfg.progress:
+                        log.info("step %d loss %.5f lr %.3g %.1f samples/s, %d read errors skipped", step, metrics["loss"],
+                                 metrics["lr"], metrics["samples_per_s"], metrics["skipped_shard_errors"])
+                if validator and step % cfg.val_every == 0:
+                    val = validator.run(step, model, conditioner, ema, params, noise_scheduler, loss_fn, writer, out)
+                    metrics.update({k: v for k, v in val.items() if k == "val_loss"})
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    save(step)
+                if step >= cfg.steps:
+                    break
+            else:
+                if fresh and not got_batch:
+                    raise SonifyError(f"epoch {pos.epoch} yielded no batch on rank {rank}: {len(urls)} shards, {counts['errors']} read "
+                                      f"errors, per_device_batch={cfg.per_device_batch} (drop_last={cfg.drop_last})")
+                pos.next_epoch()
+    finally:
+        saver.wait()   # the last checkpoint is on disk before the run returns (or its write error is raised)
     bar.close()
     if writer:
         writer.close()
@@ -283,6 +283,17 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     return metrics
 
 
+def forward_loss(model, conditioner, loss_fn, noise_scheduler, batch, noise, t, device: str, bf16: bool) -> dict:
+    """One micro-batch's loss terms (on the device; nothing here waits for the device): noised latents, the
+    conditioning, the transformer under bf16 autocast when on, and the hybrid loss in float32."""
+    noisy = noise_scheduler.add_noise(batch.latents, noise, t)
+    tokens, mask = conditioner(batch.tokens, batch.mask, batch.drop)
+    with autocast(device, bf16):
+        pred = model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
+                     added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+    return loss_fn(pred, noise, batch.latents, noisy, t)   # MSE(eps), + the variational bound for learned sigma
+
+
 def _ray_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -290,7 +301,12 @@ def _ray_worker(config: dict) -> None:
     cfg = TrainConf(**config["cfg"])
     ctx = ray.train.get_context()
     device = str(ray.train.torch.get_device())
-    metrics = train_loop(cfg, ctx.get_world_rank(), ctx.get_world_size(), wrap=ray.train.torch.prepare_model, device=device)
+    kwargs = ddp_kwargs(cfg)
+
+    def wrap(model):
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
+
+    metrics = train_loop(cfg, ctx.get_world_rank(), ctx.get_world_size(), wrap=wrap, device=device)
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})  # a barrier for all ranks
 
 
