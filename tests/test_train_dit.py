@@ -470,12 +470,18 @@ def _rank_worker(rank, world, init_file, listfile, tiny_dir, root):
         allreduces["n"] += 1
         return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0] / world)
 
+    from sonify.training.config import ddp_kwargs
+
+    # the trainer's DDP options as the config passes them: gradients as views of the buckets, static graph
+    common = ["per_device_batch=2", "global_batch=8", "loader_workers=2", "checkpoint_every=3", "latent_size=16", "log_every=1",
+              "ddp_gradient_as_bucket_view=true", "ddp_static_graph=true"]
+    options = ddp_kwargs(_cfg(listfile, tiny_dir, root, *common))
+
     def wrap(model):
-        ddp = DDP(model)
+        ddp = DDP(model, **options)
         ddp.register_comm_hook(None, counting_hook)
         return ddp
 
-    common = ["per_device_batch=2", "global_batch=8", "loader_workers=2", "checkpoint_every=3", "latent_size=16", "log_every=1"]
     for name, extra in (("full", ["steps=6"]), ("part", ["steps=3"]), ("resumed", ["steps=6", "resume=latest"])):
         phase["name"], allreduces["n"] = name, 0
         out = f"{root}/{'full' if name == 'full' else 'part'}"

@@ -1,0 +1,236 @@
+"""The trainer's speed settings change how fast a step runs, never what it computes (issue 29)."""
+
+import threading
+
+import pytest
+import torch
+
+from sonify.training.config import load_train_config
+from sonify.training.loop import train_loop
+from tests.test_train_dit import _cfg, _params, write_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tiny"))
+
+
+def test_mixed_precision_no_is_accepted_as_written(tmp_path):
+    assert load_train_config(["mixed_precision=no"]).mixed_precision == "no"
+    (tmp_path / "c.yaml").write_text("mixed_precision: no\n")
+    assert load_train_config([f"config={tmp_path / 'c.yaml'}"]).mixed_precision == "no"
+    from sonify.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"key 'mixed_precision'; valid choices: auto, bf16, no"):
+        load_train_config(["mixed_precision=fp8"])
+    with pytest.raises(ConfigError, match=r"key 'checkpoint_blocks_every'; valid values: an integer >= 1"):
+        load_train_config(["checkpoint_blocks_every=0"])
+
+
+def _losses(monkeypatch):
+    """Records every training and validation loss and the dtype of the transformer's prediction."""
+    from sonify.training.loss import DiffusionLoss
+
+    seen = {"loss": [], "dtype": set(), "graphs": []}
+    real = DiffusionLoss.__call__
+
+    def record(self, pred, *args):
+        import torch._dynamo
+
+        terms = real(self, pred, *args)
+        seen["loss"].append(terms["loss"].item())
+        seen["dtype"].add(pred.dtype)
+        seen["graphs"].append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        return terms
+
+    monkeypatch.setattr(DiffusionLoss, "__call__", record)
+    return seen
+
+
+def test_bf16_training_and_validation_run_on_cpu_within_1e3_of_fp32(tmp_path, tiny_dir, monkeypatch):
+    """lr=0 keeps the weights, so both runs score the same model: the bf16 losses (autocast on the CPU)
+    stay within 1e-3 of the fp32 ones, in training and in validation (loss and grid)."""
+    train = write_shards(tmp_path / "shards", n_samples=8, per_shard=4)
+    val = write_shards(tmp_path / "shards", n_samples=6, per_shard=3, split="val", seed=1)
+    got = {}
+    for mp in ("no", "bf16"):
+        seen = _losses(monkeypatch)
+        cfg = load_train_config(["config=train_demo", f"shards={train}", f"val_shards={val}", f"output_dir={tmp_path / mp}",
+                                 f"tiny_dir={tiny_dir}", "progress=false", "steps=1", "val_every=1", "checkpoint_every=1",
+                                 "val_images=2", "val_sample_steps=1", "lr=0", f"mixed_precision={mp}"])
+        metrics = train_loop(cfg)
+        got[mp] = (seen["loss"][0], metrics["val_loss"], seen["dtype"])
+        monkeypatch.undo()
+        assert (tmp_path / mp / "validation" / "step-1" / "grid.png").exists()
+    assert got["no"][2] == {torch.float32} and got["bf16"][2] == {torch.bfloat16}   # autocast really ran
+    assert got["bf16"][0] == pytest.approx(got["no"][0], abs=1e-3) and got["bf16"][0] != got["no"][0]
+    assert got["bf16"][1] == pytest.approx(got["no"][1], abs=1e-3)
+
+
+class _CrossDeviceCopies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that copy a tensor from one device to another."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            src = args[1] if func is torch.ops.aten.copy_.default else args[0]
+            dst = args[0] if func is torch.ops.aten.copy_.default else out
+            self.n += src.device != dst.device
+        return out
+
+
+def test_the_loss_makes_no_host_to_device_copy_once_its_tables_are_on_the_device():
+    """The meta device stands in for the GPU: a copy from the host's tables to it would be counted."""
+    from diffusers import DDPMScheduler
+
+    from sonify.training.loss import DiffusionLoss
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    with _CrossDeviceCopies() as probe:
+        torch.ones(3).to("meta")
+    assert probe.n == 1                                    # the probe sees a host-to-device copy
+    loss = DiffusionLoss(sched.betas, "meta")
+    x = torch.empty(4, 4, 8, 8, device="meta")
+    pred, t = torch.empty(4, 8, 8, 8, device="meta"), torch.empty(4, dtype=torch.long, device="meta")
+    with _CrossDeviceCopies() as probe:
+        for _ in range(3):
+            terms = loss(pred, x, x, x, t)
+    assert probe.n == 0 and terms["loss"].device.type == "meta" and set(terms) == {"loss", "mse", "vb"}
+
+
+def test_pin_memory_pins_the_batch_types(monkeypatch):
+    """DataLoader(pin_memory=True) calls `pin_memory()` on what it yields: the item pins its batch's tensors
+    (without the method torch returns the object as it is, pinning nothing)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from sonify.training.data import Batch, Item
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: (pinned.append(self.shape), self.clone())[1])
+    batch = Batch(["a", "b"], torch.zeros(2, 4, 8, 8), torch.zeros(2, 5, 3), torch.ones(2, 5), torch.tensor([True, False]))
+    out = pin_memory(Item(batch, 0, (0, 1), 0, 2))
+    assert isinstance(out, Item) and out.pos == (0, 1) and out.batch.keys == ["a", "b"]
+    assert pinned == [(2, 4, 8, 8), (2, 5, 3), (2, 5)]
+    assert pin_memory(Item(None, 1, (3, 0), 1, 0)).batch is None
+
+
+def test_fused_adamw_and_foreach_ema_equal_the_defaults_after_5_steps():
+    """Weights at a transformer's scale (std 0.02, as PixArt initialises them): the fused and multi-tensor
+    kernels only round differently, far below 1e-7 (a float32 ulp there is ~2e-9)."""
+    from sonify.training.speed import make_ema, make_optimizer
+
+    torch.manual_seed(0)
+    init = [0.02 * torch.randn(64, 32), 0.02 * torch.randn(32), 0.02 * torch.randn(7, 3, 3)]
+    grads = [[torch.randn_like(p) for p in init] for _ in range(5)]
+    runs = {}
+    for fast in (False, True):
+        params = [torch.nn.Parameter(p.clone()) for p in init]
+        opt = make_optimizer(params, 1e-2, 3e-2, "cpu", fused=fast)
+        ema = make_ema(params, 0.9, foreach=fast)
+        for g in grads:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+            ema.step(params)
+        runs[fast] = ([p.detach() for p in params], ema.shadow_params)
+    assert make_optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-3, 0, "cpu").defaults["fused"]   # the CPU has the kernel
+    for a, b in zip(runs[False][0] + runs[False][1], runs[True][0] + runs[True][1]):
+        assert (a - b).abs().max().item() <= 1e-7
+    assert not torch.equal(runs[False][1][0], init[0])      # the EMA moved
+
+
+def test_selective_checkpointing_trains_the_same_parameters(shards, tiny_dir, tmp_path, monkeypatch):
+    """3 steps with checkpointing off, on every block, and on every 2nd block (block 0 of the tiny model's 2):
+    the same parameters within float tolerance; the recompute really happens on the chosen blocks."""
+    import torch.utils.checkpoint as ckpt
+
+    calls = []
+    real = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, "checkpoint", lambda fn, *a, **k: (calls.append(fn.__self__), real(fn, *a, **k))[1])
+    results = {}
+    for name, extra in (("off", []), ("all", ["gradient_checkpointing=true"]),
+                        ("every2", ["gradient_checkpointing=true", "checkpoint_blocks_every=2"])):
+        calls.clear()
+        train_loop(_cfg(shards, tiny_dir, tmp_path / name, "steps=3", "checkpoint_every=3", "lr=1e-2", *extra))
+        results[name] = (_params(tmp_path / name / "checkpoint-3" / "transformer"), len(calls), len(set(map(id, calls))))
+    assert results["off"][1:] == (0, 0) and results["all"][1:] == (3 * 2, 2) and results["every2"][1:] == (3, 1)
+    for name in ("all", "every2"):
+        a, b = results["off"][0], results[name][0]
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
+
+
+def test_checkpoints_are_written_off_the_training_thread_with_the_ema_stored_once(shards, tiny_dir, tmp_path, monkeypatch):
+    import sonify.training.checkpoint as checkpoint
+
+    threads = []
+    real = checkpoint.write
+    monkeypatch.setattr(checkpoint, "write", lambda *a: (threads.append(threading.current_thread().name), real(*a))[1])
+    train_loop(_cfg(shards, tiny_dir, tmp_path / "o", "steps=2", "checkpoint_every=1"))
+    assert threads == ["checkpoint-1", "checkpoint-2"]
+    state = torch.load(tmp_path / "o/checkpoint-2/training_state.pt", weights_only=False)
+    assert "shadow_params" not in state["ema"] and state["ema"]["optimization_step"] == 2
+    ema, trained = _params(tmp_path / "o/checkpoint-2/transformer_ema"), _params(tmp_path / "o/checkpoint-2/transformer")
+    assert any(not torch.equal(ema[k], trained[k]) for k in ema)
+
+
+def test_a_failed_background_write_is_raised_in_the_training_run(shards, tiny_dir, tmp_path, monkeypatch):
+    import sonify.training.checkpoint as checkpoint
+
+    def fail(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "write", fail)
+    with pytest.raises(OSError, match="disk full"):
+        train_loop(_cfg(shards, tiny_dir, tmp_path / "o", "steps=2", "checkpoint_every=1"))
+
+
+def test_fixed_token_length_under_compile():
+    """With `compile` the AST tokens are padded to `max_audio_frames` in every batch: one shape, no recompiles."""
+    import io
+
+    import numpy as np
+
+    from sonify.training.data import collate
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    samples = [{"__key__": f"k{i}", "latent.npy": npy(np.zeros((2, 4, 2, 2), np.float16)),
+                "ast.npy": npy(np.ones((n, 3), np.float16))} for i, n in enumerate((5, 9))]
+    assert collate(samples, 0, 0, 1.0, 0.0, 12).tokens.shape == (2, 9, 3)
+    fixed = collate(samples, 0, 0, 1.0, 0.0, 12, fixed=True)
+    assert fixed.tokens.shape == (2, 12, 3) and fixed.mask.sum(1).tolist() == [5, 9]
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_and_do_not_recompile(shards, tiny_dir, tmp_path, monkeypatch):
+    """Regional compilation (each block compiled in place, Inductor on the CPU): losses within 1e-5 of eager
+    over 4 steps, no graph compiled after the first step's backward, and the checkpoint loads with plain
+    from_pretrained under the eager model's keys."""
+    from diffusers import PixArtTransformer2DModel
+
+    got = {}
+    for name in ("eager", "compiled"):
+        seen = _losses(monkeypatch)
+        train_loop(_cfg(shards, tiny_dir, tmp_path / name, "steps=4", "checkpoint_every=4", "lr=1e-3",
+                        f"compile={name == 'compiled'}", "max_audio_frames=49"))
+        got[name] = seen
+        monkeypatch.undo()
+    assert len(got["eager"]["loss"]) == 4
+    assert all(abs(a - b) <= 1e-5 for a, b in zip(got["eager"]["loss"], got["compiled"]["loss"])), got
+    graphs = got["compiled"]["graphs"]
+    assert graphs[0] >= 1 and graphs[1] == graphs[2] == graphs[3], graphs       # compiled once, reused every step
+    model = PixArtTransformer2DModel.from_pretrained(tmp_path / "compiled/checkpoint-4/transformer")
+    assert set(model.state_dict()) == set(_params(tmp_path / "eager/checkpoint-4/transformer"))
