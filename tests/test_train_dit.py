@@ -472,10 +472,12 @@ def _rank_worker(rank, world, init_file, listfile, tiny_dir, root):
 
     from sonify.training.config import ddp_kwargs
 
-    # the trainer's DDP options as the config passes them: gradients as views of the buckets, static graph
+    # the trainer's DDP options as the config passes them: gradients as views of the buckets (a static graph
+    # is refused with accumulation, as here)
     common = ["per_device_batch=2", "global_batch=8", "loader_workers=2", "checkpoint_every=3", "latent_size=16", "log_every=1",
-              "ddp_gradient_as_bucket_view=true", "ddp_static_graph=true"]
-    options = ddp_kwargs(_cfg(listfile, tiny_dir, root, *common))
+              "ddp_gradient_as_bucket_view=true"]
+    options = ddp_kwargs(_cfg(listfile, tiny_dir, root, *common), world)
+    assert options["gradient_as_bucket_view"] and not options["static_graph"]
 
     def wrap(model):
         ddp = DDP(model, **options)

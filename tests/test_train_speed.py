@@ -32,6 +32,17 @@ def test_mixed_precision_no_is_accepted_as_written(tmp_path):
         load_train_config(["checkpoint_blocks_every=0"])
 
 
+def test_ddp_options_pass_through_and_a_static_graph_is_refused_with_accumulation():
+    from sonify.engine.errors import ConfigError
+    from sonify.training.config import ddp_kwargs
+
+    cfg = load_train_config(["ddp_bucket_mb=50", "ddp_static_graph=true", "per_device_batch=80", "global_batch=640"])
+    assert ddp_kwargs(cfg, 8) == {"bucket_cap_mb": 50, "gradient_as_bucket_view": True, "static_graph": True}
+    cfg = load_train_config(["ddp_static_graph=true", "per_device_batch=20", "global_batch=640"])
+    with pytest.raises(ConfigError, match=r"^ddp_static_graph=true needs no gradient accumulation \(here 4 micro-steps"):
+        ddp_kwargs(cfg, 8)
+
+
 def _losses(monkeypatch):
     """Records every training and validation loss and the dtype of the transformer's prediction."""
     from sonify.training.loss import DiffusionLoss

@@ -45,7 +45,7 @@ class TrainConf:
     mixed_precision: str = "auto"      # auto (bf16 on GPU) | bf16 | no
     ddp_bucket_mb: int = 25            # DDP gradient bucket size (MB)
     ddp_gradient_as_bucket_view: bool = True   # gradients are views into DDP's buckets (no second copy of them)
-    ddp_static_graph: bool = False     # DDP static_graph (valid when every step uses the same parameters)
+    ddp_static_graph: bool = False     # DDP static_graph: only without gradient accumulation (DDP's no_sync does not support it)
     async_checkpoints: bool = True     # write checkpoints on a background thread (the CPU snapshot stays on the training thread)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -84,8 +84,12 @@ def load_train_config(argv: list[str]) -> TrainConf:
     return cfg
 
 
-def ddp_kwargs(cfg: TrainConf) -> dict:
-    """DistributedDataParallel's options from the config (for `ray.train.torch.prepare_model` or DDP itself)."""
+def ddp_kwargs(cfg: TrainConf, world: int) -> dict:
+    """DistributedDataParallel's options from the config (for `ray.train.torch.prepare_model` or DDP itself).
+    A static graph is refused with gradient accumulation: accumulating under `no_sync` trips DDP's reducer."""
+    if cfg.ddp_static_graph and grad_accum_steps(cfg, world) > 1:
+        raise ConfigError(f"ddp_static_graph=true needs no gradient accumulation (here {grad_accum_steps(cfg, world)} micro-steps a "
+                          f"step: DDP's no_sync does not support a static graph); set ddp_static_graph=false")
     return {"bucket_cap_mb": cfg.ddp_bucket_mb, "gradient_as_bucket_view": cfg.ddp_gradient_as_bucket_view,
             "static_graph": cfg.ddp_static_graph}
 

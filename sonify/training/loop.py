@@ -301,7 +301,7 @@ def _ray_worker(config: dict) -> None:
     cfg = TrainConf(**config["cfg"])
     ctx = ray.train.get_context()
     device = str(ray.train.torch.get_device())
-    kwargs = ddp_kwargs(cfg)
+    kwargs = ddp_kwargs(cfg, ctx.get_world_size())
 
     def wrap(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
