@@ -245,3 +245,41 @@ def test_compiled_blocks_match_eager_and_do_not_recompile(shards, tiny_dir, tmp_
     assert graphs[0] >= 1 and graphs[1] == graphs[2] == graphs[3], graphs       # compiled once, reused every step
     model = PixArtTransformer2DModel.from_pretrained(tmp_path / "compiled/checkpoint-4/transformer")
     assert set(model.state_dict()) == set(_params(tmp_path / "eager/checkpoint-4/transformer"))
+
+
+def test_the_plan_fits_the_largest_micro_batch_and_prefers_no_recompute():
+    """The memory arithmetic on round numbers, worked by hand: 10 blocks of 1 GB a sample, 0.5 GB the rest,
+    0.1 GB a checkpointed block's input, 100M parameters (2 GB of fp32 state), 1 GB fixed, 40 GB, no reserve."""
+    from sonify.training.memory import Activations, choose, options, parse_memory, per_sample_bytes
+
+    gb = 1e9
+    act = Activations(block=1 * gb, rest=0.5 * gb, fixed=1 * gb, ckpt_input=0.1 * gb, params_block=9_000_000,
+                      params_rest=10_000_000, blocks=10, flops_block=10, flops_rest=1)
+    assert act.params == 100_000_000 and act.flops_per_sample(0) == 3 * 101 and act.flops_per_sample(5) == 3 * 101 + 50
+    assert per_sample_bytes(act, 0) == 10.5 * gb
+    assert per_sample_bytes(act, 5) == pytest.approx((5 * 1 + 5 * 0.1 + 0.5 + 1) * gb)   # + one block recomputed
+    opts = {o.every: o for o in options(act, 40 * gb, per_gpu=8, reserve=0.0, everies=(None, 1, 2))}
+    # free 40 - 2 (weights, grads, AdamW, EMA: 20 bytes x 100M) - 1 = 37 GB
+    assert (opts[None].max_micro, opts[None].micro, opts[None].accum) == (3, 2, 4)          # 37 // 10.5
+    assert (opts[1].max_micro, opts[1].micro, opts[1].accum) == (14, 8, 1)                  # 37 // 2.5
+    assert (opts[2].max_micro, opts[2].micro, opts[2].accum) == (5, 4, 2)                   # 37 // 7
+    assert choose(list(opts.values()), min_micro=2).every is None                           # no recompute when it fits
+    assert choose(list(opts.values()), min_micro=4).every == 2                              # then the least recompute
+    assert choose(list(opts.values()), min_micro=16).every == 1                             # else the largest micro-batch
+    assert parse_memory("80GB") == 80e9 and parse_memory("80GiB") == 80 * 2**30
+
+
+def test_the_saved_tensor_count_sees_what_autograd_keeps(tiny_dir):
+    """The tiny PixArt under bf16 autocast: more is kept at batch 2 than at 1, FLOPs double, and the first
+    block's input is the bf16 hidden states (batch x tokens x width x 2 bytes)."""
+    from diffusers import PixArtTransformer2DModel
+
+    from sonify.models.tiny import build_tiny
+    from sonify.training.memory import saved_bytes
+
+    model = PixArtTransformer2DModel.from_pretrained(build_tiny("dit", tiny_dir) / "transformer")
+    one, _, flops1 = saved_bytes(model, 1, 5, model.config.caption_channels)
+    two, first_input, flops2 = saved_bytes(model, 2, 5, model.config.caption_channels)
+    assert two > one > 0 and flops2 == 2 * flops1
+    tokens = (model.config.sample_size // model.config.patch_size) ** 2
+    assert first_input == 2 * tokens * model.inner_dim * 2             # batch 2, bf16 hidden states into block 0

@@ -56,9 +56,9 @@ def main(argv=None) -> None:
         print(f"\n{text} per GPU ({memory / 1e9:.1f} GB; reserve {reserve / 1e9:.1f} GB for the CUDA context and allocator slack), "
               f"global batch {a.global_batch} on {a.gpus} GPUs = {per_gpu} samples per GPU per step:")
         print(f"  {'checkpointing':<22} {'blocks':>6} {'GB/sample':>9} {'max micro':>9} {'micro x accum':>13} "
-              f"{'TFLOP/sample':>12} {'recompute':>9} {'8-GPU days':>10}")
+              f"{'TFLOP/sample':>12} {'+FLOPs':>9} {f'{a.gpus}-GPU days':>10}")
         for o in opts:
-            name = "off" if o.every is None else ("every block" if o.every == 1 else f"every {o.every}th block")
+            name = "off" if o.every is None else ("every block" if o.every == 1 else f"every {o.every}{_th(o.every)} block")
             flops = act.flops_per_sample(o.checkpointed)
             days = samples * flops / (a.gpus * a.peak_tflops * 1e12 * a.mfu) / 86400
             plan = f"{o.micro} x {o.accum}" if o.micro else "-"
@@ -72,3 +72,7 @@ def main(argv=None) -> None:
                   f"{a.gpus * best.micro * best.accum}), {ck}")
     print(f"\n(days: {a.steps:,} steps x {a.global_batch} samples at an assumed {a.mfu:.0%} MFU of {a.peak_tflops:.0f} TFLOP/s "
           f"per GPU; a projection, not a measurement)")
+
+
+def _th(k: int) -> str:
+    return {1: "st", 2: "nd", 3: "rd"}.get(k % 10 if k % 100 not in (11, 12, 13) else 0, "th")

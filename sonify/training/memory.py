@@ -36,7 +36,7 @@ class Activations:
     params_block: int
     params_rest: int
     blocks: int             # the full model's depth
-    flops_block: int = 0    # forward FLOPs per sample of one block (FlopCounterMode: matmuls, convolutions, attention)
+    flops_block: int = 0    # forward FLOPs per sample of one block (FlopCounterMode's matmuls and convolutions + attention)
     flops_rest: int = 0
 
     @property
@@ -123,8 +123,17 @@ def measure(tokens: int = 49, ast_dim: int = 768) -> Activations:
     fixed_block = (a21 - per_sample_2) - fixed_1
     p1, p2 = sum(p.numel() for p in m1.parameters()), sum(p.numel() for p in m2.parameters())
     depth = int(cfg["num_layers"])
+    n, d = (cfg["sample_size"] // cfg["patch_size"]) ** 2, cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    # FlopCounterMode does not see the CPU flash-attention kernel: scores and values by hand, 2 x 2 N M D each
+    f1, f2 = f1 + attention_flops(n, tokens, d), f2 + 2 * attention_flops(n, tokens, d)
     return Activations(block=block, rest=per_sample_1 - block, fixed=fixed_1 + (depth - 1) * fixed_block, ckpt_input=in1,
                        params_block=p2 - p1, params_rest=p1 - (p2 - p1), blocks=depth, flops_block=f2 - f1, flops_rest=f1 - (f2 - f1))
+
+
+def attention_flops(n: int, tokens: int, width: int) -> int:
+    """Forward FLOPs of one block's attention products: Q K^T and P V (2 N M D each, M keys) for self-attention
+    over the N image tokens and cross-attention to the AST tokens."""
+    return 4 * n * n * width + 4 * n * tokens * width
 
 
 @dataclass
