@@ -333,7 +333,7 @@ def peek_sample(urls: list[str]) -> dict:
                         s = read_members(f, {e: members[e] for e in ("latent.npy", "ast.npy", "json") if e in members})
                     lat, ast = load_npy(s["latent.npy"]), load_npy(s["ast.npy"])
                     meta = json.loads(s["json"]) if "json" in s else {}
-                    return {"latent_shape": tuple(lat.shape[1:]), "ast_dim": int(ast.shape[1]), "url": url,
+                    return {"latent_shape": tuple(lat.shape[1:]), "ast_dim": int(ast.shape[1]), "ast_frames": int(ast.shape[0]), "url": url,
                             "scaling_factor": float(meta.get("scaling_factor") or 0.18215)}
         except (OSError, EOFError, ValueError) as e:   # try the next shard
             err = e

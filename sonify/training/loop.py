@@ -146,6 +146,10 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     if plan_streams(urls, cfg.seed, 0, streams_total)[0].of > 1 and rank == 0:
         log.info("%d shards for %d ranks x %d loader streams: every stream reads every shard and takes every %d-th sample "
                  "of each window (a split by samples)", len(urls), world, workers, streams_total)
+    if cfg.compile and rank == 0 and shard_facts["ast_frames"] < cfg.max_audio_frames:
+        log.info("compile: every batch's AST tokens are padded to max_audio_frames=%d (one shape, no recompiles); the shards' "
+                 "first sample has %d: max_audio_frames=%d saves the padding", cfg.max_audio_frames, shard_facts["ast_frames"],
+                 shard_facts["ast_frames"])
     done = setup_model(model, cfg, device)
     if rank == 0 and (done["checkpointed_blocks"] or done["compiled_blocks"]):
         log.info("gradient checkpointing on blocks %s; %d blocks compiled", done["checkpointed_blocks"], done["compiled_blocks"])
