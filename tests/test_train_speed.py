@@ -7,17 +7,7 @@ import torch
 
 from sonify.training.config import load_train_config
 from sonify.training.loop import train_loop
-from tests.test_train_dit import _cfg, _params, write_shards
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("shards"))
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tiny"))
+from tests.test_train_dit import _cfg, _params, shards, tiny_dir, write_shards  # noqa: F401 (fixtures)
 
 
 def test_mixed_precision_no_is_accepted_as_written(tmp_path):
@@ -283,3 +273,12 @@ def test_the_saved_tensor_count_sees_what_autograd_keeps(tiny_dir):
     assert two > one > 0 and flops2 == 2 * flops1
     tokens = (model.config.sample_size // model.config.patch_size) ** 2
     assert first_input == 2 * tokens * model.inner_dim * 2             # batch 2, bf16 hidden states into block 0
+
+
+def test_train_sam_uses_the_80gb_plan():
+    from sonify.training.config import grad_accum_steps
+
+    cfg = load_train_config(["config=train_sam"])
+    assert (cfg.per_device_batch, grad_accum_steps(cfg, cfg.num_workers), cfg.gradient_checkpointing) == (20, 4, False)
+    assert cfg.num_workers * cfg.per_device_batch * grad_accum_steps(cfg, cfg.num_workers) == cfg.global_batch == 640
+    assert cfg.compile and cfg.mixed_precision == "auto" and cfg.ddp_gradient_as_bucket_view
