@@ -282,3 +282,52 @@ def test_train_sam_uses_the_80gb_plan():
     assert (cfg.per_device_batch, grad_accum_steps(cfg, cfg.num_workers), cfg.gradient_checkpointing) == (20, 4, False)
     assert cfg.num_workers * cfg.per_device_batch * grad_accum_steps(cfg, cfg.num_workers) == cfg.global_batch == 640
     assert cfg.compile and cfg.mixed_precision == "auto" and cfg.ddp_gradient_as_bucket_view
+
+
+def _val_loss(rank, world, args, out):
+    """One rank's validation loss for the tiny DiT (the same seed-built weights on every rank)."""
+    import json
+
+    import torch.distributed as dist
+    from diffusers import DDPMScheduler, PixArtTransformer2DModel
+
+    from sonify.models.tiny import build_tiny
+    from sonify.training.data import expand_shards
+    from sonify.training.dit import AudioConditioner
+    from sonify.training.loss import DiffusionLoss
+    from sonify.training.validation import Validator
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{out}/init", rank=rank, world_size=world)
+    cfg = load_train_config(args)
+    model = PixArtTransformer2DModel.from_pretrained(build_tiny("dit", cfg.tiny_dir) / "transformer")
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    import sonify.training.loop as loop
+
+    scored, real = [], loop.forward_loss
+    loop.forward_loss = lambda *a: (scored.append(a[4].keys), real(*a))[1]
+    v = Validator(cfg, expand_shards(cfg.val_shards), 0.18215, "cpu", rank, world)
+    loss = v.loss(model, AudioConditioner(cfg.ast_dim), sched, DiffusionLoss(sched.betas))
+    with open(f"{out}/val-{world}-{rank}.json", "w") as f:
+        json.dump({"loss": loss, "vae": v.vae is not None, "scored": scored}, f)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_validation_split_across_two_ranks_gives_the_single_process_loss(tmp_path, tiny_dir):
+    """3 validation batches on 2 gloo ranks (2 on rank 0, 1 on rank 1): every rank ends with the loss one
+    process computes over all 3; only rank 0 loads the VAE (it alone draws the grid)."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    val = write_shards(tmp_path / "s", n_samples=6, per_shard=3, split="val", seed=1)
+    args = ["config=train_demo", f"val_shards={val}", f"tiny_dir={tiny_dir}", "per_device_batch=2", "val_batches=3", "val_images=1"]
+    _val_loss(0, 1, args, str(tmp_path))
+    mp.spawn(_val_loss, args=(2, args, str(tmp_path)), nprocs=2, join=True)
+    one, *two = (json.loads((tmp_path / f"val-{n}.json").read_text()) for n in ("1-0", "2-0", "2-1"))
+    assert [r["vae"] for r in (one, *two)] == [True, True, False]
+    assert len(one["scored"]) == 3 and two[0]["scored"] == one["scored"][0::2] and two[1]["scored"] == one["scored"][1::2]
+    for r in two:
+        assert r["loss"] == pytest.approx(one["loss"], rel=1e-6)
