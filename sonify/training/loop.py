@@ -115,17 +115,85 @@ def autocast(device: str, enabled: bool):
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
+def load_models(cfg: TrainConf, resume_from: Path | None):
+    """(transformer, conditioner): the checkpoint's when resuming, else the pretrained DiT with a fresh projector."""
+    from diffusers import PixArtTransformer2DModel
+
+    from sonify.training.dit import AudioConditioner, load_dit
+
+    if resume_from:
+        return (PixArtTransformer2DModel.from_pretrained(resume_from / "transformer"),
+                AudioConditioner.from_pretrained(resume_from / "conditioner"))
+    return load_dit(cfg.dit, cfg.tiny_dir, cfg.ast_dim, cfg.dit_subfolder), AudioConditioner(cfg.ast_dim)
+
+
+def resume(ckpt: Path, cfg: TrainConf, urls: list[str], rank: int, world: int, workers: int, model, conditioner, optimizer,
+           lr_scheduler, ema) -> tuple:
+    """Optimizer, scheduler, EMA and RNG from a checkpoint; returns (step, this rank's Position, its counts)."""
+    import torch
+
+    from sonify.training.checkpoint import load_ema_weights
+    from sonify.training.data import Position
+
+    state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+    mine = resume_position(state, ckpt, urls, cfg, rank, world, workers)
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    load_ema_weights(ckpt, state["ema"], model, conditioner, ema)
+    pos = Position(workers, mine)
+    torch.set_rng_state(mine["torch_rng"])
+    log.info("resumed from %s at step %d (rank %d: epoch %d, streams at %s)", ckpt, state["step"], rank, pos.epoch, pos.streams)
+    return state["step"], pos, {"errors": mine["errors"], "decoded": mine["decoded"]}
+
+
+def open_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: logging to the console only")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+class StepLog:
+    """The metrics every `log_every` steps (where the loop reads scalars back from the device): returned, and
+    sent to the progress bar, TensorBoard and (without a progress bar) the console."""
+
+    def __init__(self, cfg: TrainConf, rank: int, device: str, writer, bar):
+        self.cfg, self.rank, self.device, self.writer, self.bar = cfg, rank, device, writer, bar
+        self.t_last, self.cpu_last, self.samples = time.perf_counter(), time.process_time(), 0
+
+    def __call__(self, step: int, terms: dict, lr: float, grad_norm, counts: dict) -> dict:
+        now, every = time.perf_counter(), self.cfg.log_every
+        errors, decoded = reduce_sum([counts["errors"], counts["decoded"]], self.device)
+        metrics = {"step": step, "loss": terms["loss"].detach().item(), "mse": terms["mse"].detach().item(),
+                   "vb": float(terms["vb"].detach()) if "vb" in terms else 0.0,   # detached: no autograd scalar warning
+                   "lr": lr, "grad_norm": float(grad_norm),
+                   "samples_per_s": self.samples / max(now - self.t_last, 1e-9), "step_time_s": (now - self.t_last) / every,
+                   "step_cpu_s": (time.process_time() - self.cpu_last) / every,   # this process's threads
+                   "skipped_shard_errors": int(errors), "samples_decoded": int(decoded)}
+        self.t_last, self.cpu_last, self.samples = now, time.process_time(), 0
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
+        if self.writer:
+            for k, v in metrics.items():
+                if k != "step":
+                    self.writer.add_scalar(f"train/{k}", v, step)
+        if self.rank == 0 and not self.cfg.progress:
+            log.info("step %d loss %.5f lr %.3g %.1f samples/s, %d read errors skipped", step, metrics["loss"],
+                     metrics["lr"], metrics["samples_per_s"], metrics["skipped_shard_errors"])
+        return metrics
+
+
 def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device: str | None = None) -> dict:
     """The training loop shared by the local and the Ray Train paths; returns final metrics."""
     import contextlib
 
     import torch
-    from diffusers import DDPMScheduler, PixArtTransformer2DModel
+    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
-    from sonify.training.checkpoint import Saver, load_ema_weights, snapshot
+    from sonify.training.checkpoint import Saver, snapshot
     from sonify.training.data import Position, expand_shards, loader, plan_streams
-    from sonify.training.dit import AudioConditioner, load_dit
     from sonify.training.loss import DiffusionLoss
     from sonify.training.speed import make_ema, make_optimizer, setup_model
 
@@ -134,12 +202,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     out = Path(cfg.output_dir)
     urls = expand_shards(cfg.shards)
     resume_from = find_resume(cfg, out)
-    if resume_from:
-        model = PixArtTransformer2DModel.from_pretrained(resume_from / "transformer")
-        conditioner = AudioConditioner.from_pretrained(resume_from / "conditioner")
-    else:
-        model = load_dit(cfg.dit, cfg.tiny_dir, cfg.ast_dim, cfg.dit_subfolder)
-        conditioner = AudioConditioner(cfg.ast_dim)
+    model, conditioner = load_models(cfg, resume_from)
     shard_facts = check_against_shards(cfg, urls, model.config)
     workers = max(1, cfg.loader_workers)
     streams_total = world * workers
@@ -165,15 +228,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     step, pos = 0, Position(workers)
     counts = {"errors": 0, "decoded": 0}   # this rank's, carried across resumes
     if resume_from:
-        state = torch.load(resume_from / "training_state.pt", map_location="cpu", weights_only=False)
-        mine = resume_position(state, resume_from, urls, cfg, rank, world, workers)
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        load_ema_weights(resume_from, state["ema"], model, conditioner, ema)
-        step, pos = state["step"], Position(workers, mine)
-        counts = {"errors": mine["errors"], "decoded": mine["decoded"]}
-        torch.set_rng_state(mine["torch_rng"])
-        log.info("resumed from %s at step %d (rank %d: epoch %d, streams at %s)", resume_from, step, rank, pos.epoch, pos.streams)
+        step, pos, counts = resume(resume_from, cfg, urls, rank, world, workers, model, conditioner, optimizer, lr_scheduler, ema)
     ema.to(device)
     train_model = wrap(model) if wrap else model
     accum = grad_accum_steps(cfg, world)
@@ -183,11 +238,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            log.warning("tensorboard is not installed: logging to the console only")
+        writer = open_writer(out)
     if cfg.val_every > 0 and cfg.val_shards:   # every rank scores its share of the validation batches
         from sonify.training.validation import Validator
 
@@ -195,7 +246,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc="train_dit", unit="step", disable=not cfg.progress or rank != 0)
     metrics = {"step": step}
-    t_last, cpu_last, samples_since = time.perf_counter(), time.process_time(), 0
+    step_log = StepLog(cfg, rank, device, writer, bar)
     saver = Saver(background=cfg.async_checkpoints)
     pin = device.startswith("cuda")
     gen = torch.Generator(device=device)   # re-seeded every micro-step: noise and timesteps drawn on the device
@@ -230,7 +281,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
                     terms = forward_loss(train_model, conditioner, loss_fn, noise_scheduler, batch, noise, t, device, use_bf16)
                     (terms["loss"] / accum).backward()
                 micro += 1
-                samples_since += batch.latents.shape[0] * world
+                step_log.samples += batch.latents.shape[0] * world
                 if micro < accum:
                     continue
                 micro = 0
@@ -244,23 +295,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
                 step += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:   # the only host syncs: every log_every steps
-                    now = time.perf_counter()
-                    errors, decoded = reduce_sum([counts["errors"], counts["decoded"]], device)
-                    metrics = {"step": step, "loss": terms["loss"].detach().item(), "mse": terms["mse"].detach().item(),
-                               "vb": float(terms["vb"].detach()) if "vb" in terms else 0.0,   # detached: no autograd scalar warning
-                               "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                               "samples_per_s": samples_since / max(now - t_last, 1e-9), "step_time_s": (now - t_last) / cfg.log_every,
-                               "step_cpu_s": (time.process_time() - cpu_last) / cfg.log_every,   # this process's threads
-                               "skipped_shard_errors": int(errors), "samples_decoded": int(decoded)}
-                    t_last, cpu_last, samples_since = now, time.process_time(), 0
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}")
-                    if writer:
-                        for k, v in metrics.items():
-                            if k != "step":
-                                writer.add_scalar(f"train/{k}", v, step)
-                    if rank == 0 and not cfg.progress:
-                        log.info("step %d loss %.5f lr %.3g %.1f samples/s, %d read errors skipped", step, metrics["loss"],
-                                 metrics["lr"], metrics["samples_per_s"], metrics["skipped_shard_errors"])
+                    metrics = step_log(step, terms, lr_scheduler.get_last_lr()[0], grad_norm, counts)
                 if validator and step % cfg.val_every == 0:
                     val = validator.run(step, model, conditioner, ema, params, noise_scheduler, loss_fn, writer, out)
                     metrics.update({k: v for k, v in val.items() if k == "val_loss"})
