@@ -144,6 +144,7 @@ def test_bad_shard_is_logged_skipped_and_counted(tmp_path, tiny_dir, caplog):
     ("ast_dim=64", "ast_dim=64 but the shards' ast.npy are 32 wide"),
     ("latent_size=16", "the shards' latents are 4x32x32 but the transformer takes 4x16x16"),
     ("shards=/nonexistent/*.tar", "no shards match"),
+    ("shards=/nonexistent/x.tar", "shards='/nonexistent/x.tar': no readable sample in 1 shards"),
     ("global_batch=6", "global_batch=6 is not a multiple of per_device_batch x workers = 4"),
 ])
 def test_mismatched_config_fails_before_training_in_one_line(shards, tiny_dir, tmp_path, override, message):

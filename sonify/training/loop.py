@@ -35,7 +35,10 @@ def check_against_shards(cfg: TrainConf, urls: list[str], model_cfg) -> dict:
 
     if not urls:
         raise ConfigError(f"no shards match shards={cfg.shards!r}")
-    s = peek_sample(urls)
+    try:
+        s = peek_sample(urls)
+    except ValueError as e:   # no shard has a readable sample: one line, not a traceback
+        raise ConfigError(f"shards={cfg.shards!r}: {e}") from None
     if s["ast_dim"] != cfg.ast_dim:
         raise ConfigError(f"ast_dim={cfg.ast_dim} but the shards' ast.npy are {s['ast_dim']} wide ({s['url']}); set ast_dim={s['ast_dim']}")
     c, h, w = s["latent_shape"]
