@@ -5,8 +5,8 @@ weight decay 3e-2, global batch 640). `trainer=local` runs in this process (one 
 `trainer=ray` runs Ray Train's TorchTrainer with `num_workers` DDP workers (`use_gpu`), on a local
 Ray or the cluster in RAY_ADDRESS. `shards=` and `val_shards=` take the shards stage's list files
 (`<run>/shards/train.txt`, `val.txt`) or a glob. Checkpoints are `<output_dir>/checkpoint-<step>/` with
-`transformer/` and `transformer_ema/` (diffusers `save_pretrained`), `conditioner/` and
-`conditioner_ema/` (the null-audio token), and `training_state.pt` (optimizer, LR scheduler, EMA, step
+`transformer/` and `transformer_ema/` (loaded by diffusers' `from_pretrained`), `conditioner/` and
+`conditioner_ema/` (the null-audio token), and `training_state.pt` (optimizer, LR scheduler, the EMA's counters, step
 and every rank's data position); `resume=latest` continues each rank exactly where it stopped, mid-epoch
 included, without reading what it consumed. `val_every` steps: validation loss and image grid.
 """

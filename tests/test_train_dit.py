@@ -144,6 +144,7 @@ def test_bad_shard_is_logged_skipped_and_counted(tmp_path, tiny_dir, caplog):
     ("ast_dim=64", "ast_dim=64 but the shards' ast.npy are 32 wide"),
     ("latent_size=16", "the shards' latents are 4x32x32 but the transformer takes 4x16x16"),
     ("shards=/nonexistent/*.tar", "no shards match"),
+    ("shards=/nonexistent/x.tar", "shards='/nonexistent/x.tar': no readable sample in 1 shards"),
     ("global_batch=6", "global_batch=6 is not a multiple of per_device_batch x workers = 4"),
 ])
 def test_mismatched_config_fails_before_training_in_one_line(shards, tiny_dir, tmp_path, override, message):
@@ -470,12 +471,20 @@ def _rank_worker(rank, world, init_file, listfile, tiny_dir, root):
         allreduces["n"] += 1
         return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0] / world)
 
+    from sonify.training.config import ddp_kwargs
+
+    # the trainer's DDP options as the config passes them: gradients as views of the buckets (a static graph
+    # is refused with accumulation, as here)
+    common = ["per_device_batch=2", "global_batch=8", "loader_workers=2", "checkpoint_every=3", "latent_size=16", "log_every=1",
+              "ddp_gradient_as_bucket_view=true"]
+    options = ddp_kwargs(_cfg(listfile, tiny_dir, root, *common), world)
+    assert options["gradient_as_bucket_view"] and not options["static_graph"]
+
     def wrap(model):
-        ddp = DDP(model)
+        ddp = DDP(model, **options)
         ddp.register_comm_hook(None, counting_hook)
         return ddp
 
-    common = ["per_device_batch=2", "global_batch=8", "loader_workers=2", "checkpoint_every=3", "latent_size=16", "log_every=1"]
     for name, extra in (("full", ["steps=6"]), ("part", ["steps=3"]), ("resumed", ["steps=6", "resume=latest"])):
         phase["name"], allreduces["n"] = name, 0
         out = f"{root}/{'full' if name == 'full' else 'part'}"

@@ -11,6 +11,7 @@ from a `PixArtTransformer2DModel` config and saved, so the trainer loads it thro
   bare       the same forward + loss (MSE + variational bound) + backward + clipping + AdamW + EMA on the
              same batches already in memory as tensors
 Target: train_dit/bare time <= 1.1 (the data path and the bookkeeping keep the model fed).
+`--plan --gpu-memory 80GB [141GB]`: the compute plan instead (`train_plan.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ XL2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_cha
 
 
 def main(argv=None) -> None:
+    if argv and "--plan" in argv:   # the compute plan from a memory budget (train_plan.py)
+        from sonify.bench.train_plan import main as plan_main
+
+        return plan_main(argv)
     ap = argparse.ArgumentParser(prog="python -m sonify.bench train", description=__doc__.splitlines()[0])
     ap.add_argument("--width", choices=["xl2", "tiny"], default="xl2")
     ap.add_argument("--depth", type=int, default=2, help="transformer blocks at the XL-2 width (the real model has 28)")
@@ -53,6 +58,7 @@ def main(argv=None) -> None:
     from sonify.training.data import expand_shards, plan_streams, stream_items
     from sonify.training.dit import AudioConditioner, load_dit
     from sonify.training.loop import train_loop
+    from sonify.training.speed import make_ema, make_optimizer
 
     with tempfile.TemporaryDirectory(prefix="sonify-bench-") as tmp:
         tmp = Path(tmp)
@@ -78,7 +84,7 @@ def main(argv=None) -> None:
         model.train()
         cond = AudioConditioner(a.ast_dim)
         params = list(model.parameters()) + list(cond.parameters())
-        opt = torch.optim.AdamW(params, lr=1e-4)
+        opt = make_optimizer(params, 1e-4, 3e-2, "cpu")   # what the trainer uses: fused AdamW where supported
         batches, epoch = [], 0
         while len(batches) < steps:
             stream = plan_streams(expand_shards(cfg.shards), cfg.seed, epoch, 1)[0]
@@ -86,13 +92,12 @@ def main(argv=None) -> None:
             epoch += 1
         gen = torch.Generator().manual_seed(0)
         from diffusers import DDPMScheduler
-        from diffusers.training_utils import EMAModel
 
         from sonify.training.loss import DiffusionLoss
 
         sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
         loss_fn = DiffusionLoss(sched.betas)
-        ema = EMAModel(params, decay=0.9999)
+        ema = make_ema(params, 0.9999)                    # foreach, as in the trainer
 
         def bare_step(b):
             noise = torch.randn(b.latents.shape, generator=gen)

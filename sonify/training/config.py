@@ -39,8 +39,14 @@ class TrainConf:
     max_grad_norm: float = 1.0
     cond_dropout: float = 0.1          # share of samples trained with the null token (classifier-free guidance)
     ema_decay: float = 0.9999
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = False  # recompute blocks in the backward (+1 forward on those blocks): only when memory needs it
+    checkpoint_blocks_every: int = 1   # with gradient_checkpointing: every k-th transformer block (1: all); see `bench train --plan`
+    compile: bool = False              # torch.compile each transformer block (regional); for GPU runs, off on CPU by default
     mixed_precision: str = "auto"      # auto (bf16 on GPU) | bf16 | no
+    ddp_bucket_mb: int = 25            # DDP gradient bucket size (MB)
+    ddp_gradient_as_bucket_view: bool = True   # gradients are views into DDP's buckets (no second copy of them)
+    ddp_static_graph: bool = False     # DDP static_graph: only without gradient accumulation (DDP's no_sync does not support it)
+    async_checkpoints: bool = True     # write checkpoints on a background thread (the CPU snapshot stays on the training thread)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     resume: Optional[str] = None       # latest | a checkpoint folder
@@ -64,10 +70,28 @@ CHOICES = {"trainer": ["local", "ray"], "mixed_precision": ["auto", "bf16", "no"
 
 
 
+# YAML 1.1 reads a bare `no` (and `false`) as a boolean, which a str field then holds as 'False'
+_AS_WRITTEN = {"mixed_precision": {"False": "no", "false": "no"}}
+
+
 def load_train_config(argv: list[str]) -> TrainConf:
     cfg = load_object(TrainConf, argv, "train_demo", "training config", "train_*.yaml", "config=train_demo steps=100")
+    for key, spelled in _AS_WRITTEN.items():
+        setattr(cfg, key, spelled.get(getattr(cfg, key), getattr(cfg, key)))
     check_choices(cfg, CHOICES)
+    if cfg.checkpoint_blocks_every < 1:
+        raise ConfigError(f"bad value {cfg.checkpoint_blocks_every!r} for key 'checkpoint_blocks_every'; valid values: an integer >= 1")
     return cfg
+
+
+def ddp_kwargs(cfg: TrainConf, world: int) -> dict:
+    """DistributedDataParallel's options from the config (for `ray.train.torch.prepare_model` or DDP itself).
+    A static graph is refused with gradient accumulation: accumulating under `no_sync` trips DDP's reducer."""
+    if cfg.ddp_static_graph and grad_accum_steps(cfg, world) > 1:
+        raise ConfigError(f"ddp_static_graph=true needs no gradient accumulation (here {grad_accum_steps(cfg, world)} micro-steps a "
+                          f"step: DDP's no_sync does not support a static graph); set ddp_static_graph=false")
+    return {"bucket_cap_mb": cfg.ddp_bucket_mb, "gradient_as_bucket_view": cfg.ddp_gradient_as_bucket_view,
+            "static_graph": cfg.ddp_static_graph}
 
 
 def grad_accum_steps(cfg: TrainConf, world: int) -> int:

@@ -65,6 +65,14 @@ class Batch:
     mask: torch.Tensor          # (B, T) 1 for real frames
     drop: torch.Tensor          # (B,) bool: conditioning dropped (use the null token)
 
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (what DataLoader(pin_memory=True) calls), so `to(device, non_blocking=True)`
+        copies asynchronously; `drop` stays where it is: the conditioner reads it on the host."""
+        return Batch(self.keys, self.latents.pin_memory(), self.tokens.pin_memory(), self.mask.pin_memory(), self.drop)
+
+    def to(self, device, non_blocking: bool = True) -> "Batch":
+        return Batch(self.keys, *(x.to(device, non_blocking=non_blocking) for x in (self.latents, self.tokens, self.mask)), self.drop)
+
 
 @dataclass
 class Item:
@@ -74,6 +82,9 @@ class Item:
     pos: tuple[int, int]
     errors: int
     decoded: int
+
+    def pin_memory(self) -> "Item":
+        return Item(self.batch.pin_memory() if self.batch is not None else None, self.role, self.pos, self.errors, self.decoded)
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,8 @@ def decode_sample(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     return load_npy(sample["latent.npy"]).astype(np.float32), load_npy(sample["ast.npy"]).astype(np.float32)
 
 
-def collate(samples: list[dict], seed: int, epoch, scaling: float, cond_dropout: float, max_frames: int) -> Batch:
+def collate(samples: list[dict], seed: int, epoch, scaling: float, cond_dropout: float, max_frames: int, fixed: bool = False) -> Batch:
+    """`fixed`: tokens padded to `max_frames` whatever the batch holds (one shape every step: no recompiles)."""
     lat, toks, drops, keys = [], [], [], []
     for s in samples:
         rng = keyed_rng(seed, epoch, s["__key__"])
@@ -155,7 +167,7 @@ def collate(samples: list[dict], seed: int, epoch, scaling: float, cond_dropout:
         toks.append(ast[:max_frames])
         drops.append(bool(rng.random() < cond_dropout))
         keys.append(s["__key__"])
-    t_max = max(t.shape[0] for t in toks)
+    t_max = max_frames if fixed else max(t.shape[0] for t in toks)
     tokens = np.zeros((len(toks), t_max, toks[0].shape[1]), np.float32)
     mask = np.zeros((len(toks), t_max), np.float32)
     for i, t in enumerate(toks):
@@ -206,13 +218,13 @@ def stream_items(stream: Stream, start, role: int, epoch, cfg, scaling: float, c
                     log.warning("skipping sample %s in %s: %s", key, url, e)
                 if len(buf) == cfg.per_device_batch:
                     pos = (wi, j + 1) if j + 1 < len(mine) else (wi + 1, 0)
-                    yield Item(collate(buf, cfg.seed, epoch, scaling, cond_dropout, cfg.max_audio_frames), role, pos, errors, len(buf))
+                    yield Item(collate(buf, cfg.seed, epoch, scaling, cond_dropout, cfg.max_audio_frames, getattr(cfg, "compile", False)), role, pos, errors, len(buf))
                     errors, buf = 0, []
         finally:
             for f in handles.values():
                 f.close()
     if buf and not cfg.drop_last:
-        yield Item(collate(buf, cfg.seed, epoch, scaling, cond_dropout, cfg.max_audio_frames), role, (len(windows), 0), errors, len(buf))
+        yield Item(collate(buf, cfg.seed, epoch, scaling, cond_dropout, cfg.max_audio_frames, getattr(cfg, "compile", False)), role, (len(windows), 0), errors, len(buf))
         errors = 0
     yield Item(None, role, (len(windows) + 1, 0), errors, 0)
 
@@ -260,12 +272,15 @@ class EpochItems(torch.utils.data.IterableDataset):
         yield from stream_items(self.streams[role], self.starts[role], role, self.epoch, self.cfg, self.scaling, self.cfg.cond_dropout)
 
 
-def loader(streams: list[Stream], pos: Position, cfg, scaling: float):
-    """This rank's items from `pos` on: from DataLoader workers, or in-process with a prefetch thread."""
+def loader(streams: list[Stream], pos: Position, cfg, scaling: float, pin: bool = False):
+    """This rank's items from `pos` on: from DataLoader workers, or in-process with a prefetch thread;
+    `pin`: batches in page-locked memory (pinned by the DataLoader's thread or the prefetch thread)."""
     if cfg.loader_workers > 0:
         return iter(torch.utils.data.DataLoader(EpochItems(streams, pos, cfg, scaling), batch_size=None,
-                                                num_workers=cfg.loader_workers, collate_fn=_as_is))
+                                                num_workers=cfg.loader_workers, collate_fn=_as_is, pin_memory=pin))
     items = stream_items(streams[0], pos.streams[0], 0, pos.epoch, cfg, scaling, cfg.cond_dropout)
+    if pin:
+        items = (it.pin_memory() for it in items)
     return prefetch(items, cfg.prefetch) if cfg.prefetch > 0 else items
 
 
@@ -318,7 +333,7 @@ def peek_sample(urls: list[str]) -> dict:
                         s = read_members(f, {e: members[e] for e in ("latent.npy", "ast.npy", "json") if e in members})
                     lat, ast = load_npy(s["latent.npy"]), load_npy(s["ast.npy"])
                     meta = json.loads(s["json"]) if "json" in s else {}
-                    return {"latent_shape": tuple(lat.shape[1:]), "ast_dim": int(ast.shape[1]), "url": url,
+                    return {"latent_shape": tuple(lat.shape[1:]), "ast_dim": int(ast.shape[1]), "ast_frames": int(ast.shape[0]), "url": url,
                             "scaling_factor": float(meta.get("scaling_factor") or 0.18215)}
         except (OSError, EOFError, ValueError) as e:   # try the next shard
             err = e

@@ -49,7 +49,7 @@ class AudioConditioner(nn.Module):
         """tokens (B, T, D), mask (B, T) of 1/0, drop (B,) bool -> tokens and mask with dropped rows nulled."""
         if not bool(drop.any()):
             return tokens, mask
-        d = drop.to(tokens.device)
+        d = drop.to(tokens.device, non_blocking=True)
         tokens = torch.where(d[:, None, None], torch.zeros_like(tokens), tokens)
         tokens[:, 0] = torch.where(d[:, None], self.null.to(tokens.dtype).expand(tokens.shape[0], -1), tokens[:, 0])
         null_mask = torch.zeros_like(mask)
@@ -64,12 +64,17 @@ class AudioConditioner(nn.Module):
         return tokens, mask
 
     def save_pretrained(self, path: str | Path) -> None:
+        self.save_state(path, self.dim, self.state_dict())
+
+    @staticmethod
+    def save_state(path: str | Path, dim: int, state: dict) -> None:
+        """The folder `from_pretrained` reads, from a state dict (a CPU snapshot written off the training thread)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({"null": self.null.detach().cpu().contiguous()}, path / "model.safetensors")
-        (path / "config.json").write_text(json.dumps({"dim": self.dim}))
+        save_file({"null": state["null"].detach().cpu().contiguous()}, path / "model.safetensors")
+        (path / "config.json").write_text(json.dumps({"dim": dim}))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "AudioConditioner":

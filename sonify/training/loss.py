@@ -5,6 +5,10 @@ with IDDPM's hybrid loss: MSE(eps) + L_vb, where L_vb is the KL between the true
 q(x_{t-1} | x_t, x_0) and the model's p(x_{t-1} | x_t) (the discretised decoder NLL at t = 0),
 in bits, with the mean's gradient stopped so the bound only trains the variance. Formulas follow
 DiT's `diffusion/gaussian_diffusion.py`.
+
+The per-timestep tables are computed in float64 (as DiT does), cast to float32 once and kept on the
+training device (`.to(device)` once at setup): a step only indexes them there, with no host-to-device
+copy. Casting before indexing gives the same values as DiT's index-then-cast (the cast is elementwise).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import torch
 
 
 class DiffusionLoss:
-    def __init__(self, betas: torch.Tensor):
-        b = betas.double()
+    def __init__(self, betas: torch.Tensor, device: str | torch.device = "cpu"):
+        b = betas.double().cpu()
         alphas = 1.0 - b
         ac = torch.cumprod(alphas, 0)
         ac_prev = torch.cat([torch.ones(1, dtype=b.dtype), ac[:-1]])
@@ -26,9 +30,15 @@ class DiffusionLoss:
             "coef1": b * torch.sqrt(ac_prev) / (1 - ac), "coef2": (1 - ac_prev) * torch.sqrt(alphas) / (1 - ac),
             "post_logvar": torch.log(torch.cat([post_var[1:2], post_var[1:]])), "log_betas": torch.log(b),
         }
+        self.to(device)
+
+    def to(self, device: str | torch.device) -> "DiffusionLoss":
+        """The tables as float32 on `device` (once; a step then indexes them where they are)."""
+        self.t = {k: v.float().to(device) for k, v in self.t.items()}
+        return self
 
     def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return self.t[name].to(like.device)[t].float().view(-1, *([1] * (like.ndim - 1)))
+        return self.t[name][t].view(-1, *([1] * (like.ndim - 1)))
 
     def __call__(self, pred: torch.Tensor, noise: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> dict:
         c = noise.shape[1]

@@ -2,6 +2,10 @@
 on a fixed set of `val` batches, and a grid of images drawn (with the EMA weights, as `generate` would)
 from a fixed set of `val` samples' audio features, written to TensorBoard and to
 `<output_dir>/validation/step-<N>/` (`grid.png`, `metrics.json`) beside the checkpoints.
+
+Under DDP every rank scores its share of the batches (batch i on rank i mod world) and the sums are
+all-reduced, so the other ranks do not wait idle for rank 0; rank 0 alone loads the VAE and draws the
+grid. Both run under bf16 autocast when training does.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ log = logging.getLogger("sonify.train")
 class Validator:
     """Holds the fixed validation batches, the VAE, and the noise each batch is scored with."""
 
-    def __init__(self, cfg, urls: list[str], scaling: float, device: str):
+    def __init__(self, cfg, urls: list[str], scaling: float, device: str, rank: int = 0, world: int = 1, bf16: bool = False):
         import math
 
         import torch
@@ -27,7 +31,7 @@ class Validator:
         from sonify.models.loading import load_pretrained
         from sonify.training.data import fixed_batches
 
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.rank, self.world, self.bf16 = cfg, device, rank, world, bf16
         need = max(cfg.val_batches, math.ceil(cfg.val_images / cfg.per_device_batch))
         self.batches = fixed_batches(urls, cfg, scaling, need)
         if not self.batches:
@@ -35,23 +39,28 @@ class Validator:
         gen = torch.Generator().manual_seed(cfg.seed)
         self.noise = [(torch.randn(b.latents.shape, generator=gen), torch.randint(0, cfg.num_train_timesteps, (b.latents.shape[0],),
                                                                                    generator=gen)) for b in self.batches]
-        self.vae = load_pretrained(AutoencoderKL, cfg.vae, cfg.tiny_dir, role="vae", subfolder="vae").to(device).eval()
+        self.vae = None
+        if rank == 0:
+            self.vae = load_pretrained(AutoencoderKL, cfg.vae, cfg.tiny_dir, role="vae", subfolder="vae").to(device).eval()
 
     def loss(self, model, conditioner, noise_scheduler, loss_fn) -> float:
-        """The mean loss over the fixed batches (conditioning kept, fixed noise and timesteps)."""
+        """The mean loss over the fixed batches (conditioning kept, fixed noise and timesteps), this rank's
+        share of them summed on the device, the sums added over the ranks."""
         import torch
 
-        total, n = 0.0, 0
+        from sonify.training.loop import forward_loss, reduce_sum
+
+        total = torch.zeros((), device=self.device)
+        n = 0
+        pairs = list(zip(self.batches[:self.cfg.val_batches], self.noise))
         with torch.no_grad():
-            for b, (noise, t) in zip(self.batches[:self.cfg.val_batches], self.noise):
-                latents = b.latents.to(self.device)
-                noisy = noise_scheduler.add_noise(latents, noise.to(self.device), t.to(self.device))
-                tokens, mask = conditioner(b.tokens.to(self.device), b.mask.to(self.device), b.drop)
-                pred = model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t.to(self.device),
-                             added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-                total += float(loss_fn(pred, noise.to(self.device), latents, noisy, t.to(self.device))["loss"]) * len(b.keys)
+            for b, (noise, t) in pairs[self.rank::self.world]:
+                terms = forward_loss(model, conditioner, loss_fn, noise_scheduler, b.to(self.device), noise.to(self.device),
+                                     t.to(self.device), self.device, self.bf16)
+                total += terms["loss"] * len(b.keys)
                 n += len(b.keys)
-        return total / n
+        total_all, n_all = reduce_sum([float(total), n], self.device)
+        return total_all / n_all
 
     def grid(self, model, conditioner, latent_size: int):
         """The grid drawn from the first `val_images` val samples' audio features (fixed seed)."""
@@ -76,14 +85,19 @@ class Validator:
         """Loss with the trained weights, grid with the EMA ones (what `generate` uses); logged and saved."""
         import numpy as np
 
+        from sonify.training.loop import autocast
+
         was_training = model.training
         model.eval()
         try:
             val_loss = self.loss(model, conditioner, noise_scheduler, loss_fn)
+            if self.rank != 0:
+                return {"step": step, "val_loss": val_loss}
             ema.store(ema_params)
             ema.copy_to(ema_params)
             try:
-                grid = self.grid(model, conditioner, self.batches[0].latents.shape[-1])
+                with autocast(self.device, self.bf16):
+                    grid = self.grid(model, conditioner, self.batches[0].latents.shape[-1])
             finally:
                 ema.restore(ema_params)
         finally:
