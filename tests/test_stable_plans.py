@@ -83,3 +83,21 @@ def test_every_demo_stage_plans_the_same_ten_times_at_one_and_four_threads_and_a
     assert run_pipeline(cfg) == 0
     summary = json.loads((Path(cfg.run.dir) / "summary.json").read_text())
     assert {s["stage"]: s["computed"] for s in summary} == {s: 0 for s in ALL_STAGES}
+
+
+def test_a_stage_whose_input_table_is_missing_says_which_stage_to_run_first(tmp_path, demo_dir, capsys):
+    """A fresh run folder: every stage that reads a table fails in one line naming the table and the stage
+    that writes it, exit 2 (it was a FileNotFoundError traceback)."""
+    import re
+
+    from sonify.run import main
+    from sonify.stages import producer_of
+
+    for stage in ALL_STAGES[2:]:
+        code = main(["pipeline=demo", f"stage={stage}", f"run.root={tmp_path / 'runs'}", f"demo_data.dir={demo_dir}",
+                     "demo_data.enabled=false", "run.executor=local", "run.progress=false", f"run.name=fresh-{stage}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, (stage, err)
+        found = re.fullmatch(rf"sonify: stage {stage} needs table (\w+): run stage=(\w+) first", err[0])
+        assert found, err[0]
+        assert found.group(1) in get_stage(found.group(2)).outputs and producer_of(found.group(1)) == found.group(2)

@@ -19,6 +19,14 @@ class SchemaError(SonifyError):
     """A table on disk does not match the schema declared in code."""
 
 
+class MissingTable(SonifyError, FileNotFoundError):
+    """A table a stage reads has no partitions yet (its stage has not run in this run folder)."""
+
+    def __init__(self, message: str, table: str = ""):
+        super().__init__(message)   # args hold the message only: the exception pickles (a Ray worker may raise it)
+        self.table = table
+
+
 class ModelNotAvailable(SonifyError):
     """A model id or path could not be loaded; the message says how to provide it."""
 
