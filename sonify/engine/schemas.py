@@ -40,7 +40,7 @@ IMAGES = _spec("images", 3, "One row per input image: where it is, what it is, w
     ("id", pa.string(), "stable id: hash of source name and the image's path inside the source"),
     ("source", pa.string(), "name of the image source in the pipeline config"),
     ("uri", pa.string(), "where the bytes are: relative to the source's declared root ('shard.tar#member' inside a tar), "
-                         "resolved at read time; a URL, or an absolute path for a list entry outside the root, as given"),
+                         "resolved at read time; a URL as given (a list entry outside the root is an outside_root error row)"),
     ("relpath", pa.string(), "the image's path inside its source (the id's key; equal to uri), as a release manifest names it"),
     ("tar_offset", pa.int64(), "byte offset of the member's data inside its tar (null otherwise)"),
     ("nbytes", pa.int64(), "size of the encoded image in bytes"),
@@ -56,7 +56,7 @@ AUDIO_FILES = _spec("audio_files", 2, "One row per input audio file.", [
     ("id", pa.string(), "stable id: hash of source name and the file's path inside the source"),
     ("source", pa.string(), "name of the audio source in the pipeline config (e.g. fsd50k)"),
     ("uri", pa.string(), "the file, relative to the source's declared root and resolved at read time "
-                         "(an absolute path for a list entry outside the root, as given)"),
+                         "(a list entry outside the root is an outside_root error row, its normalised path kept as its key)"),
     ("relpath", pa.string(), "path relative to the source root (the id's key; equal to uri), as a release manifest names it"),
     ("labels", pa.list_(pa.string()), "labels from the source list, if any"),
     ("format", pa.string(), "container format (WAV, FLAC, OGG, MP3...)"),

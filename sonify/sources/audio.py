@@ -50,9 +50,9 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
         labels = (table.column(source.labels_column).to_pylist()
                   if source.labels_column in table.column_names else [None] * len(uris))
         kept = [(u, lab) for u, lab in zip(uris, labels) if u is not None]
-        rels = list_entries([u for u, _ in kept], root, base)
+        rels, problems = list_entries([u for u, _ in kept], root, base, source.name)
         name, n = str(source.name), len(rels)   # built column by column: a list can name a million clips
         return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
-                         "labels": [_labels(lab) for _, lab in kept], "list_error": pa.nulls(n, pa.string())},
+                         "labels": [_labels(lab) for _, lab in kept], "list_error": pa.array(problems, pa.string())},
                         schema=LISTING_SCHEMA)
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)

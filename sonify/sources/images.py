@@ -72,11 +72,12 @@ def list_images(source, extensions: list[str]) -> pa.Table:
         table = read_list_file(root, source.kind)
         if source.uri_column not in table.column_names:
             raise ValueError(f"{root}: no column {source.uri_column!r} (set sources.images[].uri_column); columns: {table.column_names}")
-        rels = list_entries([u for u in table.column(source.uri_column).to_pylist() if u is not None], root, base)
+        rels, problems = list_entries([u for u in table.column(source.uri_column).to_pylist() if u is not None], root, base,
+                                      source.name)
         name, n = str(source.name), len(rels)   # built column by column: a list can name a million images
         return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
                          "tar_offset": pa.nulls(n, pa.int64()), "nbytes": pa.nulls(n, pa.int64()),
-                         "list_error": pa.nulls(n, pa.string())}, schema=LISTING_SCHEMA)
+                         "list_error": pa.array(problems, pa.string())}, schema=LISTING_SCHEMA)
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
 
 
