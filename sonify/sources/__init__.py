@@ -233,6 +233,27 @@ def list_entries(entries: list[str], list_file: str | os.PathLike, root: str | o
     return out, problems
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int | None, int | None]:
+    """(size, mtime_ns) of a listed local file (a tar member: of its tar), or (None, None) when it cannot be
+    stat'ed (the stage says why). Both are part of the file's work-list row: a file replaced under the same
+    name (a new size or a new modification time) is new work, so it is read again; its content digest then
+    decides whether anything downstream recomputes. A copy that keeps size and time (`cp -p`, `rsync -t` of
+    different bytes) is not seen: run the source's stage with `run.force=true` after such a copy."""
+    try:
+        st = os.stat(str(path).split("#", 1)[0])
+    except (OSError, ValueError):
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+def stamp_columns(paths: list[str | None]) -> dict:
+    """`size` and `mtime_ns` columns (`file_stamp` of each path; None: not a local file)."""
+    import pyarrow as pa
+
+    stamps = [file_stamp(p) if p else (None, None) for p in paths]
+    return {"size": pa.array([s for s, _ in stamps], pa.int64()), "mtime_ns": pa.array([m for _, m in stamps], pa.int64())}
+
+
 class SourcePaths:
     """Resolves stored paths at read time: `resolve(source, uri)` is the source's declared root joined
     with the stored relative path (URLs and absolute paths pass as they are). Built from the sources of

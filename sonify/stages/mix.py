@@ -41,7 +41,8 @@ WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm",
 class MixStage(Stage):
     name = "mix"
     version = 4                         # 2: mixes.repeated_chunks, files in partition folders; 3: uris relative to source roots;
-                                        # 4: a row sonify.mix would refuse is an unrebuildable error row
+                                        # 4: a row sonify.mix would refuse is an unrebuildable error row;
+                                        # components carry their chunk's pcm_sha256 (a changed source remixes)
     outputs = ("mixes",)
     upstream = ("retrieve", "audio")
     uses = ("run.seed", "stages.audio.chunk_seconds")
@@ -62,7 +63,7 @@ class MixStage(Stage):
         flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql("""
             SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm, m.concept_index, m.text, m.chunk_id,
                    f.source AS dataset, f.relpath, c.uri, c.sample_rate AS source_rate, c.start_frame, c.num_frames,
-                   c."offset", c.duration, m.cosine
+                   c."offset", c.duration, m.cosine, c.pcm_sha256
             FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
             WHERE m.status = 'ok'
             ORDER BY 1, m.concept_index""")   # a sort spills to disk; a list aggregate of 2M groups would not
