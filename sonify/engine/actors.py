@@ -48,7 +48,7 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
             else:
                 actor, call = running.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    result = _get(ray, ref)
                 except ray.exceptions.RayActorError as e:   # the actor died under this call: Ray rebuilds it
                     up.pop(actor._actor_id, None)
                     starting[actor.__ray_ready__.remote()] = actor

@@ -27,6 +27,22 @@ class MissingTable(SonifyError, FileNotFoundError):
         self.table = table
 
 
+class DiskFull(SonifyError):
+    """No space left where the run writes: the stage stops at once (a retry would only fail again)."""
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` is a full disk or quota (an OSError, or DuckDB's or Arrow's error saying so)."""
+    import errno
+
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in str(e)
+
+
+def disk_full_line(run_dir, stage: str) -> str:
+    return (f"no space left on device under {run_dir} (stage {stage}): free space there and run again; "
+            f"finished partitions are kept, no partial one is")
+
+
 class ModelNotAvailable(SonifyError):
     """A model id or path could not be loaded; the message says how to provide it."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from sonify.engine.errors import ConfigError, error_reason
+from sonify.engine.errors import ConfigError, DiskFull, disk_full, disk_full_line, error_reason
 from sonify.engine.files import atomic_write, clean_temp_files
 from sonify.engine.partitions import Partition, Plan, PlanReader, plan, planner_connection, write_work
 from sonify.engine.schemas import STATUS_OK, table_spec
@@ -61,6 +61,8 @@ class PartitionWorker:
                 self._run_once(name, rows, stats)
                 break
             except Exception as e:   # not the rows' fault (bad rows are error rows): a model, device or I/O failure
+                if disk_full(e):   # nothing a retry (or this worker) can fix: the stage stops, naming the folder
+                    raise DiskFull(disk_full_line(self.cfg.run.dir, self.stage.name)) from None
                 reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
                 if stats["attempts"] <= retries:
                     wait = backoff * 2 ** (stats["attempts"] - 1)
