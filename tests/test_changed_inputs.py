@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import ALL_STAGES
+from test_lineage import run_all as _run_all
 
 from sonify.engine.config import load_config
-from sonify.engine.executor import run_stage
 from sonify.engine.store import TableStore
 from sonify.sources.audio import list_audio
 from sonify.sources.images import list_images
-from sonify.stages import get_stage, stage_names
+from sonify.stages import stage_names
 
-ALL_STAGES = ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards")
 TABLES = ("images", "audio_files", "audio_chunks", "concepts", "captions", "kept_images", "audio_embeddings",
           "concept_embeddings", "matches", "mixes", "audio_features", "image_latents", "shard_index")
 
@@ -55,15 +55,6 @@ def _cfg(tmp_path: Path, data: Path, name: str):
                         "run.executor=local", "run.progress=false", "models.vlms=[]", f"models.tiny_dir={tmp_path / 'tiny'}",
                         "stages.images.partition_rows=4", "stages.audio.partition_rows=2", "stages.latents.partition_rows=4",
                         "stages.mix.partition_rows=4", "stages.features.partition_rows=4"], stage_names())
-
-
-def _run_all(cfg) -> dict[str, int]:
-    out = {}
-    for stage in ALL_STAGES:
-        run = run_stage(get_stage(stage), cfg, progress_bar=False)
-        assert not run.failed, (stage, run.failed)
-        out[stage] = run.computed
-    return out
 
 
 def _tables(cfg) -> dict[str, dict]:

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import ALL_STAGES
 
 from sonify.engine import executor, partitions
 from sonify.engine.store import TableStore, rows_to_table
 from sonify.stages import get_stage
 from sonify.stages.filter import FilterStage
 
-ALL_STAGES = ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards")
 _PLANNER = partitions.planner_connection
 
 
