@@ -36,15 +36,28 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
     actors = [actor_cls.remote(*args) for _ in range(max(1, min(int(concurrency), len(queue))))]
     starting = {a.__ray_ready__.remote(): a for a in actors}
     running: dict = {}
-    up, losses = {}, {}
+    up, losses, probes = {}, {}, {}
+    idle: deque = deque()   # actors that are up with nothing to do
     failed = True
     try:
         while queue or running:
+            if not (running or starting):
+                raise RuntimeError(f"no worker left to run {len(queue)} partitions (every actor was lost)")
             ref = ray.wait(list(running) + list(starting), num_returns=1)[0][0]
             if ref in starting:
                 actor = starting.pop(ref)
-                _get(ray, ref)   # an actor whose constructor failed (a model that does not load) stops the stage
+                try:
+                    _get(ray, ref)
+                except ray.exceptions.RayActorError as e:
+                    if e.actor_init_failed:   # its constructor failed (a model that does not load): the stage stops
+                        raise
+                    # lost before it was up (its node went): wait for Ray's rebuild, a few times at most
+                    probes[actor._actor_id] = probes.get(actor._actor_id, 0) + 1
+                    if probes[actor._actor_id] <= max_losses:
+                        starting[actor.__ray_ready__.remote()] = actor
+                    continue
                 up[actor._actor_id] = actor
+                idle.append(actor)
             else:
                 actor, call = running.pop(ref)
                 try:
@@ -58,9 +71,11 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
                         on_lost(call, f"its worker was lost {losses[call]} times ({reason})")
                     else:
                         queue.appendleft(call)
-                    continue
-                on_result(result)
-            if queue:
+                else:
+                    on_result(result)
+                    idle.append(actor)
+            while queue and idle:   # every actor that is up and free takes the next partition
+                actor = idle.popleft()
                 call = queue.popleft()
                 running[actor.run.remote(*call)] = (actor, call)
         failed = False
