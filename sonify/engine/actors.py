@@ -42,7 +42,8 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
     try:
         while queue or running:
             if not (running or starting):
-                raise RuntimeError(f"no worker left to run {len(queue)} partitions (every actor was lost)")
+                from sonify.engine.errors import SonifyError
+                raise SonifyError(f"no Ray worker left to run {len(queue)} partitions: every actor was lost and not rebuilt")
             ref = ray.wait(list(running) + list(starting), num_returns=1)[0][0]
             if ref in starting:
                 actor = starting.pop(ref)
