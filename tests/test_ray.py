@@ -135,6 +135,7 @@ def test_a_relative_run_root_inside_a_ray_job_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow   # a Ray of its own in a subprocess: about 17 s
 def test_a_stale_cluster_record_on_the_machine_is_not_joined(tmp_path, demo_dir):
     """A `ray_current_cluster` file naming a dead head (in a private Ray temp dir, never the machine's
     /tmp/ray): a run without ray.address / RAY_ADDRESS starts its own Ray, says so, and finishes."""
