@@ -15,11 +15,15 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.config import check_run_dir, load_config, save_config
-from sonify.engine.errors import SonifyError
+from sonify.engine.errors import DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
 from sonify.models.loading import TINY_PREFIX
-from sonify.stages import expand, get_stage, stage_names
+from sonify.stages import expand, get_stage, producer_of, stage_names
 
 log = logging.getLogger("sonify")
+
+
+class MissingInput(SonifyError):
+    """A selected stage reads a table that no earlier run (or stage of this run) has written."""
 
 
 def selected_stages(cfg: DictConfig) -> list[str]:
@@ -83,7 +87,14 @@ def _run_locked(cfg: DictConfig, run_dir: str) -> int:
     runs = []
     try:
         for name in stages:
-            runs.append(run_stage(get_stage(name), cfg, progress_bar=cfg.run.progress, connect=connect))
+            try:
+                runs.append(run_stage(get_stage(name), cfg, progress_bar=cfg.run.progress, connect=connect))
+            except MissingTable as e:   # an upstream stage has not run in this folder: say which, in one line
+                raise MissingInput(f"stage {name} needs table {e.table}: run stage={producer_of(e.table)} first") from None
+            except Exception as e:   # planning, a partition, the release: a full disk anywhere is one line
+                if disk_full(e) and not isinstance(e, DiskFull):
+                    raise DiskFull(disk_full_line(run_dir, name)) from None
+                raise
             if runs[-1].failed:
                 print(f"sonify: stage {name} has {len(runs[-1].failed)} failed partition(s); later stages not run", file=sys.stderr)
                 break

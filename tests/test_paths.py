@@ -200,19 +200,28 @@ def test_bad_inputs_keep_their_reasons_with_relative_storage(tmp_path, kind, mak
     assert reason(("dir", f"fifo{ext}")) == "not_a_file" and reason(("dir", f"folder{ext}")) == "not_a_file"
     assert reason(("dir", f"link_out{ext}")) == "outside_root"
     assert reason(("lst", f"missing{ext}")) == "not_found"
-    assert reason(("lst", str(outside / f"secret{ext}"))) == "ok"   # an absolute entry outside the root: as given
+    # an absolute entry outside the root: an error row naming the `root` setting (it could never be rebuilt)
+    assert reason(("lst", str(outside / f"secret{ext}"))) == "outside_root"
+    assert "set root: on that source" in rows[("lst", str(outside / f"secret{ext}"))]["error"]
     assert all(not os.path.isabs(u) for (s, u) in rows if u != str(outside / f"secret{ext}"))
 
 
 def test_the_rules_of_declared_roots(tmp_path):
-    from sonify.sources import SourcePaths, list_entry, source_root
+    from sonify.engine.errors import error_text
+    from sonify.sources import SourcePaths, list_entries, list_entry, source_root
 
     lst = tmp_path / "meta" / "list.csv"
     assert list_entry("a/b.wav", lst, tmp_path / "meta") == "a/b.wav"               # relative to the list's folder
     assert list_entry("../audio/b.wav", lst, tmp_path) == "audio/b.wav"             # ... stored under a declared root
     assert list_entry(str(tmp_path / "audio/b.wav"), lst, tmp_path) == "audio/b.wav"   # absolute inside: relative
     assert list_entry(f"file://{tmp_path}/audio/b.wav", lst, tmp_path) == "audio/b.wav"
-    assert list_entry("/elsewhere/b.wav", lst, tmp_path) == "/elsewhere/b.wav"     # absolute outside: as given
+    assert list_entry("/elsewhere/b.wav", lst, tmp_path) == "/elsewhere/b.wav"     # absolute outside: its key, and an error
+    assert list_entries(["/elsewhere/b.wav", "../../x.wav", "a.wav"], lst, tmp_path, "l")[1][0].startswith("outside_root: ")
+    assert list_entries(["/elsewhere/b.wav", "../../x.wav", "a.wav"], lst, tmp_path, "l")[1][1:] == [
+        error_text("outside_root", f"../../x.wav is outside the root {tmp_path} of list source 'l': set root: on that source "
+                                   "to a folder holding every entry (root: / for any absolute path); stored paths are "
+                                   "relative to it, so releases rebuild"), None]
+    assert list_entries(["/elsewhere/b.wav"], lst, "/", "l") == (["elsewhere/b.wav"], [None])   # root: / takes any path
     assert list_entry("https://x.org/a.jpg", lst, tmp_path) == "https://x.org/a.jpg"
     (tmp_path / "one.tar").write_bytes(b"")
     assert source_root(SourceConf(name="t", kind="tar", path=str(tmp_path / "one.tar"))) == str(tmp_path)

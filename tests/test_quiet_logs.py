@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from sonify.stages import stage_names
 
 # Lines a normal run may print on stderr besides the stage bars. Keep this short: a new entry is a
@@ -31,3 +33,22 @@ def test_the_filter_finds_what_it_is_for():
         "Loading weights: 100%|██████████| 64/64\n"
         "There are modules in AutoencoderKL that should be kept in float32: [].\n")
     assert len(seen) == 3 and seen[0].startswith("/x/transformers") and seen[1].startswith("Loading weights")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_demo_run_on_ray_prints_no_line_of_rays_own_logs(tmp_path, demo_dir):
+    """`stage=all` on a local Ray (actor pools for every stage, then teardown): none of Ray's C++ log lines
+    (the core worker's object-store constructor warning, gcs_server's kill at teardown, the raylet's)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "sonify.run", "pipeline=demo", "stage=all", f"run.root={tmp_path / 'runs'}",
+                        f"demo_data.dir={demo_dir}", "demo_data.enabled=false", "run.executor=ray",
+                        f"models.tiny_dir={tmp_path / 'tiny'}"], cwd=repo, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert not [line for line in out.splitlines() if any(w in line for w in ("core_worker", "gcs_server", "raylet"))], out[-3000:]
+    assert unexpected_lines(p.stderr) == []

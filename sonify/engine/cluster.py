@@ -38,7 +38,11 @@ def quiet_ray_logs() -> None:
 
 
 def connect_ray(cfg: DictConfig) -> bool:
-    """Start or join Ray; True when this call connected (and the caller should shut it down)."""
+    """Start or join Ray; True when this call connected (and the caller should shut it down).
+
+    Local means local: without `ray.address` or RAY_ADDRESS this starts its own Ray
+    (`address="local"`), never the cluster that `<ray temp dir>/ray_current_cluster` names (a stale
+    or foreign head left on the machine). Which of the two it did is said in one line."""
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -47,9 +51,13 @@ def connect_ray(cfg: DictConfig) -> bool:
     quiet_ray_logs()
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+        print(f"ray: joined the cluster at {address} ({'ray.address' if cfg.ray.address else 'RAY_ADDRESS'})", flush=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
                  include_dashboard=False, logging_level=logging.WARNING)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        print(f"ray: started a local Ray for this run ({cpus} CPUs; set ray.address or RAY_ADDRESS to join a cluster)",
+              flush=True)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # sonify shows one bar per stage instead

@@ -19,6 +19,30 @@ class SchemaError(SonifyError):
     """A table on disk does not match the schema declared in code."""
 
 
+class MissingTable(SonifyError, FileNotFoundError):
+    """A table a stage reads has no partitions yet (its stage has not run in this run folder)."""
+
+    def __init__(self, message: str, table: str = ""):
+        super().__init__(message)   # args hold the message only: the exception pickles (a Ray worker may raise it)
+        self.table = table
+
+
+class DiskFull(SonifyError):
+    """No space left where the run writes: the stage stops at once (a retry would only fail again)."""
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` is a full disk or quota (an OSError, or DuckDB's or Arrow's error saying so)."""
+    import errno
+
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left on device" in str(e)
+
+
+def disk_full_line(run_dir, stage: str) -> str:
+    return (f"no space left on device under {run_dir} (stage {stage}): free space there and run again; "
+            f"finished partitions are kept, no partial one is")
+
+
 class ModelNotAvailable(SonifyError):
     """A model id or path could not be loaded; the message says how to provide it."""
 

@@ -1,4 +1,4 @@
-"""Runs one stage over its partitions, locally (plain loop) or on Ray Data (an actor pool).
+"""Runs one stage over its partitions, locally (plain loop) or on a pool of Ray actors (`engine.actors`).
 
 This is the only code that writes outputs, stats and completion state. A partition is finished when
 every output table has its file; files appear atomically, so a killed run loses at most the
@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from sonify.engine.errors import ConfigError, error_reason
+from sonify.engine.errors import ConfigError, DiskFull, disk_full, disk_full_line, error_reason
 from sonify.engine.files import atomic_write, clean_temp_files
 from sonify.engine.partitions import Partition, Plan, PlanReader, plan, planner_connection, write_work
 from sonify.engine.schemas import STATUS_OK, table_spec
@@ -30,7 +30,7 @@ log = logging.getLogger("sonify")
 
 
 class PartitionWorker:
-    """Processes whole partitions of one stage. Ray Data maps it (`__call__`); the local loop calls
+    """Processes whole partitions of one stage. A Ray actor runs it (`run`); the local loop calls
     `run_partition`. The stage (and its models) is built once, in `__init__`."""
 
     def __init__(self, stage_cls: type, cfg: dict, plan_path: str | None = None):
@@ -61,6 +61,8 @@ class PartitionWorker:
                 self._run_once(name, rows, stats)
                 break
             except Exception as e:   # not the rows' fault (bad rows are error rows): a model, device or I/O failure
+                if disk_full(e):   # nothing a retry (or this worker) can fix: the stage stops, naming the folder
+                    raise DiskFull(disk_full_line(self.cfg.run.dir, self.stage.name)) from None
                 reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
                 if stats["attempts"] <= retries:
                     wait = backoff * 2 ** (stats["attempts"] - 1)
@@ -105,6 +107,10 @@ class PartitionWorker:
                                f"(every input row must yield exactly one result or error row)")
         return outputs
 
+    def run(self, name: str, offset: int, rows: int) -> dict:
+        """One partition, read from the plan file (an actor's call: `engine.actors`)."""
+        return self.run_partition(name, self.plan.read(int(offset), int(rows)))
+
     def __call__(self, batch: dict) -> dict:
         stats = [self.run_partition(str(n), self.plan.read(int(o), int(r)))
                  for n, o, r in zip(batch["partition"], batch["offset"], batch["rows"])]
@@ -137,27 +143,25 @@ def _run_local(cls: type, cfg: DictConfig, plan_path: Path, todo: list[Partition
 
 
 def _run_ray(cls: type, cfg: DictConfig, plan_path: Path, todo: list[Partition], progress) -> list[dict]:
-    """Ray Data ships one small spec per partition; each actor reads its rows from the plan file
-    (the run folder is on storage every node sees, as the outputs are)."""
-    import ray
+    """One call per partition on a pool of actors (`engine.actors`); each actor reads its rows from the
+    plan file (the run folder is on storage every node sees, as the outputs are)."""
+    from sonify.engine.actors import run_on_actors
 
     conf = cls.settings(cfg)
     check_resources(cls.name, conf)
-    items = [{"partition": p.name, "offset": p.offset, "rows": p.rows} for p in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        PartitionWorker,
-        fn_constructor_args=(cls, OmegaConf.to_container(cfg), str(plan_path)),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(conf.concurrency))),
-        num_cpus=float(conf.num_cpus),
-        num_gpus=float(conf.num_gpus),
-        **({"accelerator_type": conf.accelerator_type} if conf.accelerator_type else {}),
-    )
+    options = {"num_cpus": float(conf.num_cpus), "num_gpus": float(conf.num_gpus),
+               **({"accelerator_type": conf.accelerator_type} if conf.accelerator_type else {})}
     results = []
-    for row in ds.iter_rows():
-        results.append(json.loads(row["stats"]))
-        progress(results[-1])
+
+    def done(stats: dict) -> None:
+        results.append(stats)
+        progress(stats)
+
+    def lost(call: tuple, reason: str) -> None:   # a partition that brings down every worker it runs on
+        done({"partition": call[0], "rows_in": call[2], "failed": reason, "attempts": 0})
+
+    run_on_actors(PartitionWorker, (cls, OmegaConf.to_container(cfg), str(plan_path)),
+                  [(p.name, p.offset, p.rows) for p in todo], options, int(conf.concurrency), done, lost)
     return results
 
 

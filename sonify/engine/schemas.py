@@ -40,7 +40,7 @@ IMAGES = _spec("images", 3, "One row per input image: where it is, what it is, w
     ("id", pa.string(), "stable id: hash of source name and the image's path inside the source"),
     ("source", pa.string(), "name of the image source in the pipeline config"),
     ("uri", pa.string(), "where the bytes are: relative to the source's declared root ('shard.tar#member' inside a tar), "
-                         "resolved at read time; a URL, or an absolute path for a list entry outside the root, as given"),
+                         "resolved at read time; a URL as given (a list entry outside the root is an outside_root error row)"),
     ("relpath", pa.string(), "the image's path inside its source (the id's key; equal to uri), as a release manifest names it"),
     ("tar_offset", pa.int64(), "byte offset of the member's data inside its tar (null otherwise)"),
     ("nbytes", pa.int64(), "size of the encoded image in bytes"),
@@ -56,7 +56,7 @@ AUDIO_FILES = _spec("audio_files", 2, "One row per input audio file.", [
     ("id", pa.string(), "stable id: hash of source name and the file's path inside the source"),
     ("source", pa.string(), "name of the audio source in the pipeline config (e.g. fsd50k)"),
     ("uri", pa.string(), "the file, relative to the source's declared root and resolved at read time "
-                         "(an absolute path for a list entry outside the root, as given)"),
+                         "(a list entry outside the root is an outside_root error row, its normalised path kept as its key)"),
     ("relpath", pa.string(), "path relative to the source root (the id's key; equal to uri), as a release manifest names it"),
     ("labels", pa.list_(pa.string()), "labels from the source list, if any"),
     ("format", pa.string(), "container format (WAV, FLAC, OGG, MP3...)"),
@@ -69,7 +69,7 @@ AUDIO_FILES = _spec("audio_files", 2, "One row per input audio file.", [
     ("num_chunks", pa.int32(), "number of chunks cut from this file"),
 ])
 
-AUDIO_CHUNKS = _spec("audio_chunks", 2, "Non-overlapping mono chunks that point into their source file.", [
+AUDIO_CHUNKS = _spec("audio_chunks", 3, "Non-overlapping mono chunks that point into their source file.", [
     ("id", pa.string(), "'<file id>-<chunk index>'"),
     ("file_id", pa.string(), "id in audio_files"),
     ("source", pa.string(), "audio source name"),
@@ -83,6 +83,8 @@ AUDIO_CHUNKS = _spec("audio_chunks", 2, "Non-overlapping mono chunks that point 
     ("padding", pa.float64(), "seconds of zero padding at the end (last chunk only)"),
     ("peak_dbfs", pa.float32(), "sample peak of the chunk in dBFS"),
     ("rms_dbfs", pa.float32(), "RMS level of the real audio in dBFS"),
+    ("pcm_sha256", pa.string(), "sha256 of the chunk's decoded frames (float32 little-endian, interleaved, native rate and "
+                                "channels): its content digest; a re-read file whose chunk is unchanged recomputes nothing downstream"),
 ])
 
 CONCEPT_TYPE = pa.struct([("object", pa.string()), ("sound", pa.string()), ("text", pa.string())])
@@ -168,11 +170,12 @@ COMPONENT_TYPE = pa.struct([
     ("dataset", pa.string()), ("relpath", pa.string()), ("uri", pa.string()),
     ("source_rate", pa.int32()), ("start_frame", pa.int64()), ("num_frames", pa.int64()),
     ("offset", pa.float64()), ("duration", pa.float64()), ("cosine", pa.float32()),
+    ("pcm_sha256", pa.string()),   # the chunk's decoded audio (audio_chunks.pcm_sha256): a changed source file remixes
     ("target_lufs", pa.float64()), ("measured_lufs", pa.float64()), ("gain_db", pa.float64()),
     ("included", pa.bool_()), ("reason", pa.string()),
 ])
 
-MIXES = _spec("mixes", 4, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
+MIXES = _spec("mixes", 5, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
     ("id", pa.string(), "the variant id ('<vlm key>-<image id>', as in concepts)"),
     ("image_id", pa.string(), "id in images"),
     ("vlm", pa.string(), "variant"),

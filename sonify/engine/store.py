@@ -13,7 +13,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sonify.engine.errors import SchemaError
+from sonify.engine.errors import MissingTable, SchemaError
 from sonify.engine.files import TMP_PREFIX, atomic_write, clean_temp_files
 from sonify.engine.schemas import TableSpec, table_spec
 
@@ -100,7 +100,7 @@ class TableStore:
         spec = table_spec(name)
         files = self.files(name)
         if not files:
-            raise FileNotFoundError(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first")
+            raise MissingTable(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first", name)
         for f in files:
             check_schema(f, spec)
         return files

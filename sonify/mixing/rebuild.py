@@ -143,6 +143,18 @@ def missing_root(names: set[str], default: Path | None, named: dict[str, Path]) 
     return None
 
 
+def relpath_problem(relpath: str | None) -> str | None:
+    """Why every rebuild refuses a component path whatever its root is (None: it may be resolved):
+    empty, absolute, or leaving its root by `..`. The mix stage asks the same before it writes a row."""
+    if not relpath:
+        return "an empty source path"
+    if os.path.isabs(relpath):
+        return f"{relpath!r} is absolute"
+    if os.path.normpath(relpath).split(os.sep)[0] == "..":
+        return f"{relpath!r} leaves its root by '..'"
+    return None
+
+
 def resolve_source(dataset: str, relpath: str, default: Path | None, named: dict[str, Path]) -> Path:
     """The component's file under its dataset's root; refuses paths that resolve outside the root."""
     root = named.get(dataset) or (default / dataset if default is not None else None)
@@ -150,7 +162,7 @@ def resolve_source(dataset: str, relpath: str, default: Path | None, named: dict
         raise SourceRefused(f"no audio root for dataset {dataset!r} (pass --source {dataset}=DIR)")
     root = root.resolve()
     path = (root / relpath).resolve()
-    if Path(relpath).is_absolute() or not path.is_relative_to(root):
+    if relpath_problem(relpath) or not path.is_relative_to(root):
         raise SourceRefused(f"{relpath!r} resolves outside the audio root of {dataset!r}")
     return path
 

@@ -194,30 +194,64 @@ def stored_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
 
 def list_entry(entry: str, list_file: str | os.PathLike, root: str | os.PathLike) -> str:
     """What tables store for an entry of a list source: a relative entry (relative to the list file's
-    folder) or an absolute one, made relative to the declared `root`; URLs, and absolute entries outside
-    the root, as given (`file://` entries are paths)."""
-    return list_entries([entry], list_file, root)[0]
+    folder) or an absolute one, made relative to the declared `root`; URLs as given (`file://` entries
+    are paths). An entry outside the root keeps its normalised path as its key, and is an error row
+    (`list_entries`' problem)."""
+    return list_entries([entry], list_file, root)[0][0]
 
 
-def list_entries(entries: list[str], list_file: str | os.PathLike, root: str | os.PathLike) -> list[str]:
-    """`list_entry` of every entry, with string operations only: a list source can name a million files."""
+def list_entries(entries: list[str], list_file: str | os.PathLike, root: str | os.PathLike,
+                 source_name: str = "") -> tuple[list[str], list[str | None]]:
+    """`list_entry` of every entry, and for each why it cannot be used (None: it can), with string
+    operations only: a list source can name a million files.
+
+    Every release rebuilds: a local entry outside the root (absolute, or `..` past it) could only be
+    stored as a path that `sonify.mix` refuses, so it is decided here, at listing time, as an
+    `outside_root` error naming the `root` setting, never at rebuild."""
     folder, root = os.path.dirname(str(list_file)), os.path.normpath(str(root))
     prefix = root.rstrip("/") + "/"
-    out = []
+    out, problems = [], []
     for entry in entries:
+        problem = None
         if entry.startswith("file://"):
             entry = entry[len("file://"):]
         elif "://" in entry:
             out.append(entry)
+            problems.append(None)
             continue
         path = os.path.normpath(os.path.join(folder, entry))
         if path.startswith(prefix):
             out.append(path[len(prefix):])
-        elif os.path.isabs(entry) and path != root:
-            out.append(path)   # outside the root: kept as given
+        elif path == root:
+            out.append(".")
         else:
-            out.append(stored_path(path, root))
-    return out
+            out.append(path if os.path.isabs(entry) else stored_path(path, root))   # its key; never read
+            problem = error_text("outside_root", f"{entry} is outside the root {root} of list source {source_name!r}: set "
+                                                 f"root: on that source to a folder holding every entry (root: / for any "
+                                                 f"absolute path); stored paths are relative to it, so releases rebuild")
+        problems.append(problem)
+    return out, problems
+
+
+def file_stamp(path: str | os.PathLike) -> tuple[int | None, int | None]:
+    """(size, mtime_ns) of a listed local file (a tar member: of its tar), or (None, None) when it cannot be
+    stat'ed (the stage says why). Both are part of the file's work-list row: a file replaced under the same
+    name (a new size or a new modification time) is new work, so it is read again; its content digest then
+    decides whether anything downstream recomputes. A copy that keeps size and time (`cp -p`, `rsync -t` of
+    different bytes) is not seen: run the source's stage with `run.force=true` after such a copy."""
+    try:
+        st = os.stat(str(path).split("#", 1)[0])
+    except (OSError, ValueError):
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+def stamp_columns(paths: list[str | None]) -> dict:
+    """`size` and `mtime_ns` columns (`file_stamp` of each path; None: not a local file)."""
+    import pyarrow as pa
+
+    stamps = [file_stamp(p) if p else (None, None) for p in paths]
+    return {"size": pa.array([s for s, _ in stamps], pa.int64()), "mtime_ns": pa.array([m for _, m in stamps], pa.int64())}
 
 
 class SourcePaths:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from sonify.engine.keys import stable_id
-from sonify.sources import (list_entries, read_list_file, read_regular_file, read_within, source_root, stored_path,
-                            walk_files)
+from sonify.sources import (file_stamp, list_entries, read_list_file, read_regular_file, read_within, source_root,
+                            stamp_columns, stored_path, walk_files)
 from sonify.sources.parallel import process_map
 
 log = logging.getLogger(__name__)
@@ -20,23 +20,24 @@ log = logging.getLogger(__name__)
 LISTING_SCHEMA = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
     ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("list_error", pa.string()),
+    ("size", pa.int64()), ("mtime_ns", pa.int64()),   # of the file (a member's tar): a change re-reads it (`file_stamp`)
 ])
 
 
-def _row(source: str, rel: str, tar_offset=None, nbytes=None, list_error=None) -> dict:
+def _row(source: str, rel: str, tar_offset=None, nbytes=None, list_error=None, stamp=(None, None)) -> dict:
     """A listed image: `rel` (relative to the source's declared root) is its id key and where it is read from."""
     return {"id": stable_id(source, rel), "source": source, "uri": rel, "relpath": rel,
-            "tar_offset": tar_offset, "nbytes": nbytes, "list_error": list_error}
+            "tar_offset": tar_offset, "nbytes": nbytes, "list_error": list_error, "size": stamp[0], "mtime_ns": stamp[1]}
 
 
 def _list_tar(source: str, tar_path: Path, base: str, exts: set[str]) -> list[dict]:
     rel_tar = stored_path(tar_path, base)
-    rows = []
+    rows, stamp = [], file_stamp(tar_path)   # a rewritten tar re-reads its members (their offsets are in the row too)
     try:
         with tarfile.open(tar_path, "r:") as tf:  # uncompressed only: members are read by offset
             for m in tf:
                 if m.isfile() and Path(m.name).suffix.lower() in exts:
-                    rows.append(_row(source, f"{rel_tar}#{m.name}", m.offset_data, m.size))
+                    rows.append(_row(source, f"{rel_tar}#{m.name}", m.offset_data, m.size, stamp=stamp))
     except (tarfile.TarError, OSError, EOFError) as e:
         rows.append(_row(source, rel_tar, list_error=f"unreadable_tar: {type(e).__name__}: {e}"))
     return rows
@@ -50,12 +51,13 @@ def list_images(source, extensions: list[str]) -> pa.Table:
     if source.kind == "recipe":
         from sonify.sources.recipes import recipe_listing
         for r in recipe_listing(source):
-            rows.append(_row(source.name, r["relpath"], r["tar_offset"], r["nbytes"], r["list_error"]))
+            rows.append(_row(source.name, r["relpath"], r["tar_offset"], r["nbytes"], r["list_error"],
+                             file_stamp(Path(base) / r["relpath"])))
     elif not root.exists():
         rows.append(_row(source.name, ".", list_error=f"not_found: source path {root} does not exist"))
     elif source.kind == "folder":
         for p, problem in walk_files(root, exts, source.recursive, source.follow_outside_links, source.name, source.list_workers):
-            rows.append(_row(source.name, stored_path(p, base), list_error=problem))
+            rows.append(_row(source.name, stored_path(p, base), list_error=problem, stamp=file_stamp(p)))
     elif source.kind == "tar":
         tars = [(root, None)] if root.is_file() else list(walk_files(root, [".tar"], source.recursive, source.follow_outside_links, source.name,
                                                                         source.list_workers))
@@ -72,11 +74,14 @@ def list_images(source, extensions: list[str]) -> pa.Table:
         table = read_list_file(root, source.kind)
         if source.uri_column not in table.column_names:
             raise ValueError(f"{root}: no column {source.uri_column!r} (set sources.images[].uri_column); columns: {table.column_names}")
-        rels = list_entries([u for u in table.column(source.uri_column).to_pylist() if u is not None], root, base)
+        rels, problems = list_entries([u for u in table.column(source.uri_column).to_pylist() if u is not None], root, base,
+                                      source.name)
         name, n = str(source.name), len(rels)   # built column by column: a list can name a million images
         return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
                          "tar_offset": pa.nulls(n, pa.int64()), "nbytes": pa.nulls(n, pa.int64()),
-                         "list_error": pa.nulls(n, pa.string())}, schema=LISTING_SCHEMA)
+                         "list_error": pa.array(problems, pa.string()),
+                         **stamp_columns([None if "://" in r or bad else str(Path(base) / r) for r, bad in zip(rels, problems)])},
+                        schema=LISTING_SCHEMA)
     return pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)
 
 

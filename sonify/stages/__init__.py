@@ -48,3 +48,8 @@ def expand(names: list[str]) -> list[str]:
 def get_stage(name: str) -> type[Stage]:
     module, cls = STAGES[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def producer_of(table: str) -> str | None:
+    """The stage that writes `table` (None for a table no stage writes)."""
+    return next((name for name in STAGES if table in get_stage(name).outputs), None)

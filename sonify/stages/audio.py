@@ -10,6 +10,7 @@ STREAMINFO) is `truncated`; one whose channels are audible but cancel in the dow
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -35,7 +36,7 @@ def _silence_reason(mono_peak: float, channel_peak: float, silence_dbfs: float, 
 
 class AudioStage(Stage):
     name = "audio"
-    version = 2                         # 2: truncated (container header) and channels_cancel reasons
+    version = 3                         # 2: truncated (container header) and channels_cancel reasons; 3: chunks' pcm_sha256
     outputs = ("audio_files", "audio_chunks")
     expected_errors = frozenset({"silent"})
 
@@ -91,7 +92,8 @@ class AudioStage(Stage):
                 chunk = {"id": f"{row['id']}-{i:05d}", "file_id": row["id"], "source": row["source"], "uri": row["uri"],
                          "chunk_index": i, "sample_rate": sr, "start_frame": total, "num_frames": n,
                          "offset": total / sr, "duration": n / sr, "padding": (chunk_frames - n) / sr,
-                         "peak_dbfs": dbfs(bpeak), "rms_dbfs": dbfs(rms), "status": STATUS_OK, "error": None}
+                         "peak_dbfs": dbfs(bpeak), "rms_dbfs": dbfs(rms), "status": STATUS_OK, "error": None,
+                         "pcm_sha256": hashlib.sha256(np.ascontiguousarray(block, "<f4").tobytes()).hexdigest()}
                 if dbfs(bpeak) < silence:
                     chunk.update(status=STATUS_ERROR, error=_silence_reason(bpeak, cpeak, silence, "chunk"))
                 chunks.append(chunk)

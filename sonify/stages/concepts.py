@@ -34,7 +34,7 @@ def vlm_key(vlm: str) -> str:
 
 
 IMPORT_BATCH_ROWS = 65536   # JSON Lines records read from an import file at once
-IMPORT_SCHEMA = pa.schema([(n, pa.string()) for n in ("id", "image_id", "vlm", "import_json", "import_caption")])
+IMPORT_SCHEMA = pa.schema([(n, pa.string()) for n in ("id", "image_id", "vlm", "import_json", "import_caption")] + [("n", pa.int64())])
 IMPORT_NEEDS = "needs a 'concepts' field and 'image_id' or 'relpath'"
 
 
@@ -67,14 +67,15 @@ def _jsonl_rows(imp) -> Iterator[pa.Table]:
                 raise ValueError(f"concepts import {imp.path}, row {seen + len(rows) + 1}: needs 'image_id' or 'relpath'")
             image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
             rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name,
-                         "import_json": json.dumps(r.get("concepts")), "import_caption": r.get("caption")})
+                         "import_json": json.dumps(r.get("concepts")), "import_caption": r.get("caption"),
+                         "n": seen + len(rows)})
         seen += len(rows)
         yield pa.Table.from_pylist(rows, schema=IMPORT_SCHEMA)
     if seen and "concepts" not in fields:
         raise ValueError(f"concepts import {imp.path}: {IMPORT_NEEDS}; has {sorted(fields)}")
 
 
-def _parquet_rows(imp) -> str:
+def _parquet_rows(imp, base: int) -> str:
     """The variants a Parquet import names, as SQL over the file: no row passes through Python.
     An image named by path gets `stable_id`'s id: the first 16 hex digits of sha1(source NUL relpath)."""
     import pyarrow.parquet as pq
@@ -85,28 +86,30 @@ def _parquet_rows(imp) -> str:
     col = lambda c: f"NULLIF(CAST(\"{c}\" AS VARCHAR), '')" if c in names else "NULL::VARCHAR"
     source = f"COALESCE({col('source')}, {_literal(imp.image_source)})"
     image_id = f"COALESCE({col('image_id')}, substr(sha1({source} || chr(0) || {col('relpath')}), 1, 16))"
-    rows = f"SELECT {image_id} AS image_id, to_json(concepts)::VARCHAR AS import_json, {col('caption')} AS import_caption " \
-           f"FROM read_parquet({_literal(imp.path)})"
-    return f"SELECT {_literal(vlm_key(imp.name))} || '-' || image_id, image_id, {_literal(imp.name)}, import_json, import_caption " \
-           f"FROM ({rows})"
+    rows = f"SELECT {image_id} AS image_id, to_json(concepts)::VARCHAR AS import_json, {col('caption')} AS import_caption, " \
+           f"file_row_number AS n FROM read_parquet({_literal(imp.path)}, file_row_number = true)"
+    return f"SELECT {_literal(vlm_key(imp.name))} || '-' || image_id, image_id, {_literal(imp.name)}, import_json, import_caption, " \
+           f"{base} + n FROM ({rows})"
 
 
 def _load_imports(con, imports) -> None:
     """Table `imports` in DuckDB (it spills under `run.plan_memory`): Parquet files inserted by DuckDB
     itself, JSON Lines a batch at a time."""
-    con.execute("CREATE TEMP TABLE imports (id VARCHAR, image_id VARCHAR, vlm VARCHAR, import_json VARCHAR, import_caption VARCHAR)")
-    for imp in imports:
+    con.execute("CREATE TEMP TABLE imports (id VARCHAR, image_id VARCHAR, vlm VARCHAR, import_json VARCHAR, import_caption VARCHAR, "
+                "n BIGINT)")   # n: the record's place in the imports (file, then row), which decides between duplicates
+    for f, imp in enumerate(imports):
+        base = f << 40
         if not Path(imp.path).is_file():
             raise FileNotFoundError(f"concepts import {imp.path} not found")
         if Path(imp.path).suffix not in (".jsonl", ".json"):
-            con.execute(f"INSERT INTO imports {_parquet_rows(imp)}")   # one pass over the file; then the check
+            con.execute(f"INSERT INTO imports {_parquet_rows(imp, base)}")   # one pass over the file; then the check
             missing = con.execute("SELECT count(*) FROM imports WHERE image_id IS NULL").fetchall()[0][0]
             if missing:
                 raise ValueError(f"concepts import {imp.path}: {missing} rows have neither 'image_id' nor 'relpath'")
             continue
         for batch in _jsonl_rows(imp):
             con.register("import_batch", batch)
-            con.execute("INSERT INTO imports SELECT * FROM import_batch")
+            con.execute("INSERT INTO imports SELECT * REPLACE (? + n AS n) FROM import_batch", [base])
             con.unregister("import_batch")
 
 
@@ -181,7 +184,10 @@ class ConceptsStage(Stage):
                                      NULL::BIGINT AS nbytes, NULL::VARCHAR AS sha256, m.import_json, m.import_caption,
                                      CASE WHEN i.id IS NULL THEN 'unknown_image: ' || m.image_id
                                           || ' is not a decodable image of this run' END AS list_error
-                              FROM imports m LEFT JOIN (SELECT id, source, uri FROM images WHERE status = 'ok') i ON i.id = m.image_id""")
+                              FROM (SELECT * FROM imports QUALIFY row_number() OVER (PARTITION BY id ORDER BY n) = 1) m
+                              LEFT JOIN (SELECT id, source, uri FROM images WHERE status = 'ok') i ON i.id = m.image_id""")
+            # a variant named twice keeps its first record (file order, then row): chosen here, by a key, because
+            # the planner's own rule (the first row of the work list) would follow DuckDB's unordered output
         if not selects:
             raise ValueError("stage concepts has nothing to do: no models.vlms with generate=true and no imports")
         return con.sql(" UNION ALL ".join(selects))

@@ -85,7 +85,7 @@ class EmbedAudioStage(_EmbedStage):
     @classmethod
     def work_list(cls, cfg, store):
         return store.connect("audio_chunks").sql(
-            "SELECT id, file_id, source, uri, start_frame, num_frames FROM audio_chunks WHERE status = 'ok'")
+            "SELECT id, file_id, source, uri, start_frame, num_frames, pcm_sha256 FROM audio_chunks WHERE status = 'ok'")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -3,6 +3,11 @@
 An image is dropped when any of its captions names a silent thing (logo, icon, emblem, symbol,
 trademark, sign: whole words, plurals too; 'signal' and 'design' do not match), or when no VLM
 variant gave it a concept. Every decoded image gets a row with the decision and its reason.
+
+Order rule (so that a plan, a partition name and a reason never depend on the order rows arrive in):
+an image's captions are taken in order of VLM name (then caption row id); `caption_hits` keeps that
+order, and the reason is the keyword of the first hit in it (`keyword:<word>` of the first match in
+that caption).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from sonify.stages.base import Stage
 
 class FilterStage(Stage):
     name = "filter"
+    version = 2   # 2: captions ordered by VLM (the reason no longer depends on row order)
     outputs = ("kept_images",)
     upstream = ("concepts",)
 
@@ -26,13 +32,15 @@ class FilterStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store):
-        """Each decoded image with its variants that have concepts and all its captions."""
+        """Each decoded image with its variants that have concepts and all its captions, ordered by VLM
+        (then caption id): every aggregate here is ordered, so the work list's content is the same in
+        every plan, whatever DuckDB's thread count or the order of the tables' files."""
         return store.connect("images", "concepts", "captions").sql("""
             SELECT i.id, v.vlms, c.captions
             FROM images i
             LEFT JOIN (SELECT image_id, list(DISTINCT vlm ORDER BY vlm) AS vlms FROM concepts
                        WHERE status = 'ok' AND n_concepts > 0 GROUP BY image_id) v ON v.image_id = i.id
-            LEFT JOIN (SELECT image_id, list(caption) AS captions FROM captions
+            LEFT JOIN (SELECT image_id, list(caption ORDER BY vlm, id) AS captions FROM captions
                        WHERE status = 'ok' AND caption IS NOT NULL GROUP BY image_id) c ON c.image_id = i.id
             WHERE i.status = 'ok'""")
 

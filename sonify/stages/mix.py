@@ -7,7 +7,9 @@ Silent components (loudness -inf: below the absolute gate) are left out with a r
 with none left is an error row. A sum whose sample peak is above the ceiling is scaled down and
 the gain recorded. A chunk matched by two concepts of one variant (Algorithm 1 allows it) is summed
 twice and listed in `repeated_chunks`; `stages.retrieve.distinct_within_variant` avoids it. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
-release manifest (`sonify.mixing.release`) is written.
+release manifest (`sonify.mixing.release`) is written. A variant with a component that `sonify.mix`
+would refuse to rebuild from (an absolute or `..` source path) is an `unrebuildable` error row:
+the release never holds a row that cannot be rebuilt.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import dbfs, load_chunk
 from sonify.media.loudness import LoudnessMeter
+from sonify.mixing.rebuild import relpath_problem
 from sonify.mixing.render import render, target_lufs, write_flac
 from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
@@ -36,7 +39,9 @@ WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm",
 
 class MixStage(Stage):
     name = "mix"
-    version = 3                         # 2: mixes.repeated_chunks, files in partition folders; 3: uris relative to source roots
+    version = 4                         # 2: mixes.repeated_chunks, files in partition folders; 3: uris relative to source roots;
+                                        # 4: a row sonify.mix would refuse is an unrebuildable error row;
+                                        # components carry their chunk's pcm_sha256 (a changed source remixes)
     outputs = ("mixes",)
     upstream = ("retrieve", "audio")
     uses = ("run.seed", "stages.audio.chunk_seconds")
@@ -57,7 +62,7 @@ class MixStage(Stage):
         flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql("""
             SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm, m.concept_index, m.text, m.chunk_id,
                    f.source AS dataset, f.relpath, c.uri, c.sample_rate AS source_rate, c.start_frame, c.num_frames,
-                   c."offset", c.duration, m.cosine
+                   c."offset", c.duration, m.cosine, c.pcm_sha256
             FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
             WHERE m.status = 'ok'
             ORDER BY 1, m.concept_index""")   # a sort spills to disk; a list aggregate of 2M groups would not
@@ -75,6 +80,11 @@ class MixStage(Stage):
         out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate,
                "repeated_chunks": sorted(k for k, n in counts.items() if n > 1)}
         comps, signals, weighted, gains = [], [], [], []
+        refused = next(((c, relpath_problem(c["relpath"])) for c in row["components"] if relpath_problem(c["relpath"])), None)
+        if refused:
+            return {**out, "status": STATUS_ERROR, "error": error_text(
+                "unrebuildable", f"source {refused[0]['dataset']!r}: {refused[1]}; sonify.mix refuses it (list sources store "
+                                 f"paths relative to their root)")}
         for c in row["components"]:
             comp = {**c, "target_lufs": target_lufs(conf.lufs_min, conf.lufs_max, seed, row["image_id"], row["vlm"], c["concept_index"]),
                     "measured_lufs": None, "gain_db": None, "included": False, "reason": None}
