@@ -37,7 +37,7 @@ class _EmbedStage(Stage):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, self.conf.device, self.conf.dtype,
-                                 int(self.conf.model_batch), int(self.conf.text_max_tokens))
+                                 int(self.conf.model_batch), int(self.conf.text_max_tokens), self.conf.frontend)
         self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
         paper = self.conf.audio_input == "paper16k"
         self.decode = {"downmix": "sum" if paper else "mean", "via_sr": PAPER_POOL_RATE if paper else None}
@@ -76,7 +76,7 @@ class _EmbedStage(Stage):
 
 class EmbedAudioStage(_EmbedStage):
     name = "embed_audio"
-    version = 2                         # 2: the last chunk of a file is zero-padded as mixed
+    version = 3                         # 2: the last chunk of a file is zero-padded as mixed; 3: the torch front end
     outputs = ("audio_embeddings",)
     pool_matrix = True
     upstream = ("audio",)
@@ -101,7 +101,7 @@ class EmbedAudioStage(_EmbedStage):
                 good.append(r)
             except Exception as e:
                 out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(e).__name__}: {e}")})
-        return {"audio_embeddings": self._table("audio_embeddings", out + self._vectors(good, lambda: self.clap.embed_audio(clips), base))}
+        return {"audio_embeddings": self._table("audio_embeddings", out + self._vectors(good, lambda: self.clap.embed_audio(clips, [r["id"] for r in good]), base))}
 
 
 class EmbedTextStage(_EmbedStage):
