@@ -6,7 +6,8 @@ import sys
 BENCHES = {"audio": "sonify.bench.audio", "evaluate": "sonify.bench.evaluate", "concepts": "sonify.bench.concepts",
            "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix", "shards": "sonify.bench.shards", "train": "sonify.bench.train",
            "growth": "sonify.bench.growth", "models": "sonify.bench.models", "plan": "sonify.bench.plan",
-           "listing": "sonify.bench.listing", "scale": "sonify.bench.scale"}
+           "listing": "sonify.bench.listing", "scale": "sonify.bench.scale",
+           "frontends": "sonify.bench.frontends"}
 
 
 def main() -> None:
