@@ -125,6 +125,7 @@ def check_template(template: str) -> None:
 
 class ConceptsStage(Stage):
     name = "concepts"
+    version = 2           # 2: both prompts of an image continue from one shared image prefill (float rounding differs)
     outputs = ("concepts", "captions")
     models = ("vlms",)
     upstream = ("images",)
@@ -236,8 +237,11 @@ class ConceptsStage(Stage):
                 out[row["id"]] = failed(row, error_text(e.reason, e.detail))
         if good:   # a model failure is not the rows' fault: it raises, and the executor retries the partition
             vlm = self.vlms[good[0]["vlm"]]
-            captions = vlm.generate(images, self.caption_prompt, self.caption_generation)
-            replies = vlm.generate(images, self.concepts_prompt, self.generation)
+            asks = [(self.caption_prompt, self.caption_generation), (self.concepts_prompt, self.generation)]
+            if hasattr(vlm, "generate_prompts"):   # one image prefill for both prompts
+                captions, replies = vlm.generate_prompts(images, asks)
+            else:
+                captions, replies = (vlm.generate(images, prompt, gen) for prompt, gen in asks)
             for row, caption, reply in zip(good, captions, replies):
                 parsed = parse_concepts(reply, self.conf.max_concepts, self.conf.text_template)
                 out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, reply, parsed), self._caption_row(row, caption))
