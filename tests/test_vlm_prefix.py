@@ -77,3 +77,38 @@ def test_shape_vlms_shared_vs_unshared(spec, tmp_path_factory):
             assert torch.allclose(got, ref, atol=1e-3, rtol=1e-4), float((got - ref).abs().max())
     separate = [vlm.generate(ims, p, GEN) for p in PROMPTS]
     assert vlm.generate_prompts(ims, [(p, GEN) for p in PROMPTS]) == separate
+
+
+def test_tiling_processor_size_setting(tmp_path):
+    """Idefics3's own `size.longest_edge` decides the tiles (max_image_side does not): 1536 (published)
+    makes 12 tiles + a global view of an SA-1B image, 768 makes 2 x 2 + 1; 81 tokens per tile."""
+    from transformers import AutoProcessor
+
+    from sonify.engine.errors import ConfigError
+    from sonify.models.loading import load_pretrained
+    from sonify.models.vlm import apply_processor_settings, processor_settings
+
+    spec = "shape:HuggingFaceTB/SmolVLM-Instruct?text_layers=1&vision_layers=1"
+    table = {"HuggingFaceTB/SmolVLM-Instruct": {"size": {"longest_edge": 768}}}
+    assert processor_settings(table, spec) == processor_settings(table, "HuggingFaceTB/SmolVLM-Instruct") == table["HuggingFaceTB/SmolVLM-Instruct"]
+    assert processor_settings(table, "llava-hf/llava-1.5-7b-hf") == {}
+
+    def image_tokens(proc):
+        text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
+                                        add_generation_prompt=True)
+        x = proc(images=[Image.new("RGB", (1024, 683))], text=[text], return_tensors="pt")   # SA-1B at max_image_side
+        return int((x["input_ids"] == proc.tokenizer.convert_tokens_to_ids(proc.image_token)).sum())
+
+    proc = load_pretrained(AutoProcessor, spec, str(tmp_path), role="vlms")
+    assert image_tokens(proc) == 13 * 81
+    apply_processor_settings(proc, spec, processor_settings(table, spec))
+    assert proc.image_processor.size.longest_edge == 768 and image_tokens(proc) == 5 * 81
+    with pytest.raises(ConfigError, match="processor_kwargs.*no setting 'sizes'"):
+        apply_processor_settings(proc, spec, {"sizes": {"longest_edge": 768}})
+
+
+def test_processor_settings_are_in_the_fingerprint(make_cfg):
+    from sonify.stages import get_stage
+
+    stage = get_stage("concepts")
+    assert stage.lineage(make_cfg()) != stage.lineage(make_cfg("stages.concepts.processor_kwargs={'tiny:vlm': {size: {height: 32}}}"))

@@ -111,6 +111,9 @@ class ConceptsStageConf(StageConf):
     dtype: str = "auto"                # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     max_image_side: int = 1024         # images are decoded no larger than this before the processor
+    # per VLM (its models.vlms entry or hub id): its image processor's own settings, in the fingerprint;
+    # a tiling processor resizes to its own size first, e.g. {HuggingFaceTB/SmolVLM-Instruct: {size: {longest_edge: 768}}}
+    processor_kwargs: Dict[str, Any] = field(default_factory=dict)
     max_pixels: int = 89_478_485
     generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 96, "do_sample": False, "num_beams": 1})
     caption_generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 40, "do_sample": False, "num_beams": 1})

@@ -17,11 +17,37 @@ from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
 from sonify.models.loading import load_pretrained
 
 
+def processor_settings(table, name: str) -> dict:
+    """The image-processor settings `stages.concepts.processor_kwargs` gives the VLM `name`: keyed by
+    its entry in `models.vlms` or by its hub id (without a `shape:`/`tiny:` prefix or `?` depths)."""
+    table = dict(table or {})
+    hub = name.split(":", 1)[1] if name.split(":", 1)[0] in ("shape", "tiny") else name
+    for key in (name, hub, hub.partition("?")[0]):
+        if key in table:
+            return dict(table[key])
+    return {}
+
+
+def apply_processor_settings(processor, name: str, settings: dict) -> None:
+    """Set the image processor's own settings (dicts such as `size` are merged key by key): for a tiling
+    processor (Idefics3/SmolVLM) `size.longest_edge` sets how many 384 px tiles an image becomes."""
+    image_processor = getattr(processor, "image_processor", None)
+    for key, value in settings.items():
+        if image_processor is None or not hasattr(image_processor, key):
+            raise ConfigError(f"stages.concepts.processor_kwargs: the image processor of {name!r} has no setting {key!r}")
+        current = getattr(image_processor, key)
+        if isinstance(value, dict) and current is not None:   # merged into a dict or a SizeDict, keeping its type
+            items = current.items() if hasattr(current, "items") else vars(current).items()
+            merged = {k: v for k, v in items if v is not None} | dict(value)
+            value = merged if isinstance(current, dict) else type(current)(**merged)
+        setattr(image_processor, key, value)
+
+
 class HFVLM:
     """transformers `AutoModelForImageTextToText` + `AutoProcessor` + the model's chat template."""
 
     def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-                 model_batch: int = 8):
+                 model_batch: int = 8, processor_kwargs: dict | None = None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.name = name
@@ -29,6 +55,7 @@ class HFVLM:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.processor = load_pretrained(AutoProcessor, name, tiny_dir, role="vlms", trust_remote_code=trust_remote_code)
+        apply_processor_settings(self.processor, name, processor_kwargs or {})
         tok = getattr(self.processor, "tokenizer", None)
         if tok is not None:
             tok.padding_side = "left"  # decoder-only generation needs the prompts right-aligned
@@ -161,7 +188,8 @@ class CogVLM:
 class VLLMVLM:
     """vLLM offline inference with the same chat-template prompts (GPU clusters; `pip install sonify[vllm]`)."""
 
-    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+                 processor_kwargs: dict | None = None):
         try:
             from vllm import LLM
         except ImportError:
@@ -173,9 +201,11 @@ class VLLMVLM:
         self.name = name
         path = resolve_model(name, tiny_dir)
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        apply_processor_settings(self.processor, name, processor_kwargs or {})
         # prefix caching: the prompts of one image share its image tokens and the template's opening
         self.llm = LLM(model=path, dtype="auto" if dtype == "auto" else dtype, trust_remote_code=trust_remote_code,
-                       limit_mm_per_prompt={"image": 1}, enable_prefix_caching=True)
+                       limit_mm_per_prompt={"image": 1}, enable_prefix_caching=True,
+                       mm_processor_kwargs=processor_kwargs or None)
 
     def generate(self, images: list[Image.Image], prompt: str, generation: dict[str, Any]) -> list[str]:
         return self.generate_prompts(images, [(prompt, generation)])[0]
@@ -198,9 +228,12 @@ class VLLMVLM:
         return [texts[k::len(asks)] for k in range(len(asks))]
 
 
-def load_vlm(name: str, backend: str, tiny_dir: str, device: str, dtype: str, trust_remote_code: bool, model_batch: int = 8):
+def load_vlm(name: str, backend: str, tiny_dir: str, device: str, dtype: str, trust_remote_code: bool, model_batch: int = 8,
+             processor_kwargs: dict | None = None):
     if backend == "vllm":
-        return VLLMVLM(name, tiny_dir, device, dtype, trust_remote_code)
+        return VLLMVLM(name, tiny_dir, device, dtype, trust_remote_code, processor_kwargs)
     if "cogvlm" in name.lower() and "cogvlm2" not in name.lower():
+        if processor_kwargs:
+            raise ConfigError(f"stages.concepts.processor_kwargs: {name!r} builds its own inputs (no processor settings)")
         return CogVLM(name, tiny_dir, device, dtype, trust_remote_code)
-    return HFVLM(name, tiny_dir, device, dtype, trust_remote_code, model_batch)
+    return HFVLM(name, tiny_dir, device, dtype, trust_remote_code, model_batch, processor_kwargs)

@@ -136,7 +136,7 @@ class ConceptsStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        from sonify.models.vlm import load_vlm
+        from sonify.models.vlm import load_vlm, processor_settings
 
         self.concepts_prompt = resolve_text(self.conf.concepts_prompt)
         self.caption_prompt = resolve_text(self.conf.caption_prompt)
@@ -147,7 +147,8 @@ class ConceptsStage(Stage):
         if self.conf.generate:
             for name in cfg.models.vlms:
                 self.vlms[name] = load_vlm(name, self.conf.backend, cfg.models.tiny_dir, self.conf.device,
-                                           self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch))
+                                           self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch),
+                                           processor_settings(self.conf.processor_kwargs, name))
 
     @classmethod
     def own_fingerprint(cls, cfg) -> dict:
