@@ -10,7 +10,8 @@ Target: torch <= 1/5 of transformers. Also, for the BENCHMARKS projection, the d
 do per item (no baseline): a 5 s chunk of a 44.1 kHz stereo FLAC decoded and resampled to 48 kHz
 mono (embed) and to 16 kHz (mix), a 5 s 16 kHz FLAC mixture read (features), and an SA-1B-sized
 JPEG (2250 x 1500) decoded to RGB at most 1024 on the longer side (concepts) and to a 512 px
-centre crop (latents).
+centre crop (latents); then the projection of that CPU work for the paper's build
+(`pipelines/bench/paper_scale.yaml`: items, and cores per 8-GPU node).
 """
 
 from __future__ import annotations
@@ -96,24 +97,54 @@ def decode_rows(repeats: int) -> list[dict]:
     return rows
 
 
+def projection(front: list[dict], decode: list[dict], proj) -> None:
+    """The CPU work in front of the GPU stages of the paper's build, from the CPU-ms measured above."""
+    w = proj.workload
+    ms = {r["item"]: r["ms"] for r in decode}
+    fe = {r["item"].split()[0]: r for r in front}
+    images, vlms = int(w.images), int(w.vlms)
+    work = [  # (stage, items, decode ms, front end ms with transformers, front end ms with torch on the GPU)
+        ("concepts: JPEG -> <= 1024 px", images * vlms, ms["SA-1B JPEG 2250x1500 -> RGB <= 1024 (concepts)"], 0.0, 0.0),
+        ("embed_audio: chunk -> 48 kHz + CLAP", int(w.audio_chunks), ms["audio chunk -> 48 kHz mono (embed)"], fe["CLAP"]["transformers_ms"], 0.0),
+        ("features: FLAC + AST", images * vlms, ms["mixture FLAC read (features)"], fe["AST"]["transformers_ms"], 0.0),
+        ("latents: JPEG -> 512 crop", images, ms["SA-1B JPEG 2250x1500 -> 512 px centre crop (latents)"], 0.0, 0.0),
+    ]
+    hw = list(proj.hardware.items())
+    print("\nProjected (not measured): CPU hours of the paper's build per 8-GPU node. 'before': the front ends in numpy")
+    print("and every decode inside the model actor, one core per GPU, serial with the model; 'now': front ends on the GPU,")
+    print("decoding on all the node's cores while the models run (hours the GPUs wait only if longer than the model's).")
+    print(f"{'work':<38} {'items':>10} {'CPU-ms/item before':>19} {'now':>6} {'core-h before':>13} {'now':>6} "
+          + " ".join(f"{name + ' h before/now':>28}" for name, _ in hw))
+    for label, n, dec, ref, mine in work:
+        before, now = dec + ref, dec + mine
+        cells = [f"{n * before / h.gpus / 3.6e6:>12.2f} / {n * now / int(h.cores) / 3.6e6:<13.3f}" for _, h in hw]
+        print(f"{label:<38} {n:>10,} {before:>19.1f} {now:>6.1f} {n * before / 3.6e6:>13.0f} {n * now / 3.6e6:>6.0f} " + " ".join(f"{c:>28}" for c in cells))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m sonify.bench frontends", description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8, help="items per call (the stages' model_batch)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-decode", action="store_true", help="front ends only")
+    ap.add_argument("--no-decode", action="store_true", help="front ends only (no decodes, no projection)")
+    ap.add_argument("--projection", default=str(Path(__file__).resolve().parents[2] / "pipelines" / "bench" / "paper_scale.yaml"))
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     print(f"CPU-ms per item, one thread, best of {a.repeats} (batch {a.batch})")
-    for r in frontend_rows(a.batch, a.repeats):
+    front = frontend_rows(a.batch, a.repeats)
+    for r in front:
         verdict = "ok" if r["ratio"] >= 5 else "below the 5x target"
         print(f"  {r['item']:20s} transformers {r['transformers_ms']:7.2f} ms  torch {r['torch_ms']:6.2f} ms  "
               f"ratio {r['ratio']:5.1f}x ({verdict})")
     if not a.no_decode:
         print("decodes per item (CPU-ms, for the projection):")
-        for r in decode_rows(a.repeats):
-            print(f"  {r['item']:48s} {r['ms']:7.2f} ms")
+        decode = decode_rows(a.repeats)
+        for r in decode:
+            print(f"  {r['item']:52s} {r['ms']:7.2f} ms")
+        from omegaconf import OmegaConf
+
+        projection(front, decode, OmegaConf.load(a.projection))
 
 
 if __name__ == "__main__":
