@@ -155,6 +155,15 @@ def test_frontend_setting_is_in_the_fingerprint(make_cfg):
         assert a != b, stage
 
 
+@pytest.mark.parametrize("key", ["stages.embed.frontend", "stages.features.frontend"])
+def test_bad_frontend_is_one_line_naming_the_choices(key, capsys):
+    from sonify.run import main
+
+    assert main(["pipeline=demo", "stage=images", f"{key}=numpy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"key '{key}'" in err and "torch, transformers" in err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("role", ["clap", "ast"])
 def test_full_size_shape_embeddings_match_the_reference(role, recordings, tmp_path_factory):
