@@ -141,6 +141,8 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="*", choices=PARTS, default=list(PARTS),
                     help="measure only these (the projection needs all)")
     ap.add_argument("--shape-dir", default=None, help="where shape models are built (default: a temp dir)")
+    ap.add_argument("--frontend", choices=("torch", "transformers"), default="torch",
+                    help="CLAP's and AST's audio front end (stages.embed/features.frontend)")
     ap.add_argument("--projection", default=str(Path(__file__).resolve().parents[2] / "pipelines" / "bench" / "paper_scale.yaml"))
     a = ap.parse_args(argv)
 
@@ -151,7 +153,8 @@ def main(argv=None) -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="sonify-bench-models-") as tmp:
         shape_dir = a.shape_dir or str(Path(tmp) / "shapes")
-        base = ("run.progress=false", f"demo_data.num_images={a.images}", f"models.tiny_dir={shape_dir}")
+        base = ("run.progress=false", f"demo_data.num_images={a.images}", f"models.tiny_dir={shape_dir}",
+                f"stages.embed.frontend={a.frontend}", f"stages.features.frontend={a.frontend}")
         from sonify.engine.executor import run_stage
         from sonify.sources.demo import ensure_demo_data
         from sonify.stages import get_stage
