@@ -61,7 +61,7 @@ class ClapFrontend:
 
         if fe.truncation != "rand_trunc":
             raise ValueError(f"the torch CLAP front end implements truncation=rand_trunc, not {fe.truncation!r} "
-                             "(a fused checkpoint): set frontend=transformers")
+                             "(a fused checkpoint): set stages.embed.frontend=transformers")
         if fe.padding not in ("repeatpad", "repeat", "pad"):
             raise ValueError(f"CLAP padding {fe.padding!r}: expected repeatpad, repeat or pad")
         self.device = device
