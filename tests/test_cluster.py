@@ -34,11 +34,11 @@ def test_a_transient_model_error_is_retried_and_leaves_no_error_row(full_run, tm
     _fresh(cfg, "embed_audio")
     real, calls = ClapEmbedder.embed_audio, []
 
-    def flaky(self, clips):
+    def flaky(self, clips, *keys):
         calls.append(len(clips))
         if len(calls) == 1:   # as torch reports it, from inside the model call
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.68 GiB total capacity)")
-        return real(self, clips)
+        return real(self, clips, *keys)
 
     monkeypatch.setattr(ClapEmbedder, "embed_audio", flaky)
     run = run_stage(get_stage("embed_audio"), cfg, progress_bar=False)
@@ -57,7 +57,7 @@ def test_a_model_that_always_fails_stops_the_run_with_nothing_kept(full_run, tmp
     _fresh(cfg, "mix")
     calls = []
 
-    def broken(self, clips):
+    def broken(self, clips, *keys):
         calls.append(1)
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 

@@ -95,6 +95,7 @@ def test_parseable_replies_become_concepts(ingested, monkeypatch, tmp_path):
         return ["Sure!\n1. **Dog** - The sound of a dog barking\n2) Waves: crashing waves"] * len(images)
 
     monkeypatch.setattr(vlm_module.HFVLM, "generate", fake_generate)
+    monkeypatch.setattr(vlm_module.HFVLM, "generate_prompts", lambda self, images, asks: [fake_generate(self, images, p, g) for p, g in asks])
     cfg = ingested(f"models.tiny_dir={tmp_path / 'tiny'}", "stages.concepts.imports=[]")
     run_stage(get_stage("concepts"), cfg, progress_bar=False)
     rows = _concepts(cfg)

@@ -73,9 +73,9 @@ def _clap_inputs(cfg, rows, monkeypatch):
     seen = []
     real = ClapEmbedder.embed_audio
 
-    def spy(self, clips):
+    def spy(self, clips, *keys):
         seen.extend(np.array(c, copy=True) for c in clips)
-        return real(self, clips)
+        return real(self, clips, *keys)
 
     monkeypatch.setattr(ClapEmbedder, "embed_audio", spy)
     columns = ("id", "file_id", "source", "uri", "start_frame", "num_frames")
@@ -156,8 +156,8 @@ def test_nan_zero_and_undecodable_become_error_rows(base_run, tmp_path, monkeypa
     audio[2]["uri"] = str(tmp_path / "gone.wav")
     real = ClapEmbedder.embed_audio
 
-    def broken(self, clips):
-        out = real(self, clips)
+    def broken(self, clips, *keys):
+        out = real(self, clips, *keys)
         out[0] = np.nan
         out[1] = 0.0
         return out

@@ -7,7 +7,7 @@ BENCHES = {"audio": "sonify.bench.audio", "evaluate": "sonify.bench.evaluate", "
            "retrieval": "sonify.bench.retrieval", "mix": "sonify.bench.mix", "shards": "sonify.bench.shards", "train": "sonify.bench.train",
            "growth": "sonify.bench.growth", "models": "sonify.bench.models", "plan": "sonify.bench.plan",
            "listing": "sonify.bench.listing", "scale": "sonify.bench.scale",
-           "app": "sonify.bench.app"}
+           "app": "sonify.bench.app", "frontends": "sonify.bench.frontends", "prefill": "sonify.bench.prefill"}
 
 
 def main() -> None:

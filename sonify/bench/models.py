@@ -69,8 +69,11 @@ def language_model(model):
     return getattr(inner, "language_model", None) or inner.text_model
 
 
-def vlm_flops(spec: str, reduced: str, image_size: tuple[int, int], prompt_tokens: int, shape_dir: str) -> dict:
-    """FLOPs of one VLM call at full depth on the meta device: vision + prefill, and one more decoded token."""
+def vlm_flops(spec: str, reduced: str, image_size: tuple[int, int], prompt_tokens: int, shape_dir: str,
+              shared_tokens: int = 0, processor_kwargs: dict | None = None) -> dict:
+    """FLOPs of one VLM call at full depth on the meta device: vision + prefill, and one more decoded token;
+    `prefix`: the prefill of the image and the first `shared_tokens` template tokens alone (what the
+    prompts of one image share, `HFVLM.generate_prompts`)."""
     import torch
     from PIL import Image
     from transformers import AutoProcessor
@@ -78,7 +81,10 @@ def vlm_flops(spec: str, reduced: str, image_size: tuple[int, int], prompt_token
     from sonify.models.loading import load_pretrained
     from sonify.models.shape import meta_model
 
+    from sonify.models.vlm import apply_processor_settings
+
     proc = load_pretrained(AutoProcessor, reduced, shape_dir, role="vlms")   # the processor of a reduced build
+    apply_processor_settings(proc, reduced, processor_kwargs or {})
     text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
                                     add_generation_prompt=True)
     inputs = proc(images=[Image.new("RGB", image_size)], text=[text], return_tensors="pt")
@@ -109,8 +115,18 @@ def vlm_flops(spec: str, reduced: str, image_size: tuple[int, int], prompt_token
         f_vision = count_flops(vision)
         f_prefill = count_flops(lm_pass(L))
         f_token = count_flops(lm_pass(L + 1)) - f_prefill   # no-cache difference: linear parts exact
-    return {"image_tokens": n_image, "vision": f_vision, "prefill": f_prefill, "token": f_token,
+        f_prefix = count_flops(lm_pass(n_image + shared_tokens))
+    return {"image_tokens": n_image, "vision": f_vision, "prefill": f_prefill, "token": f_token, "prefix": f_prefix,
             "params": sum(p.numel() for p in model.parameters()), "layers": lm.config.num_hidden_layers}
+
+
+def vlm_image_flops(f: dict, prompts: int, reply_tokens: int, shared: bool = True) -> tuple[float, float]:
+    """(vision + prefill, decode) FLOPs per image for `prompts` prompts: with the image prefill shared, the
+    vision tower and the prefix run once and each prompt prefills only its own tokens (the difference of
+    two no-cache passes: exact for the linear layers, attention over the prefix counted as if recomputed)."""
+    if shared:
+        return f["vision"] + f["prefix"] + prompts * (f["prefill"] - f["prefix"]), reply_tokens * f["token"]
+    return prompts * (f["vision"] + f["prefill"]), reply_tokens * f["token"]
 
 
 def main(argv=None) -> None:
@@ -125,6 +141,8 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="*", choices=PARTS, default=list(PARTS),
                     help="measure only these (the projection needs all)")
     ap.add_argument("--shape-dir", default=None, help="where shape models are built (default: a temp dir)")
+    ap.add_argument("--frontend", choices=("torch", "transformers"), default="torch",
+                    help="CLAP's and AST's audio front end (stages.embed/features.frontend)")
     ap.add_argument("--projection", default=str(Path(__file__).resolve().parents[2] / "pipelines" / "bench" / "paper_scale.yaml"))
     a = ap.parse_args(argv)
 
@@ -135,7 +153,8 @@ def main(argv=None) -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="sonify-bench-models-") as tmp:
         shape_dir = a.shape_dir or str(Path(tmp) / "shapes")
-        base = ("run.progress=false", f"demo_data.num_images={a.images}", f"models.tiny_dir={shape_dir}")
+        base = ("run.progress=false", f"demo_data.num_images={a.images}", f"models.tiny_dir={shape_dir}",
+                f"stages.embed.frontend={a.frontend}", f"stages.features.frontend={a.frontend}")
         from sonify.engine.executor import run_stage
         from sonify.sources.demo import ensure_demo_data
         from sonify.stages import get_stage
@@ -254,12 +273,13 @@ def _concepts(ctx, shape_dir: str, proj) -> list[dict]:
     out = []
     for spec, reduced, label, key in ((LLAVA, f"shape:{LLAVA}?text_layers=1", "LLaVA-1.5-7B", "llava"),
                                       (SMOLVLM, f"shape:{SMOLVLM}?text_layers=1&vision_layers=1", "SmolVLM-Instruct (2.25B)", "smolvlm")):
-        f = vlm_flops(spec, reduced, tuple(w.sam_image), int(w.prompt_tokens), shape_dir)
+        settings = dict(w.get("processor_kwargs", {}).get(spec, {}))
+        f = vlm_flops(spec, reduced, tuple(w.sam_image), int(w.prompt_tokens), shape_dir, int(w.shared_prompt_tokens), settings)
         tokens = int(w.reply_tokens.concepts) + int(w.reply_tokens.caption)
-        per_image = 2 * (f["vision"] + f["prefill"]) + tokens * f["token"]
+        per_image = sum(vlm_image_flops(f, 2, tokens))
         row = dict(stage="concepts", model=label, params=f["params"], flops=per_image, seconds=None, ratio=None, key=key,
-                   vlm=f, how=f"FLOPs on meta at full depth: 2 prompts x ({f['image_tokens']} image + {w.prompt_tokens} prompt tokens) "
-                              f"+ {tokens} reply tokens; not timed (this CPU)")
+                   vlm=f, how=f"FLOPs on meta at full depth: one image prefill ({f['image_tokens']} image + {w.shared_prompt_tokens} "
+                              f"template tokens) shared by 2 prompts of {w.prompt_tokens} tokens, + {tokens} reply tokens; not timed (this CPU)")
         if key == "llava":
             row.update(_time_vlm(ctx, reduced, f["layers"], tokens, load_rgb, read_image_bytes))
         out.append(row)
@@ -365,8 +385,7 @@ def _print(rows: list[dict], proj, a, complete: bool) -> None:
     reply = int(w.reply_tokens.concepts) + int(w.reply_tokens.caption)
 
     def vlm_split(key):                                           # (compute-bound, decode) FLOPs per image
-        f = by[key]["vlm"]
-        return 2 * (f["vision"] + f["prefill"]), reply * f["token"]
+        return vlm_image_flops(by[key]["vlm"], 2, reply)
 
     work = []
     for key, label in (("llava", "concepts: LLaVA-1.5-7B"), ("smolvlm", "concepts: SmolVLM-Instruct")):

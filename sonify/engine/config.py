@@ -111,6 +111,9 @@ class ConceptsStageConf(StageConf):
     dtype: str = "auto"                # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     max_image_side: int = 1024         # images are decoded no larger than this before the processor
+    # per VLM (its models.vlms entry or hub id): its image processor's own settings, in the fingerprint;
+    # a tiling processor resizes to its own size first, e.g. {HuggingFaceTB/SmolVLM-Instruct: {size: {longest_edge: 768}}}
+    processor_kwargs: Dict[str, Any] = field(default_factory=dict)
     max_pixels: int = 89_478_485
     generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 96, "do_sample": False, "num_beams": 1})
     caption_generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 40, "do_sample": False, "num_beams": 1})
@@ -131,6 +134,8 @@ class EmbedStageConf(StageConf):
     # CLAP's audio input: source48k = decoded from the source straight to 48 kHz, channels averaged;
     # paper16k = the paper's A.7 pool (decoded at 16 kHz, channels summed), then resampled to 48 kHz
     audio_input: str = "source48k"
+    # CLAP's log-mel features: torch (batched on the model's device) | transformers (the extractor, the reference)
+    frontend: str = "torch"
     dtype: str = "auto"                # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"
 
@@ -163,6 +168,8 @@ class FeaturesStageConf(StageConf):
     pooling: str = "mean"              # pool AST patch tokens over frequency: mean | max | none
     input_frames: Optional[int] = None # filterbank frames fed to AST; null: the mixtures' length (5 s -> 498)
     model_batch: int = 8               # clips per model call, a fixed shape (the last call padded): in the fingerprint
+    # AST's filterbanks: torch (batched on the model's device) | transformers (the extractor, the reference)
+    frontend: str = "torch"
     dtype: str = "auto"
     device: str = "auto"
 
@@ -239,6 +246,8 @@ CHOICES = {
     "stages.concepts.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.embed.dtype": ["auto", "float32", "bfloat16", "float16"],
     "stages.embed.audio_input": ["source48k", "paper16k"],
+    "stages.embed.frontend": ["torch", "transformers"],
+    "stages.features.frontend": ["torch", "transformers"],
     "stages.retrieve.mode": ["ssr", "raw", "argmax", "softmax"],
     "stages.features.pooling": ["mean", "max", "none"],
     "stages.features.dtype": ["auto", "float32", "bfloat16", "float16"],

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from sonify.engine.errors import ConfigError, DiskFull, disk_full, disk_full_line, error_reason
 from sonify.engine.files import atomic_write, clean_temp_files
 from sonify.engine.partitions import Partition, Plan, PlanReader, plan, planner_connection, write_work
+from sonify.engine.prefetch import decode_workers, decoded_batches
 from sonify.engine.schemas import STATUS_OK, table_spec
 from sonify.engine.store import TableStore
 
@@ -94,8 +95,13 @@ class PartitionWorker:
     def _process(self, rows: pa.Table) -> dict[str, pa.Table]:
         bs = rows.num_rows if self.stage.whole_partition else max(1, int(self.stage.conf.batch_size))
         pieces: dict[str, list[pa.Table]] = {t: [] for t in self.stage.outputs}
-        for start in range(0, rows.num_rows, bs):
-            result = self.stage.process_batch(rows.slice(start, bs))
+        batches = [rows.slice(start, bs) for start in range(0, rows.num_rows, bs)]
+        if getattr(self.stage, "decode_batch", None) is not None:   # the next batch decodes while the model runs
+            done = ((b, self.stage.process_batch(b, d))
+                    for b, d in decoded_batches(batches, self.stage.decode_batch, decode_workers(self.stage.conf.num_cpus)))
+        else:
+            done = ((b, self.stage.process_batch(b)) for b in batches)
+        for _, result in done:
             for t in self.stage.outputs:
                 pieces[t].append(result[t])
         # empty pieces carry the declared types (e.g. list for a fixed-size embedding): leave them out

@@ -4,6 +4,10 @@ Audio must be mono at the feature extractor's rate (48 kHz for LAION CLAP). The 
 each chunk zero-padded to the chunk length (5 s), as it is mixed; the feature extractor then
 repeat-pads that to the model's 10 s window, as LAION's `repeatpad` did in training, so a chunk is
 seen twice and a short tail is heard once per repeat followed by its silence, never looped.
+
+The features come from `sonify.models.frontends.ClapFrontend` (batched, on the model's device) unless
+`frontend="transformers"` asks for `ClapFeatureExtractor` itself, the reference. A clip longer than
+the window is cropped at an offset keyed by its id on both paths (transformers' `rand_trunc` is unseeded).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
+from sonify.models.frontends import ClapFrontend, keyed_crop
 from sonify.models.loading import load_pretrained
 
 
 class ClapEmbedder:
     def __init__(self, name: str, tiny_dir: str, device: str = "auto", dtype: str = "auto", model_batch: int = 8,
-                 text_max_tokens: int = 77):
+                 text_max_tokens: int = 77, frontend: str = "torch"):
         from transformers import ClapModel, ClapProcessor
 
         self.name = name
@@ -25,24 +30,39 @@ class ClapEmbedder:
         self.dtype = pick_dtype(dtype, self.device)
         self.processor = load_pretrained(ClapProcessor, name, tiny_dir, role="clap")
         self.model = load_pretrained(ClapModel, name, tiny_dir, role="clap", dtype=self.dtype).to(self.device).eval()
-        self.sampling_rate = int(self.processor.feature_extractor.sampling_rate)
+        fe = self.processor.feature_extractor
+        self.sampling_rate, self.window = int(fe.sampling_rate), int(fe.nb_max_samples)
+        self.frontend = ClapFrontend(fe, self.device) if frontend == "torch" else None
         self.dim = int(self.model.config.projection_dim)
 
     def _finish(self, out) -> np.ndarray:
         emb = (out.pooler_output if hasattr(out, "pooler_output") else out).float()
         return emb.cpu().numpy()
 
-    def embed_audio(self, clips: list[np.ndarray]) -> np.ndarray:
-        """(B,) mono float32 arrays at `sampling_rate` -> (B, D) float32 (not yet re-normalised)."""
+    def features(self, clips: list[np.ndarray]) -> dict:
+        """The audio tower's inputs for clips of at most the window (see `keyed_crop`), on the model's device."""
         import torch
 
+        if self.frontend is None:
+            inputs = self.processor(audio=clips, sampling_rate=self.sampling_rate, return_tensors="pt")
+        else:   # the unfused model reads is_longer only with fusion on; rand_trunc sets it False throughout
+            inputs = {"input_features": self.frontend(clips), "is_longer": torch.zeros(len(clips), 1, dtype=torch.bool)}
+        return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
+
+    def embed_audio(self, clips: list[np.ndarray], keys: list[str] | None = None) -> np.ndarray:
+        """(B,) mono float32 arrays at `sampling_rate` -> (B, D) float32 (not yet re-normalised).
+        A clip longer than the window is cropped at an offset fixed by its key (default: its position)."""
+        import torch
+
+        keys = list(keys) if keys is not None else [str(i) for i in range(len(clips))]
+        clips = [keyed_crop(np.asarray(c, dtype=np.float32), self.window, k) for c, k in zip(clips, keys)]
+
         def call(batch):
-            inputs = self.processor(audio=batch, sampling_rate=self.sampling_rate, return_tensors="pt")
-            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) for k, v in inputs.items()}
+            inputs = self.features(batch)
             with torch.inference_mode():
                 return self._finish(self.model.get_audio_features(**inputs))
 
-        return np.stack(in_fixed_batches(call, list(clips), self.model_batch))
+        return np.stack(in_fixed_batches(call, clips, self.model_batch))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Texts padded to a fixed token length in fixed-size batches: a text's vector never depends on its batch."""

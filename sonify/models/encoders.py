@@ -4,7 +4,9 @@ AST (`ASTModel`, `ASTFeatureExtractor`) is pretrained on 1024-frame (10.24 s) in
 clips the feature extractor's `max_length` is set to the clip's frame count and the position
 embeddings are cropped along time from the middle, as the AST authors do when fine-tuning on
 5 s audio (ESC-50), instead of padding every clip to 10.24 s. The last hidden state's patch tokens
-(frequency-major) are pooled over frequency into a T x D time series.
+(frequency-major) are pooled over frequency into a T x D time series. The filterbanks come from
+`sonify.models.frontends.ASTFrontend` (batched, on the model's device) unless `frontend="transformers"`
+asks for the feature extractor itself, the reference.
 
 The VAE (`AutoencoderKL`, PixArt-alpha's) encodes a shorter-side-resized, centre-cropped image;
 the latent distribution's mean and std are kept (PixArt-alpha samples a fresh latent each epoch).
@@ -39,9 +41,11 @@ def kaldi_frames(n_samples: int, rate: int = 16000, window_ms: float = 25.0, hop
 
 class ASTEncoder:
     def __init__(self, name: str, tiny_dir: str, n_frames: int | None, pooling: str = "mean",
-                 device: str = "auto", dtype: str = "auto", model_batch: int = 8):
+                 device: str = "auto", dtype: str = "auto", model_batch: int = 8, frontend: str = "torch"):
         import torch
         from transformers import ASTFeatureExtractor, ASTModel
+
+        from sonify.models.frontends import ASTFrontend
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -76,6 +80,7 @@ class ASTEncoder:
         self.model.to(self.device, self.dtype).eval()
         self.rate = int(self.fe.sampling_rate)
         self.dim = int(cfg.hidden_size)
+        self.frontend = ASTFrontend(self.fe, self.device) if frontend == "torch" else None   # after max_length is set
 
     def encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """Mono clips at 16 kHz -> per clip a (T, D) float32 array (or (F*T, D) with pooling 'none'),
@@ -85,8 +90,11 @@ class ASTEncoder:
     def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        inputs = self.fe(clips, sampling_rate=self.rate, return_tensors="pt")
-        x = inputs["input_values"].to(self.device, self.dtype)
+        if self.frontend is None:
+            x = self.fe(clips, sampling_rate=self.rate, return_tensors="pt")["input_values"]
+        else:
+            x = self.frontend(clips)
+        x = x.to(self.device, self.dtype)
         with torch.inference_mode():
             hidden = self.model(input_values=x).last_hidden_state[:, 2:].float()   # drop cls + distillation
         grid = hidden.reshape(hidden.shape[0], self.f_dim, self.t_max, -1)          # frequency-major patches

@@ -128,6 +128,7 @@ def check_template(template: str) -> None:
 
 class ConceptsStage(Stage):
     name = "concepts"
+    version = 2           # 2: both prompts of an image continue from one shared image prefill (float rounding differs)
     outputs = ("concepts", "captions")
     models = ("vlms",)
     upstream = ("images",)
@@ -138,7 +139,7 @@ class ConceptsStage(Stage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        from sonify.models.vlm import load_vlm
+        from sonify.models.vlm import load_vlm, processor_settings
 
         self.concepts_prompt = resolve_text(self.conf.concepts_prompt)
         self.caption_prompt = resolve_text(self.conf.caption_prompt)
@@ -149,7 +150,8 @@ class ConceptsStage(Stage):
         if self.conf.generate:
             for name in cfg.models.vlms:
                 self.vlms[name] = load_vlm(name, self.conf.backend, cfg.models.tiny_dir, self.conf.device,
-                                           self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch))
+                                           self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch),
+                                           processor_settings(self.conf.processor_kwargs, name))
 
     @classmethod
     def own_fingerprint(cls, cfg) -> dict:
@@ -230,26 +232,43 @@ class ConceptsStage(Stage):
             raw = "\n".join(str(i) for i in items or [])
         return self._concepts_row(row, "(imported)", raw, parsed), self._caption_row(row, row["import_caption"])
 
-    def _generated(self, rows: list[dict]) -> list[tuple[dict, dict]]:
+    def decode_batch(self, batch: pa.Table, pmap=map) -> dict:
+        """Per row the VLM will read: its decoded image or the ImageRejected that says why not (CPU only:
+        the executor runs this on worker threads ahead of the model, `sonify.engine.prefetch`)."""
+        def one(row: dict):
+            try:
+                return load_image(row, self.paths, self.conf.max_pixels, self.conf.max_image_side)
+            except ImageRejected as e:
+                return e
+
+        rows = [r for r in batch.to_pylist() if not r["list_error"] and r["origin"] != "import"]
+        return dict(zip((r["id"] for r in rows), pmap(one, rows)))
+
+    def _generated(self, rows: list[dict], decoded: dict) -> list[tuple[dict, dict]]:
         out: dict[str, tuple[dict, dict]] = {}
         images, good = [], []
         failed = lambda row, err: (self._concepts_row(row, self.concepts_prompt, None, error=err), self._caption_row(row, None, err))
         for row in rows:
-            try:
-                images.append(load_image(row, self.paths, self.conf.max_pixels, self.conf.max_image_side))
+            image = decoded[row["id"]]
+            if isinstance(image, ImageRejected):
+                out[row["id"]] = failed(row, error_text(image.reason, image.detail))
+            else:
+                images.append(image)
                 good.append(row)
-            except ImageRejected as e:
-                out[row["id"]] = failed(row, error_text(e.reason, e.detail))
         if good:   # a model failure is not the rows' fault: it raises, and the executor retries the partition
             vlm = self.vlms[good[0]["vlm"]]
-            captions = vlm.generate(images, self.caption_prompt, self.caption_generation)
-            replies = vlm.generate(images, self.concepts_prompt, self.generation)
+            asks = [(self.caption_prompt, self.caption_generation), (self.concepts_prompt, self.generation)]
+            if hasattr(vlm, "generate_prompts"):   # one image prefill for both prompts
+                captions, replies = vlm.generate_prompts(images, asks)
+            else:
+                captions, replies = (vlm.generate(images, prompt, gen) for prompt, gen in asks)
             for row, caption, reply in zip(good, captions, replies):
                 parsed = parse_concepts(reply, self.conf.max_concepts, self.conf.text_template)
                 out[row["id"]] = (self._concepts_row(row, self.concepts_prompt, reply, parsed), self._caption_row(row, caption))
         return [out[r["id"]] for r in rows]
 
-    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+    def process_batch(self, batch: pa.Table, decoded: dict | None = None) -> dict[str, pa.Table]:
+        decoded = decoded if decoded is not None else self.decode_batch(batch)
         results = []
         by_vlm = defaultdict(list)
         for row in batch.to_pylist():
@@ -260,6 +279,6 @@ class ConceptsStage(Stage):
             else:
                 by_vlm[row["vlm"]].append(row)
         for rows in by_vlm.values():
-            results.extend(self._generated(rows))
+            results.extend(self._generated(rows, decoded))
         return {"concepts": rows_to_table("concepts", [c for c, _ in results]),
                 "captions": rows_to_table("captions", [c for _, c in results])}

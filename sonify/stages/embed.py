@@ -37,7 +37,7 @@ class _EmbedStage(Stage):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, self.conf.device, self.conf.dtype,
-                                 int(self.conf.model_batch), int(self.conf.text_max_tokens))
+                                 int(self.conf.model_batch), int(self.conf.text_max_tokens), self.conf.frontend)
         self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
         paper = self.conf.audio_input == "paper16k"
         self.decode = {"downmix": "sum" if paper else "mean", "via_sr": PAPER_POOL_RATE if paper else None}
@@ -76,7 +76,7 @@ class _EmbedStage(Stage):
 
 class EmbedAudioStage(_EmbedStage):
     name = "embed_audio"
-    version = 2                         # 2: the last chunk of a file is zero-padded as mixed
+    version = 3                         # 2: the last chunk of a file is zero-padded as mixed; 3: the torch front end
     outputs = ("audio_embeddings",)
     pool_matrix = True
     upstream = ("audio",)
@@ -91,17 +91,30 @@ class EmbedAudioStage(_EmbedStage):
         super().__init__(cfg)
         self.paths = SourcePaths.of(cfg, "audio")
 
-    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
-        rows = batch.to_pylist()
-        sr, good, clips, out = self.clap.sampling_rate, [], [], []
-        base = lambda r: {"id": r["id"], "file_id": r["file_id"], "model": self.clap.name}
-        for r in rows:
+    def decode_batch(self, batch: pa.Table, pmap=map) -> list:
+        """Per chunk its samples at CLAP's rate, or the exception that decoding raised (CPU only: the
+        executor runs this on worker threads ahead of the model, `sonify.engine.prefetch`)."""
+        sr = self.clap.sampling_rate
+
+        def one(r: dict):
             try:
-                clips.append(load_chunk(self.paths.locate(r), r["start_frame"], r["num_frames"], sr, self.chunk_seconds, **self.decode))
-                good.append(r)
+                return load_chunk(self.paths.locate(r), r["start_frame"], r["num_frames"], sr, self.chunk_seconds, **self.decode)
             except Exception as e:
-                out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(e).__name__}: {e}")})
-        return {"audio_embeddings": self._table("audio_embeddings", out + self._vectors(good, lambda: self.clap.embed_audio(clips), base))}
+                return e
+
+        return list(pmap(one, batch.to_pylist()))
+
+    def process_batch(self, batch: pa.Table, decoded: list | None = None) -> dict[str, pa.Table]:
+        rows = batch.to_pylist()
+        good, clips, out = [], [], []
+        base = lambda r: {"id": r["id"], "file_id": r["file_id"], "model": self.clap.name}
+        for r, d in zip(rows, decoded if decoded is not None else self.decode_batch(batch)):
+            if isinstance(d, Exception):
+                out.append({**base(r), "status": STATUS_ERROR, "error": error_text("decode_error", f"{type(d).__name__}: {d}")})
+            else:
+                clips.append(d)
+                good.append(r)
+        return {"audio_embeddings": self._table("audio_embeddings", out + self._vectors(good, lambda: self.clap.embed_audio(clips, [r["id"] for r in good]), base))}
 
 
 class EmbedTextStage(_EmbedStage):

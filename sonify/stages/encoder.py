@@ -1,8 +1,9 @@
 """The shape shared by the stages that run one encoder over rows and keep one .npy per row.
 
 A subclass says how to decode a row (`decode`, raising to make an error row), how to encode a batch
-of decoded inputs (`encode`, one model call), and what a result row holds (`result`). This base
-owns the loop: decode failures become error rows with their reasons (the row is bad), a model
+of decoded inputs (`encode`, one model call), and what a result row holds (`result`). Decoding is its
+own step (`decode_batch`), which the executor runs on CPU threads while the model encodes the batch
+before (`sonify.engine.prefetch`). This base owns the loop: decode failures become error rows with their reasons (the row is bad), a model
 failure raises (the machine or model is: the executor retries the partition), and results are
 saved atomically in the partition's folder.
 """
@@ -37,17 +38,28 @@ class EncoderStage(Stage):
         """(path of the .npy inside the partition's folder, the row's result columns)."""
         raise NotImplementedError
 
-    def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
+    def decode_batch(self, batch: pa.Table, pmap=map) -> list[tuple]:
+        """Per row (True, input) or (False, reason, detail): CPU work only, so the executor runs it on
+        worker threads ahead of the model (`sonify.engine.prefetch`)."""
+        def one(r: dict) -> tuple:
+            try:
+                return (True, self.decode(r))
+            except ImageRejected as e:
+                return (False, e.reason, e.detail)
+            except Exception as e:
+                return (False, "decode_error", f"{type(e).__name__}: {e}")
+
+        return list(pmap(one, batch.to_pylist()))
+
+    def process_batch(self, batch: pa.Table, decoded: list[tuple] | None = None) -> dict[str, pa.Table]:
         rows, out, good, inputs = batch.to_pylist(), {}, [], []
         fail = lambda r, reason, detail: {**self.base(r), "status": STATUS_ERROR, "error": error_text(reason, detail)}
-        for r in rows:
-            try:
-                inputs.append(self.decode(r))
+        for r, d in zip(rows, decoded if decoded is not None else self.decode_batch(batch)):
+            if d[0]:
+                inputs.append(d[1])
                 good.append(r)
-            except ImageRejected as e:
-                out[r["id"]] = fail(r, e.reason, e.detail)
-            except Exception as e:
-                out[r["id"]] = fail(r, "decode_error", f"{type(e).__name__}: {e}")
+            else:
+                out[r["id"]] = fail(r, d[1], d[2])
         arrays = self.encode(inputs) if good else []   # a model failure raises: the executor retries the partition
         for r, a in zip(good, arrays):
             if not np.all(np.isfinite(a)):

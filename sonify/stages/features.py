@@ -12,6 +12,7 @@ from sonify.stages.encoder import EncoderStage
 
 class FeaturesStage(EncoderStage):
     name = "features"
+    version = 2                         # 2: the torch front end (stages.features.frontend)
     outputs = ("audio_features",)
     upstream = ("mix",)
     uses = ("stages.audio.chunk_seconds", "stages.mix.sample_rate")
@@ -24,7 +25,7 @@ class FeaturesStage(EncoderStage):
         mix_rate = int(cfg.stages.mix.sample_rate)
         n = self.conf.input_frames or kaldi_frames(int(round(float(cfg.stages.audio.chunk_seconds) * 16000)))
         self.ast = ASTEncoder(cfg.models.ast, cfg.models.tiny_dir, int(n), self.conf.pooling, self.conf.device, self.conf.dtype,
-                              int(self.conf.model_batch))
+                              int(self.conf.model_batch), self.conf.frontend)
         self.mix_rate, self.input_frames = mix_rate, int(n)
 
     @classmethod
