@@ -110,3 +110,139 @@ def test_bad_arguments_fail_in_one_line(demo, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "run=<run dir> is required" in err[0] and "1 queries for 2 sources" in err[1]
     assert "config.yaml is missing" in err[2]
+
+
+def _bands(clip, bands=8):
+    """Log energies of equal-width spectral bands: a clip's identity, and its level (every band moves with gain)."""
+    spec = np.abs(np.fft.rfft(clip)) ** 2
+    return np.log10(np.array([b.sum() for b in np.array_split(spec, bands)]) + 1e-20)
+
+
+def _clips(n=6, rate=16000, seconds=1.0):
+    rng = np.random.default_rng(0)
+    t = np.arange(int(rate * seconds)) / rate
+    return [0.1 * np.sin(2 * np.pi * (200 + 450 * i) * t) + 0.02 * rng.standard_normal(t.size) for i in range(n)]
+
+
+def test_loudness_retention_falls_for_an_encoder_that_hears_gain_and_stays_at_100_for_one_that_does_not():
+    from sonify.studies.loudness_retention import accuracy, shifts
+
+    gains = shifts(30, 10)
+    assert gains == [-30, -20, -10, 0, 10, 20, 30]
+    clips = _clips()
+    moving = lambda cs: np.stack([_bands(c) for c in cs])                        # moves with gain: +g dB adds g/10 to each band
+    invariant = lambda cs: np.stack([_bands(c) - _bands(c).mean() for c in cs])  # the level removed
+    acc = accuracy(moving, clips, gains)
+    assert acc[3] == 1.0 and acc[0] < 1.0 and acc[-1] < 1.0
+    assert acc[0] <= acc[1] <= acc[2] and acc[-1] <= acc[-2] <= acc[-3]          # falls away from 0 dB on both sides
+    assert accuracy(invariant, clips, gains) == [1.0] * len(gains)
+    assert accuracy(invariant, clips, gains, "cosine") == [1.0] * len(gains)
+
+
+def test_loudness_retention_command_on_a_folder_with_ast_and_hubert(tmp_path, capsys):
+    from sonify.studies.loudness_retention import accuracy
+
+    audio = tmp_path / "clips"
+    audio.mkdir()
+    for i, c in enumerate(_clips(4)):
+        sf.write(audio / f"c{i}.wav", c, 16000)
+    (audio / "broken.wav").write_bytes(b"not audio")
+    sf.write(audio / "silent.wav", np.zeros(16000), 16000)
+    out = tmp_path / "lr"
+    assert main(["loudness-retention", f"--audio-dir={audio}", "--ast=tiny:ast", "--hubert=tiny:hubert", f"--tiny-dir={tmp_path / 'tiny'}",
+                 "--max-shift=20", "--step-db=10", "--seconds=1", f"--out={out}", "--device=cpu"]) == 0
+    rows = pq.read_table(out / "data.parquet").to_pylist()
+    assert sorted({r["encoder"] for r in rows}) == ["AST (tiny:ast)", "HuBERT (tiny:hubert)"]
+    assert all(r["clips"] == 4 for r in rows) and len(rows) == 10
+    at_zero = [r["accuracy"] for r in rows if r["shift_db"] == 0]
+    assert at_zero == [1.0, 1.0]                                       # each clip is its own nearest neighbour
+    bad = {r["clip"]: r["error"] for r in pq.read_table(out / "clips.parquet").to_pylist() if r["status"] == "error"}
+    assert bad["broken.wav"].startswith("decode_error") and bad["silent.wav"].startswith("below_gate")
+    assert (out / "figure.png").is_file() and (out / "data.csv").read_text().count("\n") == 11
+
+
+def _png(path, seed, size=48):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+def test_memorisation_finds_copies_of_training_images_at_cosine_1(demo, tmp_path):
+    """Copies of the run's kept training images among noise images: each copy's nearest training image is itself."""
+    from PIL import Image
+
+    from sonify.publish.data import Run
+    from sonify.sources.images import load_image
+
+    run_dir, _ = demo
+    run = Run(run_dir)
+    kept = [r["id"] for r in run.rows("kept_images", ["id", "kept"]) if r["kept"]][:3]
+    images = {r["id"]: r for r in run.rows("images")}
+    gen = tmp_path / "generated"
+    gen.mkdir()
+    for i in kept:
+        load_image(images[i], run.paths("images"), max_pixels=89_478_485, max_side=1024).save(gen / f"copy_{i}.png")
+    for s in range(3):
+        _png(gen / f"noise_{s}.png", s)
+    (gen / "broken.png").write_bytes(b"no image")
+    out = tmp_path / "mem"
+    # the tiny random CLIP puts every image near every other (noise at ~0.98): the threshold tells copies apart
+    assert main(["memorisation", f"run={run_dir}", f"--images={gen}", "--clip=tiny:clip", f"--tiny-dir={tmp_path / 'tiny'}",
+                 "--threshold=0.9999", f"--out={out}"]) == 0
+    rows = {r["id"]: r for r in pq.read_table(out / "data.parquet").to_pylist() if r["kind"] == "nearest"}
+    for i in kept:
+        assert rows[f"copy_{i}"]["match"] == i and rows[f"copy_{i}"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    errors = pq.read_table(out / "errors.parquet").to_pylist()
+    assert [e["id"] for e in errors] == ["broken"]
+    assert all(r["cosine"] < 0.9999 for i, r in rows.items() if i.startswith("noise"))
+    assert "3 of 6 generated images (50.0%)" in (out / "summary.md").read_text()
+    assert Image.open(out / "figure.png").size[0] > 0
+
+
+def test_memorisation_shows_each_generated_image_beside_its_benchmark_frame(tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    from sonify.evaluation.benchmarks import CLIPS_FILE, CLIPS_SCHEMA
+
+    bench, gen = tmp_path / "bench", tmp_path / "gen"
+    (bench / "frames").mkdir(parents=True)
+    gen.mkdir()
+    rows = []
+    for k in range(3):
+        _png(bench / "frames" / f"v{k}.jpg", 10 + k)
+        rows.append({"id": f"v{k}", "benchmark": "vggsound", "label": "dog", "split": "test", "video": f"v{k}.mp4",
+                     "frame_time": 1.0, "start": 0.0, "seconds": 5.0, "image": f"frames/v{k}.jpg", "audio": None,
+                     "status": "ok", "error": None})
+    pq.write_table(pa.Table.from_pylist(rows, schema=CLIPS_SCHEMA), bench / CLIPS_FILE)
+    shutil.copy(bench / "frames" / "v0.jpg", gen / "v0.jpg")           # a copy of its ground truth
+    _png(gen / "v1.png", 99)                                            # another image
+    out = tmp_path / "mem"
+    assert main(["memorisation", f"--images={gen}", f"--clips={bench}", "--clip=tiny:clip", f"--tiny-dir={tmp_path / 'tiny'}",
+                 f"--out={out}"]) == 0
+    got = {r["id"]: r["cosine"] for r in pq.read_table(out / "data.parquet").to_pylist() if r["kind"] == "ground_truth"}
+    assert set(got) == {"v0", "v1"} and got["v0"] == pytest.approx(1.0, abs=1e-6) and got["v1"] < got["v0"]
+    assert (out / "ground_truth.png").is_file()
+
+
+def test_hubert_shape_has_the_papers_base_architecture():
+    """HuBERT Base (Hsu et al. 2021, Table 1 / Sec. IV-C): 12 transformer layers, width 768, 12 heads, FFN 3072,
+    a CNN front end of 7 layers with total stride 320 (20 ms frames at 16 kHz), group norm in the first layer."""
+    from sonify.models.shape import hf_config
+
+    cfg = hf_config("facebook/hubert-base-ls960")
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (12, 768, 12, 3072)
+    assert len(cfg.conv_stride) == 7 and int(np.prod(cfg.conv_stride)) == 320 and cfg.feat_extract_norm == "group"
+    assert hf_config("facebook/hubert-base-ls960?layers=1").num_hidden_layers == 1
+
+
+@pytest.mark.slow
+def test_hubert_shape_model_loads_and_is_nearly_gain_invariant(tmp_path):
+    from sonify.models.hubert import HubertEncoder
+
+    enc = HubertEncoder("shape:facebook/hubert-base-ls960?layers=1", str(tmp_path), "cpu")
+    x = 0.05 * np.random.default_rng(0).standard_normal(80000)
+    quiet, loud = enc.encode([x, 10 * x])
+    assert quiet.shape == (249, 768)                                  # 5 s at 20 ms per frame
+    assert np.abs(quiet.mean(0) - loud.mean(0)).max() < 1e-2 * np.abs(quiet).mean()

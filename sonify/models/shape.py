@@ -182,7 +182,13 @@ def _pixart(spec: str, folder: Path, meta: dict, out: Path, component: str) -> N
     cls.from_config(diffusers_config(spec, component)).save_pretrained(out)  # published fp32
 
 
-_BUILDERS = {"clap": _clap, "ast": _ast, "llava": _llava, "idefics3": _idefics3}
+def _hubert(spec: str, folder: Path, meta: dict, out: Path) -> None:
+    from transformers import HubertModel
+
+    _build_model(HubertModel, hf_config(spec), meta["build_dtype"]).save_pretrained(out)
+
+
+_BUILDERS = {"clap": _clap, "ast": _ast, "llava": _llava, "idefics3": _idefics3, "hubert": _hubert}
 _COMPONENTS = {"pixart": (_pixart, ("transformer", "vae"))}
 
 
@@ -236,10 +242,10 @@ def meta_model(spec: str, component: str | None = None):
 
             cls = {"transformer": PixArtTransformer2DModel, "vae": AutoencoderKL}[component or "transformer"]
             return cls.from_config(diffusers_config(spec, component or "transformer"))
-        from transformers import (ASTForAudioClassification, ClapModel, Idefics3ForConditionalGeneration,
+        from transformers import (ASTForAudioClassification, ClapModel, HubertModel, Idefics3ForConditionalGeneration,
                                   LlavaForConditionalGeneration)
 
         cls = {"clap": ClapModel, "ast": ASTForAudioClassification, "llava": LlavaForConditionalGeneration,
-               "idefics3": Idefics3ForConditionalGeneration}[meta["kind"]]
+               "idefics3": Idefics3ForConditionalGeneration, "hubert": HubertModel}[meta["kind"]]
         return cls._from_config(hf_config(spec))
 

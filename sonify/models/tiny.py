@@ -16,7 +16,7 @@ import torch
 from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
-KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip")
+KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip", "hubert")
 VERSION = 5
 
 _CORPUS = [
@@ -140,7 +140,16 @@ def _wav2clip(out: Path) -> None:
     Wav2CLIP(width=4).save_pretrained(out)
 
 
-_BUILDERS = {"clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit, "clip": _clip, "inception": _inception,
+def _hubert(out: Path) -> None:
+    """HuBERT-base's layout (group-normalised conv front end, conv positions) at width 32."""
+    from transformers import HubertConfig, HubertModel
+
+    HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
+                             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)).save_pretrained(out)
+
+
+_BUILDERS = {"hubert": _hubert, "clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit, "clip": _clip, "inception": _inception,
              "wav2clip": _wav2clip}
 
 

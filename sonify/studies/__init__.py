@@ -13,6 +13,8 @@ EXPERIMENTS = {
     "mixing": "mixing",                    # Section 4.5, Fig. 4
     "loudness": "loudness",                # Section 4.5, Fig. 5
     "sequence": "sequence",                # Section 4.5, Fig. 6
+    "memorisation": "memorisation",        # A.6, Fig. 14
+    "loudness-retention": "loudness_retention",   # A.8, Fig. 15
 }
 
 
