@@ -15,9 +15,9 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.config import check_run_dir, load_config, save_config
-from sonify.engine.errors import SonifyError
+from sonify.engine.errors import ConfigError, SonifyError
 from sonify.models.loading import TINY_PREFIX
-from sonify.stages import expand, get_stage, stage_names
+from sonify.stages import expand, get_stage, missing_inputs, stage_names
 
 log = logging.getLogger("sonify")
 
@@ -53,6 +53,9 @@ def run_pipeline(cfg: DictConfig) -> int:
     from sonify.engine.lock import RunLock
 
     run_dir = str(check_run_dir(cfg))   # one line naming run.root when it is not a writable folder
+    missing = missing_inputs(cfg, selected_stages(cfg))   # e.g. stage=concepts before images: names the absent corpora
+    if missing:
+        raise ConfigError(missing)
     with RunLock(run_dir) as lock:
         if lock.took_over:
             print(f"took over the lock of {lock.took_over}, which is no longer running")

@@ -156,7 +156,7 @@ def test_cli_errors_are_one_line(capsys):
     assert main(["stepz=3"]) == 2
     assert "unknown config key 'stepz'" in capsys.readouterr().err
     assert main(["config=nope"]) == 2
-    assert "valid choices: train_demo, train_sam" in capsys.readouterr().err
+    assert "valid choices: train_demo, train_paper, train_sam" in capsys.readouterr().err
 
 
 def test_generate_writes_images_of_the_configured_size(shards, tiny_dir, tmp_path):
