@@ -246,3 +246,27 @@ def test_hubert_shape_model_loads_and_is_nearly_gain_invariant(tmp_path):
     quiet, loud = enc.encode([x, 10 * x])
     assert quiet.shape == (249, 768)                                  # 5 s at 20 ms per frame
     assert np.abs(quiet.mean(0) - loud.mean(0)).max() < 1e-2 * np.abs(quiet).mean()
+
+
+def test_the_report_shows_the_experiments_a_run_holds(full_run, tmp_path):
+    """A run's experiments/<name>/summary.md and figures appear in `sonify.report`; a run without any shows none."""
+    import shutil
+
+    from sonify.publish.site import build_report
+    from sonify.studies.common import line_plot, write_summary
+
+    cfg, _ = full_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(cfg.run.dir, run_dir, ignore=shutil.ignore_patterns("experiments", "report"))
+    plain = build_report(run_dir, tmp_path / "r0").read_text()
+    assert "<h2>Experiments</h2>" not in plain
+    exp = run_dir / "experiments" / "loudness-retention"
+    exp.mkdir(parents=True)
+    line_plot(exp / "figure.png", [0, 10], {"AST": [100, 50]}, "t", "x", "y")
+    write_summary(exp / "summary.md", "Loudness retention", ["- 4 clips", "", "| encoder | 0 dB |", "|---|---|", "| AST | 100% |",
+                                                          "", "![accuracy](figure.png)"])
+    page = build_report(run_dir, tmp_path / "r1").read_text()
+    assert "<h2>Experiments</h2>" in page and "<h3>Loudness retention</h3>" in page and "<li>4 clips</li>" in page
+    assert "<td>AST</td><td>100%</td>" in page
+    assert "src='assets/experiments/loudness-retention/figure.png'" in page
+    assert (tmp_path / "r1" / "assets" / "experiments" / "loudness-retention" / "figure.png").is_file()
