@@ -16,7 +16,7 @@ import torch
 from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
-KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip", "hubert")
+KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip", "hubert", "t5")
 VERSION = 5
 
 _CORPUS = [
@@ -149,7 +149,19 @@ def _hubert(out: Path) -> None:
                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)).save_pretrained(out)
 
 
-_BUILDERS = {"hubert": _hubert, "clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit, "clip": _clip, "inception": _inception,
+def _t5(out: Path) -> None:
+    """PixArt-alpha's text side as its repo lays it out (`text_encoder/`, `tokenizer/`): a T5 encoder 32 wide,
+    the tiny DiT's caption width, so the tiny DiT's caption projection reads its output as PixArt's reads T5-XXL's."""
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=_bpe(["<pad>", "</s>", "<unk>"]), pad_token="<pad>", eos_token="</s>",
+                                  unk_token="<unk>", model_max_length=120)
+    tok.save_pretrained(out / "tokenizer")
+    T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(out / "text_encoder")
+
+
+_BUILDERS = {"t5": _t5, "hubert": _hubert, "clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit, "clip": _clip, "inception": _inception,
              "wav2clip": _wav2clip}
 
 
