@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(s)
         if getattr(mod, "GENERATES", True):
-            add_generation_arguments(s)
+            add_generation_arguments(s, getattr(mod, "CHECKPOINT", True))
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", help=f"the experiment's folder (default <run>/experiments/{name})")
     return p

@@ -74,7 +74,7 @@ def test_mixing_sources_are_algorithm1s_choices_and_a_rerun_reuses_the_images(de
     assert image.stat().st_mtime_ns == before                       # resumed: the cell was not generated again
 
 
-@pytest.mark.parametrize("constant", [False, True])
+@pytest.mark.parametrize("constant", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_loudness_sweep_renders_the_requested_relative_gains(demo, tmp_path, constant):
     out, rows = _run(demo, tmp_path, "loudness", "--points=7", "--range-db=18", *(["--constant-loudness"] if constant else []))
     assert [r["relative_gain_db"] for r in rows] == pytest.approx([-18, -12, -6, 0, 6, 12, 18])
@@ -270,3 +270,21 @@ def test_the_report_shows_the_experiments_a_run_holds(full_run, tmp_path):
     assert "<td>AST</td><td>100%</td>" in page
     assert "src='assets/experiments/loudness-retention/figure.png'" in page
     assert (tmp_path / "r1" / "assets" / "experiments" / "loudness-retention" / "figure.png").is_file()
+
+
+@pytest.mark.slow
+def test_projector_pretraining_trains_both_variants_on_the_same_data_and_grids_each_epoch(demo, tmp_path):
+    run_dir, _ = demo
+    out = tmp_path / "pp"
+    args = ["projector-pretraining", f"run={run_dir}", f"--out={out}", "--epochs=2", "--pretrain-steps=3", "--prompts=1",
+            "--steps=1", "--num-images=1", "--device=cpu", "--set=per_device_batch=16", "--set=global_batch=16"]
+    assert main(args) == 0
+    rows = pq.read_table(out / "data.parquet").to_pylist()
+    assert sorted((r["variant"], r["epoch"]) for r in rows) == [("pretrained", 1), ("pretrained", 2), ("scratch", 1), ("scratch", 2)]
+    assert {r["step"] for r in rows if r["epoch"] == 2} == {2 * rows[0]["step"]}          # the same steps per epoch for both
+    assert (out / "pretrained" / "projector_pretrain" / "projector.safetensors").is_file()
+    assert not (out / "scratch" / "projector_pretrain").exists()
+    assert all((out / f).is_file() for f in ("epoch1.png", "epoch2.png", "figure.png", "losses.png", "pretrain_loss.png"))
+    before = (out / rows[0]["images"][0]).stat().st_mtime_ns
+    assert main(args) == 0                                                    # a rerun trains and draws nothing again
+    assert (out / rows[0]["images"][0]).stat().st_mtime_ns == before

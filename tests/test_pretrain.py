@@ -68,6 +68,7 @@ def test_pretraining_lowers_its_loss_and_hands_its_weights_to_dit_training(demo_
         assert torch.equal(got[f"caption_projection.{k}"], v), k
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_either_phase_resumes_to_the_uninterrupted_weights(demo_shards, tmp_path, monkeypatch):
     import sonify.training.pretrain as pretrain
 

@@ -15,6 +15,7 @@ EXPERIMENTS = {
     "sequence": "sequence",                # Section 4.5, Fig. 6
     "memorisation": "memorisation",        # A.6, Fig. 14
     "loudness-retention": "loudness_retention",   # A.8, Fig. 15
+    "projector-pretraining": "projector_pretraining",   # A.11, Fig. 16
 }
 
 

@@ -38,9 +38,10 @@ def study_dir(run_dir: Path | None, name: str, out: str | None, params: dict) ->
     return d
 
 
-def add_generation_arguments(p) -> None:
-    """The arguments of every experiment that generates images with a checkpoint."""
-    p.add_argument("--checkpoint", help="a training output_dir or checkpoint-N folder (default <run>/dit)")
+def add_generation_arguments(p, checkpoint: bool = True) -> None:
+    """The arguments of every experiment that generates images (with a checkpoint it is given, or trains)."""
+    if checkpoint:
+        p.add_argument("--checkpoint", help="a training output_dir or checkpoint-N folder (default <run>/dit)")
     p.add_argument("--num-images", type=int, default=2, help="images per condition")
     p.add_argument("--steps", type=int, default=20, help="DPM-Solver steps")
     p.add_argument("--guidance", type=float, default=4.5)
