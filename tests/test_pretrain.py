@@ -102,3 +102,28 @@ def test_bad_pretrain_setting_is_one_line():
 
     with pytest.raises(ConfigError, match="projector.pretrain'; valid choices: none, contrastive"):
         load_train_config(["projector.pretrain=yes"])
+
+
+def test_pixart_text_encoder_shape_is_t5_v1_1_xxl_and_feeds_the_caption_projection():
+    """T5 v1.1 XXL (Raffel et al. 2020; the v1.1 release): d_model 4096, 24 layers, 64 heads, gated-GELU FFN of
+    10240, vocabulary 32128; PixArt-alpha's caption projection takes its 4096-d output."""
+    from sonify.models.shape import diffusers_config, t5_config
+
+    t5 = t5_config("PixArt-alpha/PixArt-XL-2-512x512")
+    assert (t5.d_model, t5.num_layers, t5.num_heads, t5.d_ff, t5.vocab_size) == (4096, 24, 64, 10240, 32128)
+    assert t5.is_gated_act and t5_config("PixArt-alpha/PixArt-XL-2-512x512?text_layers=1").num_layers == 1
+    assert diffusers_config("PixArt-alpha/PixArt-XL-2-512x512", "transformer")["caption_channels"] == t5.d_model
+
+
+@pytest.mark.slow
+def test_text_embeddings_with_the_shape_t5_and_its_offline_tokenizer(tmp_path):
+    """The real loading path of PixArt's text side (`text_encoder/`, `tokenizer/`), one T5 layer: pooled T(T5(text))
+    is 1152 wide (PixArt-XL-2's width) and a text's vector does not depend on its batch."""
+    from sonify.training.pretrain import text_embeddings
+
+    spec = "shape:PixArt-alpha/PixArt-XL-2-512x512"
+    cfg = load_train_config([f"dit={spec}?layers=1", f"tiny_dir={tmp_path}", f"projector.text_encoder={spec}?text_layers=1",
+                             "ast_dim=768", "projector.text_batch=2"])
+    both = text_embeddings(cfg, ["Dog - barking", "a bell ringing in a church"], "cpu")
+    alone = text_embeddings(cfg, ["a bell ringing in a church"], "cpu")
+    assert both.shape == (2, 1152) and np.allclose(both[1], alone[0], atol=1e-5)
