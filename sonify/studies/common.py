@@ -88,12 +88,7 @@ def figure_grid(path: Path, cells: list[list[str | None]], row_labels: list[str]
             if j == 0 and i < len(row_labels):
                 ax.set_ylabel(row_labels[i], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with open(path.with_suffix(".tmp.png"), "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
-    return path
+    return _save(plt, fig, path)
 
 
 def line_plot(path: Path, x: list[float], series: dict[str, list[float]], title: str, xlabel: str, ylabel: str) -> Path:
@@ -109,9 +104,12 @@ def line_plot(path: Path, x: list[float], series: dict[str, list[float]], title:
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """The figure as a PNG, written atomically."""
     fig.tight_layout()
-    with open(path.with_suffix(".tmp.png"), "wb") as f:
-        fig.savefig(f, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
     return path

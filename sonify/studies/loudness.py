@@ -33,25 +33,19 @@ def run(a, run_dir: Path | None) -> Path:
 
     from sonify.media.loudness import LoudnessMeter
     from sonify.mixing.render import render, write_flac
-    from sonify.studies.common import StudyError, figure_grid, generation_params, line_plot, study_dir, write_summary, write_table
-    from sonify.studies.sources import Images, RunPool, default_checkpoint, measure
+    from sonify.studies.common import StudyError, figure_grid, line_plot, write_summary, write_table
+    from sonify.studies.sources import measure, pool_study
 
-    if run_dir is None:
-        raise StudyError("loudness: run=<run dir> is required (its pool is drawn from)")
     if a.points < 1 or a.range_db < 0:
         raise StudyError("--points must be at least 1 and --range-db at least 0")
-    pool = RunPool(run_dir)
-    ckpt = default_checkpoint(run_dir, a.checkpoint)
-    params = {"query": a.query, "range_db": a.range_db, "points": a.points, "constant_loudness": a.constant_loudness,
-              "checkpoint": ckpt, **generation_params(a)}
-    out = study_dir(run_dir, NAME, a.out, params)
+    pool, ckpt, out, images = pool_study(a, run_dir, NAME, {"query": a.query, "range_db": a.range_db, "points": a.points,
+                                                           "constant_loudness": a.constant_loudness})
     rate, ceiling = 16000, float(pool.mix.peak_ceiling_dbfs)
     meter = LoudnessMeter(rate)
     reference = (float(pool.mix.lufs_min) + float(pool.mix.lufs_max)) / 2
     src = pool.draw(2, a.query, a.seed, 0)
     x = [pool.audio(s.chunk_id, rate) for s in src]
     measured = [measure(meter, c, f"chunk {s.chunk_id}") for c, s in zip(x, src)]
-    images = Images(ckpt, pool.chunk_seconds, a.num_images, a.steps, a.guidance, a.seed, a.device)
     data, cells = [], []
     for step, g in enumerate(sweep(a.range_db, a.points)):
         gains = [reference - measured[0], reference + g - measured[1]]

@@ -43,18 +43,12 @@ def render_sources(pool, sources, seed: int, trial: int, rate: int) -> dict:
 
 def run(a, run_dir: Path | None) -> Path:
     from sonify.mixing.render import write_flac
-    from sonify.studies.common import StudyError, figure_grid, generation_params, study_dir, write_summary, write_table
-    from sonify.studies.sources import Images, RunPool, default_checkpoint
+    from sonify.studies.common import StudyError, figure_grid, write_summary, write_table
+    from sonify.studies.sources import pool_study
 
-    if run_dir is None:
-        raise StudyError("mixing: run=<run dir> is required (its pool is drawn from)")
     if a.sources < 1 or a.trials < 1:
         raise StudyError("--sources and --trials must be at least 1")
-    pool = RunPool(run_dir)
-    ckpt = default_checkpoint(run_dir, a.checkpoint)
-    params = {"sources": a.sources, "query": a.query, "trials": a.trials, "checkpoint": ckpt, **generation_params(a)}
-    out = study_dir(run_dir, NAME, a.out, params)
-    images = Images(ckpt, pool.chunk_seconds, a.num_images, a.steps, a.guidance, a.seed, a.device)
+    pool, ckpt, out, images = pool_study(a, run_dir, NAME, {"sources": a.sources, "query": a.query, "trials": a.trials})
     rate, data, cells = 16000, [], []
     for t in range(a.trials):
         r = render_sources(pool, pool.draw(a.sources, a.query, a.seed, t), a.seed, t, rate)

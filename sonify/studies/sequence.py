@@ -23,19 +23,13 @@ def add_arguments(p) -> None:
 
 def run(a, run_dir: Path | None) -> Path:
     from sonify.mixing.render import render, write_flac
-    from sonify.studies.common import StudyError, figure_grid, generation_params, study_dir, write_summary, write_table
+    from sonify.studies.common import StudyError, figure_grid, write_summary, write_table
     from sonify.studies.mixing import render_sources
-    from sonify.studies.sources import Images, RunPool, default_checkpoint
+    from sonify.studies.sources import pool_study
 
-    if run_dir is None:
-        raise StudyError("sequence: run=<run dir> is required (its pool is drawn from)")
     if a.sources < 1 or a.trials < 1:
         raise StudyError("--sources and --trials must be at least 1")
-    pool = RunPool(run_dir)
-    ckpt = default_checkpoint(run_dir, a.checkpoint)
-    params = {"sources": a.sources, "query": a.query, "trials": a.trials, "checkpoint": ckpt, **generation_params(a)}
-    out = study_dir(run_dir, NAME, a.out, params)
-    images = Images(ckpt, pool.chunk_seconds, a.num_images, a.steps, a.guidance, a.seed, a.device)
+    pool, ckpt, out, images = pool_study(a, run_dir, NAME, {"sources": a.sources, "query": a.query, "trials": a.trials})
     rate, data, cells = 16000, [], []
     n = int(round(rate * pool.chunk_seconds))
     for t in range(a.trials):

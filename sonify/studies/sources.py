@@ -155,3 +155,16 @@ def default_checkpoint(run_dir: Path | None, given: str | None) -> str:
     if run_dir is not None and (Path(run_dir) / "dit").is_dir():
         return str(Path(run_dir) / "dit")
     raise StudyError("no checkpoint: pass --checkpoint DIR (a training output_dir or a checkpoint-N folder)")
+
+
+def pool_study(a, run_dir: Path | None, name: str, params: dict):
+    """What the pool experiments open with: the run's pool, the checkpoint, the experiment's folder (keyed by
+    `params`, the checkpoint and the generation options) and its image cache."""
+    from sonify.studies.common import generation_params, study_dir
+
+    if run_dir is None:
+        raise StudyError(f"{name}: run=<run dir> is required (its pool is drawn from)")
+    pool = RunPool(run_dir)
+    ckpt = default_checkpoint(run_dir, a.checkpoint)
+    out = study_dir(run_dir, name, a.out, {**params, "checkpoint": ckpt, **generation_params(a)})
+    return pool, ckpt, out, Images(ckpt, pool.chunk_seconds, a.num_images, a.steps, a.guidance, a.seed, a.device)
