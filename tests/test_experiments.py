@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from sonify.experiments import main
 
-NAMES = ("mixing", "loudness", "sequence")
+NAMES = ("mixing", "loudness", "sequence", "memorisation", "loudness-retention", "projector-pretraining")
 
 
 @pytest.fixture(scope="module")
