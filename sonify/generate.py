@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="a checkpoint-N folder, or the training output_dir (latest)")
     p.add_argument("--audio", nargs="+", required=True)
     p.add_argument("--offsets", nargs="*", type=float, help="loudness offset in dB per input (default 0 each)")
-    p.add_argument("--sequential", action="store_true", help="play the inputs one after another instead of mixing")
+    p.add_argument("--sequential", action="store_true",
+                   help="play the inputs one after another instead of mixing (any number: one AST slot of --seconds each)")
     p.add_argument("--guidance", type=float, default=4.5)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from sonify.engine.config import check_run_dir, load_config, save_config
 from sonify.engine.errors import DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
 from sonify.models.loading import TINY_PREFIX
-from sonify.stages import expand, get_stage, producer_of, stage_names
+from sonify.stages import expand, get_stage, missing_inputs, producer_of, stage_names
 
 log = logging.getLogger("sonify")
 
@@ -57,6 +57,9 @@ def run_pipeline(cfg: DictConfig) -> int:
     from sonify.engine.lock import RunLock
 
     run_dir = str(check_run_dir(cfg))   # one line naming run.root when it is not a writable folder
+    missing = missing_inputs(cfg, selected_stages(cfg))   # e.g. stage=concepts before images: names the absent corpora
+    if missing:
+        raise MissingInput(missing)
     with RunLock(run_dir) as lock:
         if lock.took_over:
             print(f"took over the lock of {lock.took_over}, which is no longer running")

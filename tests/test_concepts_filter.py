@@ -257,3 +257,26 @@ def test_bad_text_template_fails_in_one_line(ingested):
     cfg = ingested("stages.concepts.text_template='{noun} sound'")
     with pytest.raises(ConfigError, match=r"stages.concepts.text_template.*\{line\}, \{object\}, \{sound\}"):
         ConceptsStage.work_list(cfg, TableStore(cfg.run.dir))
+
+
+def test_caption_vlms_limit_the_keyword_rule_to_the_named_vlms_captions(ingested, demo_dir, tmp_path):
+    """The paper (A.2) filters on LLaVA's captions only: a second VLM's caption naming a logo does not drop the image
+    when only the first VLM's captions count; with the setting empty, every caption counts."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(demo_dir / "concepts_import.parquet")
+    clean = t.set_column(t.column_names.index("caption"), "caption", pa.array(["a photo"] * t.num_rows))
+    pq.write_table(clean, tmp_path / "clean.parquet")
+    imports = (f"stages.concepts.imports=[{{name: noisy, path: '{demo_dir / 'concepts_import.parquet'}'}},"
+               f"{{name: clean, path: '{tmp_path / 'clean.parquet'}'}}]")
+    decisions = {}
+    for only in ("[]", "[clean]"):
+        cfg = ingested("models.vlms=[]", imports, f"stages.filter.caption_vlms={only}")
+        run_stage(get_stage("concepts"), cfg, progress_bar=False)
+        run_stage(get_stage("filter"), cfg, progress_bar=False)
+        images = {r["id"]: r["uri"].rsplit("/", 1)[-1] for r in TableStore(cfg.run.dir).read("images").to_pylist()}
+        decisions[only] = {images[r["id"]]: r for r in TableStore(cfg.run.dir).read("kept_images").to_pylist()}
+    assert decisions["[]"]["logo_acme.png"]["reason"] == "keyword:logo"
+    assert decisions["[clean]"]["logo_acme.png"]["kept"] and decisions["[clean]"]["logo_acme.png"]["caption_hits"] == []
+    with pytest.raises(ConfigError, match=r"stages.filter.caption_vlms.*valid choices: noisy, clean"):
+        ingested("models.vlms=[]", imports, "stages.filter.caption_vlms=[llava]")

@@ -28,7 +28,7 @@ def test_pipeline_and_overrides_resolve():
     (["stage=bogus"], "unknown stage 'bogus' for key 'stage'; valid choices: images, audio"),
     (["run.executor=spark"], "bad value 'spark' for key 'run.executor'; valid choices: ray, local"),
     (["stages.images.batch_size=many"], "bad value for key 'stages.images.batch_size'"),
-    (["pipeline=nope"], "unknown pipeline 'nope'; valid choices: demo, sam"),
+    (["pipeline=nope"], "unknown pipeline 'nope'; valid choices: demo, paper, sam"),
     (["sources.audio=[{name: a, kind: tar, path: /x}]"], "bad value 'tar' for key 'sources.audio[0].kind'; valid choices: folder, parquet, csv"),
     (["sources.audio=[{name: a, pth: /x}]"], "unknown config key 'sources.audio[0].pth'"),
     (["justaword"], "is not key=value"),
@@ -54,3 +54,35 @@ def test_resolved_config_saved_beside_outputs(make_cfg):
     saved = OmegaConf.load(f"{cfg.run.dir}/config.yaml")
     assert saved.stages.audio.silence_dbfs == -80
     assert "${" not in OmegaConf.to_yaml(saved)  # fully resolved
+
+
+def test_paper_preset_is_the_papers_build_and_marks_every_value_the_paper_does_not_give():
+    from pathlib import Path
+
+    from sonify.training.config import load_train_config
+
+    cfg = _load("pipeline=paper")
+    assert cfg.models.vlms == ["llava-hf/llava-1.5-7b-hf", "THUDM/cogvlm-chat-hf"] and cfg.models.trust_remote_code
+    assert cfg.stages.embed.audio_input == "paper16k"                          # A.7
+    assert list(cfg.stages.filter.caption_vlms) == ["llava-hf/llava-1.5-7b-hf"]  # A.2: LLaVA's captions only
+    assert [(s.name, s.recipe) for s in cfg.sources.images] == [("sa1b", "sa1b")]
+    assert [s.recipe for s in cfg.sources.audio] == ["audioset", "fsd50k", "bbc_sfx"]
+    assert cfg.stages.audio.chunk_seconds == 5.0 and cfg.stages.retrieve.mode == "ssr" and cfg.stages.latents.resolution == 512
+    train = load_train_config(["config=train_paper"])
+    assert train.dit == "PixArt-alpha/PixArt-XL-2-512x512" and train.ast_dim == 768
+    assert (train.lr, train.weight_decay, train.global_batch, train.steps) == (3.16e-5, 3e-2, 640, 500_000)
+    # the values the paper does not give carry a comment saying they are this project's choice
+    for path, keys in (("pipelines/paper.yaml", ["k:", "lufs_min:", "peak_ceiling_dbfs:"]),
+                       ("pipelines/train_paper.yaml", ["cond_dropout:", "ema_decay:", "val_sample_steps:", "val_guidance:",
+                                                       "warmup_steps:"])):
+        lines = Path(path).read_text().splitlines()
+        for key in keys:
+            line = next(line for line in lines if key in line)
+            assert "# ours" in line, f"{path}: {line.strip()}"
+
+
+def test_paper_build_without_its_corpora_fails_in_one_line_naming_the_missing_source(tmp_path, capsys):
+    assert main(["pipeline=paper", "stage=concepts", f"run.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "stage concepts needs table images: run stage=images first" in err
+    assert "missing images source(s): sa1b (/data/sa1b)" in err

@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sonify"
 
-COMMANDS = {"run", "mix", "train_dit", "generate", "query", "bench", "recipes", "report", "export", "evaluate", "app"}   # `bench` is a package of benchmark commands
+COMMANDS = {"run", "mix", "train_dit", "generate", "query", "bench", "recipes", "report", "export", "evaluate", "app", "experiments"}   # `bench` is a package of benchmark commands
 # Each concern may import its own floor's concerns' lower floors only. Floor 0 imports nothing of sonify.
 FLOORS = {
     "engine": 0,
@@ -19,6 +19,7 @@ FLOORS = {
     "publish": 4,
     "evaluation": 4,
     "webapp": 5,
+    "studies": 5,
 }
 MAX_COMMAND_LINES = 200
 

@@ -157,7 +157,7 @@ def test_cli_errors_are_one_line(capsys):
     assert main(["stepz=3"]) == 2
     assert "unknown config key 'stepz'" in capsys.readouterr().err
     assert main(["config=nope"]) == 2
-    assert "valid choices: train_demo, train_sam" in capsys.readouterr().err
+    assert "valid choices: train_demo, train_paper, train_sam" in capsys.readouterr().err
 
 
 def test_generate_writes_images_of_the_configured_size(shards, tiny_dir, tmp_path):
@@ -551,3 +551,32 @@ def test_a_resumed_dataloader_continues_the_same_item_sequence(tmp_path):
         for it in items[:k]:
             pos.consume(it)
         assert run(pos) == full[k:], k
+
+
+def test_sequential_generates_from_any_number_of_inputs_one_ast_slot_each(shards, tiny_dir, tmp_path):
+    """`--sequential` with 3 and 4 inputs: the clip holds N 5 s slots, each encoded by the AST at its trained
+    length (the tiny AST's 512 frames hold one slot, not N), the tokens concatenated in time."""
+    from PIL import Image
+
+    from sonify.training.sampling import Sampler, condition_audio, generate
+
+    out = tmp_path / "o"
+    train_loop(_cfg(shards, tiny_dir, out, "steps=1", "checkpoint_every=1"))
+    sampler = Sampler(str(out), 5.0, steps=2, device="cpu")
+    rng = np.random.default_rng(0)
+    for n in (3, 4):
+        paths = []
+        for i in range(n):
+            paths.append(str(tmp_path / f"in{n}_{i}.wav"))
+            sf.write(paths[-1], 0.2 * rng.standard_normal(16000 * (2 + i)), 16000)
+        images = generate(str(out), paths, str(tmp_path / f"gen{n}"), sequential=True, steps=2, num_images=1, device="cpu")
+        assert Image.open(images[0]).size == (64, 64)
+        clip = condition_audio(paths, [0.0] * n, -23.0, True, 16000, 5.0)
+        slots = sampler.slots(clip)
+        assert len(slots) == n and all(s.size == 80000 for s in slots)
+        assert sampler.ast.model.config.max_length < n * 498      # the whole clip would not fit one AST input
+        cond = sampler.condition([clip]).cpu().numpy()[0]
+        alone = sampler.ast.encode(slots)
+        assert cond.shape[0] == n * alone[0].shape[0]
+        for i, tokens in enumerate(alone):                        # slot i's tokens are the AST of slot i alone
+            np.testing.assert_allclose(cond[i * tokens.shape[0]:(i + 1) * tokens.shape[0]], tokens, atol=1e-5)

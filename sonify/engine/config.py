@@ -124,6 +124,9 @@ class FilterStageConf(StageConf):
     keywords: str = "prompts/silent_keywords.txt"   # one word per line; plurals match too
     drop_on_keyword: bool = True
     drop_without_concepts: bool = True
+    # VLMs (as in models.vlms, or an import's name) whose captions the keyword rule reads; empty: every VLM's.
+    # The paper (A.2) filters on LLaVA's captions only.
+    caption_vlms: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -357,6 +360,11 @@ def _check_choices(cfg: DictConfig, stage_names: list[str]) -> None:
     for mode in cfg.stages.retrieve.ablation_modes:
         if mode not in CHOICES["stages.retrieve.mode"]:
             raise ConfigError(f"bad value {mode!r} in key 'stages.retrieve.ablation_modes'; valid choices: {', '.join(CHOICES['stages.retrieve.mode'])}")
+    variants = list(cfg.models.vlms) + [imp.name for imp in cfg.stages.concepts.imports]
+    for name in cfg.stages.filter.caption_vlms:
+        if name not in variants:
+            raise ConfigError(f"bad value {name!r} in key 'stages.filter.caption_vlms'; valid choices: "
+                              f"{', '.join(variants) or 'none (models.vlms and stages.concepts.imports are empty)'}")
     for role, kinds in SOURCE_KINDS.items():
         for i, src in enumerate(cfg.sources[role]):
             if src.kind not in kinds:

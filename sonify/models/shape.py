@@ -175,15 +175,43 @@ def _idefics3(spec: str, folder: Path, meta: dict, out: Path) -> None:
                       **proc_settings).save_pretrained(out)
 
 
+def t5_config(spec: str):
+    """PixArt's text encoder config (T5 v1.1 XXL's encoder), with `?text_layers=N`."""
+    from transformers import AutoConfig
+
+    _, overrides, folder, meta = parse_spec(spec)
+    cfg = AutoConfig.from_pretrained(folder / "text_encoder")
+    for key, depth in overrides.items():
+        comp, _, path = meta["depth"][key].partition(".")
+        if comp == "text_encoder":
+            _cut(cfg, path, depth)
+    return cfg
+
+
 def _pixart(spec: str, folder: Path, meta: dict, out: Path, component: str) -> None:
     from diffusers import AutoencoderKL, PixArtTransformer2DModel
+    from transformers import PreTrainedTokenizerFast, T5EncoderModel
+
+    if component == "text_encoder":
+        _build_model(T5EncoderModel, t5_config(spec), meta["build_dtype"]).save_pretrained(out)
+        return
+    if component == "tokenizer":   # an offline BPE with T5's special tokens at their ids (not T5's sentencepiece vocabulary)
+        _tokenizer(PreTrainedTokenizerFast, folder / "tokenizer", meta).save_pretrained(out)
+        return
 
     cls = {"transformer": PixArtTransformer2DModel, "vae": AutoencoderKL}[component]
     cls.from_config(diffusers_config(spec, component)).save_pretrained(out)  # published fp32
 
 
-_BUILDERS = {"clap": _clap, "ast": _ast, "llava": _llava, "idefics3": _idefics3}
-_COMPONENTS = {"pixart": (_pixart, ("transformer", "vae"))}
+def _hubert(spec: str, folder: Path, meta: dict, out: Path) -> None:
+    from transformers import HubertModel
+
+    _build_model(HubertModel, hf_config(spec), meta["build_dtype"]).save_pretrained(out)
+
+
+_BUILDERS = {"clap": _clap, "ast": _ast, "llava": _llava, "idefics3": _idefics3, "hubert": _hubert}
+_COMPONENTS = {"pixart": (_pixart, ("transformer", "vae", "text_encoder", "tokenizer"))}
+ON_REQUEST = {"text_encoder", "tokenizer"}    # built only when asked for by subfolder (T5-XXL is 4.7B parameters)
 
 
 def _slug(hub_id: str, overrides: dict[str, int]) -> str:
@@ -217,7 +245,7 @@ def build_shape(spec: str, root: str | Path, subfolder: str | None = None) -> Pa
     stamp = {"spec": spec.partition("?")[0], "overrides": overrides, "version": VERSION}
     if meta["kind"] in _COMPONENTS:
         build, components = _COMPONENTS[meta["kind"]]
-        wanted = [subfolder] if subfolder else list(components)
+        wanted = [subfolder] if subfolder else [c for c in components if c not in ON_REQUEST]
         for comp in wanted:
             if comp not in components:
                 raise ValueError(f"shape:{hub_id} has no component {comp!r}; valid choices: {', '.join(components)}")
@@ -236,10 +264,10 @@ def meta_model(spec: str, component: str | None = None):
 
             cls = {"transformer": PixArtTransformer2DModel, "vae": AutoencoderKL}[component or "transformer"]
             return cls.from_config(diffusers_config(spec, component or "transformer"))
-        from transformers import (ASTForAudioClassification, ClapModel, Idefics3ForConditionalGeneration,
+        from transformers import (ASTForAudioClassification, ClapModel, HubertModel, Idefics3ForConditionalGeneration,
                                   LlavaForConditionalGeneration)
 
         cls = {"clap": ClapModel, "ast": ASTForAudioClassification, "llava": LlavaForConditionalGeneration,
-               "idefics3": Idefics3ForConditionalGeneration}[meta["kind"]]
+               "idefics3": Idefics3ForConditionalGeneration, "hubert": HubertModel}[meta["kind"]]
         return cls._from_config(hf_config(spec))
 

@@ -16,8 +16,8 @@ import torch
 from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
-KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip")
-VERSION = 6
+KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip", "hubert", "t5")
+VERSION = 7
 
 _CORPUS = [
     "the sound of a dog barking in the park", "water splashing against the rocks", "a car engine running",
@@ -149,7 +149,28 @@ def _wav2clip(out: Path) -> None:
     Wav2CLIP(width=4).save_pretrained(out)
 
 
-_BUILDERS = {"clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit, "clip": _clip, "inception": _inception,
+def _hubert(out: Path) -> None:
+    """HuBERT-base's layout (group-normalised conv front end, conv positions) at width 32."""
+    from transformers import HubertConfig, HubertModel
+
+    HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             conv_dim=(16, 16, 16), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
+                             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)).save_pretrained(out)
+
+
+def _t5(out: Path) -> None:
+    """PixArt-alpha's text side as its repo lays it out (`text_encoder/`, `tokenizer/`): a T5 encoder 32 wide,
+    the tiny DiT's caption width, so the tiny DiT's caption projection reads its output as PixArt's reads T5-XXL's."""
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=_bpe(["<pad>", "</s>", "<unk>"]), pad_token="<pad>", eos_token="</s>",
+                                  unk_token="<unk>", model_max_length=120)
+    tok.save_pretrained(out / "tokenizer")
+    T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(out / "text_encoder")
+
+
+_BUILDERS = {"t5": _t5, "hubert": _hubert, "clap": _clap, "vlm": _vlm, "ast": _ast, "vae": _vae, "dit": _dit, "clip": _clip, "inception": _inception,
              "wav2clip": _wav2clip}
 
 

@@ -19,6 +19,7 @@ from sonify.engine.files import atomic_write
 from sonify.engine.schemas import STATUS_OK
 from sonify.media.audio import load_chunk
 from sonify.publish.data import Run, sample
+from sonify.publish.experiments import experiments_html
 from sonify.publish.plots import make_plots
 
 TEMPLATE = Path(__file__).with_name("report.html")
@@ -162,7 +163,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
     plot_html = "".join(f"<figure><img src='assets/plots/{n}' alt='{esc(c)}'><figcaption>{esc(c)}</figcaption></figure>" for n, c in plots)
     page = TEMPLATE.read_text().format(
         title=esc(f"sonify report: {run.dir.name}"), run=esc(run.dir.name), summary=summary_html(run.counts()),
-        plots=plot_html, note=esc(note), gallery=gallery, pages=len(pages), dropped=dropped,
+        plots=plot_html, experiments=experiments_html(run.dir, out), note=esc(note), gallery=gallery, pages=len(pages), dropped=dropped,
         meta=esc(json.dumps({"kept_shown": len(kept), "kept_total": n_kept, "seed": conf.seed})))
     out.mkdir(parents=True, exist_ok=True)
     return atomic_write(out / "index.html", page)

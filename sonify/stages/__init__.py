@@ -53,3 +53,27 @@ def get_stage(name: str) -> type[Stage]:
 def producer_of(table: str) -> str | None:
     """The stage that writes `table` (None for a table no stage writes)."""
     return next((name for name in STAGES if table in get_stage(name).outputs), None)
+def missing_inputs(cfg, stages: list[str]) -> str | None:
+    """One line when a selected stage reads a table that no earlier stage wrote (and none selected before it
+    writes): it names the stage to run first and, for the images and audio stages, the configured sources
+    whose files are not there (a build started without its corpora)."""
+    import os
+
+    from sonify.engine.store import TableStore
+    from sonify.sources import source_root
+
+    store, selected = TableStore(cfg.run.dir), set()
+    for name in stages:
+        for up in get_stage(name).upstream:
+            table = get_stage(up).outputs[0]
+            if up in selected or store.exists(table):
+                continue
+            line = f"stage {name} needs table {table}: run stage={up} first"
+            if up in ("images", "audio"):
+                absent = [f"{s.name} ({s.path or source_root(s)})" for s in cfg.sources[up]
+                          if not os.path.exists(str(s.path or source_root(s)))]
+                if absent:
+                    return f"{line}; missing {up} source(s): {', '.join(absent)} (point sources.{up} at local copies)"
+            return line
+        selected.add(name)
+    return None

@@ -8,6 +8,9 @@ Order rule (so that a plan, a partition name and a reason never depend on the or
 an image's captions are taken in order of VLM name (then caption row id); `caption_hits` keeps that
 order, and the reason is the keyword of the first hit in it (`keyword:<word>` of the first match in
 that caption).
+
+`caption_vlms` names the VLMs whose captions the keyword rule reads (the paper's A.2: LLaVA's only);
+empty, every VLM's captions count.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from sonify.concepts.keywords import keyword_pattern, read_keywords
 from sonify.engine.schemas import STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.stages.base import Stage
+from sonify.stages.concepts import _literal
 
 
 class FilterStage(Stage):
@@ -32,16 +36,18 @@ class FilterStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store):
-        """Each decoded image with its variants that have concepts and all its captions, ordered by VLM
-        (then caption id): every aggregate here is ordered, so the work list's content is the same in
-        every plan, whatever DuckDB's thread count or the order of the tables' files."""
-        return store.connect("images", "concepts", "captions").sql("""
+        """Each decoded image with its variants that have concepts and its captions (of `caption_vlms`, when
+        set), ordered by VLM (then caption id): every aggregate here is ordered, so the work list's content
+        is the same in every plan, whatever DuckDB's thread count or the order of the tables' files."""
+        only = cfg.stages.filter.caption_vlms
+        which = f"AND vlm IN ({', '.join(_literal(v) for v in only)})" if only else ""
+        return store.connect("images", "concepts", "captions").sql(f"""
             SELECT i.id, v.vlms, c.captions
             FROM images i
             LEFT JOIN (SELECT image_id, list(DISTINCT vlm ORDER BY vlm) AS vlms FROM concepts
                        WHERE status = 'ok' AND n_concepts > 0 GROUP BY image_id) v ON v.image_id = i.id
             LEFT JOIN (SELECT image_id, list(caption ORDER BY vlm, id) AS captions FROM captions
-                       WHERE status = 'ok' AND caption IS NOT NULL GROUP BY image_id) c ON c.image_id = i.id
+                       WHERE status = 'ok' AND caption IS NOT NULL {which} GROUP BY image_id) c ON c.image_id = i.id
             WHERE i.status = 'ok'""")
 
     def decide(self, vlms: list[str] | None, captions: list[str] | None) -> dict:

@@ -6,12 +6,25 @@ overrides go through the same loader as the pipeline's (`engine.config.compose`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 
 from sonify.engine.config import check_choices, load_object
 from sonify.engine.errors import ConfigError
+
+
+@dataclass
+class ProjectorConf:
+    """Audio projector pre-training before DiT training (A.11: the paper trains it from scratch, `none`;
+    `contrastive` is the SonicDiffusion / AudioToken alternative it compares with). See `training.pretrain`."""
+    pretrain: str = "none"             # none | contrastive
+    pretrain_steps: int = 1000
+    lr: float = 1.0e-4
+    temperature: float = 0.07          # InfoNCE temperature (CLIP's initial value)
+    text_encoder: str = "PixArt-alpha/PixArt-XL-2-512x512"   # T5 (text_encoder/ and tokenizer/ subfolders), or tiny:t5
+    text_max_tokens: int = 120         # PixArt-alpha's caption length
+    text_batch: int = 64
 
 
 @dataclass
@@ -64,6 +77,11 @@ class TrainConf:
     use_gpu: bool = False
     progress: bool = True
     num_train_timesteps: int = 1000
+    projector: ProjectorConf = field(default_factory=ProjectorConf)
+
+    def __post_init__(self):   # from `dataclasses.asdict` (the Ray workers' copy): a dict again
+        if isinstance(self.projector, dict):
+            self.projector = ProjectorConf(**self.projector)
 
 
 CHOICES = {"trainer": ["local", "ray"], "mixed_precision": ["auto", "bf16", "no"]}
@@ -81,6 +99,8 @@ def load_train_config(argv: list[str]) -> TrainConf:
     check_choices(cfg, CHOICES)
     if cfg.checkpoint_blocks_every < 1:
         raise ConfigError(f"bad value {cfg.checkpoint_blocks_every!r} for key 'checkpoint_blocks_every'; valid values: an integer >= 1")
+    if cfg.projector.pretrain not in ("none", "contrastive"):
+        raise ConfigError(f"bad value {cfg.projector.pretrain!r} for key 'projector.pretrain'; valid choices: none, contrastive")
     return cfg
 
 

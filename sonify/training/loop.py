@@ -207,6 +207,10 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     resume_from = find_resume(cfg, out)
     model, conditioner = load_models(cfg, resume_from)
     shard_facts = check_against_shards(cfg, urls, model.config)
+    if not resume_from and cfg.projector.pretrain == "contrastive":   # a DiT checkpoint already holds the projector
+        from sonify.training.pretrain import pretrain_projector
+
+        pretrain_projector(cfg, model, urls, device, rank)
     workers = max(1, cfg.loader_workers)
     streams_total = world * workers
     if plan_streams(urls, cfg.seed, 0, streams_total)[0].of > 1 and rank == 0:

@@ -1,7 +1,10 @@
 """Images from sound with a trained checkpoint: the conditioning clip, classifier-free guidance, DPM-Solver.
 
 The clip AST hears is made by the one renderer (`mixing.render`): inputs normalised to a loudness
-plus a per-input offset, then summed (or placed one after another). The transformer's EMA weights
+plus a per-input offset, then summed (or placed one after another). A clip longer than one slot
+(`seconds`, the length the checkpoint's AST features were made at) is cut into slots; each slot is
+encoded by the AST at that trained length and the token sequences are concatenated in time, so any
+number of sequential inputs fits (the AST's position embeddings cover one slot, never N). The transformer's EMA weights
 and the null-audio token's EMA are used together when both are present (one consistent set), else both
 as trained.
 """
@@ -152,11 +155,29 @@ class Sampler:
 
         return torch.randn((n, self.channels, self.size, self.size), generator=generator)
 
+    def slots(self, clip: np.ndarray) -> list[np.ndarray]:
+        """A clip cut into slots of `seconds` (the last zero-padded): what the AST hears, one slot at a time."""
+        n = int(round(self.rate * self.seconds))
+        count = max(1, -(-clip.size // n))
+        return [np.pad(s, (0, n - s.size)) for s in (clip[i * n:(i + 1) * n] for i in range(count))]
+
+    def condition(self, clips: list[np.ndarray]):
+        """Conditioning tokens (B, T, D): each clip's slots encoded by the AST, concatenated in time.
+        Clips of a batch must hold the same number of slots."""
+        import torch
+
+        per_clip = [self.slots(c) for c in clips]
+        if len({len(s) for s in per_clip}) > 1:
+            raise ValueError("clips of one batch must hold the same number of slots")
+        tokens = self.ast.encode([s for slots in per_clip for s in slots])
+        k = len(per_clip[0])
+        return torch.from_numpy(np.stack([np.concatenate(tokens[i * k:(i + 1) * k]) for i in range(len(clips))])).to(self.device)
+
     def images(self, clips: list[np.ndarray], latents) -> list:
         """One image per clip (16 kHz mono), each denoised from its row of `latents`."""
         import torch
 
-        cond = torch.from_numpy(np.stack(self.ast.encode(clips))).to(self.device)
+        cond = self.condition(clips)
         mask = torch.ones(cond.shape[:2], device=self.device)
         return sample_images(self.model, self.conditioner, self.vae, cond, mask, self.steps, self.guidance, 0, self.size,
                              self.num_train_timesteps, latents)
@@ -170,7 +191,7 @@ def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequenti
     if len(offsets) != len(audio):
         raise ValueError(f"{len(offsets)} offsets for {len(audio)} audio inputs")
     clip = condition_audio(audio, offsets, lufs, sequential, 16000, seconds)   # bad inputs fail before any model loads
-    sampler = Sampler(checkpoint, clip.size / 16000, guidance, steps, use_ema, device)
+    sampler = Sampler(checkpoint, seconds, guidance, steps, use_ema, device)   # one AST slot = one input's length
     images = sampler.images([clip] * num_images, sampler.initial_latents(num_images, torch.Generator().manual_seed(seed)))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

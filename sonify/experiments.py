@@ -1,0 +1,53 @@
+"""Run one of the paper's studies: `python -m sonify.experiments <name> run=runs/<pipeline> [options]`.
+
+Each writes its data (Parquet), its figure (PNG) and a summary.md into `<run>/experiments/<name>/`
+(or `--out`); it is seeded, and a rerun with the same options reuses the images already made.
+`python -m sonify.report` shows the experiments a run holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sonify.studies import EXPERIMENTS, experiment
+
+
+def parser() -> argparse.ArgumentParser:
+    from sonify.studies.common import add_generation_arguments
+
+    p = argparse.ArgumentParser(prog="python -m sonify.experiments", description=__doc__.splitlines()[0],
+                                epilog="run=<dir>: a run built by sonify.run (a run directory or a pipeline name)")
+    sub = p.add_subparsers(dest="name", metavar="{" + ",".join(EXPERIMENTS) + "}", required=True)
+    for name in EXPERIMENTS:
+        mod = experiment(name)
+        s = sub.add_parser(name, help=mod.__doc__.splitlines()[0], description=mod.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(s)
+        if getattr(mod, "GENERATES", True):
+            add_generation_arguments(s, getattr(mod, "CHECKPOINT", True))
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--out", help=f"the experiment's folder (default <run>/experiments/{name})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from sonify.engine.config import resolve_run
+    from sonify.engine.errors import ConfigError
+    from sonify.studies.common import StudyError
+
+    runs = [x for x in argv if x.startswith("run=")]
+    a = parser().parse_args([x for x in argv if not x.startswith("run=")])
+    try:
+        run_dir = resolve_run(runs[-1].split("=", 1)[1]) if runs else None
+        out = experiment(a.name).run(a, run_dir)
+    except (StudyError, ConfigError, OSError) as e:
+        print(f"sonify.experiments {a.name}: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.name}: {out}/summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
