@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sonify-installed
-# CPU wheel by default; for GPUs see README ("GPU install").
+# CPU wheel by default; for GPUs see docs/cluster.md ("GPU install").
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test test-slow test-all bench app-screenshots clean

@@ -1,5 +1,6 @@
 """The project's own files: the cluster config validates, the prompts are the paper's, the README's commands exist."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -43,3 +44,40 @@ def test_sam_pipeline_asks_only_for_gpus_the_cluster_has():
     for name, conf in asked.items():
         nodes = [t for t in cluster.values() if f"accelerator_type:{conf.accelerator_type}" in t["resources"]]
         assert nodes and conf.num_gpus <= max(t["resources"]["GPU"] for t in nodes), name
+
+
+def _markdown_files():
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).strip().replace(" ", "-")
+
+
+def test_readme_is_a_front_page_and_every_relative_link_resolves():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 250
+    broken = []
+    for doc in _markdown_files():
+        for url in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", url):
+                continue
+            path, _, anchor = url.partition("#")
+            target = (doc.parent / path) if path else doc
+            if not target.exists():
+                broken.append(f"{doc.name}: {url}")
+            elif anchor and anchor not in {_anchor(h) for h in re.findall(r"^#+ (.*)$", target.read_text(), re.M)}:
+                broken.append(f"{doc.name}: {url} (no such heading)")
+    assert not broken, broken
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = (REPO / "README.md").read_text()
+    assert [p.name for p in (REPO / "docs").glob("*.md") if f"(docs/{p.name})" not in readme] == []
+
+
+def test_the_readme_ray_lines_are_the_cluster_pages():
+    """The README's offline Ray block (run by tests/test_ray.py) is the one docs/cluster.md explains."""
+    def block(text):
+        return text[text.index("On this machine, against a Ray head"):].split("```sh")[1].split("```")[0]
+    assert block((REPO / "README.md").read_text()) == block((REPO / "docs" / "cluster.md").read_text())

@@ -1,4 +1,4 @@
-"""`python -m sonify.bench <name> [options]`; names: audio."""
+"""`python -m sonify.bench <name> [options]`: one benchmark (names below); `<name> --help` lists its options."""
 
 import importlib
 import sys
@@ -10,11 +10,16 @@ BENCHES = {"audio": "sonify.bench.audio", "evaluate": "sonify.bench.evaluate", "
            "app": "sonify.bench.app", "frontends": "sonify.bench.frontends", "prefill": "sonify.bench.prefill"}
 
 
-def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
-        print(f"usage: python -m sonify.bench {{{','.join(BENCHES)}}} [--help]", file=sys.stderr)
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    usage = f"usage: python -m sonify.bench {{{','.join(BENCHES)}}} [--help]\n{__doc__}"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return
+    if not argv or argv[0] not in BENCHES:
+        print(usage, file=sys.stderr)
         sys.exit(2)
-    importlib.import_module(BENCHES[sys.argv[1]]).main(sys.argv[2:])
+    importlib.import_module(BENCHES[argv[0]]).main(argv[1:])
 
 
 if __name__ == "__main__":
