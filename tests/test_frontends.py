@@ -24,7 +24,7 @@ LENGTHS = (1, 5, 12)
 def extractors():
     from transformers import ASTFeatureExtractor, ClapFeatureExtractor
 
-    from sonify.models.encoders import ast_mel_filters_as_designed
+    from sonify.models.frontends import ast_mel_filters_as_designed
 
     clap = ClapFeatureExtractor.from_pretrained(f"{SHAPES}/laion__clap-htsat-unfused")
     with ast_mel_filters_as_designed():
@@ -105,7 +105,7 @@ def test_ast_filterbanks_equal_the_extractor(extractors, recordings, subset):
 def test_ast_max_length_cuts_and_pads_like_the_extractor(extractors):
     from transformers import ASTFeatureExtractor
 
-    from sonify.models.encoders import ast_mel_filters_as_designed
+    from sonify.models.frontends import ast_mel_filters_as_designed
 
     with ast_mel_filters_as_designed():
         fe = ASTFeatureExtractor(**{**extractors[1].to_dict(), "max_length": 498})

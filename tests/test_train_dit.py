@@ -211,7 +211,7 @@ def test_fast_npy_reader_equals_np_load(array):
 def _sync_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
-    from sonify.training.loop import sync_grads
+    from sonify.training.distributed import sync_grads
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     p = torch.nn.Parameter(torch.zeros(3))

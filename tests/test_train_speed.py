@@ -302,10 +302,10 @@ def _val_loss(rank, world, args, out):
     cfg = load_train_config(args)
     model = PixArtTransformer2DModel.from_pretrained(build_tiny("dit", cfg.tiny_dir) / "transformer")
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
-    import sonify.training.loop as loop
+    import sonify.training.validation as validation
 
-    scored, real = [], loop.forward_loss
-    loop.forward_loss = lambda *a: (scored.append(a[4].keys), real(*a))[1]
+    scored, real = [], validation.forward_loss
+    validation.forward_loss = lambda *a: (scored.append(a[4].keys), real(*a))[1]
     v = Validator(cfg, expand_shards(cfg.val_shards), 0.18215, "cpu", rank, world)
     loss = v.loss(model, AudioConditioner(cfg.ast_dim), sched, DiffusionLoss(sched.betas))
     with open(f"{out}/val-{world}-{rank}.json", "w") as f:

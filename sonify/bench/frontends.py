@@ -46,8 +46,8 @@ def _signal(rate: int, seconds: float, rng) -> np.ndarray:
 def frontend_rows(batch: int, repeats: int) -> list[dict]:
     from transformers import ASTFeatureExtractor, ClapFeatureExtractor
 
-    from sonify.models.encoders import ast_mel_filters_as_designed, kaldi_frames
-    from sonify.models.frontends import ASTFrontend, ClapFrontend
+    from sonify.models.encoders import kaldi_frames
+    from sonify.models.frontends import ASTFrontend, ClapFrontend, ast_mel_filters_as_designed
 
     rng = np.random.default_rng(0)
     clap = ClapFeatureExtractor.from_pretrained(SHAPES / "laion__clap-htsat-unfused")

@@ -14,24 +14,13 @@ the latent distribution's mean and std are kept (PixArt-alpha samples a fresh la
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
-
 import numpy as np
 
 from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
+from sonify.models.frontends import ASTFrontend, ast_mel_filters_as_designed
 from sonify.models.loading import load_pretrained
 
 POOLINGS = ("mean", "max", "none")
-
-
-@contextmanager
-def ast_mel_filters_as_designed():
-    """AST's own 128 kaldi mel bins over 257 FFT bins leave the lowest filter empty, by design; transformers
-    warns about it on every feature extractor it builds. Only that warning is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="At least one mel filter has all zero values", category=UserWarning)
-        yield
 
 
 def kaldi_frames(n_samples: int, rate: int = 16000, window_ms: float = 25.0, hop_ms: float = 10.0) -> int:
@@ -44,8 +33,6 @@ class ASTEncoder:
                  device: str = "auto", dtype: str = "auto", model_batch: int = 8, frontend: str = "torch"):
         import torch
         from transformers import ASTFeatureExtractor, ASTModel
-
-        from sonify.models.frontends import ASTFrontend
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)

@@ -26,10 +26,21 @@ chunk gives the same embedding on every run (`keyed_crop`, applied before either
 from __future__ import annotations
 
 import hashlib
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
 FRONTENDS = ("torch", "transformers")
+
+
+@contextmanager
+def ast_mel_filters_as_designed():
+    """AST's own 128 kaldi mel bins over 257 FFT bins leave the lowest filter empty, by design; transformers
+    warns about it on every feature extractor it builds. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="At least one mel filter has all zero values", category=UserWarning)
+        yield
 
 
 def keyed_crop(clip: np.ndarray, max_samples: int, key: str) -> np.ndarray:
@@ -45,8 +56,6 @@ def keyed_crop(clip: np.ndarray, max_samples: int, key: str) -> np.ndarray:
 def _bank(device, **kw):
     import torch
     from transformers.audio_utils import mel_filter_bank
-
-    from sonify.models.encoders import ast_mel_filters_as_designed
 
     with ast_mel_filters_as_designed():
         return torch.from_numpy(mel_filter_bank(**kw)).to(device, torch.float64)

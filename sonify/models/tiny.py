@@ -91,7 +91,7 @@ def _ast(out: Path) -> None:
     cfg = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                     num_mel_bins=128, max_length=512, frequency_stride=10, time_stride=10, patch_size=16)
     ASTModel(cfg).save_pretrained(out)
-    from sonify.models.encoders import ast_mel_filters_as_designed
+    from sonify.models.frontends import ast_mel_filters_as_designed
 
     with ast_mel_filters_as_designed():
         ASTFeatureExtractor(num_mel_bins=128, sampling_rate=16000, max_length=512).save_pretrained(out)

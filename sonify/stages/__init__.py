@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from sonify.stages.base import Stage
+if TYPE_CHECKING:   # for the annotation only: base.py imports this registry
+    from sonify.stages.base import Stage
 
 STAGES: dict[str, str] = {
     "images": "sonify.stages.images:ImagesStage",

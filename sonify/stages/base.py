@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from sonify.engine.config import resolve_text
 from sonify.engine.schemas import table_spec
 from sonify.engine.store import TableStore
+from sonify.stages import get_stage
 
 # Stage settings that change where and how fast work runs, not what it produces: never in a fingerprint,
 # so they must never change an output (model calls run at the fixed shape `model_batch` whatever they are).
@@ -97,8 +98,6 @@ class Stage:
     @classmethod
     def lineage(cls, cfg: DictConfig) -> str:
         """A digest of this stage's own fingerprint and its upstream stages' lineages, transitively."""
-        from sonify.stages import get_stage
-
         parts = {"own": cls.own_fingerprint(cfg), "upstream": {u: get_stage(u).lineage(cfg) for u in cls.upstream}}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from sonify.engine.errors import ConfigError, SonifyError
 from sonify.training.checkpoint import checkpoints  # noqa: F401  (re-exported: tests and callers use loop.checkpoints)
 from sonify.training.config import TrainConf, ddp_kwargs, grad_accum_steps
+from sonify.training.distributed import gather, reduce_sum, sync_grads
+from sonify.training.forward import forward_loss
 
 log = logging.getLogger("sonify.train")
 
@@ -47,42 +49,6 @@ def check_against_shards(cfg: TrainConf, urls: list[str], model_cfg) -> dict:
         raise ConfigError(f"the shards' latents are {c}x{h}x{w} but the transformer takes {model_cfg.in_channels}x{size}x{size} "
                           f"(latent_size={cfg.latent_size}); re-run the latents stage at the matching resolution or set latent_size")
     return s
-
-
-def sync_grads(params, world: int) -> None:
-    """Average gradients of parameters outside the DDP module across ranks (zeros where a rank has none)."""
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad /= world
-
-
-def reduce_sum(values: list[float], device: str) -> list[float]:
-    """Sum counts over the ranks (each rank's own figure when not distributed)."""
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64 if device == "cpu" else torch.float32, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def gather(obj, world: int) -> list:
-    import torch.distributed as dist
-
-    if world == 1 or not dist.is_available() or not dist.is_initialized():
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def resume_position(state: dict, ckpt: Path, urls: list[str], cfg: TrainConf, rank: int, world: int, workers: int) -> dict:
@@ -110,12 +76,6 @@ def find_resume(cfg: TrainConf, out: Path) -> Path | None:
     if not (Path(cfg.resume) / "training_state.pt").exists():
         raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint folder (no training_state.pt)")
     return Path(cfg.resume)
-
-
-def autocast(device: str, enabled: bool):
-    import torch
-
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def load_models(cfg: TrainConf, resume_from: Path | None):
@@ -327,17 +287,6 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     if rank == 0:
         (out / "final_metrics.json").write_text(json.dumps(metrics))
     return metrics
-
-
-def forward_loss(model, conditioner, loss_fn, noise_scheduler, batch, noise, t, device: str, bf16: bool) -> dict:
-    """One micro-batch's loss terms (on the device; nothing here waits for the device): noised latents, the
-    conditioning, the transformer under bf16 autocast when on, and the hybrid loss in float32."""
-    noisy = noise_scheduler.add_noise(batch.latents, noise, t)
-    tokens, mask = conditioner(batch.tokens, batch.mask, batch.drop)
-    with autocast(device, bf16):
-        pred = model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
-                     added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-    return loss_fn(pred, noise, batch.latents, noisy, t)   # MSE(eps), + the variational bound for learned sigma
 
 
 def _ray_worker(config: dict) -> None:

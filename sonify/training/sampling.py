@@ -61,7 +61,7 @@ def condition_audio(paths: list[str], offsets: list[float], lufs: float, sequent
 def resolve_checkpoint(path: Path) -> Path:
     if (path / "transformer").is_dir():
         return path
-    from sonify.training.loop import checkpoints
+    from sonify.training.checkpoint import checkpoints
 
     found = checkpoints(path)
     if not found:

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 
 from sonify.engine.files import atomic_path
+from sonify.training.distributed import reduce_sum
+from sonify.training.forward import autocast, forward_loss
 
 log = logging.getLogger("sonify.train")
 
@@ -47,8 +49,6 @@ class Validator:
         """The mean loss over the fixed batches (conditioning kept, fixed noise and timesteps), this rank's
         share of them summed on the device, the sums added over the ranks."""
         import torch
-
-        from sonify.training.loop import forward_loss, reduce_sum
 
         total = torch.zeros((), device=self.device)
         n = 0
@@ -84,8 +84,6 @@ class Validator:
     def run(self, step: int, model, conditioner, ema, ema_params, noise_scheduler, loss_fn, writer, out: Path) -> dict:
         """Loss with the trained weights, grid with the EMA ones (what `generate` uses); logged and saved."""
         import numpy as np
-
-        from sonify.training.loop import autocast
 
         was_training = model.training
         model.eval()
