@@ -14,6 +14,7 @@ from sonify.sources.demo import ensure_demo_data
 from sonify.stages import get_stage, stage_names
 
 REPO = Path(__file__).resolve().parents[1]
+NO_BACKOFF = ("run.retry_backoff_s=0",)   # a test that provokes a retry never waits for it
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,7 @@ def make_cfg(tmp_path, demo_dir):
     def make(*overrides: str):
         return load_config([
             "pipeline=demo", f"run.root={tmp_path / 'runs'}", f"demo_data.dir={demo_dir}",
-            "demo_data.enabled=false", "run.executor=local", "run.progress=false", *overrides,
+            "demo_data.enabled=false", "run.executor=local", "run.progress=false", *NO_BACKOFF, *overrides,
         ], stage_names())
 
     return make
@@ -48,7 +49,7 @@ def full_run(tmp_path_factory, demo_dir):
     root = tmp_path_factory.mktemp("full_run")
     args = ["pipeline=demo", f"run.root={root / 'runs'}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
             "run.executor=local", "run.progress=false", "models.vlms=[]", f"models.tiny_dir={root / 'tiny'}",
-            "stages.mix.release_jsonl=true"]
+            "stages.mix.release_jsonl=true", *NO_BACKOFF]
     cfg = load_config(args, stage_names())
     save_config(cfg, Path(cfg.run.dir) / "config.yaml")   # as `sonify.run` does: report and export read its source roots
     for stage in ALL_STAGES:
@@ -109,7 +110,8 @@ def demo_cli_run(tmp_path_factory, demo_dir):
 
     root = tmp_path_factory.mktemp("cli_run")
     cmd = [sys.executable, "-m", "sonify.run", "pipeline=demo", "stage=all", f"run.root={root / 'runs'}",
-           f"demo_data.dir={demo_dir}", "demo_data.enabled=false", "run.executor=local", f"models.tiny_dir={root / 'tiny'}"]
+           f"demo_data.dir={demo_dir}", "demo_data.enabled=false", "run.executor=local", f"models.tiny_dir={root / 'tiny'}",
+           *NO_BACKOFF]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     return SimpleNamespace(run_dir=root / "runs" / "demo", stdout=p.stdout, stderr=p.stderr)

@@ -30,7 +30,7 @@ def _fresh(cfg, stage: str) -> None:
 def test_a_transient_model_error_is_retried_and_leaves_no_error_row(full_run, tmp_path, monkeypatch):
     from sonify.models.clap import ClapEmbedder
 
-    cfg = copy_run(full_run, tmp_path, "run.retry_backoff_s=0")
+    cfg = copy_run(full_run, tmp_path)
     _fresh(cfg, "embed_audio")
     real, calls = ClapEmbedder.embed_audio, []
 
@@ -52,7 +52,7 @@ def test_a_model_that_always_fails_stops_the_run_with_nothing_kept(full_run, tmp
     from sonify.models.clap import ClapEmbedder
     from sonify.run import run_pipeline
 
-    cfg = copy_run(full_run, tmp_path, "run.retry_backoff_s=0", "run.max_retries=2")
+    cfg = copy_run(full_run, tmp_path, "run.max_retries=2")
     _fresh(cfg, "embed_audio")
     _fresh(cfg, "mix")
     calls = []
@@ -136,7 +136,7 @@ def test_a_killed_actor_is_restarted_and_every_row_lands_once(make_cfg):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # this test module is not on the workers' path
     cfg = make_cfg("run.executor=ray", "stages.images.partition_rows=3", "stages.images.concurrency=1",
-                   "run.error_fraction_min_rows=1000", "run.retry_backoff_s=0")
+                   "run.error_fraction_min_rows=1000")
     Path(cfg.run.dir).mkdir(parents=True)
     connect_ray(cfg)
     try:

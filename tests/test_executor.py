@@ -1,11 +1,15 @@
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 import yaml
 
 from sonify.engine.config import load_config
@@ -70,13 +74,77 @@ def test_temp_files_from_a_killed_writer_are_ignored_and_cleaned(make_cfg):
     assert not junk.exists()
 
 
-def test_stage_that_drops_a_row_fails_its_partition_loudly(make_cfg, monkeypatch):
-    cfg = make_cfg("stages.images.partition_rows=1000")
-    real = ImagesStage.process_batch
-    monkeypatch.setattr(ImagesStage, "process_batch", lambda self, b: {"images": real(self, b)["images"].slice(1)})
+def _attempts(cfg, stage: str) -> list[int]:
+    return [json.loads(p.read_text())["attempts"] for p in (Path(cfg.run.dir) / "stats" / stage).glob("*.json")]
+
+
+def test_stage_that_drops_a_row_fails_its_partition_loudly_and_at_once(make_cfg, monkeypatch):
+    """The row-count check is the stage's contract: a retry would repeat the bug, so there is none."""
+    cfg = make_cfg("stages.images.partition_rows=1000", "stages.images.batch_size=1000", "run.max_retries=3")
+    real, calls = ImagesStage.process_batch, []
+
+    def drops_one(self, b):
+        calls.append(b.num_rows)
+        return {"images": real(self, b)["images"].slice(1)}
+
+    monkeypatch.setattr(ImagesStage, "process_batch", drops_one)
     run = run_stage(get_stage("images"), cfg, progress_bar=False)
     assert run.computed == 0 and len(run.failed) == 1 and "every input row" in run.failed[0]
+    assert "StageContractError" in run.failed[0]
+    assert _attempts(cfg, "images") == [1] and len(calls) == 1
     assert not TableStore(cfg.run.dir).exists("images")
+
+
+def _raises_once(exc: Exception, returns=None):
+    """A process_batch that raises `exc` on its first call, then behaves (or returns `returns(real output)`)."""
+    real, calls = ImagesStage.process_batch, []
+
+    def flaky(self, b):
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc
+        out = real(self, b)
+        return returns(out) if returns else out
+
+    return flaky, calls
+
+
+@pytest.mark.parametrize("exc", [KeyError("path"), TypeError("unsupported operand"), AttributeError("no attribute 'x'"),
+                                 AssertionError("shapes"), NameError("name 'y' is not defined")],
+                         ids=lambda e: type(e).__name__)
+def test_a_programming_error_is_not_retried(make_cfg, monkeypatch, exc):
+    cfg = make_cfg("stages.images.partition_rows=1000", "stages.images.batch_size=1000", "run.max_retries=3")
+    flaky, calls = _raises_once(exc)
+    monkeypatch.setattr(ImagesStage, "process_batch", flaky)
+    run = run_stage(get_stage("images"), cfg, progress_bar=False)
+    assert len(run.failed) == 1 and type(exc).__name__ in run.failed[0] and "\n" not in run.failed[0]
+    assert _attempts(cfg, "images") == [1] and len(calls) == 1
+
+
+def test_a_table_off_its_schema_is_not_retried(make_cfg, monkeypatch):
+    cfg = make_cfg("stages.images.partition_rows=1000", "stages.images.batch_size=1000", "run.max_retries=3")
+    real, calls = ImagesStage.process_batch, []
+
+    def extra_column(self, b):
+        calls.append(1)
+        out = real(self, b)["images"]
+        return {"images": out.append_column("surprise", pa.array([1] * out.num_rows))}
+
+    monkeypatch.setattr(ImagesStage, "process_batch", extra_column)
+    run = run_stage(get_stage("images"), cfg, progress_bar=False)
+    assert len(run.failed) == 1 and "SchemaError" in run.failed[0] and "surprise" in run.failed[0]
+    assert _attempts(cfg, "images") == [1] and len(calls) == 1
+
+
+@pytest.mark.parametrize("exc", [OSError(5, "Input/output error"), MemoryError(),
+                                 RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")], ids=lambda e: type(e).__name__)
+def test_a_transient_error_is_retried(make_cfg, monkeypatch, exc):
+    cfg = make_cfg("stages.images.partition_rows=1000", "stages.images.batch_size=1000", "run.max_retries=3")
+    flaky, calls = _raises_once(exc)
+    monkeypatch.setattr(ImagesStage, "process_batch", flaky)
+    run = run_stage(get_stage("images"), cfg, progress_bar=False)
+    assert not run.failed and run.computed == 1
+    assert _attempts(cfg, "images") == [2]
 
 
 def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_dir):

@@ -16,7 +16,12 @@ class ConfigError(SonifyError):
 
 
 class SchemaError(SonifyError):
-    """A table on disk does not match the schema declared in code."""
+    """A table on disk, or one a stage returns, does not match the schema declared in code."""
+
+
+class StageContractError(SonifyError):
+    """A stage broke the engine's contract (an input row without exactly one result or error row): a bug in
+    the stage, which a retry would only repeat."""
 
 
 class MissingTable(SonifyError, FileNotFoundError):

@@ -20,7 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
-from sonify.engine.errors import ConfigError, DiskFull, disk_full, disk_full_line, error_reason
+from sonify.engine.errors import (ConfigError, DiskFull, MissingTable, SchemaError, StageContractError, disk_full, disk_full_line,
+                                  error_reason)
 from sonify.engine.files import atomic_write, clean_temp_files
 from sonify.engine.partitions import Partition, Plan, PlanReader, plan, planner_connection, write_work
 from sonify.engine.prefetch import decode_workers, decoded_batches
@@ -28,6 +29,17 @@ from sonify.engine.schemas import STATUS_OK, table_spec
 from sonify.engine.store import TableStore
 
 log = logging.getLogger("sonify")
+
+# Failures a retry would repeat: the stage broke its contract (rows, schema), the run cannot work as set up, or the
+# code is wrong. They fail the partition at once. Anything else (I/O, CUDA and out-of-memory RuntimeErrors,
+# MemoryError, Ray's errors) may be transient: retried `run.max_retries` times after `run.retry_backoff_s`, doubling.
+NOT_TRANSIENT = (StageContractError, SchemaError, ConfigError, MissingTable,
+                 TypeError, AttributeError, NameError, LookupError, AssertionError, ImportError, NotImplementedError, SyntaxError)
+
+
+def transient(e: BaseException) -> bool:
+    """Whether a partition that raised `e` may succeed when run again."""
+    return not isinstance(e, NOT_TRANSIENT)
 
 
 class PartitionWorker:
@@ -61,11 +73,14 @@ class PartitionWorker:
             try:
                 self._run_once(name, rows, stats)
                 break
-            except Exception as e:   # not the rows' fault (bad rows are error rows): a model, device or I/O failure
+            except Exception as e:   # not the rows' fault (bad rows are error rows): a model, device or I/O failure, or a bug
                 if disk_full(e):   # nothing a retry (or this worker) can fix: the stage stops, naming the folder
                     raise DiskFull(disk_full_line(self.cfg.run.dir, self.stage.name)) from None
                 reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-                if stats["attempts"] <= retries:
+                if not transient(e):
+                    log.warning("partition %s of stage %s failed, not retried (a retry would repeat it): %s",
+                                name, self.stage.name, reason)
+                elif stats["attempts"] <= retries:
                     wait = backoff * 2 ** (stats["attempts"] - 1)
                     log.warning("partition %s of stage %s: %s; retry %d of %d in %.1fs", name, self.stage.name, reason,
                                 stats["attempts"], retries, wait)
@@ -109,7 +124,7 @@ class PartitionWorker:
         got = [i for t in self.stage.keyed_outputs() for i in outputs[t].column("id").to_pylist()]
         want = rows.column("id").to_pylist()
         if sorted(got) != sorted(want):
-            raise RuntimeError(f"stage {self.stage.name} returned {len(got)} rows for {len(want)} inputs "
+            raise StageContractError(f"stage {self.stage.name} returned {len(got)} rows for {len(want)} inputs "
                                f"(every input row must yield exactly one result or error row)")
         return outputs
 

@@ -34,7 +34,10 @@ def conform(table: pa.Table, spec: TableSpec) -> pa.Table:
                 cols.append(col)  # fixed-size embeddings keep their width
                 fields.append(field.with_type(col.type))
                 continue
-            cols.append(col.cast(field.type))
+            try:
+                cols.append(col.cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:   # a stage's bug, not the data's
+                raise SchemaError(f"table {spec.name}: column {field.name!r} is {col.type}, not {field.type}: {e}") from None
         elif field.nullable:
             cols.append(pa.nulls(table.num_rows, field.type))
         else:
