@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     conf = AppConf(max_upload_mb=a.max_upload_mb, page_size=a.page_size, max_concepts=a.max_concepts,
                    num_images=a.num_images, device=a.device)
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:   # an optional extra: say which, not an ImportError traceback
+        print("sonify.app: needs gradio, the `app` extra: pip install -e '.[app]' (make install includes it)", file=sys.stderr)
+        return 2
     temp = TempFiles()
     # a stop by SIGTERM (a service manager, `timeout`) unwinds like Ctrl-C, so the temp folder goes too
     signal.signal(signal.SIGTERM, _interrupt)

@@ -106,7 +106,7 @@ def _run_locked(cfg: DictConfig, run_dir: str) -> int:
             import ray
             ray.shutdown()
     print()
-    print(format_summary(runs, {r.stage: get_stage(r.stage).keyed_outputs() for r in runs}))
+    print(format_summary(runs))
     summary_path = save_summary(runs, run_dir)
     print(f"\ndone in {time.perf_counter() - t0:.1f}s; outputs in {run_dir}/manifests, summary in {summary_path}")
     if runs:

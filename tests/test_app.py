@@ -254,3 +254,13 @@ def test_a_run_without_the_float32_pool_copy_is_read_not_written(opened, tmp_pat
     finally:
         app.close()
     assert snapshot(run) == before
+
+
+def test_without_gradio_the_app_names_the_extra_in_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert cmd.main(["run=demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install -e '.[app]'" in err[0]

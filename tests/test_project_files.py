@@ -81,3 +81,13 @@ def test_the_readme_ray_lines_are_the_cluster_pages():
     def block(text):
         return text[text.index("On this machine, against a Ray head"):].split("```sh")[1].split("```")[0]
     assert block((REPO / "README.md").read_text()) == block((REPO / "docs" / "cluster.md").read_text())
+
+
+def test_every_extra_the_code_or_docs_name_is_defined():
+    """An install hint (`pip install 'sonify[x]'`, `pip install -e '.[x]'`) names an extra pyproject.toml defines."""
+    import tomllib
+
+    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    texts = [p.read_text() for p in [*(REPO / "sonify").rglob("*.py"), *_markdown_files(), REPO / "Makefile"]]
+    named = {x.strip() for t in texts for group in re.findall(r"(?:sonify|\.)\[([\w,\s-]+)\]", t) for x in group.split(",")}
+    assert named and named <= extras, sorted(named - extras)

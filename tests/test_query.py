@@ -235,16 +235,14 @@ def test_a_file_with_the_wrong_schema_version_is_refused(demo_run, tmp_path):
 
 
 def test_the_summary_says_where_every_row_went(demo_run):
-    """Per table line: rows = passed + dropped + errors, rows in is each keyed table's own input
-    (embed's audio chunks and concept texts apart), and the filter's drops are columns, with reasons."""
+    """Per table line: rows = passed + dropped + errors, rows in is each stage's keyed table's own input
+    (embed_audio's audio chunks and embed_text's concept texts apart), and the filter's drops are columns, with reasons."""
     import json
 
     from sonify.engine.executor import StageRun
     from sonify.engine.summary import format_summary
-    from sonify.stages import get_stage
-
     runs = [StageRun(**d) for d in json.loads((demo_run / "summary.json").read_text())]
-    text = format_summary(runs, {r.stage: get_stage(r.stage).keyed_outputs() for r in runs})
+    text = format_summary(runs)
     lines = {}
     for line in text.splitlines()[1:]:
         words = line.split()

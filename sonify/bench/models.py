@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from sonify.bench.common import best_of, demo_config, peak_rss_mib
+from sonify.models.frontends import FRONTENDS
 
 LLAVA = "llava-hf/llava-1.5-7b-hf"
 SMOLVLM = "HuggingFaceTB/SmolVLM-Instruct"
@@ -141,7 +142,7 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="*", choices=PARTS, default=list(PARTS),
                     help="measure only these (the projection needs all)")
     ap.add_argument("--shape-dir", default=None, help="where shape models are built (default: a temp dir)")
-    ap.add_argument("--frontend", choices=("torch", "transformers"), default="torch",
+    ap.add_argument("--frontend", choices=FRONTENDS, default="torch",
                     help="CLAP's and AST's audio front end (stages.embed/features.frontend)")
     ap.add_argument("--projection", default=str(Path(__file__).resolve().parents[2] / "pipelines" / "bench" / "paper_scale.yaml"))
     a = ap.parse_args(argv)

@@ -28,7 +28,6 @@ ITEM_LINE = re.compile(rf"^\s*(?:{MARKER}\s+|\(?\d{{1,2}}[.)](?=[^\d\s]))(?P<bod
 INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")
 SEPARATORS = re.compile(r"\s+[-–—]\s+|\s*:\s*(?=\S)|\s*:$|\s+[-–—]$")
 MARKDOWN = re.compile(r"\*\*|__|`|(?<!\w)\*(?!\s)|(?<=\S)\*(?!\w)")
-SOUND_PREFIX = re.compile(r"^(?:(?:the|a|an)\s+)?(?:sound|noise)s?\s+of\s+", re.I)
 FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)(?:```|$)", re.S)
 KEY_VALUE = re.compile(r"^\s*(?P<key>[^\s:][^:\n]{0,60}?)(?:\s*:|\s+[-–—])\s*(?P<value>\S.*?)\s*$")
 FIELD = re.compile(rf"^\s*(?:{MARKER}\s*)?(?P<field>object|source|item|name|thing|entity|sound(?:\s+\w+)?|noise|audio)"

@@ -100,9 +100,8 @@ class PartitionWorker:
         outputs = self._process(rows)
         for table_name, table in outputs.items():
             self.store.write_partition(table_name, name, table)
-        keyed = [outputs[t] for t in self.stage.keyed_outputs()]
-        statuses = [s for t in keyed for s in t.column("status").to_pylist()]
-        errors = [e for t in keyed for e in t.column("error").to_pylist()]
+        keyed = outputs[self.stage.keyed_output()]
+        statuses, errors = keyed.column("status").to_pylist(), keyed.column("error").to_pylist()
         stats["ok"] = sum(s == STATUS_OK for s in statuses)
         stats["errors"] = dict(Counter(error_reason(e) for s, e in zip(statuses, errors) if s != STATUS_OK))
         stats["rows_out"] = {t: v.num_rows for t, v in outputs.items()}
@@ -121,7 +120,7 @@ class PartitionWorker:
                 pieces[t].append(result[t])
         # empty pieces carry the declared types (e.g. list for a fixed-size embedding): leave them out
         outputs = {t: pa.concat_tables([p for p in v if p.num_rows] or v[:1]) for t, v in pieces.items()}
-        got = [i for t in self.stage.keyed_outputs() for i in outputs[t].column("id").to_pylist()]
+        got = outputs[self.stage.keyed_output()].column("id").to_pylist()
         want = rows.column("id").to_pylist()
         if sorted(got) != sorted(want):
             raise StageContractError(f"stage {self.stage.name} returned {len(got)} rows for {len(want)} inputs "
@@ -131,11 +130,6 @@ class PartitionWorker:
     def run(self, name: str, offset: int, rows: int) -> dict:
         """One partition, read from the plan file (an actor's call: `engine.actors`)."""
         return self.run_partition(name, self.plan.read(int(offset), int(rows)))
-
-    def __call__(self, batch: dict) -> dict:
-        stats = [self.run_partition(str(n), self.plan.read(int(o), int(r)))
-                 for n, o, r in zip(batch["partition"], batch["offset"], batch["rows"])]
-        return {"stats": [json.dumps(s) for s in stats]}
 
 
 @dataclass
@@ -290,7 +284,7 @@ def plan_stage(cls: type, cfg: DictConfig, store: TableStore, plan_dir: Path) ->
         store.clean_temp_files(t)
     planned = plan(planner_connection(str(cfg.run.plan_memory), plan_dir / "spill"), plan_dir / "work.parquet",
                    plan_dir / "plan.parquet", cls.fingerprint(cfg, store),
-                   [f for t in cls.keyed_outputs() for f in store.files(t)], int(cls.settings(cfg).partition_rows),
+                   store.files(cls.keyed_output()), int(cls.settings(cfg).partition_rows),
                    list(cls.content_columns or []) or None, cls.partition_by, cls.pass_column, cls.keep_together)
     (plan_dir / "work.parquet").unlink()
     return planned

@@ -2,9 +2,9 @@
 
 Each output table's rows are accounted for: `rows = passed + dropped + errors`, where `passed`
 rows go on to the next stage, `dropped` rows are decisions (the filter's, with their reasons) and
-`errors` are error rows by reason. A stage's keyed outputs (one row per input row) also show the
-rows that came in; `missing` is input without an output row yet (a failed partition: re-run).
-Several keyed outputs (embed: audio chunks and concept texts) each show their own share.
+`errors` are error rows by reason. A stage's first output holds one row per input row, so its line also
+shows the rows that came in; `missing` is input without an output row yet (a failed partition: re-run).
+Its other outputs are derived (rows in: `derived`).
 """
 
 from __future__ import annotations
@@ -26,17 +26,14 @@ def table_outcome(counts: dict) -> dict:
     return {"rows": counts["rows"], "passed": counts["rows"] - errors - dropped, "dropped": dropped, "errors": errors}
 
 
-def stage_lines(r: StageRun, keyed: tuple[str, ...]) -> list[str]:
-    keyed = tuple(t for t in keyed if t in r.tables) or tuple(r.tables)[:1]
-    keyed_rows = sum(r.tables[t]["rows"] for t in keyed)
-    missing = max(r.rows_in - keyed_rows, 0)
+def stage_lines(r: StageRun) -> list[str]:
+    """The stage's lines; its first table is the keyed one (`Stage.outputs[0]`: one row per input row)."""
+    keyed = next(iter(r.tables), None)
+    missing = max(r.rows_in - (r.tables[keyed]["rows"] if keyed else 0), 0)
     lines = []
     for i, (table, c) in enumerate(r.tables.items()):
         o = table_outcome(c)
-        if table in keyed:   # one row per input row: the share of the input this table took (all of it when alone)
-            rows_in = str(r.rows_in if len(keyed) == 1 else c["rows"])
-        else:
-            rows_in = "derived"
+        rows_in = str(r.rows_in) if table == keyed else "derived"
         why = [f"dropped: {', '.join(f'{k}={v}' for k, v in c['dropped'].items())}"] if c.get("dropped") else []
         if c["errors"]:
             why.append(f"errors: {', '.join(f'{k}={v}' for k, v in c['errors'].items())}")
@@ -45,9 +42,6 @@ def stage_lines(r: StageRun, keyed: tuple[str, ...]) -> list[str]:
         lines.append(f"{r.stage if first else '':<10} {table:<18} {rows_in:>8} {o['rows']:>7} {o['passed']:>7} {o['dropped']:>7} "
                      f"{o['errors']:>7} {(str(missing) if first else ''):>7}  {parts:<21} {(f'{r.seconds:.1f}s' if first else ''):>6}"
                      f"  {'; '.join(why) or '-'}")
-    if len(keyed) > 1:
-        shares = " + ".join(f"{r.tables[t]['rows']} {t}" for t in keyed) + (f" + {missing} missing" if missing else "")
-        lines.append(f"{'':<10} ({r.rows_in} rows in = {shares})")
     for f in r.failed:
         lines.append(f"  FAILED partition {f} (re-run to retry)")
     if r.duplicates_dropped:
@@ -57,13 +51,10 @@ def stage_lines(r: StageRun, keyed: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def format_summary(runs: list[StageRun], keyed_outputs: dict[str, tuple[str, ...]] | None = None) -> str:
-    """`keyed_outputs`: per stage, the outputs holding one row per input row (`Stage.keyed_outputs()`);
-    the first output when not given."""
-    keyed_outputs = keyed_outputs or {}
+def format_summary(runs: list[StageRun]) -> str:
     lines = [HEADER]
     for r in runs:
-        lines += stage_lines(r, tuple(keyed_outputs.get(r.stage, ())))
+        lines += stage_lines(r)
     return "\n".join(lines)
 
 

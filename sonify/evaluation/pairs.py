@@ -19,7 +19,6 @@ from sonify.engine.store import TableStore, check_schema
 from sonify.engine.schemas import table_spec
 
 TABLES = ("matches", "match_ablations", "audio_chunks", "audio_embeddings", "mixes")
-QUANTILES = (0.1, 0.5, 0.9)
 BINS = 20
 
 ALL_MATCHES = """CREATE VIEW all_matches AS

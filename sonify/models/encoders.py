@@ -20,8 +20,6 @@ from sonify.models.device import in_fixed_batches, pick_device, pick_dtype
 from sonify.models.frontends import ASTFrontend, ast_mel_filters_as_designed
 from sonify.models.loading import load_pretrained
 
-POOLINGS = ("mean", "max", "none")
-
 
 def kaldi_frames(n_samples: int, rate: int = 16000, window_ms: float = 25.0, hop_ms: float = 10.0) -> int:
     win, hop = int(rate * window_ms / 1000), int(rate * hop_ms / 1000)

@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEATURE_DIM = 2048
-
 
 class Conv(nn.Module):
     """BasicConv2d: conv without bias, batch norm (eps 1e-3), ReLU."""

@@ -35,9 +35,7 @@ class Stage:
     name: ClassVar[str]
     conf_key: ClassVar[str | None] = None   # its section under `stages` (default: its name)
     version: ClassVar[int] = 1          # bump when outputs change: finished partitions are then recomputed
-    outputs: ClassVar[tuple[str, ...]]  # table names
-    # outputs that together hold exactly one row per input id (default: the first output)
-    id_outputs: ClassVar[tuple[str, ...] | None] = None
+    outputs: ClassVar[tuple[str, ...]]  # table names; the first holds exactly one row per input id (`keyed_output`)
     models: ClassVar[tuple[str, ...]] = ()  # keys of cfg.models this stage loads
     upstream: ClassVar[tuple[str, ...]] = ()  # stages whose tables it reads
     uses: ClassVar[tuple[str, ...]] = ()      # other config keys its outputs depend on (e.g. run.seed)
@@ -117,8 +115,9 @@ class Stage:
         return cfg
 
     @classmethod
-    def keyed_outputs(cls) -> tuple[str, ...]:
-        return cls.id_outputs or cls.outputs[:1]
+    def keyed_output(cls) -> str:
+        """The output holding one row per input row (the engine checks it; the others are derived)."""
+        return cls.outputs[0]
 
     @classmethod
     def finalize(cls, cfg: DictConfig, store: TableStore) -> None:

@@ -14,7 +14,6 @@ import pyarrow as pa
 
 SCHEMA = pa.schema([("ytid", pa.string()), ("start", pa.int64()), ("label", pa.string()), ("split", pa.string())])
 SPLITS = ("train", "test")
-CLIP_SECONDS = 10.0
 
 
 def read_csv(path: str | Path) -> pa.Table:
