@@ -238,6 +238,24 @@ def test_fid_inception_is_the_published_network(tmp_path):
         FIDInceptionV3.from_pretrained(tmp_path / "broken.pth")
 
 
+def test_tiny_inception_features_are_alive(tmp_path):
+    """The tiny Inception (the demo's FID / KID / IS / NDB network) tells two images apart: its pool features are
+    not all zero (at 1/64 width with default batch-norm statistics every ReLU died and every image gave 0)."""
+    from sonify.evaluation.features import InceptionFeatures
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 64, dtype=np.float32)
+    smooth = Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp) / 255, 255 - np.add.outer(ramp, 0 * ramp)], -1).astype(np.uint8))
+    noise = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    inc = InceptionFeatures("tiny:inception", str(tmp_path / "tiny"))
+    f = inc([smooth, noise, smooth])
+    assert f.shape == (3, 32) and np.isfinite(f).all()
+    assert np.abs(f[:2]).max(axis=1).min() > 1e-3, f        # neither image's features are (nearly) all zero
+    assert np.abs(f[0] - f[1]).max() > 1e-2 * np.abs(f[:2]).max(), f   # two different images: different features
+    assert np.array_equal(f[0], f[2])                        # the same image: the same features
+    assert np.std(inc.logits(f[:2]), axis=1).min() > 0       # IS sees non-uniform predictions
+
+
 def test_clean_resize_keeps_float_precision():
     from sonify.evaluation.features import center_square, clean_resize
 

@@ -17,7 +17,7 @@ from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
 KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip")
-VERSION = 6
+VERSION = 7
 
 _CORPUS = [
     "the sound of a dog barking in the park", "water splashing against the rocks", "a car engine running",
@@ -136,10 +136,27 @@ def _clip(out: Path) -> None:
 
 
 def _inception(out: Path) -> None:
-    """FID's Inception at 1/64 of its width: 32-d pool features."""
+    """FID's Inception at 1/64 of its width: 32-d pool features, its batch norms calibrated so they are alive.
+
+    With random weights and the default running statistics (mean 0, variance 1) the narrow layers' ReLUs
+    all die and every image gets the zero vector (FID, KID and NDB 0, IS 1 whatever the images). So the
+    running statistics are set, once at build time, to those of one batch of smooth random images passed
+    in training mode: every layer's input is then normalised, about half of each ReLU's outputs are alive,
+    and different images get different features.
+    """
+    import torch.nn.functional as F
+
     from sonify.models.inception import FIDInceptionV3
 
-    FIDInceptionV3(width=1 / 64).save_pretrained(out)
+    model = FIDInceptionV3(width=1 / 64)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.reset_running_stats()
+        bn.momentum = None   # a cumulative average: after one batch, exactly that batch's statistics
+    images = F.interpolate(torch.rand(8, 3, 16, 16), size=(299, 299), mode="bilinear", align_corners=False)
+    model.train()
+    with torch.no_grad():
+        model(images)
+    model.eval().save_pretrained(out)
 
 
 def _wav2clip(out: Path) -> None:
