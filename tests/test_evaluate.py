@@ -397,6 +397,16 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
     capsys.readouterr()
     assert main(["table", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip() == f"sonify.evaluate table: no scores.json at {tmp_path / 'nothing'}; run `python -m sonify.evaluate score` first"
+    # a scores.json that is not a result, or one from before KID / IS / CS: one line, no traceback
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "scores.json").write_text(json.dumps({"name": "x", "benchmark": "vggsound", "overall": {"n": 3, "FID": 1.0, "IIS": 0.5, "AIS": 0.1}}))
+    (tmp_path / "odd.json").write_text(json.dumps({"name": "x", "benchmark": "vggsound", "overall": 3}))
+    (tmp_path / "empty").mkdir()
+    for bad, says in [("old", "(no KID, IS, CS, NDB, NDB/k); score it again"), ("odd.json", "is not a scores.json"),
+                      ("empty", "no scores.json at")]:
+        assert main(["table", str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and says in err and "Traceback" not in err, err
     (tmp_path / "bad.csv").write_text("model,benchmark,FID,IIS,AIS\nX,vegas,ten,0.5,0.1\n")
     assert main(["table", str(tmp_path / "s"), f"published={tmp_path / 'bad.csv'}"]) == 2
     assert "row 1 is not model,benchmark,FID,IIS,AIS with numbers" in capsys.readouterr().err

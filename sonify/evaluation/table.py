@@ -17,6 +17,8 @@ TABLE1 = ("FID", "IIS", "AIS")
 HIGHER = {"FID": False, "KID": False, "NDB": False, "NDB/k": False}
 PAPER_ORDER = ("greatesthits", "landscapes_itw", "vegas", "vggsound")
 MARK = "†"
+# what every scores.json `overall` holds (older ones lack the peers' metrics)
+RESULT_KEYS = ("n", "FID", "IIS", "AIS", "KID", "IS", "CS", "NDB", "NDB/k")
 
 
 def arrow(metric: str) -> str:
@@ -48,9 +50,14 @@ def read_result(path: str | Path) -> dict:
         raise ConfigError(f"no scores.json at {p}; run `python -m sonify.evaluate score` first")
     try:
         result = json.loads(p.read_text())
-        result["overall"], result["name"], result["benchmark"]
-    except (ValueError, KeyError, TypeError):
+        o, gt = result["overall"], result.get("ground_truth", {"n": 0})
+        ok = isinstance(result["name"], str) and isinstance(result["benchmark"], str) and isinstance(gt, dict) and "n" in gt
+        missing = [k for k in RESULT_KEYS if k not in o]
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{p} is not a scores.json written by `python -m sonify.evaluate score`") from None
+    if not ok or missing:
+        raise ConfigError(f"{p} is not a scores.json written by this `python -m sonify.evaluate score`"
+                          + (f" (no {', '.join(missing)}); score it again" if missing else ""))
     return result
 
 
@@ -79,8 +86,9 @@ def _peer_cells(scope: dict, ks: list[str], gt: bool = False) -> list[str]:
     isd = d.get("is")
     is_cell = value(scope.get("IS")) + (f" ± {isd['std']:.3f} ({isd['splits']} split{'s' if isd['splits'] > 1 else ''})" if isd else "")
     cells = [str(n), kid_cell, is_cell, absent if gt else value(scope["CS"])]
-    cells += [value(scope[f"R@{k}"]) for k in ks]
-    cells += [absent if gt else value(scope[f"R@{k} (image)"]) for k in ks]
+    other_k = "n/a (not computed at this K)"
+    cells += [value(scope.get(f"R@{k}", other_k)) for k in ks]
+    cells += [absent if gt else value(scope.get(f"R@{k} (image)", other_k)) for k in ks]
     cells += [absent if gt else value(scope[c]) for c in ("NDB", "NDB/k")]
     return cells
 
