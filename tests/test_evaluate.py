@@ -133,6 +133,20 @@ def test_vggsound_takes_the_listed_classes_per_class_and_every_class_on_request(
     assert len({s["label"] for s in every}) == 62 and len(every) == 124
     with pytest.raises(Exception, match="benchmarks.vggsound.classes"):
         clip_specs("vggsound", root, load_eval_config([*common, "benchmarks.vggsound.classes=nosuch.txt"]))
+    # a class file that lists nothing, or only names no VGGSound label has: one line, exit 2, nothing prepared
+    (tmp_path / "empty.txt").write_text("# a source line only\n\n")
+    (tmp_path / "typos.txt").write_text("dog barkng\nbaby cryin\n")
+    capsys.readouterr()
+    for bad, says in [("empty.txt", "lists no class"), ("typos.txt", "none of the 2 classes in")]:
+        assert main(["prepare", "vggsound", "--root", str(root), "--out", str(tmp_path / bad), *common,
+                     f"benchmarks.vggsound.classes={tmp_path / bad}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sonify.evaluate prepare: benchmarks.vggsound.classes: ") and says in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / bad / "clips.parquet").exists()
+    # listed classes with no clip in the chosen split: no empty clip list, one line saying why
+    assert main(["prepare", "vggsound", "--root", str(root), "--out", str(tmp_path / "nosplit"), *common,
+                 "benchmarks.vggsound.split=nosuch"]) == 2
+    assert "vggsound: no clip to take from --root" in capsys.readouterr().err
 
 
 def test_greatesthits_takes_every_split_and_counts_hits(tmp_path, capsys):
