@@ -402,6 +402,7 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
     md = (tmp_path / "s" / "scores.md").read_text()
     assert "| Sound2Scene (published) | 184.2 |" in md and "† (n=4)" in md and "nan" not in md.lower()
     assert "| Sound2Scene (published) | 184.2 | 0.68 | 0.049 | 109.0 |" in md   # as printed, trailing zeros kept
+    assert re.search(r"\| metal \| 2 \| -?\d+\.\d+† \|", md.split("per class")[1]), md   # a class's FID at n <= d is marked too
     # `table` composes several scored folders into one Table 1, the published rows first
     score(tmp_path / "p", tmp_path / "g", tmp_path / "s2", cfg, name="other", features=features)
     assert main(["table", str(tmp_path / "s"), str(tmp_path / "s2" / "scores.json"), "--out", str(tmp_path / "t.md"), "config=eval_demo"]) == 0

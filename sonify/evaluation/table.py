@@ -144,5 +144,7 @@ def per_class_markdown(result: dict) -> str:
     lines = [f"## {result['name']} on {result['benchmark']}, per class", "",
              "| " + " | ".join(["class", "n", *[c + arrow(c.split(" ")[0]) for c in cols]]) + " |", "|" + "---|" * (len(cols) + 2)]
     for lab, m in result["per_class"].items():
-        lines.append("| " + " | ".join([lab.replace("|", "/"), str(m["n"]), *[value(m[c]) for c in cols]]) + " |")
+        marked = (m.get("details") or {}).get("fid_rank_deficient")
+        cells = [value(m[c]) + (MARK if c == "FID" and marked and not isinstance(m[c], dict) else "") for c in cols]
+        lines.append("| " + " | ".join([lab.replace("|", "/"), str(m["n"]), *cells]) + " |")
     return "\n".join(lines) + "\n"
