@@ -403,6 +403,17 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
     assert "| Sound2Scene (published) | 184.2 |" in md and "† (n=4)" in md and "nan" not in md.lower()
     assert "| Sound2Scene (published) | 184.2 | 0.68 | 0.049 | 109.0 |" in md   # as printed, trailing zeros kept
     assert re.search(r"\| metal \| 2 \| -?\d+\.\d+† \|", md.split("per class")[1]), md   # a class's FID at n <= d is marked too
+    # Sound2Scene's R@K through `score`: each image (generated and ground truth) lies on its own class's text axis
+    axis = {"wood": 2, "metal": 0, "water": 1}   # not the sorted order the class texts are embedded in
+
+    def on_class_axes(gt, gen, audio, seconds, classes):
+        by_name = {r["id"]: r["label"] for r in clips}
+        own = np.eye(3)[[axis[by_name[Path(p).stem]] for p in gen]] + 0.1
+        return {**features(gt, gen, audio, seconds, classes), "clip_gen": own, "clip_gt": own, "iis_gen": own, "iis_gt": own,
+                "audio": own, "text": np.eye(3)[[axis[c] for c in classes]]}
+
+    r1 = score(tmp_path / "p", tmp_path / "g", tmp_path / "s1", cfg, features=on_class_axes)
+    assert r1["overall"]["R@1"] == 1.0 and r1["ground_truth"]["R@1"] == 1.0, r1
     # `table` composes several scored folders into one Table 1, the published rows first
     score(tmp_path / "p", tmp_path / "g", tmp_path / "s2", cfg, name="other", features=features)
     assert main(["table", str(tmp_path / "s"), str(tmp_path / "s2" / "scores.json"), "--out", str(tmp_path / "t.md"), "config=eval_demo"]) == 0
