@@ -438,6 +438,9 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
     assert "row 1 is not model,benchmark,FID,IIS,AIS with numbers" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "no_ckpt")]) == 2
     assert "run `make demo` first" in capsys.readouterr().err
+    (tmp_path / "not_a_ckpt").mkdir()   # a folder, but no checkpoint in it: refused before any benchmark is written
+    assert main(["demo", "--out", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "not_a_ckpt")]) == 2
+    assert "run `make demo` first" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):
