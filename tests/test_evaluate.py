@@ -421,6 +421,9 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
              if ln.startswith("| ") and not ln.startswith("| method")]
     assert names[-2:] == ["model", "other"] and names[0] == "Sound2Scene (published)" and len(names) == 7
     capsys.readouterr()
+    assert main(["table", str(tmp_path / "s"), str(tmp_path / "s"), "config=eval_demo"]) == 2   # one cell, two results
+    assert "two scored results for 'model' on greatesthits" in capsys.readouterr().err
+    capsys.readouterr()
     assert main(["table", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip() == f"sonify.evaluate table: no scores.json at {tmp_path / 'nothing'}; run `python -m sonify.evaluate score` first"
     # a scores.json that is not a result, or one from before KID / IS / CS: one line, no traceback

@@ -99,6 +99,10 @@ def compose(results: list[dict], published: str | Path | None) -> str:
     benches = [b for b in PAPER_ORDER if any(r["benchmark"] == b for r in pub)]
     benches += sorted({r["benchmark"] for r in results} - set(benches))
     names = list(dict.fromkeys(r["name"] for r in results))
+    pairs = [(r["name"], r["benchmark"]) for r in results]
+    twice = sorted({p for p in pairs if pairs.count(p) > 1})
+    if twice:   # one cell per (method, benchmark): a second result would silently replace the first
+        raise ConfigError(f"two scored results for {twice[0][0]!r} on {twice[0][1]}; score each model under its own --name")
     dims = sorted({r["overall"].get("details", {}).get("fid_dim") for r in results} - {None})
     head = ["method", *[f"{b} {m}{arrow(m)}" for b in benches for m in TABLE1]]
     lines = ["# Table 1: " + ", ".join(names) + " beside the published rows", "",
