@@ -270,6 +270,22 @@ def test_tiny_inception_features_are_alive(tmp_path):
     assert np.std(inc.logits(f[:2]), axis=1).min() > 0       # IS sees non-uniform predictions
 
 
+def test_tiny_wav2clip_tells_sounds_apart(tmp_path):
+    """The tiny Wav2CLIP (the demo's AIS / CS audio tower): a tone, noise and a square wave are not one embedding
+    (with default batch-norm statistics every pair was within cosine 0.998)."""
+    from sonify.models.tiny import build_tiny
+    from sonify.models.wav2clip import Wav2CLIP
+
+    model = Wav2CLIP.from_pretrained(build_tiny("wav2clip", tmp_path))
+    t = torch.arange(5 * 16000) / 16000
+    waves = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t), 0.1 * torch.randn(len(t), generator=torch.Generator().manual_seed(0)),
+                         0.5 * torch.sign(torch.sin(2 * torch.pi * 50 * t))])
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(model(waves), dim=-1)
+    cos = (e @ e.T)[torch.triu_indices(3, 3, 1).unbind()]
+    assert torch.isfinite(e).all() and cos.max() < 0.99, cos
+
+
 def test_clean_resize_keeps_float_precision():
     from sonify.evaluation.features import center_square, clean_resize
 
