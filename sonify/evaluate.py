@@ -28,27 +28,32 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sonify.evaluate", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("prepare", help="a benchmark's clip list, frames and audio")
-    pr.add_argument("benchmark")
+    settings = ("settings: key=value overrides of pipelines/eval_<config>.yaml, e.g. config=eval_demo "
+                "score.kid_subsets=50 published=FILE (see `python -m sonify.evaluate --help`)")
+    pr = sub.add_parser("prepare", help="a benchmark's clip list, frames and audio", epilog=settings)
+    from sonify.evaluation.config import BENCHMARKS
+
+    pr.add_argument("benchmark", help=", ".join(BENCHMARKS))
     pr.add_argument("--root", required=True, action="append",
                     help="the local copy of the benchmark; for landscapes_itw one per part: --root landscapes=DIR --root intothewild=DIR")
     pr.add_argument("--out", help="default: runs/eval/<benchmark>")
-    ge = sub.add_parser("generate", help="images for a clip list")
+    ge = sub.add_parser("generate", help="images for a clip list", epilog=settings)
     ge.add_argument("--clips", required=True, help="a prepared folder (or its clips.parquet)")
     ge.add_argument("--out", required=True, help="where images/ and index.parquet go")
     ge.add_argument("--images", help="score another model: a folder of <id>.png|jpg instead of generating")
-    sc = sub.add_parser("score", help="metrics of generated images against a clip list")
-    sc.add_argument("--clips", required=True)
+    sc = sub.add_parser("score", help="metrics of generated images against a clip list", epilog=settings)
+    sc.add_argument("--clips", required=True, help="the prepared folder (or its clips.parquet)")
     sc.add_argument("--images", required=True, help="the generate output folder (or its index.parquet)")
     sc.add_argument("--out", help="default: the --images folder")
     sc.add_argument("--name", default="model", help="the method's name in the table")
-    tb = sub.add_parser("table", help="one Table 1 from several scored folders")
+    tb = sub.add_parser("table", help="one Table 1 from several scored folders", epilog=settings)
     tb.add_argument("scored", nargs="+", help="folders holding scores.json (or the files)")
     tb.add_argument("--out", help="also write the table here (Markdown)")
-    de = sub.add_parser("demo", help="the whole protocol on small fake benchmarks with the demo checkpoint")
+    de = sub.add_parser("demo", help="the whole protocol on small fake benchmarks with the demo checkpoint", epilog=settings)
     de.add_argument("--out", default="runs/eval_demo", help="where the fake benchmarks, images and scores go")
     de.add_argument("--checkpoint", default="runs/demo/dit", help="the demo model (made by `make demo`)")
-    pa = sub.add_parser("pairs", help="pair-quality audit of a built dataset (run=runs/<pipeline>)")
+    pa = sub.add_parser("pairs", help="pair-quality audit of a built dataset (run=runs/<pipeline>)",
+                        epilog="say which run: run=runs/<pipeline> (a key=value argument, after the flags)")
     pa.add_argument("--out", help="default: <run>/audit")
     return p
 

@@ -133,6 +133,20 @@ def test_vggsound_takes_the_listed_classes_per_class_and_every_class_on_request(
     assert len({s["label"] for s in every}) == 62 and len(every) == 124
     with pytest.raises(Exception, match="benchmarks.vggsound.classes"):
         clip_specs("vggsound", root, load_eval_config([*common, "benchmarks.vggsound.classes=nosuch.txt"]))
+    # a class file that lists nothing, or only names no VGGSound label has: one line, exit 2, nothing prepared
+    (tmp_path / "empty.txt").write_text("# a source line only\n\n")
+    (tmp_path / "typos.txt").write_text("dog barkng\nbaby cryin\n")
+    capsys.readouterr()
+    for bad, says in [("empty.txt", "lists no class"), ("typos.txt", "none of the 2 classes in")]:
+        assert main(["prepare", "vggsound", "--root", str(root), "--out", str(tmp_path / bad), *common,
+                     f"benchmarks.vggsound.classes={tmp_path / bad}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sonify.evaluate prepare: benchmarks.vggsound.classes: ") and says in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / bad / "clips.parquet").exists()
+    # listed classes with no clip in the chosen split: no empty clip list, one line saying why
+    assert main(["prepare", "vggsound", "--root", str(root), "--out", str(tmp_path / "nosplit"), *common,
+                 "benchmarks.vggsound.split=nosuch"]) == 2
+    assert "vggsound: no clip to take from --root" in capsys.readouterr().err
 
 
 def test_greatesthits_takes_every_split_and_counts_hits(tmp_path, capsys):
@@ -236,6 +250,40 @@ def test_fid_inception_is_the_published_network(tmp_path):
     torch.save(sd, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="missing"):
         FIDInceptionV3.from_pretrained(tmp_path / "broken.pth")
+
+
+def test_tiny_inception_features_are_alive(tmp_path):
+    """The tiny Inception (the demo's FID / KID / IS / NDB network) tells two images apart: its pool features are
+    not all zero (at 1/64 width with default batch-norm statistics every ReLU died and every image gave 0)."""
+    from sonify.evaluation.features import InceptionFeatures
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 64, dtype=np.float32)
+    smooth = Image.fromarray(np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp) / 255, 255 - np.add.outer(ramp, 0 * ramp)], -1).astype(np.uint8))
+    noise = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    inc = InceptionFeatures("tiny:inception", str(tmp_path / "tiny"))
+    f = inc([smooth, noise, smooth])
+    assert f.shape == (3, 32) and np.isfinite(f).all()
+    assert np.abs(f[:2]).max(axis=1).min() > 1e-3, f        # neither image's features are (nearly) all zero
+    assert np.abs(f[0] - f[1]).max() > 1e-2 * np.abs(f[:2]).max(), f   # two different images: different features
+    assert np.array_equal(f[0], f[2])                        # the same image: the same features
+    assert np.std(inc.logits(f[:2]), axis=1).min() > 0       # IS sees non-uniform predictions
+
+
+def test_tiny_wav2clip_tells_sounds_apart(tmp_path):
+    """The tiny Wav2CLIP (the demo's AIS / CS audio tower): a tone, noise and a square wave are not one embedding
+    (with default batch-norm statistics every pair was within cosine 0.998)."""
+    from sonify.models.tiny import build_tiny
+    from sonify.models.wav2clip import Wav2CLIP
+
+    model = Wav2CLIP.from_pretrained(build_tiny("wav2clip", tmp_path))
+    t = torch.arange(5 * 16000) / 16000
+    waves = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t), 0.1 * torch.randn(len(t), generator=torch.Generator().manual_seed(0)),
+                         0.5 * torch.sign(torch.sin(2 * torch.pi * 50 * t))])
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(model(waves), dim=-1)
+    cos = (e @ e.T)[torch.triu_indices(3, 3, 1).unbind()]
+    assert torch.isfinite(e).all() and cos.max() < 0.99, cos
 
 
 def test_clean_resize_keeps_float_precision():
@@ -370,6 +418,18 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
     md = (tmp_path / "s" / "scores.md").read_text()
     assert "| Sound2Scene (published) | 184.2 |" in md and "† (n=4)" in md and "nan" not in md.lower()
     assert "| Sound2Scene (published) | 184.2 | 0.68 | 0.049 | 109.0 |" in md   # as printed, trailing zeros kept
+    assert re.search(r"\| metal \| 2 \| -?\d+\.\d+† \|", md.split("per class")[1]), md   # a class's FID at n <= d is marked too
+    # Sound2Scene's R@K through `score`: each image (generated and ground truth) lies on its own class's text axis
+    axis = {"wood": 2, "metal": 0, "water": 1}   # not the sorted order the class texts are embedded in
+
+    def on_class_axes(gt, gen, audio, seconds, classes):
+        by_name = {r["id"]: r["label"] for r in clips}
+        own = np.eye(3)[[axis[by_name[Path(p).stem]] for p in gen]] + 0.1
+        return {**features(gt, gen, audio, seconds, classes), "clip_gen": own, "clip_gt": own, "iis_gen": own, "iis_gt": own,
+                "audio": own, "text": np.eye(3)[[axis[c] for c in classes]]}
+
+    r1 = score(tmp_path / "p", tmp_path / "g", tmp_path / "s1", cfg, features=on_class_axes)
+    assert r1["overall"]["R@1"] == 1.0 and r1["ground_truth"]["R@1"] == 1.0, r1
     # `table` composes several scored folders into one Table 1, the published rows first
     score(tmp_path / "p", tmp_path / "g", tmp_path / "s2", cfg, name="other", features=features)
     assert main(["table", str(tmp_path / "s"), str(tmp_path / "s2" / "scores.json"), "--out", str(tmp_path / "t.md"), "config=eval_demo"]) == 0
@@ -377,13 +437,29 @@ def test_score_reports_finite_or_na_with_fixed_features(tmp_path, cfg, capsys):
              if ln.startswith("| ") and not ln.startswith("| method")]
     assert names[-2:] == ["model", "other"] and names[0] == "Sound2Scene (published)" and len(names) == 7
     capsys.readouterr()
+    assert main(["table", str(tmp_path / "s"), str(tmp_path / "s"), "config=eval_demo"]) == 2   # one cell, two results
+    assert "two scored results for 'model' on greatesthits" in capsys.readouterr().err
+    capsys.readouterr()
     assert main(["table", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip() == f"sonify.evaluate table: no scores.json at {tmp_path / 'nothing'}; run `python -m sonify.evaluate score` first"
+    # a scores.json that is not a result, or one from before KID / IS / CS: one line, no traceback
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "scores.json").write_text(json.dumps({"name": "x", "benchmark": "vggsound", "overall": {"n": 3, "FID": 1.0, "IIS": 0.5, "AIS": 0.1}}))
+    (tmp_path / "odd.json").write_text(json.dumps({"name": "x", "benchmark": "vggsound", "overall": 3}))
+    (tmp_path / "empty").mkdir()
+    for bad, says in [("old", "(no KID, IS, CS, NDB, NDB/k); score it again"), ("odd.json", "is not a scores.json"),
+                      ("empty", "no scores.json at")]:
+        assert main(["table", str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and says in err and "Traceback" not in err, err
     (tmp_path / "bad.csv").write_text("model,benchmark,FID,IIS,AIS\nX,vegas,ten,0.5,0.1\n")
     assert main(["table", str(tmp_path / "s"), f"published={tmp_path / 'bad.csv'}"]) == 2
     assert "row 1 is not model,benchmark,FID,IIS,AIS with numbers" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "no_ckpt")]) == 2
     assert "run `make demo` first" in capsys.readouterr().err
+    (tmp_path / "not_a_ckpt").mkdir()   # a folder, but no checkpoint in it: refused before any benchmark is written
+    assert main(["demo", "--out", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "not_a_ckpt")]) == 2
+    assert "run `make demo` first" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_pairs_audit_figures_match_duckdb(full_run, tmp_path, capsys):

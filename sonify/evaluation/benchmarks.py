@@ -68,7 +68,10 @@ def read_class_list(path: str) -> list[str]:
     p = data_file(path)
     if not p.is_file():
         raise ConfigError(f"benchmarks.vggsound.classes: no file {path} (a file of class names, one a line, or `all`)")
-    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not names:
+        raise ConfigError(f"benchmarks.vggsound.classes: {path} lists no class (class names, one a line, or `all`)")
+    return names
 
 
 def per_class_sample(labels: list[str], per_class: int, seed: int, purpose: str) -> list[int]:
@@ -89,6 +92,10 @@ def _vggsound(root: Path, bc: BenchmarkConf, seed: int, notes: list[str]) -> lis
     rows = [r for r in t.to_pylist() if bc.split is None or r["split"] == bc.split]
     if bc.classes not in (None, "all"):
         listed = read_class_list(bc.classes)
+        known = set(t.column("label").to_pylist())
+        if not known & set(listed):
+            raise ConfigError(f"benchmarks.vggsound.classes: none of the {len(listed)} classes in {bc.classes} is a label of {csv} "
+                              f"(first: {listed[0]!r}); names must be VGGSound's labels exactly, or `all`")
         present = {r["label"] for r in rows}
         absent = [c for c in listed if c not in present]
         shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
@@ -235,6 +242,8 @@ def prepare(benchmark: str, root, out: str | Path, cfg: EvalConf) -> pa.Table:
     out = Path(out)
     notes: list[str] = []
     specs = clip_specs(benchmark, root, cfg, notes)
+    if not specs:
+        raise ConfigError(f"{benchmark}: no clip to take from --root {root}" + (f" ({'; '.join(notes)})" if notes else ""))
     bc = getattr(cfg.benchmarks, benchmark)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,15 @@ def write_fake_benchmarks(data: Path) -> dict:
             "landscapes_itw": {"landscapes": data / "landscapes", "intothewild": data / "intothewild"}}
 
 
+def _has_checkpoint(path: Path) -> bool:
+    from sonify.training.sampling import resolve_checkpoint
+
+    try:
+        return path.is_dir() and bool(resolve_checkpoint(path))
+    except FileNotFoundError:
+        return False
+
+
 def run_demo(out: str | Path, checkpoint: str | Path, overrides: list[str] = ()) -> str:
     """Prepare, generate and score every fake benchmark; prints progress; returns the path of the combined scores.md."""
     from sonify.evaluation.benchmarks import notes_of, prepare
@@ -48,7 +57,7 @@ def run_demo(out: str | Path, checkpoint: str | Path, overrides: list[str] = ())
     from sonify.evaluation.table import compose, per_class_markdown
 
     out = Path(out)
-    if not Path(checkpoint).is_dir():
+    if not _has_checkpoint(Path(checkpoint)):   # checked before any benchmark is written
         raise ConfigError(f"no demo checkpoint at {checkpoint}; run `make demo` first (or give --checkpoint DIR)")
     cfg = load_eval_config(["config=eval_demo", f"generate.checkpoint={checkpoint}", *overrides])
     roots = write_fake_benchmarks(out / "data")

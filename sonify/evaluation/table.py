@@ -17,6 +17,8 @@ TABLE1 = ("FID", "IIS", "AIS")
 HIGHER = {"FID": False, "KID": False, "NDB": False, "NDB/k": False}
 PAPER_ORDER = ("greatesthits", "landscapes_itw", "vegas", "vggsound")
 MARK = "†"
+# what every scores.json `overall` holds (older ones lack the peers' metrics)
+RESULT_KEYS = ("n", "FID", "IIS", "AIS", "KID", "IS", "CS", "NDB", "NDB/k")
 
 
 def arrow(metric: str) -> str:
@@ -48,9 +50,14 @@ def read_result(path: str | Path) -> dict:
         raise ConfigError(f"no scores.json at {p}; run `python -m sonify.evaluate score` first")
     try:
         result = json.loads(p.read_text())
-        result["overall"], result["name"], result["benchmark"]
-    except (ValueError, KeyError, TypeError):
+        o, gt = result["overall"], result.get("ground_truth", {"n": 0})
+        ok = isinstance(result["name"], str) and isinstance(result["benchmark"], str) and isinstance(gt, dict) and "n" in gt
+        missing = [k for k in RESULT_KEYS if k not in o]
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{p} is not a scores.json written by `python -m sonify.evaluate score`") from None
+    if not ok or missing:
+        raise ConfigError(f"{p} is not a scores.json written by this `python -m sonify.evaluate score`"
+                          + (f" (no {', '.join(missing)}); score it again" if missing else ""))
     return result
 
 
@@ -79,8 +86,9 @@ def _peer_cells(scope: dict, ks: list[str], gt: bool = False) -> list[str]:
     isd = d.get("is")
     is_cell = value(scope.get("IS")) + (f" ± {isd['std']:.3f} ({isd['splits']} split{'s' if isd['splits'] > 1 else ''})" if isd else "")
     cells = [str(n), kid_cell, is_cell, absent if gt else value(scope["CS"])]
-    cells += [value(scope[f"R@{k}"]) for k in ks]
-    cells += [absent if gt else value(scope[f"R@{k} (image)"]) for k in ks]
+    other_k = "n/a (not computed at this K)"
+    cells += [value(scope.get(f"R@{k}", other_k)) for k in ks]
+    cells += [absent if gt else value(scope.get(f"R@{k} (image)", other_k)) for k in ks]
     cells += [absent if gt else value(scope[c]) for c in ("NDB", "NDB/k")]
     return cells
 
@@ -91,6 +99,10 @@ def compose(results: list[dict], published: str | Path | None) -> str:
     benches = [b for b in PAPER_ORDER if any(r["benchmark"] == b for r in pub)]
     benches += sorted({r["benchmark"] for r in results} - set(benches))
     names = list(dict.fromkeys(r["name"] for r in results))
+    pairs = [(r["name"], r["benchmark"]) for r in results]
+    twice = sorted({p for p in pairs if pairs.count(p) > 1})
+    if twice:   # one cell per (method, benchmark): a second result would silently replace the first
+        raise ConfigError(f"two scored results for {twice[0][0]!r} on {twice[0][1]}; score each model under its own --name")
     dims = sorted({r["overall"].get("details", {}).get("fid_dim") for r in results} - {None})
     head = ["method", *[f"{b} {m}{arrow(m)}" for b in benches for m in TABLE1]]
     lines = ["# Table 1: " + ", ".join(names) + " beside the published rows", "",
@@ -136,5 +148,7 @@ def per_class_markdown(result: dict) -> str:
     lines = [f"## {result['name']} on {result['benchmark']}, per class", "",
              "| " + " | ".join(["class", "n", *[c + arrow(c.split(" ")[0]) for c in cols]]) + " |", "|" + "---|" * (len(cols) + 2)]
     for lab, m in result["per_class"].items():
-        lines.append("| " + " | ".join([lab.replace("|", "/"), str(m["n"]), *[value(m[c]) for c in cols]]) + " |")
+        marked = (m.get("details") or {}).get("fid_rank_deficient")
+        cells = [value(m[c]) + (MARK if c == "FID" and marked and not isinstance(m[c], dict) else "") for c in cols]
+        lines.append("| " + " | ".join([lab.replace("|", "/"), str(m["n"]), *cells]) + " |")
     return "\n".join(lines) + "\n"

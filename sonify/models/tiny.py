@@ -17,7 +17,7 @@ from sonify.engine.files import atomic_path
 
 MARKER = "sonify_tiny.json"
 KINDS = ("clap", "vlm", "ast", "vae", "dit", "clip", "inception", "wav2clip", "hubert", "t5")
-VERSION = 7
+VERSION = 8
 
 _CORPUS = [
     "the sound of a dog barking in the park", "water splashing against the rocks", "a car engine running",
@@ -136,17 +136,45 @@ def _clip(out: Path) -> None:
 
 
 def _inception(out: Path) -> None:
-    """FID's Inception at 1/64 of its width: 32-d pool features."""
+    """FID's Inception at 1/64 of its width: 32-d pool features, its batch norms calibrated so they are alive.
+
+    With random weights and the default running statistics (mean 0, variance 1) the narrow layers' ReLUs
+    all die and every image gets the zero vector (FID, KID and NDB 0, IS 1 whatever the images). So the
+    running statistics are set, once at build time, to those of one batch of smooth random images passed
+    in training mode: every layer's input is then normalised, about half of each ReLU's outputs are alive,
+    and different images get different features.
+    """
+    import torch.nn.functional as F
+
     from sonify.models.inception import FIDInceptionV3
 
-    FIDInceptionV3(width=1 / 64).save_pretrained(out)
+    images = F.interpolate(torch.rand(8, 3, 16, 16), size=(299, 299), mode="bilinear", align_corners=False)
+    _calibrate_batch_norms(FIDInceptionV3(width=1 / 64), images).save_pretrained(out)
+
+
+def _calibrate_batch_norms(model: torch.nn.Module, batch: torch.Tensor) -> torch.nn.Module:
+    """Every batch norm's running statistics set to those of `batch` (one training-mode pass); the model in eval mode."""
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        bn.reset_running_stats()
+        bn.momentum = None   # a cumulative average: after one batch, exactly that batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(batch)
+    return model.eval()
 
 
 def _wav2clip(out: Path) -> None:
-    """Wav2CLIP's ResNet-18 with 4 base channels: 32-d embeddings, the tiny CLIP's width."""
-    from sonify.models.wav2clip import Wav2CLIP
+    """Wav2CLIP's ResNet-18 with 4 base channels: 32-d embeddings, the tiny CLIP's width.
 
-    Wav2CLIP(width=4).save_pretrained(out)
+    Its batch norms are calibrated like the tiny Inception's, on tones and noise: with the default statistics
+    a tone, noise and a square wave all embedded within cosine 0.998 of each other, so AIS and CS said nothing.
+    """
+    from sonify.models.wav2clip import SAMPLE_RATE, Wav2CLIP
+
+    t = torch.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    tones = torch.sin(2 * torch.pi * torch.logspace(2, 3.6, 4)[:, None] * t) * torch.rand(4, 1)
+    noise = torch.randn(4, len(t)) * torch.rand(4, 1) * torch.linspace(0, 1, len(t)) ** torch.rand(4, 1)
+    _calibrate_batch_norms(Wav2CLIP(width=4), torch.cat([tones, noise])).save_pretrained(out)
 
 
 def _hubert(out: Path) -> None:
