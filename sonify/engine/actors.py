@@ -86,12 +86,15 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
 
 def _stop(ray, actors: list, up: dict, failed: bool) -> None:
     """Actors that are up exit gracefully (no kill for Ray's teardown to race); the others (never placed,
-    being rebuilt, or a stage stopped by an error) are killed."""
-    done = [] if failed else [a.__ray_terminate__.remote() for a in up.values()]
-    if done:
-        ray.wait(done, num_returns=len(done), timeout=30)
+    being rebuilt, or a stage stopped by an error), and any whose exit has not finished within 30 s (one
+    being rebuilt where there is no room would wait for it forever), are killed."""
+    exits = {} if failed else {a.__ray_terminate__.remote(): a for a in up.values()}
+    finished = set()
+    if exits:
+        finished = set(ray.wait(list(exits), num_returns=len(exits), timeout=30)[0])
+    gone = {exits[r]._actor_id for r in finished}
     for a in actors:
-        if failed or a._actor_id not in up:
+        if a._actor_id not in gone:
             ray.kill(a, no_restart=True)
 
 

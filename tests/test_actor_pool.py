@@ -1,0 +1,126 @@
+"""The actor pool's bookkeeping (`engine.actors`) against a scripted stand-in for Ray: which call runs
+where, what a lost actor's call becomes, what is left running at the end. No Ray is started."""
+
+import sys
+import types
+
+import pytest
+
+from sonify.engine import actors
+
+
+class _Ref:
+    made = 0
+
+    def __init__(self, outcome, ready=True):
+        self.outcome, self.ready = outcome, ready
+        self.seq = _Ref.made = _Ref.made + 1
+
+
+class _Method:
+    def __init__(self, actor, name):
+        self.actor, self.name = actor, name
+
+    def remote(self, *args):
+        return self.actor.ray.submit(self.actor, self.name, args)
+
+
+class _Handle:
+    def __init__(self, ray, index):
+        self.ray, self.index, self._actor_id = ray, index, f"actor-{index}"
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name not in ("__ray_ready__", "__ray_terminate__"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+
+class FakeRay:
+    """Every ref is ready at once unless `script` says otherwise; `script(actor_index, method, args)`
+    returns the outcome: a value, an exception to raise from `get`, or `PENDING` (never ready)."""
+    PENDING = object()
+
+    def __init__(self, script):
+        self.script, self.handles, self.killed, self.calls = script, [], [], []
+        errors = types.SimpleNamespace()
+
+        class RayError(Exception):
+            pass
+
+        class RayActorError(RayError):
+            actor_init_failed = False
+        errors.RayError, errors.RayActorError = RayError, RayActorError
+        self.exceptions = errors
+
+    def remote(self, cls):
+        ray = self
+
+        class _Cls:
+            def options(self, **kw):
+                return self
+
+            def remote(self, *args):
+                h = _Handle(ray, len(ray.handles))
+                ray.handles.append(h)
+                return h
+        return _Cls()
+
+    def submit(self, actor, name, args):
+        if name == "run":
+            self.calls.append((actor.index, args))
+        out = self.script(actor.index, name, args)
+        return _Ref(None, ready=False) if out is self.PENDING else _Ref(out)
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        ready = sorted((r for r in refs if r.ready), key=lambda r: r.seq)[:num_returns]   # the oldest first
+        if len(ready) < num_returns and timeout is None:
+            raise AssertionError("ray.wait would block forever")
+        return ready, [r for r in refs if r not in ready]
+
+    def get(self, ref):
+        if isinstance(ref.outcome, BaseException):
+            raise ref.outcome
+        return ref.outcome
+
+    def kill(self, handle, no_restart=True):
+        self.killed.append(handle.index)
+
+
+def _install(monkeypatch, script):
+    fake = FakeRay(script)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    return fake
+
+
+def test_an_actor_whose_graceful_exit_does_not_finish_is_killed_not_left_running(monkeypatch):
+    """A finished pool must not leave an actor behind: one whose `__ray_terminate__` never completes
+    (being rebuilt on a node with no room, or stuck) is killed after the wait."""
+    def script(actor, method, args):
+        if method == "__ray_terminate__" and actor == 1:
+            return FakeRay.PENDING
+        return {"partition": args[0]} if method == "run" else None
+
+    fake = _install(monkeypatch, script)
+    got = []
+    actors.run_on_actors(object, (), [("p0", 0, 1), ("p1", 1, 1)], {}, 2, got.append, lambda c, r: None)
+    assert sorted(g["partition"] for g in got) == ["p0", "p1"]
+    assert 1 in fake.killed and 0 not in fake.killed
+
+
+def test_a_call_whose_actor_dies_runs_again_elsewhere_and_every_result_arrives_once(monkeypatch):
+    lost_once = set()
+
+    def script(actor, method, args):
+        if method == "run":
+            if args[0] == "p1" and "p1" not in lost_once:
+                lost_once.add("p1")
+                return fake.exceptions.RayActorError("node lost")
+            return {"partition": args[0]}
+        return None
+
+    fake = _install(monkeypatch, script)
+    got = []
+    actors.run_on_actors(object, (), [(f"p{i}", i, 1) for i in range(5)], {}, 2, got.append,
+                         lambda c, r: pytest.fail("nothing is given up"))
+    assert sorted(g["partition"] for g in got) == [f"p{i}" for i in range(5)]
+    assert [c[1][0] for c in fake.calls].count("p1") == 2
