@@ -124,3 +124,21 @@ def test_a_call_whose_actor_dies_runs_again_elsewhere_and_every_result_arrives_o
                          lambda c, r: pytest.fail("nothing is given up"))
     assert sorted(g["partition"] for g in got) == [f"p{i}" for i in range(5)]
     assert [c[1][0] for c in fake.calls].count("p1") == 2
+
+
+def test_a_stage_asking_more_cpus_per_actor_than_the_local_ray_has_is_refused_in_one_line(monkeypatch, tmp_path):
+    """No actor of it would ever be placed on a local Ray (no node joins one), so the pool would wait forever."""
+    from sonify.engine import executor
+    from sonify.engine.config import load_config
+    from sonify.stages import stage_names
+    from sonify.engine.errors import ConfigError
+    from sonify.stages import get_stage
+
+    fake = FakeRay(lambda *a: pytest.fail("no actor is started"))
+    fake.cluster_resources = lambda: {"CPU": 2.0, "memory": 1e9}
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config(["pipeline=demo", f"run.root={tmp_path}", "demo_data.enabled=false", "stages.mix.num_cpus=4"],
+                      stage_names())
+    with pytest.raises(ConfigError, match=r"^stages\.mix\.num_cpus=4 per actor, but this run's local Ray has 2 CPUs"):
+        executor._run_ray(get_stage("mix"), cfg, tmp_path / "plan", [], lambda s: None)
