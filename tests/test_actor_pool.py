@@ -142,3 +142,28 @@ def test_a_stage_asking_more_cpus_per_actor_than_the_local_ray_has_is_refused_in
                       stage_names())
     with pytest.raises(ConfigError, match=r"^stages\.mix\.num_cpus=4 per actor, but this run's local Ray has 2 CPUs"):
         executor._run_ray(get_stage("mix"), cfg, tmp_path / "plan", [], lambda s: None)
+
+
+def test_a_node_lost_with_idle_actors_on_it_does_not_make_the_running_partition_a_failed_one(monkeypatch):
+    """Node X holds actors 0-2, node Y actor 3. X is lost while actor 2 runs p2 and actors 0 and 1, done,
+    sit idle on it: p2 must wait for a live actor (3), not be handed to the dead idle ones until it
+    counts as a partition that kills every worker it runs on."""
+    state = {"lost": False}
+
+    def script(actor, method, args):
+        on_x = actor in (0, 1, 2)
+        if method == "run":
+            if on_x and (state["lost"] or args[0] == "p2"):
+                state["lost"] = True
+                return fake.exceptions.RayActorError("node X lost")
+            return {"partition": args[0]}
+        if method == "__ray_ready__" and on_x and state["lost"]:
+            return FakeRay.PENDING   # being rebuilt: no room anywhere yet
+        return None
+
+    fake = _install(monkeypatch, script)
+    got, lost = [], []
+    actors.run_on_actors(object, (), [(f"p{i}", i, 1) for i in range(4)], {}, 4, got.append,
+                         lambda c, r: lost.append((c, r)))
+    assert lost == []
+    assert sorted(g["partition"] for g in got) == ["p0", "p1", "p2", "p3"]

@@ -27,7 +27,8 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
     `options` (num_cpus, num_gpus, ...); `on_result` gets each call's return value as it arrives.
 
     A call whose actor dies (its process or node lost) goes back to the front of the queue for the next
-    actor that is up, while Ray rebuilds the dead one; a call that loses its actor `max_losses` times
+    actor that is up, while Ray rebuilds the dead one (idle actors, which may have been on the same node,
+    answer a readiness probe before they take work again); a call that loses its actor `max_losses` times
     (it kills every worker it runs on) is given up: `on_lost(call, reason)`."""
     import ray
 
@@ -64,8 +65,12 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
                 try:
                     result = _get(ray, ref)
                 except ray.exceptions.RayActorError as e:   # the actor died under this call: Ray rebuilds it
-                    up.pop(actor._actor_id, None)
-                    starting[actor.__ray_ready__.remote()] = actor
+                    # and the idle actors may have gone with it (same node): each proves it is up again before
+                    # it takes work, so a call is never charged for landing on an actor that was already dead
+                    for a in [actor, *idle]:
+                        up.pop(a._actor_id, None)
+                        starting[a.__ray_ready__.remote()] = a
+                    idle.clear()
                     losses[call] = losses.get(call, 0) + 1
                     reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
                     if losses[call] >= max_losses:
