@@ -167,3 +167,29 @@ def test_a_node_lost_with_idle_actors_on_it_does_not_make_the_running_partition_
                          lambda c, r: lost.append((c, r)))
     assert lost == []
     assert sorted(g["partition"] for g in got) == ["p0", "p1", "p2", "p3"]
+
+
+class _StopWaiting(Exception):
+    pass
+
+
+def test_a_pool_with_no_actor_placed_says_so_in_one_line_instead_of_waiting_in_silence(monkeypatch, caplog):
+    """Every actor waits for room (a cluster without it, or every node holding actors lost): the pool
+    warns once, naming what it waits for, and keeps waiting (an autoscaler may add a node)."""
+    fake = _install(monkeypatch, lambda actor, method, args: FakeRay.PENDING if method == "__ray_ready__" else None)
+    fake.cluster_resources = lambda: {"CPU": 0.0}
+    waits = []
+    plain_wait = fake.wait
+
+    def wait(refs, num_returns=1, timeout=None):
+        waits.append(timeout)
+        if len(waits) > 3:
+            raise _StopWaiting
+        return plain_wait(refs, num_returns, timeout)
+
+    fake.wait = wait
+    with caplog.at_level("WARNING", logger="sonify"), pytest.raises(_StopWaiting):
+        actors.run_on_actors(object, (), [("p0", 0, 1)], {"num_cpus": 4.0}, 2, lambda r: None, lambda c, r: None)
+    lines = [r.getMessage() for r in caplog.records if "no actor of this stage is up" in r.getMessage()]
+    assert len(lines) == 1 and "waiting for room for 1 actor(s) of {'num_cpus': 4.0}" in lines[0], lines
+    assert sorted(fake.killed) == [0]   # the stage stopped: the actor that never got room is killed

@@ -16,20 +16,25 @@ end. Finished actors exit on their own (`__ray_terminate__`), so teardown leaves
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import Callable
+
+log = logging.getLogger("sonify")
 
 
 def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: dict, concurrency: int,
                   on_result: Callable[[object], None], on_lost: Callable[[tuple, str], None],
-                  max_losses: int = 3) -> None:
+                  max_losses: int = 3, wait_note_s: float = 60) -> None:
     """`worker_cls(*args).run(*call)` for every call, spread over up to `concurrency` actors started with
     `options` (num_cpus, num_gpus, ...); `on_result` gets each call's return value as it arrives.
 
     A call whose actor dies (its process or node lost) goes back to the front of the queue for the next
     actor that is up, while Ray rebuilds the dead one (idle actors, which may have been on the same node,
     answer a readiness probe before they take work again); a call that loses its actor `max_losses` times
-    (it kills every worker it runs on) is given up: `on_lost(call, reason)`."""
+    (it kills every worker it runs on) is given up: `on_lost(call, reason)`. When no actor is up for
+    `wait_note_s` (none placed yet: a cluster without room, or every node with actors lost) it says so in
+    one warning line and keeps waiting (an autoscaler may be adding nodes)."""
     import ray
 
     actor_cls = ray.remote(worker_cls).options(max_restarts=-1, max_task_retries=0, **options)
@@ -39,13 +44,21 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
     running: dict = {}
     up, losses, probes = {}, {}, {}
     idle: deque = deque()   # actors that are up with nothing to do
-    failed = True
+    failed, noted = True, False
     try:
         while queue or running:
             if not (running or starting):
                 from sonify.engine.errors import SonifyError
                 raise SonifyError(f"no Ray worker left to run {len(queue)} partitions: every actor was lost and not rebuilt")
-            ref = ray.wait(list(running) + list(starting), num_returns=1)[0][0]
+            ready = ray.wait(list(running) + list(starting), num_returns=1, timeout=wait_note_s)[0]
+            if not ready:   # nothing came back for a while: say so when no actor is up, rather than wait in silence
+                if not running and not noted:
+                    noted = True
+                    log.warning("no actor of this stage is up after %ds: waiting for room for %d actor(s) of %s on the "
+                                "cluster (%s); %d partitions to do", wait_note_s, len(starting), options,
+                                ray.cluster_resources(), len(queue))
+                continue
+            ref = ready[0]
             if ref in starting:
                 actor = starting.pop(ref)
                 try:
