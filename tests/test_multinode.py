@@ -113,11 +113,16 @@ def test_a_worker_node_lost_mid_stage(cluster, full_run, tmp_path, stage):
     cluster.add_node(num_cpus=1, object_store_memory=80 * MB)
     _connect(cluster)
     t, out = _in_thread(lambda: run_stage(get_stage(stage), cfg, progress_bar=False))
-    _wait_for(lambda: _finished(cfg, stage) >= 1)
     from ray.util.state import list_actors
 
-    on_doomed = [a for a in list_actors(filters=[("class_name", "=", "PartitionWorker"), ("state", "=", "ALIVE")])
-                 if a.node_id == doomed.node_id]
+    def on_doomed():
+        return [a for a in list_actors(filters=[("class_name", "=", "PartitionWorker"), ("state", "=", "ALIVE")])
+                if a.node_id == doomed.node_id]
+
+    # a partition finished and the doomed node's actor built (on a loaded machine the other actor can finish
+    # a partition while this one still loads its model: the node then went before it held a worker)
+    _wait_for(lambda: _finished(cfg, stage) >= 1 and on_doomed())
+    on_doomed = on_doomed()
     finished_then = _finished(cfg, stage)
     cluster.remove_node(doomed, allow_graceful=False)
     assert on_doomed, "the removed node held no worker"

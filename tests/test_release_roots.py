@@ -79,3 +79,24 @@ def test_a_list_of_absolute_paths_with_root_slash_makes_a_release_that_rebuilds_
         rebuilt = out / m["path"].split("/", 2)[2]
         assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == \
             hashlib.sha256((Path(cfg.run.dir) / m["path"]).read_bytes()).hexdigest()
+
+
+def test_the_mix_stage_refuses_a_component_that_a_linked_folder_takes_outside_its_root(make_cfg, tmp_path):
+    """The listing's check is lexical (a list can name a million files); `sonify.mix` resolves links. A
+    folder inside the root that links outside it passed the listing and the mix stage, and the release
+    it made was refused by `sonify.mix --pipeline` row by row (exit 1): the stage must refuse it first."""
+    from sonify.mixing.rebuild import SourceRefused, resolve_source
+    from sonify.stages.mix import MixStage
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SourceRefused):   # what sonify.mix does with such a row
+        resolve_source("demo_sfx", "link/a.wav", None, {"demo_sfx": root})
+    stage = MixStage(make_cfg())
+    stage.paths.roots["demo_sfx"] = str(root)   # demo_sfx's folder, as the config would give it
+    comp = {"dataset": "demo_sfx", "relpath": "link/a.wav", "uri": "link/a.wav", "concept_index": 0, "chunk_id": "c"}
+    row = stage._mix({"id": "k-img", "image_id": "img", "vlm": "v", "components": [comp]})
+    assert row["status"] == "error"
+    assert row["error"].startswith(f"unrebuildable: source 'demo_sfx': 'link/a.wav' resolves outside the audio root {root}")

@@ -16,19 +16,25 @@ end. Finished actors exit on their own (`__ray_terminate__`), so teardown leaves
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import Callable
+
+log = logging.getLogger("sonify")
 
 
 def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: dict, concurrency: int,
                   on_result: Callable[[object], None], on_lost: Callable[[tuple, str], None],
-                  max_losses: int = 3) -> None:
+                  max_losses: int = 3, wait_note_s: float = 60) -> None:
     """`worker_cls(*args).run(*call)` for every call, spread over up to `concurrency` actors started with
     `options` (num_cpus, num_gpus, ...); `on_result` gets each call's return value as it arrives.
 
     A call whose actor dies (its process or node lost) goes back to the front of the queue for the next
-    actor that is up, while Ray rebuilds the dead one; a call that loses its actor `max_losses` times
-    (it kills every worker it runs on) is given up: `on_lost(call, reason)`."""
+    actor that is up, while Ray rebuilds the dead one (idle actors, which may have been on the same node,
+    answer a readiness probe before they take work again); a call that loses its actor `max_losses` times
+    (it kills every worker it runs on) is given up: `on_lost(call, reason)`. When no actor is up for
+    `wait_note_s` (none placed yet: a cluster without room, or every node with actors lost) it says so in
+    one warning line and keeps waiting (an autoscaler may be adding nodes)."""
     import ray
 
     actor_cls = ray.remote(worker_cls).options(max_restarts=-1, max_task_retries=0, **options)
@@ -38,13 +44,21 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
     running: dict = {}
     up, losses, probes = {}, {}, {}
     idle: deque = deque()   # actors that are up with nothing to do
-    failed = True
+    failed, noted = True, False
     try:
         while queue or running:
             if not (running or starting):
                 from sonify.engine.errors import SonifyError
                 raise SonifyError(f"no Ray worker left to run {len(queue)} partitions: every actor was lost and not rebuilt")
-            ref = ray.wait(list(running) + list(starting), num_returns=1)[0][0]
+            ready = ray.wait(list(running) + list(starting), num_returns=1, timeout=wait_note_s)[0]
+            if not ready:   # nothing came back for a while: say so when no actor is up, rather than wait in silence
+                if not running and not noted:
+                    noted = True
+                    log.warning("no actor of this stage is up after %ds: waiting for room for %d actor(s) of %s on the "
+                                "cluster (%s); %d partitions to do", wait_note_s, len(starting), options,
+                                ray.cluster_resources(), len(queue))
+                continue
+            ref = ready[0]
             if ref in starting:
                 actor = starting.pop(ref)
                 try:
@@ -64,8 +78,12 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
                 try:
                     result = _get(ray, ref)
                 except ray.exceptions.RayActorError as e:   # the actor died under this call: Ray rebuilds it
-                    up.pop(actor._actor_id, None)
-                    starting[actor.__ray_ready__.remote()] = actor
+                    # and the idle actors may have gone with it (same node): each proves it is up again before
+                    # it takes work, so a call is never charged for landing on an actor that was already dead
+                    for a in [actor, *idle]:
+                        up.pop(a._actor_id, None)
+                        starting[a.__ray_ready__.remote()] = a
+                    idle.clear()
                     losses[call] = losses.get(call, 0) + 1
                     reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
                     if losses[call] >= max_losses:
@@ -86,12 +104,15 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
 
 def _stop(ray, actors: list, up: dict, failed: bool) -> None:
     """Actors that are up exit gracefully (no kill for Ray's teardown to race); the others (never placed,
-    being rebuilt, or a stage stopped by an error) are killed."""
-    done = [] if failed else [a.__ray_terminate__.remote() for a in up.values()]
-    if done:
-        ray.wait(done, num_returns=len(done), timeout=30)
+    being rebuilt, or a stage stopped by an error), and any whose exit has not finished within 30 s (one
+    being rebuilt where there is no room would wait for it forever), are killed."""
+    exits = {} if failed else {a.__ray_terminate__.remote(): a for a in up.values()}
+    finished = set()
+    if exits:
+        finished = set(ray.wait(list(exits), num_returns=len(exits), timeout=30)[0])
+    gone = {exits[r]._actor_id for r in finished}
     for a in actors:
-        if failed or a._actor_id not in up:
+        if a._actor_id not in gone:
             ray.kill(a, no_restart=True)
 
 

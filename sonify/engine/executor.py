@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -163,7 +164,7 @@ def _run_ray(cls: type, cfg: DictConfig, plan_path: Path, todo: list[Partition],
     from sonify.engine.actors import run_on_actors
 
     conf = cls.settings(cfg)
-    check_resources(cls.name, conf)
+    check_resources(cls.name, conf, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
     options = {"num_cpus": float(conf.num_cpus), "num_gpus": float(conf.num_gpus),
                **({"accelerator_type": conf.accelerator_type} if conf.accelerator_type else {})}
     results = []
@@ -180,11 +181,17 @@ def _run_ray(cls: type, cfg: DictConfig, plan_path: Path, todo: list[Partition],
     return results
 
 
-def check_resources(stage: str, conf) -> None:
-    """Refuse, in one line, a stage that asks for more GPUs per actor, or an accelerator, than the cluster has."""
+def check_resources(stage: str, conf, local: bool = False) -> None:
+    """Refuse, in one line, a stage that asks for more GPUs per actor, or an accelerator, than the cluster has,
+    or, on the local Ray a run starts (no node will ever join it), more CPUs per actor than it has: such an
+    actor is never placed and the stage would wait for it forever."""
     import ray
 
     have = ray.cluster_resources()
+    cpus = float(conf.num_cpus)
+    if local and cpus > have.get("CPU", 0.0):
+        raise ConfigError(f"stages.{stage}.num_cpus={cpus:g} per actor, but this run's local Ray has {have.get('CPU', 0.0):g} "
+                          f"CPUs; lower it or raise ray.num_cpus")
     gpus = float(conf.num_gpus)
     if gpus > have.get("GPU", 0.0):
         raise ConfigError(f"stages.{stage}.num_gpus={gpus:g} per actor, but the cluster has {have.get('GPU', 0.0):g} GPUs; "

@@ -8,13 +8,15 @@ with none left is an error row. A sum whose sample peak is above the ceiling is 
 the gain recorded. A chunk matched by two concepts of one variant (Algorithm 1 allows it) is summed
 twice and listed in `repeated_chunks`; `stages.retrieve.distinct_within_variant` avoids it. Mixtures are 24-bit FLAC under `<run>/mixes/`; when the stage finishes, the
 release manifest (`sonify.mixing.release`) is written. A variant with a component that `sonify.mix`
-would refuse to rebuild from (an absolute or `..` source path) is an `unrebuildable` error row:
+would refuse to rebuild from (an absolute or `..` source path, or one that a linked folder takes outside
+its source's root) is an `unrebuildable` error row:
 the release never holds a row that cannot be rebuilt.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -26,7 +28,7 @@ from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import dbfs, load_chunk
 from sonify.media.loudness import LoudnessMeter
-from sonify.mixing.rebuild import relpath_problem
+from sonify.mixing.rebuild import SourceRefused, relpath_problem, resolve_source
 from sonify.mixing.render import render, target_lufs, write_flac
 from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
@@ -74,13 +76,27 @@ class MixStage(Stage):
 
         write_release(cfg, store)
 
+    def _refused(self, comp: dict) -> str | None:
+        """Why `sonify.mix` would refuse this component, by its own rule (`resolve_source`) against the
+        run's roots: besides an absolute or `..` path, a path that a linked folder takes outside its root,
+        which the listing's string-only check cannot see."""
+        problem = relpath_problem(comp["relpath"])
+        root = self.paths.roots.get(comp["dataset"])
+        if problem or root is None or "://" in root:
+            return problem
+        try:
+            resolve_source(comp["dataset"], comp["relpath"], None, {comp["dataset"]: Path(root)})
+        except SourceRefused:
+            return f"{comp['relpath']!r} resolves outside the audio root {root}"
+        return None
+
     def _mix(self, row: dict) -> dict:
         conf, seed = self.conf, int(self.cfg.run.seed)
         counts = Counter(c["chunk_id"] for c in row["components"])
         out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate,
                "repeated_chunks": sorted(k for k, n in counts.items() if n > 1)}
         comps, signals, weighted, gains = [], [], [], []
-        refused = next(((c, relpath_problem(c["relpath"])) for c in row["components"] if relpath_problem(c["relpath"])), None)
+        refused = next(((c, why) for c in row["components"] if (why := self._refused(c))), None)
         if refused:
             return {**out, "status": STATUS_ERROR, "error": error_text(
                 "unrebuildable", f"source {refused[0]['dataset']!r}: {refused[1]}; sonify.mix refuses it (list sources store "
