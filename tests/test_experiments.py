@@ -110,6 +110,16 @@ def test_bad_arguments_fail_in_one_line(demo, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "run=<run dir> is required" in err[0] and "1 queries for 2 sources" in err[1]
     assert "config.yaml is missing" in err[2]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "one").mkdir()
+    _png(tmp_path / "one" / "g.png", 0)
+    assert main(["mixing-typo", f"run={run_dir}"]) == 2
+    assert main(["memorisation", f"run={run_dir}", f"--images={tmp_path / 'empty'}", f"--out={tmp_path}/m"]) == 2
+    assert main(["memorisation", f"run={run_dir}", f"--images={tmp_path / 'one'}", "--reference=/no/such/dir", f"--out={tmp_path}/m"]) == 2
+    assert main(["memorisation", f"--images={tmp_path / 'empty'}", f"--out={tmp_path}/m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and "unknown experiment 'mixing-typo'; valid choices: mixing, loudness" in err[0]
+    assert "no .png/.jpg images in it" in err[1] and "--reference /no/such/dir: no such folder" in err[2]
 
 
 def _bands(clip, bands=8):
@@ -187,15 +197,15 @@ def test_memorisation_finds_copies_of_training_images_at_cosine_1(demo, tmp_path
     (gen / "broken.png").write_bytes(b"no image")
     out = tmp_path / "mem"
     # the tiny random CLIP puts every image near every other (noise at ~0.98): the threshold tells copies apart
-    assert main(["memorisation", f"run={run_dir}", f"--images={gen}", "--clip=tiny:clip", f"--tiny-dir={tmp_path / 'tiny'}",
-                 "--threshold=0.9999", f"--out={out}"]) == 0
+    # no --clip: a run built with tiny models gets the tiny CLIP (evaluate's default cannot load offline)
+    assert main(["memorisation", f"run={run_dir}", f"--images={gen}", "--threshold=0.9999", f"--out={out}"]) == 0
     rows = {r["id"]: r for r in pq.read_table(out / "data.parquet").to_pylist() if r["kind"] == "nearest"}
     for i in kept:
         assert rows[f"copy_{i}"]["match"] == i and rows[f"copy_{i}"]["cosine"] == pytest.approx(1.0, abs=1e-6)
     errors = pq.read_table(out / "errors.parquet").to_pylist()
     assert [e["id"] for e in errors] == ["broken"]
     assert all(r["cosine"] < 0.9999 for i, r in rows.items() if i.startswith("noise"))
-    assert "3 of 6 generated images (50.0%)" in (out / "summary.md").read_text()
+    assert "3 of 6 generated images (50.0%)" in (out / "summary.md").read_text() and "CLIP `tiny:clip`" in (out / "summary.md").read_text()
     assert Image.open(out / "figure.png").size[0] > 0
 
 
