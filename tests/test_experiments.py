@@ -162,6 +162,7 @@ def test_loudness_retention_command_on_a_folder_with_ast_and_hubert(tmp_path, ca
         sf.write(audio / f"c{i}.wav", c, 16000)
     (audio / "broken.wav").write_bytes(b"not audio")
     sf.write(audio / "silent.wav", np.zeros(16000), 16000)
+    sf.write(audio / "c1_copy.wav", _clips(4)[1], 16000)            # a copy is not a class of its own
     out = tmp_path / "lr"
     assert main(["loudness-retention", f"--audio-dir={audio}", "--ast=tiny:ast", "--hubert=tiny:hubert", f"--tiny-dir={tmp_path / 'tiny'}",
                  "--max-shift=20", "--step-db=10", "--seconds=1", f"--out={out}", "--device=cpu"]) == 0
@@ -172,6 +173,7 @@ def test_loudness_retention_command_on_a_folder_with_ast_and_hubert(tmp_path, ca
     assert at_zero == [1.0, 1.0]                                       # each clip is its own nearest neighbour
     bad = {r["clip"]: r["error"] for r in pq.read_table(out / "clips.parquet").to_pylist() if r["status"] == "error"}
     assert bad["broken.wav"].startswith("decode_error") and bad["silent.wav"].startswith("below_gate")
+    assert bad["c1_copy.wav"] == "duplicate: the same audio as c1.wav"
     assert (out / "figure.png").is_file() and (out / "data.csv").read_text().count("\n") == 11
 
 

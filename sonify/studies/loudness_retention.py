@@ -12,6 +12,7 @@ AST (`models.ast`, as the features stage runs it) and, with `--hubert`, a `trans
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -88,16 +89,24 @@ def load_clips(a, run_dir: Path | None) -> tuple[list[str], list[np.ndarray], li
             raise StudyError("loudness-retention: give run=<run dir> (clips from its pool) or --audio-dir")
         pool = RunPool(run_dir)
         ids = sorted(pool.ids)
-        take = keyed_rng(a.seed, "experiments", "loudness-retention").permutation(len(ids))[:a.clips]
+        order = keyed_rng(a.seed, "experiments", "loudness-retention").permutation(len(ids))   # drawn until --clips usable
         n = int(round(rate * a.seconds))
         items = [(ids[i], lambda c=ids[i]: (lambda x: np.pad(x, (0, max(0, n - x.size)))[:n])(pool.audio(c, rate)))
-                 for i in sorted(take)]
+                 for i in order]
+    seen: dict[bytes, str] = {}
     for name, load in items:
+        if not a.audio_dir and len(clips) == a.clips:
+            break
         try:
             x = np.asarray(load(), np.float64)
         except (OSError, ValueError) as e:
             rows.append({"clip": name, "status": "error", "error": f"decode_error: {e}", "measured_lufs": None})
             continue
+        digest = hashlib.sha256(x.tobytes()).digest()
+        if digest in seen:      # each clip is its own class: two identical clips could not be told apart at any shift
+            rows.append({"clip": name, "status": "error", "error": f"duplicate: the same audio as {seen[digest]}", "measured_lufs": None})
+            continue
+        seen[digest] = name
         level = meter.integrated(x)
         if not np.isfinite(level):
             rows.append({"clip": name, "status": "error", "error": "below_gate: silent, or under -70 LUFS", "measured_lufs": None})
