@@ -118,12 +118,16 @@ def test_bad_arguments_fail_in_one_line(demo, tmp_path, capsys):
     (tmp_path / "one").mkdir()
     _png(tmp_path / "one" / "g.png", 0)
     assert main(["mixing-typo", f"run={run_dir}"]) == 2
+    assert main(["mixing", f"run={run_dir}", f"--checkpoint={tmp_path}/no_ckpt", f"--out={tmp_path}/c"]) == 2
+    assert main(["mixing", f"run={run_dir}", f"--checkpoint={ckpt}", f"--out={tmp_path}/q", "--query= ", "--query=x"]) == 2
     assert main(["sequence", f"run={run_dir}", f"--checkpoint={ckpt}", f"--out={tmp_path}/s", "--sources=1"]) == 2
     assert main(["memorisation", f"run={run_dir}", f"--images={tmp_path / 'empty'}", f"--out={tmp_path}/m"]) == 2
     assert main(["memorisation", f"run={run_dir}", f"--images={tmp_path / 'one'}", "--reference=/no/such/dir", f"--out={tmp_path}/m"]) == 2
     assert main(["memorisation", f"--images={tmp_path / 'empty'}", f"--out={tmp_path}/m"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 5 and "--sources must be at least 2" in err[1] and err.pop(1)
+    assert len(err) == 7 and "--sources must be at least 2" in err[3] and err.pop(3)
+    assert "--checkpoint" in err[1] and "no such folder" in err[1] and "an empty --query" in err[2]
+    assert not (tmp_path / "c").exists() and err.pop(1) and err.pop(1)
     assert "unknown experiment 'mixing-typo'; valid choices: mixing, loudness" in err[0]
     assert "no .png/.jpg images in it" in err[1] and "--reference /no/such/dir: no such folder" in err[2]
 

@@ -24,6 +24,7 @@ class Source:
     cosine: float | None       # CLAP cosine of query and chunk
     threshold: float | None    # Algorithm 1's lb
     n_eligible: int | None
+    fallback: str | None = None  # Algorithm 1's: nothing strictly above its threshold (e.g. ties_at_max)
 
 
 class RunPool:
@@ -73,13 +74,15 @@ class RunPool:
         if queries:
             if len(queries) != n:
                 raise StudyError(f"{len(queries)} queries for {n} sources: give one --query per source, or none")
+            if not all(t.strip() for t in queries):
+                raise StudyError("an empty --query: give a text for each source")
             k = int(self.cfg.stages.retrieve.k)
             retriever = BlockedRetriever(self.matrix, k, "cpu")
             q = np.stack([self.query_vector(t) for t in queries]).astype(np.float32)
             out = []
             for i, (text, (vals, idx, ties)) in enumerate(zip(queries, retriever.topk(q, True))):
                 m = choose(vals, idx, "ssr", keyed_rng(seed, "experiments", trial, i, text), ties_at_max=ties)
-                out.append(Source(self.ids[m.chunk], text, m.cosine, m.threshold, m.n_eligible))
+                out.append(Source(self.ids[m.chunk], text, m.cosine, m.threshold, m.n_eligible, m.fallback))
             return out
         if n > len(self.ids):
             raise StudyError(f"{n} sources asked for, the pool holds {len(self.ids)} chunks")
@@ -151,6 +154,8 @@ class Images:
 
 def default_checkpoint(run_dir: Path | None, given: str | None) -> str:
     if given:
+        if not Path(given).is_dir():    # before anything is drawn, rendered or written
+            raise StudyError(f"--checkpoint {given}: no such folder")
         return given
     if run_dir is not None and (Path(run_dir) / "dit").is_dir():
         return str(Path(run_dir) / "dit")
