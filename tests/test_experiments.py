@@ -74,6 +74,25 @@ def test_mixing_sources_are_algorithm1s_choices_and_a_rerun_reuses_the_images(de
     assert image.stat().st_mtime_ns == before                       # resumed: the cell was not generated again
 
 
+def test_a_new_checkpoint_in_the_output_dir_makes_new_images(demo, tmp_path):
+    """The images are keyed by the concrete checkpoint-N an output_dir stands for: training on, then rerunning,
+    does not reuse the images of the older checkpoint."""
+    import shutil
+
+    run_dir, ckpt = demo
+    dit = tmp_path / "dit"
+    shutil.copytree(ckpt / "checkpoint-1", dit / "checkpoint-1")
+    shutil.copy(ckpt / "train_config.json", dit / "train_config.json")
+    args = ["mixing", f"run={run_dir}", f"--checkpoint={dit}", f"--out={tmp_path / 'm'}", "--trials=1", "--sources=1",
+            "--steps=1", "--num-images=1", "--device=cpu"]
+    assert main(args) == 0
+    image = tmp_path / "m" / pq.read_table(tmp_path / "m" / "data.parquet").to_pylist()[0]["images"][0]
+    before = image.stat().st_mtime_ns
+    shutil.copytree(dit / "checkpoint-1", dit / "checkpoint-2")       # "trained on"
+    assert main(args) == 0
+    assert image.stat().st_mtime_ns != before and "checkpoint-2" in (tmp_path / "m" / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("constant", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_loudness_sweep_renders_the_requested_relative_gains(demo, tmp_path, constant):
     out, rows = _run(demo, tmp_path, "loudness", "--points=7", "--range-db=18", *(["--constant-loudness"] if constant else []))

@@ -162,6 +162,17 @@ def default_checkpoint(run_dir: Path | None, given: str | None) -> str:
     raise StudyError("no checkpoint: pass --checkpoint DIR (a training output_dir or a checkpoint-N folder)")
 
 
+def concrete_checkpoint(path: str) -> str:
+    """The checkpoint-N folder a training output_dir stands for (its latest): the images cached in an experiment's
+    folder are keyed by it, so training on and rerunning makes new images instead of reusing the old ones."""
+    from sonify.training.sampling import resolve_checkpoint
+
+    try:
+        return str(resolve_checkpoint(Path(path)).resolve())
+    except FileNotFoundError as e:
+        raise StudyError(f"checkpoint: {e}") from None
+
+
 def pool_study(a, run_dir: Path | None, name: str, params: dict):
     """What the pool experiments open with: the run's pool, the checkpoint, the experiment's folder (keyed by
     `params`, the checkpoint and the generation options) and its image cache."""
@@ -170,6 +181,6 @@ def pool_study(a, run_dir: Path | None, name: str, params: dict):
     if run_dir is None:
         raise StudyError(f"{name}: run=<run dir> is required (its pool is drawn from)")
     pool = RunPool(run_dir)
-    ckpt = default_checkpoint(run_dir, a.checkpoint)
+    ckpt = concrete_checkpoint(default_checkpoint(run_dir, a.checkpoint))
     out = study_dir(run_dir, name, a.out, {**params, "checkpoint": ckpt, **generation_params(a)})
     return pool, ckpt, out, Images(ckpt, pool.chunk_seconds, a.num_images, a.steps, a.guidance, a.seed, a.device)
