@@ -200,6 +200,10 @@ def test_loudness_retention_command_on_a_folder_with_ast_and_hubert(tmp_path, ca
     assert bad["broken.wav"].startswith("decode_error") and bad["silent.wav"].startswith("below_gate")
     assert bad["c1_copy.wav"] == "duplicate: the same audio as c1.wav"
     assert (out / "figure.png").is_file() and (out / "data.csv").read_text().count("\n") == 11
+    before = (out / "data.parquet").stat().st_mtime_ns
+    assert main(["loudness-retention", f"--audio-dir={audio}", "--ast=tiny:ast", "--hubert=tiny:hubert", f"--tiny-dir={tmp_path / 'tiny'}",
+                 "--max-shift=20", "--step-db=10", "--seconds=1", f"--out={out}", "--device=cpu"]) == 0
+    assert (out / "data.parquet").stat().st_mtime_ns == before                        # a rerun on the same inputs: done
 
 
 def _png(path, seed, size=48):
@@ -237,6 +241,11 @@ def test_memorisation_finds_copies_of_training_images_at_cosine_1(demo, tmp_path
     assert [e["id"] for e in errors] == ["broken"]
     assert all(r["cosine"] < 0.9999 for i, r in rows.items() if i.startswith("noise"))
     assert "3 of 6 generated images (50.0%)" in (out / "summary.md").read_text() and "CLIP `tiny:clip`" in (out / "summary.md").read_text()
+    args = ["memorisation", f"run={run_dir}", f"--images={gen}", "--threshold=0.9999", f"--out={out}"]
+    before = (out / "data.parquet").stat().st_mtime_ns
+    assert main(args) == 0 and (out / "data.parquet").stat().st_mtime_ns == before      # done: nothing recomputed
+    _png(gen / "noise_9.png", 9)                                                       # the inputs changed: recomputed
+    assert main(args) == 0 and "3 of 7 generated images" in (out / "summary.md").read_text()
     assert Image.open(out / "figure.png").size[0] > 0
 
 

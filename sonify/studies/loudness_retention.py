@@ -13,6 +13,7 @@ AST (`models.ast`, as the features stage runs it) and, with `--hubert`, a `trans
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -123,7 +124,7 @@ def run(a, run_dir: Path | None) -> Path:
     from omegaconf import OmegaConf
 
     from sonify.models.encoders import ASTEncoder, kaldi_frames
-    from sonify.studies.common import StudyError, line_plot, study_dir, write_summary, write_table
+    from sonify.studies.common import StudyError, finished, line_plot, listing, study_dir, write_summary, write_table
 
     saved = OmegaConf.load(run_dir / "config.yaml") if run_dir is not None and (run_dir / "config.yaml").is_file() else None
     ast = a.ast or (saved.models.ast if saved is not None else None)
@@ -132,7 +133,13 @@ def run(a, run_dir: Path | None) -> Path:
         raise StudyError("loudness-retention: no AST: pass --ast ID (or run=<run dir> to use its models.ast)")
     gains = shifts(a.max_shift, a.step_db)
     params = {"audio_dir": a.audio_dir, "clips": a.clips, "gains": gains, "lufs": a.lufs, "seconds": a.seconds, "ast": ast,
-              "hubert": a.hubert, "metric": a.metric, "seed": a.seed}
+              "hubert": a.hubert, "metric": a.metric, "seed": a.seed,
+              "inputs": listing(a.audio_dir or (Path(run_dir) / "manifests" / "audio_embeddings" if run_dir else None))}
+    if a.out or run_dir is not None:
+        done = Path(a.out) if a.out else Path(run_dir) / "experiments" / NAME
+        if finished(done) and (done / "params.json").is_file() and \
+                json.loads((done / "params.json").read_text()) == json.loads(json.dumps(params, default=str)):
+            return done          # unchanged options and inputs: nothing to recompute
     names, clips, clip_rows = load_clips(a, run_dir)
     out = study_dir(run_dir, NAME, a.out, params)
     encoders = {f"AST ({ast})": lambda: ASTEncoder(ast, tiny_dir, kaldi_frames(int(round(16000 * a.seconds))), "mean", a.device, "float32")}

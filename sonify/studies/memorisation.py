@@ -121,7 +121,7 @@ def _thumb(out: Path, name: str, item) -> str:
 def run(a, run_dir: Path | None) -> Path:
     from sonify.evaluation.config import EvalModelsConf
     from sonify.evaluation.features import ClipImageFeatures
-    from sonify.studies.common import StudyError, figure_grid, study_dir, write_summary, write_table
+    from sonify.studies.common import StudyError, figure_grid, finished, listing, study_dir, write_summary, write_table
 
     folder = Path(a.images)
     if not folder.is_dir():
@@ -134,8 +134,12 @@ def run(a, run_dir: Path | None) -> Path:
         raise StudyError("memorisation: give --reference DIR, run=<run dir> (its training images) or --clips DIR")
     name, tiny_dir = run_models(a, run_dir, EvalModelsConf())
     params = {"images": str(folder.resolve()), "clips": a.clips, "reference": a.reference, "threshold": a.threshold,
-              "clip": name, "run": str(run_dir) if run_dir else None}
+              "clip": name, "run": str(run_dir) if run_dir else None, "show": a.show,
+              "inputs": listing(folder, a.clips, a.reference,
+                                *([Path(run_dir) / "manifests" / t for t in ("images", "kept_images")] if run_dir and not a.reference else []))}
     out = study_dir(run_dir, NAME, a.out, params)
+    if finished(out):
+        return out
     clip = ClipImageFeatures(name, tiny_dir, a.device)
     errors: list[dict] = []
     gen_ids, gen = embed_all(clip, folder_images(folder), errors, "generated")
