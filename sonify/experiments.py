@@ -34,15 +34,19 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from sonify.engine.config import resolve_run
-    from sonify.engine.errors import ConfigError
+    from sonify.engine.errors import SonifyError
     from sonify.studies.common import StudyError
 
     runs = [x for x in argv if x.startswith("run=")]
+    names = [x for x in argv if not x.startswith(("-", "run="))][:1]
+    if names and names[0] not in EXPERIMENTS:      # argparse would print its usage block too: one line instead
+        print(f"sonify.experiments: unknown experiment {names[0]!r}; valid choices: {', '.join(EXPERIMENTS)}", file=sys.stderr)
+        return 2
     a = parser().parse_args([x for x in argv if not x.startswith("run=")])
     try:
         run_dir = resolve_run(runs[-1].split("=", 1)[1]) if runs else None
         out = experiment(a.name).run(a, run_dir)
-    except (StudyError, ConfigError, OSError) as e:
+    except (StudyError, SonifyError, OSError) as e:   # a missing model or table, a bad setting: one line
         print(f"sonify.experiments {a.name}: {e}", file=sys.stderr)
         return 2
     print(f"{a.name}: {out}/summary.md")

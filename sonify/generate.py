@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="generated")
     a = p.parse_args(argv)
+    if a.sequential and len(a.audio) < 2:     # one input in sequence is that input alone: surely not what was meant
+        print("sonify.generate: --sequential plays the inputs one after another: give at least 2 --audio files", file=sys.stderr)
+        return 2
     try:
         paths = generate(a.checkpoint, a.audio, a.out, a.offsets, a.sequential, a.guidance, a.steps, a.seed, a.num_images,
                          a.lufs, a.seconds, not a.no_ema, a.device)

@@ -79,6 +79,12 @@ def test_paper_preset_is_the_papers_build_and_marks_every_value_the_paper_does_n
         for key in keys:
             line = next(line for line in lines if key in line)
             assert "# ours" in line, f"{path}: {line.strip()}"
+    # and every value of the training preset says where it comes from: the paper, or ours (on its line or the block above)
+    lines = Path("pipelines/train_paper.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line and not line.startswith(("#", " ")) and not line.rstrip().endswith(":"):
+            above = lines[i - 1] if i and lines[i - 1].startswith("#") else ""
+            assert "#" in line or "ours" in above, f"train_paper.yaml: {line.strip()} says neither the paper nor ours"
 
 
 def test_paper_build_without_its_corpora_fails_in_one_line_naming_the_missing_source(tmp_path, capsys):

@@ -74,12 +74,32 @@ def test_mixing_sources_are_algorithm1s_choices_and_a_rerun_reuses_the_images(de
     assert image.stat().st_mtime_ns == before                       # resumed: the cell was not generated again
 
 
+def test_a_new_checkpoint_in_the_output_dir_makes_new_images(demo, tmp_path):
+    """The images are keyed by the concrete checkpoint-N an output_dir stands for: training on, then rerunning,
+    does not reuse the images of the older checkpoint."""
+    import shutil
+
+    run_dir, ckpt = demo
+    dit = tmp_path / "dit"
+    shutil.copytree(ckpt / "checkpoint-1", dit / "checkpoint-1")
+    shutil.copy(ckpt / "train_config.json", dit / "train_config.json")
+    args = ["mixing", f"run={run_dir}", f"--checkpoint={dit}", f"--out={tmp_path / 'm'}", "--trials=1", "--sources=1",
+            "--steps=1", "--num-images=1", "--device=cpu"]
+    assert main(args) == 0
+    image = tmp_path / "m" / pq.read_table(tmp_path / "m" / "data.parquet").to_pylist()[0]["images"][0]
+    before = image.stat().st_mtime_ns
+    shutil.copytree(dit / "checkpoint-1", dit / "checkpoint-2")       # "trained on"
+    assert main(args) == 0
+    assert image.stat().st_mtime_ns != before and "checkpoint-2" in (tmp_path / "m" / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("constant", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_loudness_sweep_renders_the_requested_relative_gains(demo, tmp_path, constant):
     out, rows = _run(demo, tmp_path, "loudness", "--points=7", "--range-db=18", *(["--constant-loudness"] if constant else []))
     assert [r["relative_gain_db"] for r in rows] == pytest.approx([-18, -12, -6, 0, 6, 12, 18])
     meter = pyloudnorm.Meter(16000)
-    mix_levels = []
+    mix_levels, a_levels = [], []
+    assert len({r["mix_gain_db"] for r in rows}) == 1                 # one peak-guard gain for the whole sweep
     for r in rows:
         folder = out / Path(r["audio"]).parent
         a, _ = sf.read(folder / "a.wav")
@@ -88,10 +108,13 @@ def test_loudness_sweep_renders_the_requested_relative_gains(demo, tmp_path, con
         level = meter.integrated_loudness(mix)
         assert meter.integrated_loudness(b) - meter.integrated_loudness(a) == pytest.approx(r["relative_gain_db"], abs=0.1)
         np.testing.assert_allclose(a + b, mix, atol=2 ** -22)        # the mixture is the two components as measured
-        if r["mix_gain_db"] == 0.0:
-            mix_levels.append(level)
-    if constant:   # every step the peak guard left alone sits at the reference loudness
-        assert mix_levels and all(lv == pytest.approx(-23.0, abs=0.1) for lv in mix_levels)
+        mix_levels.append(level)
+        a_levels.append(meter.integrated_loudness(a))
+    reference = -23.0 + rows[0]["mix_gain_db"]                        # the middle of the demo's LUFS range, guarded
+    if constant:   # every mixture at the reference loudness
+        assert all(lv == pytest.approx(reference, abs=0.1) for lv in mix_levels)
+    else:          # Fig. 5: A fixed, only B moves
+        assert all(lv == pytest.approx(reference, abs=0.1) for lv in a_levels)
 
 
 def test_sequence_gives_each_source_its_own_ast_slot(demo, tmp_path):
@@ -110,6 +133,22 @@ def test_bad_arguments_fail_in_one_line(demo, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "run=<run dir> is required" in err[0] and "1 queries for 2 sources" in err[1]
     assert "config.yaml is missing" in err[2]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "one").mkdir()
+    _png(tmp_path / "one" / "g.png", 0)
+    assert main(["mixing-typo", f"run={run_dir}"]) == 2
+    assert main(["mixing", f"run={run_dir}", f"--checkpoint={tmp_path}/no_ckpt", f"--out={tmp_path}/c"]) == 2
+    assert main(["mixing", f"run={run_dir}", f"--checkpoint={ckpt}", f"--out={tmp_path}/q", "--query= ", "--query=x"]) == 2
+    assert main(["sequence", f"run={run_dir}", f"--checkpoint={ckpt}", f"--out={tmp_path}/s", "--sources=1"]) == 2
+    assert main(["memorisation", f"run={run_dir}", f"--images={tmp_path / 'empty'}", f"--out={tmp_path}/m"]) == 2
+    assert main(["memorisation", f"run={run_dir}", f"--images={tmp_path / 'one'}", "--reference=/no/such/dir", f"--out={tmp_path}/m"]) == 2
+    assert main(["memorisation", f"--images={tmp_path / 'empty'}", f"--out={tmp_path}/m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 7 and "--sources must be at least 2" in err[3] and err.pop(3)
+    assert "--checkpoint" in err[1] and "no such folder" in err[1] and "an empty --query" in err[2]
+    assert not (tmp_path / "c").exists() and err.pop(1) and err.pop(1)
+    assert "unknown experiment 'mixing-typo'; valid choices: mixing, loudness" in err[0]
+    assert "no .png/.jpg images in it" in err[1] and "--reference /no/such/dir: no such folder" in err[2]
 
 
 def _bands(clip, bands=8):
@@ -148,6 +187,7 @@ def test_loudness_retention_command_on_a_folder_with_ast_and_hubert(tmp_path, ca
         sf.write(audio / f"c{i}.wav", c, 16000)
     (audio / "broken.wav").write_bytes(b"not audio")
     sf.write(audio / "silent.wav", np.zeros(16000), 16000)
+    sf.write(audio / "c1_copy.wav", _clips(4)[1], 16000)            # a copy is not a class of its own
     out = tmp_path / "lr"
     assert main(["loudness-retention", f"--audio-dir={audio}", "--ast=tiny:ast", "--hubert=tiny:hubert", f"--tiny-dir={tmp_path / 'tiny'}",
                  "--max-shift=20", "--step-db=10", "--seconds=1", f"--out={out}", "--device=cpu"]) == 0
@@ -158,7 +198,12 @@ def test_loudness_retention_command_on_a_folder_with_ast_and_hubert(tmp_path, ca
     assert at_zero == [1.0, 1.0]                                       # each clip is its own nearest neighbour
     bad = {r["clip"]: r["error"] for r in pq.read_table(out / "clips.parquet").to_pylist() if r["status"] == "error"}
     assert bad["broken.wav"].startswith("decode_error") and bad["silent.wav"].startswith("below_gate")
+    assert bad["c1_copy.wav"] == "duplicate: the same audio as c1.wav"
     assert (out / "figure.png").is_file() and (out / "data.csv").read_text().count("\n") == 11
+    before = (out / "data.parquet").stat().st_mtime_ns
+    assert main(["loudness-retention", f"--audio-dir={audio}", "--ast=tiny:ast", "--hubert=tiny:hubert", f"--tiny-dir={tmp_path / 'tiny'}",
+                 "--max-shift=20", "--step-db=10", "--seconds=1", f"--out={out}", "--device=cpu"]) == 0
+    assert (out / "data.parquet").stat().st_mtime_ns == before                        # a rerun on the same inputs: done
 
 
 def _png(path, seed, size=48):
@@ -187,15 +232,20 @@ def test_memorisation_finds_copies_of_training_images_at_cosine_1(demo, tmp_path
     (gen / "broken.png").write_bytes(b"no image")
     out = tmp_path / "mem"
     # the tiny random CLIP puts every image near every other (noise at ~0.98): the threshold tells copies apart
-    assert main(["memorisation", f"run={run_dir}", f"--images={gen}", "--clip=tiny:clip", f"--tiny-dir={tmp_path / 'tiny'}",
-                 "--threshold=0.9999", f"--out={out}"]) == 0
+    # no --clip: a run built with tiny models gets the tiny CLIP (evaluate's default cannot load offline)
+    assert main(["memorisation", f"run={run_dir}", f"--images={gen}", "--threshold=0.9999", f"--out={out}"]) == 0
     rows = {r["id"]: r for r in pq.read_table(out / "data.parquet").to_pylist() if r["kind"] == "nearest"}
     for i in kept:
         assert rows[f"copy_{i}"]["match"] == i and rows[f"copy_{i}"]["cosine"] == pytest.approx(1.0, abs=1e-6)
     errors = pq.read_table(out / "errors.parquet").to_pylist()
     assert [e["id"] for e in errors] == ["broken"]
     assert all(r["cosine"] < 0.9999 for i, r in rows.items() if i.startswith("noise"))
-    assert "3 of 6 generated images (50.0%)" in (out / "summary.md").read_text()
+    assert "3 of 6 generated images (50.0%)" in (out / "summary.md").read_text() and "CLIP `tiny:clip`" in (out / "summary.md").read_text()
+    args = ["memorisation", f"run={run_dir}", f"--images={gen}", "--threshold=0.9999", f"--out={out}"]
+    before = (out / "data.parquet").stat().st_mtime_ns
+    assert main(args) == 0 and (out / "data.parquet").stat().st_mtime_ns == before      # done: nothing recomputed
+    _png(gen / "noise_9.png", 9)                                                       # the inputs changed: recomputed
+    assert main(args) == 0 and "3 of 7 generated images" in (out / "summary.md").read_text()
     assert Image.open(out / "figure.png").size[0] > 0
 
 

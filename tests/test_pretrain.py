@@ -127,3 +127,26 @@ def test_text_embeddings_with_the_shape_t5_and_its_offline_tokenizer(tmp_path):
     both = text_embeddings(cfg, ["Dog - barking", "a bell ringing in a church"], "cpu")
     alone = text_embeddings(cfg, ["a bell ringing in a church"], "cpu")
     assert both.shape == (2, 1152) and np.allclose(both[1], alone[0], atol=1e-5)
+
+
+def test_text_embeddings_are_the_projected_t5_states_mean_pooled_over_real_tokens(tmp_path):
+    """pooled T(T5(text)), recomputed text by text without padding: T5 over the real tokens only, PixArt's caption
+    projection, the mean over tokens. Padding to max_length must not move it (masked attention, masked mean)."""
+    from diffusers import PixArtTransformer2DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from sonify.models.loading import load_pretrained
+    from sonify.training.pretrain import text_embeddings
+
+    cfg = load_train_config(["config=train_demo", f"tiny_dir={tmp_path}", "projector.text_encoder=tiny:t5"])
+    texts = ["dog", "a bell ringing in a church, a dog barking far away"]
+    got = text_embeddings(cfg, texts, "cpu")
+    tok = load_pretrained(AutoTokenizer, "tiny:t5", str(tmp_path), role="text_encoder", subfolder="tokenizer")
+    t5 = load_pretrained(T5EncoderModel, "tiny:t5", str(tmp_path), role="text_encoder", subfolder="text_encoder").eval()
+    T = load_pretrained(PixArtTransformer2DModel, cfg.dit, str(tmp_path), role="dit", subfolder=cfg.dit_subfolder).caption_projection
+    with torch.no_grad():
+        for row, text in zip(got, texts):
+            ids = tok([text], return_tensors="pt").input_ids
+            assert ids.shape[1] < cfg.projector.text_max_tokens                 # padding really happens in the code
+            want = T(t5(input_ids=ids).last_hidden_state)[0].mean(0).numpy()
+            np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)

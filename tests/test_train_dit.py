@@ -285,6 +285,16 @@ def test_generate_bad_audio_fails_in_one_line(tmp_path, capsys, make, says):
     assert "Traceback" not in err and not (tmp_path / "g").exists()
 
 
+def test_generate_sequential_with_one_input_fails_in_one_line(tmp_path, capsys):
+    from sonify.generate import main as generate_main
+
+    wav = tmp_path / "in.wav"
+    sf.write(wav, 0.1 * np.ones(16000, np.float32), 16000)
+    assert generate_main(["--checkpoint", str(tmp_path / "no_checkpoint"), "--audio", str(wav), "--sequential"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give at least 2 --audio files" in err
+
+
 def test_training_prints_no_warnings(shards, tiny_dir, tmp_path):
     """The trainer's own metrics read detached scalars: no autograd UserWarning, and no other warning either."""
     import warnings

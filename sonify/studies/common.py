@@ -38,6 +38,27 @@ def study_dir(run_dir: Path | None, name: str, out: str | None, params: dict) ->
     return d
 
 
+def listing(*paths) -> str:
+    """A fingerprint of the files under `paths` (name, size, mtime): an experiment that recomputes from its inputs
+    keys its folder by it, so a rerun on unchanged inputs is done at once and one on changed inputs starts afresh."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root in paths:
+        if root is None or not Path(root).exists():
+            continue
+        files = [Path(root)] if Path(root).is_file() else sorted(p for p in Path(root).rglob("*") if p.is_file())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def finished(folder: Path) -> bool:
+    """summary.md is written last: with the same parameters (study_dir empties the folder otherwise) it is done."""
+    return (folder / "summary.md").is_file()
+
+
 def add_generation_arguments(p, checkpoint: bool = True) -> None:
     """The arguments of every experiment that generates images (with a checkpoint it is given, or trains)."""
     if checkpoint:

@@ -2,8 +2,9 @@
 
 "We fix the loudness of one source and vary the other's": source A stays at the reference loudness
 (the middle of the mix stage's LUFS range), source B is set to reference + g for each g of the sweep
-(default -18..+18 dB in 7 steps), and the two are summed by the project's renderer with its peak guard.
-With `--constant-loudness` the summed mixture is then brought back to the reference loudness, so only
+(default -18..+18 dB in 7 steps), and the two are summed by the project's renderer. The peak guard
+applies one gain to the whole sweep (the one the loudest step needs), so A is at the same level in every
+step. With `--constant-loudness` the summed mixture is then brought back to the reference loudness, so only
 the balance moves, not the level. Each step writes its two components as heard in the mixture (float
 WAV, after the mix gain) and the mixture (24-bit FLAC), and a checkpoint generates from every step.
 """
@@ -32,7 +33,7 @@ def run(a, run_dir: Path | None) -> Path:
     import soundfile as sf
 
     from sonify.media.loudness import LoudnessMeter
-    from sonify.mixing.render import render, write_flac
+    from sonify.mixing.render import peak_guard_db, render, sum_components, write_flac
     from sonify.studies.common import StudyError, figure_grid, line_plot, write_summary, write_table
     from sonify.studies.sources import measure, pool_study
 
@@ -46,13 +47,17 @@ def run(a, run_dir: Path | None) -> Path:
     src = pool.draw(2, a.query, a.seed, 0)
     x = [pool.audio(s.chunk_id, rate) for s in src]
     measured = [measure(meter, c, f"chunk {s.chunk_id}") for c, s in zip(x, src)]
-    data, cells = [], []
-    for step, g in enumerate(sweep(a.range_db, a.points)):
+    data, cells, steps = [], [], []
+    for g in sweep(a.range_db, a.points):
         gains = [reference - measured[0], reference + g - measured[1]]
         if a.constant_loudness:   # the sum at the reference: both components moved by the same amount
             level = measure(meter, render(x, gains, mix_gain_db=0.0)[0], "the mixture")
             gains = [gi + reference - level for gi in gains]
-        mixture, mix_gain = render(x, gains, ceiling_dbfs=ceiling)
+        steps.append((g, gains))
+    # one peak-guard gain for the whole sweep (the loudest step's): a per-step guard would move A between steps
+    mix_gain = min(peak_guard_db(sum_components(x, gains), ceiling) for _, gains in steps)
+    for step, (g, gains) in enumerate(steps):
+        mixture, _ = render(x, gains, mix_gain_db=mix_gain)
         folder = out / "audio" / f"step{step}"
         folder.mkdir(parents=True, exist_ok=True)
         for name, c, gi in (("a", x[0], gains[0]), ("b", x[1], gains[1])):
@@ -77,8 +82,9 @@ def run(a, run_dir: Path | None) -> Path:
         f"{', '.join(format(d['relative_gain_db'], '+.0f') for d in data)} dB",
         f"- mixture: {'renormalised to the reference loudness' if a.constant_loudness else 'the plain sum'}, "
         f"peak ceiling {ceiling} dBFS",
-        f"- steps where the peak guard lowered the mixture (and so both sources): "
-        f"{', '.join(str(d['step']) for d in data if d['mix_gain_db'] < 0) or 'none'}",
+        f"- peak guard: one gain for the whole sweep, {mix_gain:+.2f} dB (what the loudest step needs), so "
+        + (f"every mixture measures {reference + mix_gain:.1f} LUFS" if a.constant_loudness
+           else f"A sounds at {reference + mix_gain:.1f} LUFS in every step"),
         f"- {a.num_images} images per step from the same latents, {a.steps} steps, guidance {a.guidance}",
         "", "![grid](figure.png)", "", "![levels](levels.png)", "",
         "Data: `data.parquet`; each step's components as heard (`audio/stepN/a.wav`, `b.wav`) and mixture (`mix.flac`)."])

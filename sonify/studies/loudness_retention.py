@@ -12,6 +12,8 @@ AST (`models.ast`, as the features stage runs it) and, with `--hubert`, a `trans
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -88,16 +90,24 @@ def load_clips(a, run_dir: Path | None) -> tuple[list[str], list[np.ndarray], li
             raise StudyError("loudness-retention: give run=<run dir> (clips from its pool) or --audio-dir")
         pool = RunPool(run_dir)
         ids = sorted(pool.ids)
-        take = keyed_rng(a.seed, "experiments", "loudness-retention").permutation(len(ids))[:a.clips]
+        order = keyed_rng(a.seed, "experiments", "loudness-retention").permutation(len(ids))   # drawn until --clips usable
         n = int(round(rate * a.seconds))
         items = [(ids[i], lambda c=ids[i]: (lambda x: np.pad(x, (0, max(0, n - x.size)))[:n])(pool.audio(c, rate)))
-                 for i in sorted(take)]
+                 for i in order]
+    seen: dict[bytes, str] = {}
     for name, load in items:
+        if not a.audio_dir and len(clips) == a.clips:
+            break
         try:
             x = np.asarray(load(), np.float64)
         except (OSError, ValueError) as e:
             rows.append({"clip": name, "status": "error", "error": f"decode_error: {e}", "measured_lufs": None})
             continue
+        digest = hashlib.sha256(x.tobytes()).digest()
+        if digest in seen:      # each clip is its own class: two identical clips could not be told apart at any shift
+            rows.append({"clip": name, "status": "error", "error": f"duplicate: the same audio as {seen[digest]}", "measured_lufs": None})
+            continue
+        seen[digest] = name
         level = meter.integrated(x)
         if not np.isfinite(level):
             rows.append({"clip": name, "status": "error", "error": "below_gate: silent, or under -70 LUFS", "measured_lufs": None})
@@ -114,7 +124,7 @@ def run(a, run_dir: Path | None) -> Path:
     from omegaconf import OmegaConf
 
     from sonify.models.encoders import ASTEncoder, kaldi_frames
-    from sonify.studies.common import StudyError, line_plot, study_dir, write_summary, write_table
+    from sonify.studies.common import StudyError, finished, line_plot, listing, study_dir, write_summary, write_table
 
     saved = OmegaConf.load(run_dir / "config.yaml") if run_dir is not None and (run_dir / "config.yaml").is_file() else None
     ast = a.ast or (saved.models.ast if saved is not None else None)
@@ -123,7 +133,13 @@ def run(a, run_dir: Path | None) -> Path:
         raise StudyError("loudness-retention: no AST: pass --ast ID (or run=<run dir> to use its models.ast)")
     gains = shifts(a.max_shift, a.step_db)
     params = {"audio_dir": a.audio_dir, "clips": a.clips, "gains": gains, "lufs": a.lufs, "seconds": a.seconds, "ast": ast,
-              "hubert": a.hubert, "metric": a.metric, "seed": a.seed}
+              "hubert": a.hubert, "metric": a.metric, "seed": a.seed,
+              "inputs": listing(a.audio_dir or (Path(run_dir) / "manifests" / "audio_embeddings" if run_dir else None))}
+    if a.out or run_dir is not None:
+        done = Path(a.out) if a.out else Path(run_dir) / "experiments" / NAME
+        if finished(done) and (done / "params.json").is_file() and \
+                json.loads((done / "params.json").read_text()) == json.loads(json.dumps(params, default=str)):
+            return done          # unchanged options and inputs: nothing to recompute
     names, clips, clip_rows = load_clips(a, run_dir)
     out = study_dir(run_dir, NAME, a.out, params)
     encoders = {f"AST ({ast})": lambda: ASTEncoder(ast, tiny_dir, kaldi_frames(int(round(16000 * a.seconds))), "mean", a.device, "float32")}

@@ -26,10 +26,25 @@ def add_arguments(p) -> None:
     p.add_argument("--reference", help="a folder of reference images (default: the run's kept training images)")
     p.add_argument("--threshold", type=float, default=0.95, help="CLIP image cosine counted as a copy (default 0.95)")
     p.add_argument("--show", type=int, default=8, help="pairs in each grid")
-    p.add_argument("--clip", help="the CLIP model (default evaluate's clip_iis)")
-    p.add_argument("--tiny-dir", default="runs/_tiny_models", help="where tiny: and shape: models are built")
+    p.add_argument("--clip", help="the CLIP model (default evaluate's clip_iis, openai/clip-vit-base-patch32; "
+                                  "tiny:clip for a run built with tiny models, as the demo)")
+    p.add_argument("--tiny-dir", help="where tiny: and shape: models are built (default the run's models.tiny_dir)")
     p.add_argument("--batch", type=int, default=64, help="reference images embedded per batch")
     p.add_argument("--device", default="cpu")
+
+
+def run_models(a, run_dir: Path | None, defaults) -> tuple[str, str]:
+    """(CLIP, tiny_dir): the options, else for a run built with tiny models (the demo) the tiny CLIP in its tiny_dir,
+    else evaluate's IIS CLIP; a demo user's default must not be a model that cannot load offline."""
+    from omegaconf import OmegaConf
+
+    from sonify.models.loading import TINY_PREFIX
+
+    saved = Path(run_dir) / "config.yaml" if run_dir is not None else None
+    cfg = OmegaConf.load(saved) if saved is not None and saved.is_file() else None
+    tiny_run = cfg is not None and str(cfg.models.clap).startswith(TINY_PREFIX)
+    name = a.clip or (f"{TINY_PREFIX}clip" if tiny_run else defaults.clip_iis)
+    return name, a.tiny_dir or (str(cfg.models.tiny_dir) if cfg is not None else defaults.tiny_dir)
 
 
 def folder_images(folder: Path) -> list[tuple[str, str]]:
@@ -104,20 +119,28 @@ def _thumb(out: Path, name: str, item) -> str:
 
 
 def run(a, run_dir: Path | None) -> Path:
-    from sonify.evaluation.config import EvalConf
+    from sonify.evaluation.config import EvalModelsConf
     from sonify.evaluation.features import ClipImageFeatures
-    from sonify.studies.common import StudyError, figure_grid, study_dir, write_summary, write_table
+    from sonify.studies.common import StudyError, figure_grid, finished, listing, study_dir, write_summary, write_table
 
     folder = Path(a.images)
     if not folder.is_dir():
         raise StudyError(f"--images {folder}: no such folder")
+    if a.reference and not Path(a.reference).is_dir():
+        raise StudyError(f"--reference {a.reference}: no such folder")
+    if not folder_images(folder):
+        raise StudyError(f"--images {folder}: no .png/.jpg images in it")
     if not a.reference and run_dir is None and not a.clips:
         raise StudyError("memorisation: give --reference DIR, run=<run dir> (its training images) or --clips DIR")
-    name = a.clip or EvalConf().clip_iis
+    name, tiny_dir = run_models(a, run_dir, EvalModelsConf())
     params = {"images": str(folder.resolve()), "clips": a.clips, "reference": a.reference, "threshold": a.threshold,
-              "clip": name, "run": str(run_dir) if run_dir else None}
+              "clip": name, "run": str(run_dir) if run_dir else None, "show": a.show,
+              "inputs": listing(folder, a.clips, a.reference,
+                                *([Path(run_dir) / "manifests" / t for t in ("images", "kept_images")] if run_dir and not a.reference else []))}
     out = study_dir(run_dir, NAME, a.out, params)
-    clip = ClipImageFeatures(name, a.tiny_dir, a.device)
+    if finished(out):
+        return out
+    clip = ClipImageFeatures(name, tiny_dir, a.device)
     errors: list[dict] = []
     gen_ids, gen = embed_all(clip, folder_images(folder), errors, "generated")
     if not gen_ids:
@@ -144,8 +167,6 @@ def run(a, run_dir: Path | None) -> Path:
                   "- ground truth: no generated image has a clip of its id", "", "![ground truth](ground_truth.png)" if show else "", ""]
     refs = (((p.stem, str(p)) for p in sorted(Path(a.reference).iterdir()) if p.suffix.lower() in
              (".png", ".jpg", ".jpeg", ".webp", ".bmp")) if a.reference else run_references(run_dir) if run_dir else None)
-    if a.reference and not Path(a.reference).is_dir():
-        raise StudyError(f"--reference {a.reference}: no such folder")
     if refs is not None:
         best, which = nearest(clip, gen, refs, a.batch, errors)
         found = [k for k in range(len(gen_ids)) if which[k] is not None]

@@ -35,7 +35,7 @@ def render_sources(pool, sources, seed: int, trial: int, rate: int) -> dict:
         clips.append(x)
         gains.append(target - measured)
         rows.append({"source": i, "chunk_id": s.chunk_id, "query": s.query, "cosine": s.cosine, "threshold": s.threshold,
-                     "n_eligible": s.n_eligible, "target_lufs": target, "measured_lufs": measured, "gain_db": target - measured})
+                     "n_eligible": s.n_eligible, "fallback": s.fallback, "target_lufs": target, "measured_lufs": measured, "gain_db": target - measured})
     alone = [render([x], [g], ceiling_dbfs=ceiling)[0] for x, g in zip(clips, gains)]
     mixture, mix_gain = render(clips, gains, ceiling_dbfs=ceiling)
     return {"clips": clips, "gains": gains, "rows": rows, "alone": alone, "mixture": mixture, "mix_gain_db": mix_gain}
@@ -62,7 +62,7 @@ def run(a, run_dir: Path | None) -> Path:
         write_flac(out / "audio" / f"trial{t}_mix.flac", r["mixture"], rate)
         paths = images.make(r["mixture"], out / "images", f"trial{t}_mix")
         data.append({"trial": t, "role": "mix", "source": None, "chunk_id": ",".join(m["chunk_id"] for m in r["rows"]),
-                     "query": None, "cosine": None, "threshold": None, "n_eligible": None, "target_lufs": None,
+                     "query": None, "cosine": None, "threshold": None, "n_eligible": None, "fallback": None, "target_lufs": None,
                      "measured_lufs": None, "gain_db": None, "mix_gain_db": r["mix_gain_db"],
                      "audio": f"audio/trial{t}_mix.flac", "images": [str(Path(p).relative_to(out)) for p in paths]})
         cells.append(row_cells + [paths[0]])
@@ -76,6 +76,9 @@ def run(a, run_dir: Path | None) -> Path:
         f"- each source normalised to a target in [{pool.mix.lufs_min}, {pool.mix.lufs_max}] LUFS (the mix stage's rule), summed, "
         f"peak ceiling {pool.mix.peak_ceiling_dbfs} dBFS",
         f"- {a.num_images} images per condition, {a.steps} DPM-Solver steps, guidance {a.guidance}; every condition from the same latents",
+        *([f"- Algorithm 1 found no chunk strictly above its threshold for: "
+           f"{', '.join(sorted({r['query'] for r in data if r.get('fallback')}))} (a chunk tied at the maximum was used)"]
+          if any(r.get("fallback") for r in data) else []),
         "- the paper separates real mixtures into sources first; pool isolates stand in for that here",
         "", "![grid](figure.png)", "", "Data: `data.parquet` (one row per source and per mixture)."])
     return out

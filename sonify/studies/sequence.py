@@ -27,8 +27,8 @@ def run(a, run_dir: Path | None) -> Path:
     from sonify.studies.mixing import render_sources
     from sonify.studies.sources import pool_study
 
-    if a.sources < 1 or a.trials < 1:
-        raise StudyError("--sources and --trials must be at least 1")
+    if a.sources < 2 or a.trials < 1:
+        raise StudyError("--sources must be at least 2 (one source has no order) and --trials at least 1")
     pool, ckpt, out, images = pool_study(a, run_dir, NAME, {"sources": a.sources, "query": a.query, "trials": a.trials})
     rate, data, cells = 16000, [], []
     n = int(round(rate * pool.chunk_seconds))

@@ -24,6 +24,7 @@ class Source:
     cosine: float | None       # CLAP cosine of query and chunk
     threshold: float | None    # Algorithm 1's lb
     n_eligible: int | None
+    fallback: str | None = None  # Algorithm 1's: nothing strictly above its threshold (e.g. ties_at_max)
 
 
 class RunPool:
@@ -73,13 +74,15 @@ class RunPool:
         if queries:
             if len(queries) != n:
                 raise StudyError(f"{len(queries)} queries for {n} sources: give one --query per source, or none")
+            if not all(t.strip() for t in queries):
+                raise StudyError("an empty --query: give a text for each source")
             k = int(self.cfg.stages.retrieve.k)
             retriever = BlockedRetriever(self.matrix, k, "cpu")
             q = np.stack([self.query_vector(t) for t in queries]).astype(np.float32)
             out = []
             for i, (text, (vals, idx, ties)) in enumerate(zip(queries, retriever.topk(q, True))):
                 m = choose(vals, idx, "ssr", keyed_rng(seed, "experiments", trial, i, text), ties_at_max=ties)
-                out.append(Source(self.ids[m.chunk], text, m.cosine, m.threshold, m.n_eligible))
+                out.append(Source(self.ids[m.chunk], text, m.cosine, m.threshold, m.n_eligible, m.fallback))
             return out
         if n > len(self.ids):
             raise StudyError(f"{n} sources asked for, the pool holds {len(self.ids)} chunks")
@@ -151,10 +154,23 @@ class Images:
 
 def default_checkpoint(run_dir: Path | None, given: str | None) -> str:
     if given:
+        if not Path(given).is_dir():    # before anything is drawn, rendered or written
+            raise StudyError(f"--checkpoint {given}: no such folder")
         return given
     if run_dir is not None and (Path(run_dir) / "dit").is_dir():
         return str(Path(run_dir) / "dit")
     raise StudyError("no checkpoint: pass --checkpoint DIR (a training output_dir or a checkpoint-N folder)")
+
+
+def concrete_checkpoint(path: str) -> str:
+    """The checkpoint-N folder a training output_dir stands for (its latest): the images cached in an experiment's
+    folder are keyed by it, so training on and rerunning makes new images instead of reusing the old ones."""
+    from sonify.training.sampling import resolve_checkpoint
+
+    try:
+        return str(resolve_checkpoint(Path(path)).resolve())
+    except FileNotFoundError as e:
+        raise StudyError(f"checkpoint: {e}") from None
 
 
 def pool_study(a, run_dir: Path | None, name: str, params: dict):
@@ -165,6 +181,6 @@ def pool_study(a, run_dir: Path | None, name: str, params: dict):
     if run_dir is None:
         raise StudyError(f"{name}: run=<run dir> is required (its pool is drawn from)")
     pool = RunPool(run_dir)
-    ckpt = default_checkpoint(run_dir, a.checkpoint)
+    ckpt = concrete_checkpoint(default_checkpoint(run_dir, a.checkpoint))
     out = study_dir(run_dir, name, a.out, {**params, "checkpoint": ckpt, **generation_params(a)})
     return pool, ckpt, out, Images(ckpt, pool.chunk_seconds, a.num_images, a.steps, a.guidance, a.seed, a.device)
