@@ -142,6 +142,7 @@ def test_a_checkpoint_folder_copied_elsewhere_generates_the_same_bytes(shards, t
     ckpt = tmp_path / "run" / "checkpoint-2"
     saved = DDPMScheduler.from_pretrained(ckpt / "scheduler")
     assert saved.config.num_train_timesteps == 500 and torch.equal(saved.betas, noise_scheduler(500).betas)
+    assert torch.allclose(noise_scheduler(1000).betas, torch.linspace(1e-4, 0.02, 1000))   # DDPM's linear schedule (Ho et al. 2020, 4)
     wav = tmp_path / "a.wav"
     sf.write(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), 16000)
 
@@ -289,11 +290,10 @@ def test_sync_grads_averages_parameters_outside_ddp_across_ranks(tmp_path):
 
 
 def _diffusion():
-    from diffusers import DDPMScheduler
-
+    from sonify.training.forward import noise_scheduler
     from sonify.training.loss import DiffusionLoss
 
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    sched = noise_scheduler(1000)
     return sched, DiffusionLoss(sched.betas)
 
 

@@ -9,7 +9,6 @@ mixtures, uploads Gradio stores) go to its own temporary folder, removed when it
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
