@@ -126,6 +126,65 @@ def test_saved_transformer_loads_with_plain_diffusers(shards, tiny_dir, tmp_path
     assert model.config.caption_channels == 32 and model.caption_projection.linear_1.in_features == 32
 
 
+def test_a_checkpoint_folder_copied_elsewhere_generates_the_same_bytes(shards, tiny_dir, tmp_path):
+    """A checkpoint holds its model, conditioner, noise scheduler and pipeline description: copied anywhere
+    (the run folder gone) it generates the same image bytes as in place; the sampler reads the schedule from
+    `scheduler/`; a checkpoint written before these (no `scheduler/`, no `pipeline.json`) still reads its run's
+    `train_config.json` and generates the same bytes."""
+    import shutil
+
+    from diffusers import DDPMScheduler
+
+    from sonify.generate import main as generate_main
+    from sonify.training.forward import noise_scheduler
+
+    train_loop(_cfg(shards, tiny_dir, tmp_path / "run", "steps=2", "checkpoint_every=2", "num_train_timesteps=500"))
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    saved = DDPMScheduler.from_pretrained(ckpt / "scheduler")
+    assert saved.config.num_train_timesteps == 500 and torch.equal(saved.betas, noise_scheduler(500).betas)
+    assert torch.allclose(noise_scheduler(1000).betas, torch.linspace(1e-4, 0.02, 1000))   # DDPM's linear schedule (Ho et al. 2020, 4)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), 16000)
+
+    def images(checkpoint, name):
+        args = ["--checkpoint", str(checkpoint), "--audio", str(wav), "--out", str(tmp_path / name), "--steps", "2",
+                "--num-images", "2", "--seconds", "1", "--device", "cpu"]
+        assert generate_main(args) == 0
+        return [(tmp_path / name / f).read_bytes() for f in ("image_00.png", "image_01.png", "grid.png")]
+
+    in_place = images(ckpt, "in_place")
+    shutil.copytree(ckpt, tmp_path / "elsewhere" / "ckpt")
+    (tmp_path / "run").rename(tmp_path / "gone")
+    assert images(tmp_path / "elsewhere" / "ckpt", "copied") == in_place
+    conf = tmp_path / "elsewhere" / "ckpt" / "scheduler" / "scheduler_config.json"
+    conf.write_text(json.dumps({**json.loads(conf.read_text()), "beta_end": 0.03}))
+    assert images(tmp_path / "elsewhere" / "ckpt", "other_schedule")[0] != in_place[0]
+    old = tmp_path / "gone" / "checkpoint-2"   # the layout before: the run's train_config.json, no scheduler/
+    shutil.rmtree(old / "scheduler")
+    (old / "pipeline.json").unlink()
+    assert images(old, "old_layout") == in_place
+    shutil.rmtree(tmp_path / "elsewhere" / "ckpt" / "scheduler")
+    (tmp_path / "elsewhere" / "ckpt" / "pipeline.json").unlink()
+    assert generate_main(["--checkpoint", str(tmp_path / "elsewhere" / "ckpt"), "--audio", str(wav), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_conditioner_is_a_diffusers_model_and_old_folders_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    cond = AudioConditioner(8)
+    cond.save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["_class_name"] == "AudioConditioner"
+    back = AudioConditioner.from_pretrained(tmp_path / "new")
+    assert back.config.dim == back.dim == 8 and torch.equal(back.null, cond.null)
+    old = tmp_path / "old"   # the hand-written format checkpoints had before
+    old.mkdir()
+    null = torch.randn(1, 8)
+    save_file({"null": null}, old / "model.safetensors")
+    (old / "config.json").write_text(json.dumps({"dim": 8}))
+    loaded = AudioConditioner.from_pretrained(old)
+    assert loaded.config.dim == 8 and torch.equal(loaded.null.detach(), null)
+
+
 def test_keep_only_the_last_checkpoints(shards, tiny_dir, tmp_path):
     train_loop(_cfg(shards, tiny_dir, tmp_path / "o", "steps=4", "checkpoint_every=1", "keep_checkpoints=2"))
     assert [p.name for p in checkpoints(tmp_path / "o")] == ["checkpoint-3", "checkpoint-4"]
@@ -231,11 +290,10 @@ def test_sync_grads_averages_parameters_outside_ddp_across_ranks(tmp_path):
 
 
 def _diffusion():
-    from diffusers import DDPMScheduler
-
+    from sonify.training.forward import noise_scheduler
     from sonify.training.loss import DiffusionLoss
 
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    sched = noise_scheduler(1000)
     return sched, DiffusionLoss(sched.betas)
 
 

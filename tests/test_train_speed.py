@@ -92,11 +92,10 @@ class _CrossDeviceCopies(torch.utils._python_dispatch.TorchDispatchMode):
 
 def test_the_loss_makes_no_host_to_device_copy_once_its_tables_are_on_the_device():
     """The meta device stands in for the GPU: a copy from the host's tables to it would be counted."""
-    from diffusers import DDPMScheduler
-
+    from sonify.training.forward import noise_scheduler
     from sonify.training.loss import DiffusionLoss
 
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    sched = noise_scheduler(1000)
     with _CrossDeviceCopies() as probe:
         torch.ones(3).to("meta")
     assert probe.n == 1                                    # the probe sees a host-to-device copy
@@ -289,11 +288,12 @@ def _val_loss(rank, world, args, out):
     import json
 
     import torch.distributed as dist
-    from diffusers import DDPMScheduler, PixArtTransformer2DModel
+    from diffusers import PixArtTransformer2DModel
 
     from sonify.models.tiny import build_tiny
     from sonify.training.data import expand_shards
     from sonify.training.dit import AudioConditioner
+    from sonify.training.forward import noise_scheduler
     from sonify.training.loss import DiffusionLoss
     from sonify.training.validation import Validator
 
@@ -301,7 +301,7 @@ def _val_loss(rank, world, args, out):
         dist.init_process_group("gloo", init_method=f"file://{out}/init", rank=rank, world_size=world)
     cfg = load_train_config(args)
     model = PixArtTransformer2DModel.from_pretrained(build_tiny("dit", cfg.tiny_dir) / "transformer")
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    sched = noise_scheduler(1000)
     import sonify.training.validation as validation
 
     scored, real = [], validation.forward_loss

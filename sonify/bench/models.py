@@ -333,9 +333,9 @@ def _dit(a, shape_dir: str) -> list[dict]:
         model = load_dit(f"shape:{PIXART}?layers={layers}", shape_dir, ast_dim=768).train()
         cond = AudioConditioner(768)
         opt = torch.optim.AdamW(list(model.parameters()) + list(cond.parameters()), lr=3.16e-5, weight_decay=3e-2)
-        from diffusers import DDPMScheduler
+        from sonify.training.forward import noise_scheduler, predict
 
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+        sched = noise_scheduler(1000)
         loss_fn = DiffusionLoss(sched.betas)
         gen = torch.Generator().manual_seed(0)
         b = a.dit_batch
@@ -345,10 +345,8 @@ def _dit(a, shape_dir: str) -> list[dict]:
         def fwd_bwd():
             noise = torch.randn(latents.shape, generator=gen)
             t = torch.randint(0, 1000, (b,), generator=gen)
-            tok, m = cond(tokens, mask, drop)
             noisy = sched.add_noise(latents, noise, t)
-            pred = model(noisy, encoder_hidden_states=tok, encoder_attention_mask=m, timestep=t,
-                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            pred = predict(model, cond, noisy, tokens, mask, drop, t)   # the trainer's forward
             loss_fn(pred, noise, latents, noisy, t)["loss"].backward()
 
         def step():

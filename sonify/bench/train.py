@@ -91,21 +91,18 @@ def main(argv=None) -> None:
             batches += [it.batch for it in stream_items(stream, (0, 0), 0, epoch, cfg, 0.18215, 0.1) if it.batch is not None]
             epoch += 1
         gen = torch.Generator().manual_seed(0)
-        from diffusers import DDPMScheduler
-
+        from sonify.training.forward import noise_scheduler, predict
         from sonify.training.loss import DiffusionLoss
 
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+        sched = noise_scheduler(1000)
         loss_fn = DiffusionLoss(sched.betas)
         ema = make_ema(params, 0.9999)                    # foreach, as in the trainer
 
         def bare_step(b):
             noise = torch.randn(b.latents.shape, generator=gen)
             t = torch.randint(0, 1000, (b.latents.shape[0],), generator=gen)
-            tokens, mask = cond(b.tokens, b.mask, b.drop)
             noisy = sched.add_noise(b.latents, noise, t)
-            pred = model(noisy, encoder_hidden_states=tokens, encoder_attention_mask=mask, timestep=t,
-                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            pred = predict(model, cond, noisy, b.tokens, b.mask, b.drop, t)   # the trainer's forward
             loss_fn(pred, noise, b.latents, noisy, t)["loss"].backward()   # the same loss as the train loop
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

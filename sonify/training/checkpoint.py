@@ -2,9 +2,12 @@
 
 `<output_dir>/checkpoint-<step>/` holds `transformer/` and `transformer_ema/` (diffusers' layout:
 `config.json` and `diffusion_pytorch_model.safetensors`, loaded by plain `from_pretrained`),
-`conditioner/` and `conditioner_ema/` (the null-audio token), and `training_state.pt` (optimizer,
-LR scheduler, the EMA's counters, step, every rank's data position). The EMA weights are stored once,
-in the `_ema` folders (resume reads them from there), not a second time in `training_state.pt`.
+`conditioner/` and `conditioner_ema/` (the null-audio token, an `AudioConditioner`'s `save_pretrained`),
+`scheduler/` (the training noise scheduler's `save_pretrained`, as diffusers' trainers save it),
+`pipeline.json` (what sampling needs besides the weights: AST and VAE ids, AST width, latent size, ...),
+and `training_state.pt` (optimizer, LR scheduler, the EMA's counters, step, every rank's data position).
+The folder is self-contained: `generate --checkpoint` works on it copied anywhere. The EMA weights are
+stored once, in the `_ema` folders (resume reads them from there), not a second time in `training_state.pt`.
 
 Saving is split in two: `snapshot` copies what the checkpoint needs to CPU memory on the training
 thread (the only part the next step waits for), and `Saver` writes the files on a background thread
@@ -21,6 +24,9 @@ from pathlib import Path
 from sonify.engine.files import atomic_path
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+PIPELINE = "pipeline.json"   # a checkpoint's pipeline description
+# the TrainConf keys sampling reads (`pipeline.json`; older checkpoints: the run's `train_config.json`)
+PIPELINE_KEYS = ("dit", "ast", "ast_dim", "vae", "tiny_dir", "latent_size", "num_train_timesteps")
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -53,17 +59,20 @@ def snapshot(step: int, model, conditioner, ema, optimizer, lr_scheduler, data: 
     return {"step": step, "model_config": model.to_json_string(),   # what save_pretrained writes
             "transformer": weights, "transformer_ema": ema_weights,
             "conditioner": to_cpu(conditioner.state_dict()), "conditioner_ema": dict(zip(cond_names, shadow[len(names):])),
-            "conditioner_dim": conditioner.dim,
+            "conditioner_dim": conditioner.dim, "pipeline": {k: getattr(cfg, k) for k in PIPELINE_KEYS},
             "state": {"optimizer": to_cpu(optimizer.state_dict()), "lr_scheduler": lr_scheduler.state_dict(), "ema": ema_counters,
                       "step": step, "data": data, "config": dataclasses.asdict(cfg)}}
 
 
 def write(snap: dict, out: Path, keep: int) -> Path:
     """The checkpoint folder from a snapshot (atomically), then the oldest folders beyond `keep` removed."""
+    import json
+
     import torch
     from safetensors.torch import save_file
 
     from sonify.training.dit import AudioConditioner
+    from sonify.training.forward import noise_scheduler
 
     ckpt = out / f"checkpoint-{snap['step']}"
     with atomic_path(ckpt) as tmp:
@@ -72,7 +81,11 @@ def write(snap: dict, out: Path, keep: int) -> Path:
             (tmp / sub / "config.json").write_text(snap["model_config"])
             save_file({k: v.contiguous() for k, v in snap[sub].items()}, str(tmp / sub / WEIGHTS), metadata={"format": "pt"})
         for sub in ("conditioner", "conditioner_ema"):
-            AudioConditioner.save_state(tmp / sub, snap["conditioner_dim"], snap[sub])
+            conditioner = AudioConditioner(snap["conditioner_dim"])
+            conditioner.load_state_dict(snap[sub])
+            conditioner.save_pretrained(tmp / sub)
+        noise_scheduler(snap["pipeline"]["num_train_timesteps"]).save_pretrained(tmp / "scheduler")
+        (tmp / PIPELINE).write_text(json.dumps(snap["pipeline"], indent=1))
         torch.save(snap["state"], tmp / "training_state.pt")
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

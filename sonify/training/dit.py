@@ -7,7 +7,9 @@ projector (the paper trains it from scratch, A.11); the saved model is a plain
 `PixArtTransformer2DModel` that loads with its own `from_pretrained`.
 
 `AudioConditioner` holds the learned null-audio token used for conditioning dropout and
-classifier-free guidance; it is saved beside the transformer (`conditioner/`).
+classifier-free guidance; a diffusers `ModelMixin, ConfigMixin`, saved beside the transformer
+(`conditioner/`) by its `save_pretrained`. Conditioner folders written before that (`config.json` with
+`dim`, `model.safetensors` with `null`) still load.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from sonify.models.loading import load_pretrained
@@ -36,9 +40,12 @@ def load_dit(name: str, tiny_dir: str, ast_dim: int, subfolder: str = "transform
     return model
 
 
-class AudioConditioner(nn.Module):
+class AudioConditioner(ModelMixin, ConfigMixin):
     """The AST time series as conditioning tokens, with a learned null token for dropped/unconditional samples."""
 
+    OLD_WEIGHTS = "model.safetensors"   # the hand-written format before this was a ModelMixin
+
+    @register_to_config
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
@@ -56,31 +63,14 @@ class AudioConditioner(nn.Module):
         null_mask[:, 0] = 1
         return tokens, torch.where(d[:, None], null_mask, mask)
 
-    def unconditional(self, batch: int, length: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.zeros(batch, length, self.dim, device=self.null.device, dtype=self.null.dtype)
-        tokens[:, 0] = self.null
-        mask = torch.zeros(batch, length, device=self.null.device)
-        mask[:, 0] = 1
-        return tokens, mask
-
-    def save_pretrained(self, path: str | Path) -> None:
-        self.save_state(path, self.dim, self.state_dict())
-
-    @staticmethod
-    def save_state(path: str | Path, dim: int, state: dict) -> None:
-        """The folder `from_pretrained` reads, from a state dict (a CPU snapshot written off the training thread)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"null": state["null"].detach().cpu().contiguous()}, path / "model.safetensors")
-        (path / "config.json").write_text(json.dumps({"dim": dim}))
-
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "AudioConditioner":
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "AudioConditioner":
+        """diffusers' loading; a folder in the old hand-written format (`model.safetensors`) read as it is."""
         from safetensors.torch import load_file
 
-        path = Path(path)
-        module = cls(json.loads((path / "config.json").read_text())["dim"])
-        module.null.data.copy_(load_file(path / "model.safetensors")["null"])
+        old = Path(path) / cls.OLD_WEIGHTS
+        if not old.is_file() or (Path(path) / "diffusion_pytorch_model.safetensors").is_file():
+            return super().from_pretrained(path, **kwargs)
+        module = cls(json.loads((Path(path) / "config.json").read_text())["dim"])
+        module.null.data.copy_(load_file(old)["null"])
         return module

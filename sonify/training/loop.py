@@ -2,7 +2,8 @@
 
 Checkpoints (`checkpoint.py`) are `<output_dir>/checkpoint-<step>/` with `transformer/` and
 `transformer_ema/` (loadable by diffusers' `from_pretrained`), `conditioner/` and `conditioner_ema/`
-(the null-audio token, trained and EMA: the EMA covers every trained parameter), and
+(the null-audio token, trained and EMA: the EMA covers every trained parameter), `scheduler/` and
+`pipeline.json` (the noise schedule and what sampling needs: a checkpoint folder is self-contained), and
 `training_state.pt` (optimizer, LR scheduler, the EMA's counters, step, and every rank's data
 position: epoch, each loader stream's window and offset, the stream due next, its counts and torch
 RNG state, with the shard list and the ranks x streams it was written by).
@@ -152,11 +153,11 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     import contextlib
 
     import torch
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
     from sonify.training.checkpoint import Saver, snapshot
     from sonify.training.data import Position, expand_shards, loader, plan_streams
+    from sonify.training.forward import noise_scheduler as make_noise_scheduler
     from sonify.training.loss import DiffusionLoss
     from sonify.training.speed import make_ema, make_optimizer, setup_model
 
@@ -189,8 +190,7 @@ def train_loop(cfg: TrainConf, rank: int = 0, world: int = 1, wrap=None, device:
     ema = make_ema(params, cfg.ema_decay)   # every trained parameter, the null token included
     optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay, device)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps)
-    noise_scheduler = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear",
-                                    beta_start=0.0001, beta_end=0.02)
+    noise_scheduler = make_noise_scheduler(cfg.num_train_timesteps)   # saved in each checkpoint's scheduler/
     loss_fn = DiffusionLoss(noise_scheduler.betas, device)
     step, pos = 0, Position(workers)
     counts = {"errors": 0, "decoded": 0}   # this rank's, carried across resumes

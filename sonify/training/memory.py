@@ -63,9 +63,9 @@ def saved_bytes(model, batch: int, tokens: int, ast_dim: int) -> tuple[int, int,
     forward FLOPs as torch's FlopCounterMode counts them) for one forward and the loss at `batch`; every
     distinct storage counted once, parameters excluded."""
     import torch
-    from diffusers import DDPMScheduler
     from torch.utils.flop_counter import FlopCounterMode
 
+    from sonify.training.forward import noise_scheduler
     from sonify.training.loss import DiffusionLoss
 
     size, c = model.config.sample_size, model.config.in_channels
@@ -75,7 +75,7 @@ def saved_bytes(model, batch: int, tokens: int, ast_dim: int) -> tuple[int, int,
     t = torch.randint(0, 1000, (batch,), generator=g)
     cond = torch.randn(batch, tokens, ast_dim, generator=g)
     mask = torch.ones(batch, tokens)
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    sched = noise_scheduler(1000)
     loss_fn = DiffusionLoss(sched.betas)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}

@@ -69,6 +69,31 @@ def resolve_checkpoint(path: Path) -> Path:
     return found[-1]
 
 
+def pipeline_description(ckpt: Path) -> dict:
+    """What sampling needs besides the weights (AST, VAE, latent size, ...): the checkpoint's own
+    `pipeline.json`, or for checkpoints written before it, the run's `../train_config.json`."""
+    from sonify.training.checkpoint import PIPELINE
+
+    own, run = ckpt / PIPELINE, ckpt.parent / "train_config.json"
+    if own.is_file():
+        return json.loads(own.read_text())
+    if run.is_file():
+        return json.loads(run.read_text())
+    raise FileNotFoundError(f"{ckpt} holds no {PIPELINE} (and {run} is missing): not a training checkpoint")
+
+
+def load_scheduler(ckpt: Path, description: dict):
+    """The training noise scheduler saved in the checkpoint (`scheduler/`), or for checkpoints written before
+    it, the schedule's one definition at the run's `num_train_timesteps`."""
+    from diffusers import DDPMScheduler
+
+    from sonify.training.forward import noise_scheduler
+
+    if (ckpt / "scheduler").is_dir():
+        return DDPMScheduler.from_pretrained(ckpt / "scheduler")
+    return noise_scheduler(description["num_train_timesteps"])
+
+
 def make_grid(images: list, cols: int):
     from PIL import Image
 
@@ -96,28 +121,29 @@ def load_weights(ckpt: Path, use_ema: bool = True, device: str = "cpu"):
 
 
 def sample_images(model, conditioner, vae, cond, cond_mask, steps: int, guidance: float, seed: int, latent_size: int,
-                  num_train_timesteps: int, latents=None) -> list:
-    """One image per row of `cond` (B, T, D) with `cond_mask` (B, T): DPM-Solver with classifier-free guidance
-    against the null token, decoded by the VAE. The starting noise is `latents` (one row per image, so an image
-    does not depend on its batch) or drawn from `seed`. Used by `Sampler`, `generate` and the validation grid."""
+                  trained_scheduler, latents=None) -> list:
+    """One image per row of `cond` (B, T, D) with `cond_mask` (B, T): DPM-Solver on the training schedule
+    (`trained_scheduler`, the checkpoint's `scheduler/`) with classifier-free guidance against the null token
+    (the one forward, `forward.predict`, on the clips and on their dropped copies), decoded by the VAE. The
+    starting noise is `latents` (one row per image, so an image does not depend on its batch) or drawn from
+    `seed`. Used by `Sampler`, `generate` and the validation grid."""
     import torch
-    from diffusers import DPMSolverMultistepScheduler
     from PIL import Image
 
+    from sonify.training.forward import predict, solver
+
     device, n, c = cond.device, cond.shape[0], model.config.in_channels
-    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
-                                            beta_start=0.0001, beta_end=0.02)
+    scheduler = solver(trained_scheduler)
     scheduler.set_timesteps(steps)
     if latents is None:
         latents = torch.randn((n, c, latent_size, latent_size), generator=torch.Generator().manual_seed(seed))
     latents = latents.to(device) * scheduler.init_noise_sigma
-    null, null_mask = conditioner.unconditional(n, cond.shape[1])
+    tokens, mask = torch.cat([cond, cond]), torch.cat([cond_mask, cond_mask])
+    drop = torch.arange(2 * n) >= n   # the second half unconditional: the null token
     with torch.inference_mode():
         for t in scheduler.timesteps:
             x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            pred = model(x, encoder_hidden_states=torch.cat([cond, null.to(cond.dtype)]),
-                         encoder_attention_mask=torch.cat([cond_mask, null_mask]),
-                         timestep=t.expand(x.shape[0]).to(device), added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+            pred = predict(model, conditioner, x, tokens, mask, drop, t.expand(x.shape[0]).to(device))
             eps_c, eps_u = pred[:, :c].chunk(2)
             latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
         decoded = vae.decode(latents / vae.config.scaling_factor).sample
@@ -138,7 +164,7 @@ class Sampler:
         from sonify.models.loading import load_pretrained
 
         ckpt = resolve_checkpoint(Path(checkpoint))
-        train_cfg = json.loads((ckpt.parent / "train_config.json").read_text())
+        train_cfg = pipeline_description(ckpt)
         self.device, self.guidance, self.steps, self.rate, self.seconds = pick_device(device), guidance, steps, 16000, seconds
         self.model, self.conditioner = load_weights(ckpt, use_ema, self.device)
         ema = use_ema and (ckpt / "transformer_ema").is_dir() and (ckpt / "conditioner_ema").is_dir()
@@ -146,7 +172,7 @@ class Sampler:
         self.ast = ASTEncoder(train_cfg["ast"], train_cfg["tiny_dir"], kaldi_frames(int(round(self.rate * seconds))), "mean",
                               self.device, "float32")
         self.vae = load_pretrained(AutoencoderKL, train_cfg["vae"], train_cfg["tiny_dir"], role="vae", subfolder="vae").to(self.device).eval()
-        self.num_train_timesteps = train_cfg["num_train_timesteps"]
+        self.noise_scheduler = load_scheduler(ckpt, train_cfg)
         self.channels = self.model.config.in_channels
         self.size = train_cfg.get("latent_size") or self.model.config.sample_size
 
@@ -180,7 +206,7 @@ class Sampler:
         cond = self.condition(clips)
         mask = torch.ones(cond.shape[:2], device=self.device)
         return sample_images(self.model, self.conditioner, self.vae, cond, mask, self.steps, self.guidance, 0, self.size,
-                             self.num_train_timesteps, latents)
+                             self.noise_scheduler, latents)
 
 
 def generate(checkpoint: str, audio: list[str], out: str, offsets=None, sequential=False, guidance=4.5, steps=20,

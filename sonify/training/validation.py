@@ -62,7 +62,7 @@ class Validator:
         total_all, n_all = reduce_sum([float(total), n], self.device)
         return total_all / n_all
 
-    def grid(self, model, conditioner, latent_size: int):
+    def grid(self, model, conditioner, latent_size: int, noise_scheduler):
         """The grid drawn from the first `val_images` val samples' audio features (fixed seed)."""
         import torch
 
@@ -78,7 +78,7 @@ class Validator:
         cond = torch.stack([torch.nn.functional.pad(t, (0, 0, 0, t_max - t.shape[0])) for t in tokens]).to(self.device)
         mask = torch.stack([torch.nn.functional.pad(m, (0, t_max - m.shape[0])) for m in masks]).to(self.device)
         images = sample_images(model, conditioner, self.vae, cond, mask, self.cfg.val_sample_steps, self.cfg.val_guidance,
-                               self.cfg.seed, latent_size, self.cfg.num_train_timesteps)
+                               self.cfg.seed, latent_size, noise_scheduler)
         return make_grid(images, min(4, len(images)))
 
     def run(self, step: int, model, conditioner, ema, ema_params, noise_scheduler, loss_fn, writer, out: Path) -> dict:
@@ -95,7 +95,7 @@ class Validator:
             ema.copy_to(ema_params)
             try:
                 with autocast(self.device, self.bf16):
-                    grid = self.grid(model, conditioner, self.batches[0].latents.shape[-1])
+                    grid = self.grid(model, conditioner, self.batches[0].latents.shape[-1], noise_scheduler)
             finally:
                 ema.restore(ema_params)
         finally:

@@ -9,7 +9,6 @@ mixtures, uploads Gradio stores) go to its own temporary folder, removed when it
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -161,11 +160,11 @@ class AppRun:
         return int(dims[0][0]) if dims else None
 
     def _check_checkpoint(self, checkpoint: str) -> str:
-        from sonify.training.sampling import resolve_checkpoint
+        from sonify.training.sampling import pipeline_description, resolve_checkpoint
 
         try:
             ckpt = resolve_checkpoint(Path(checkpoint))
-            train = json.loads((ckpt.parent / "train_config.json").read_text())
+            train = pipeline_description(ckpt)   # the checkpoint's pipeline.json, or its run's train_config.json
         except (OSError, ValueError) as e:
             raise AppError(f"checkpoint {checkpoint} cannot be used: {e}") from None
         run_dim = self.run_ast_dim()
