@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from sonify.engine.config import check_run_dir, load_config, save_config
 from sonify.engine.errors import DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
 from sonify.models.loading import TINY_PREFIX
-from sonify.stages import expand, get_stage, missing_inputs, producer_of, stage_names
+from sonify.stages import expand, get_stage, missing_inputs, missing_table_line, stage_names
 
 log = logging.getLogger("sonify")
 
@@ -93,7 +93,7 @@ def _run_locked(cfg: DictConfig, run_dir: str) -> int:
             try:
                 runs.append(run_stage(get_stage(name), cfg, progress_bar=cfg.run.progress, connect=connect))
             except MissingTable as e:   # an upstream stage has not run in this folder: say which, in one line
-                raise MissingInput(f"stage {name} needs table {e.table}: run stage={producer_of(e.table)} first") from None
+                raise MissingInput(missing_table_line(name, e.table)) from None
             except Exception as e:   # planning, a partition, the release: a full disk anywhere is one line
                 if disk_full(e) and not isinstance(e, DiskFull):
                     raise DiskFull(disk_full_line(run_dir, name)) from None

@@ -20,6 +20,8 @@ import logging
 from collections import deque
 from typing import Callable
 
+from sonify.engine.errors import SonifyError
+
 log = logging.getLogger("sonify")
 
 
@@ -48,7 +50,6 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
     try:
         while queue or running:
             if not (running or starting):
-                from sonify.engine.errors import SonifyError
                 raise SonifyError(f"no Ray worker left to run {len(queue)} partitions: every actor was lost and not rebuilt")
             ready = ray.wait(list(running) + list(starting), num_returns=1, timeout=wait_note_s)[0]
             if not ready:   # nothing came back for a while: say so when no actor is up, rather than wait in silence
@@ -118,8 +119,6 @@ def _stop(ray, actors: list, up: dict, failed: bool) -> None:
 
 def _get(ray, ref):
     """`ray.get`, with a sonify error raised in an actor's constructor re-raised as itself (one line)."""
-    from sonify.engine.errors import SonifyError
-
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as e:

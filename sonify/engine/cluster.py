@@ -37,6 +37,23 @@ def quiet_ray_logs() -> None:
             logger.addFilter(DropMessages(parts))
 
 
+def ray_address(configured: str | None = None) -> str | None:
+    """The cluster to join: `ray.address` when set, else RAY_ADDRESS; None means a Ray of our own."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(address: str | None, **local_options) -> None:
+    """Join `address`, or start a Ray of our own (`address="local"`: never the cluster that
+    `<ray temp dir>/ray_current_cluster` names, a stale or foreign head left on the machine)."""
+    import ray
+
+    quiet_ray_logs()
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(address="local", logging_level=logging.WARNING, **local_options)
+
+
 def connect_ray(cfg: DictConfig) -> bool:
     """Start or join Ray; True when this call connected (and the caller should shut it down).
 
@@ -45,16 +62,14 @@ def connect_ray(cfg: DictConfig) -> bool:
     or foreign head left on the machine). Which of the two it did is said in one line."""
     import ray
 
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(cfg.ray.address)
     if ray.is_initialized():
         return False
-    quiet_ray_logs()
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        init_ray(address)
         print(f"ray: joined the cluster at {address} ({'ray.address' if cfg.ray.address else 'RAY_ADDRESS'})", flush=True)
     else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory,
-                 include_dashboard=False, logging_level=logging.WARNING)
+        init_ray(None, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory, include_dashboard=False)
         cpus = int(ray.cluster_resources().get("CPU", 0))
         print(f"ray: started a local Ray for this run ({cpus} CPUs; set ray.address or RAY_ADDRESS to join a cluster)",
               flush=True)

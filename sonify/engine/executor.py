@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import traceback
@@ -112,11 +111,11 @@ class PartitionWorker:
         pieces: dict[str, list[pa.Table]] = {t: [] for t in self.stage.outputs}
         batches = [rows.slice(start, bs) for start in range(0, rows.num_rows, bs)]
         if getattr(self.stage, "decode_batch", None) is not None:   # the next batch decodes while the model runs
-            done = ((b, self.stage.process_batch(b, d))
+            done = (self.stage.process_batch(b, d)
                     for b, d in decoded_batches(batches, self.stage.decode_batch, decode_workers(self.stage.conf.num_cpus)))
         else:
-            done = ((b, self.stage.process_batch(b)) for b in batches)
-        for _, result in done:
+            done = (self.stage.process_batch(b) for b in batches)
+        for result in done:
             for t in self.stage.outputs:
                 pieces[t].append(result[t])
         # empty pieces carry the declared types (e.g. list for a fixed-size embedding): leave them out
@@ -162,9 +161,10 @@ def _run_ray(cls: type, cfg: DictConfig, plan_path: Path, todo: list[Partition],
     """One call per partition on a pool of actors (`engine.actors`); each actor reads its rows from the
     plan file (the run folder is on storage every node sees, as the outputs are)."""
     from sonify.engine.actors import run_on_actors
+    from sonify.engine.cluster import ray_address
 
     conf = cls.settings(cfg)
-    check_resources(cls.name, conf, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
+    check_resources(cls.name, conf, local=ray_address(cfg.ray.address) is None)
     options = {"num_cpus": float(conf.num_cpus), "num_gpus": float(conf.num_gpus),
                **({"accelerator_type": conf.accelerator_type} if conf.accelerator_type else {})}
     results = []

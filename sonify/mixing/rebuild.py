@@ -258,8 +258,10 @@ class Renderer:
     def _on_ray(self, batches: Iterator[list[dict]]) -> Iterator[list[dict]]:
         import ray
 
+        from sonify.engine.cluster import init_ray, ray_address
+
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
+            init_ray(ray_address())   # RAY_ADDRESS, or a Ray of its own: never a cluster recorded on the machine
         task = ray.remote(_render_batch)
         self.limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
         pending: list = []

@@ -55,6 +55,13 @@ def get_stage(name: str) -> type[Stage]:
 def producer_of(table: str) -> str | None:
     """The stage that writes `table` (None for a table no stage writes)."""
     return next((name for name in STAGES if table in get_stage(name).outputs), None)
+
+
+def missing_table_line(stage: str, table: str) -> str:
+    """The one wording for a stage that reads a table nobody has written yet."""
+    return f"stage {stage} needs table {table}: run stage={producer_of(table)} first"
+
+
 def missing_inputs(cfg, stages: list[str]) -> str | None:
     """One line when a selected stage reads a table that no earlier stage wrote (and none selected before it
     writes): it names the stage to run first and, for the images and audio stages, the configured sources
@@ -70,7 +77,7 @@ def missing_inputs(cfg, stages: list[str]) -> str | None:
             table = get_stage(up).outputs[0]
             if up in selected or store.exists(table):
                 continue
-            line = f"stage {name} needs table {table}: run stage={up} first"
+            line = missing_table_line(name, table)
             if up in ("images", "audio"):
                 absent = [f"{s.name} ({s.path or source_root(s)})" for s in cfg.sources[up]
                           if not os.path.exists(str(s.path or source_root(s)))]

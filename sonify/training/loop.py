@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -307,11 +306,13 @@ def _ray_worker(config: dict) -> None:
 
 def run_ray(cfg: TrainConf) -> dict:
     import ray
+
+    from sonify.engine.cluster import init_ray, ray_address
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+        init_ray(ray_address())   # RAY_ADDRESS, or a Ray of its own: never a cluster recorded on the machine
     trainer = TorchTrainer(_ray_worker, train_loop_config={"cfg": dataclasses.asdict(cfg)},
                            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
                            run_config=RunConfig(storage_path=str(Path(cfg.output_dir).resolve() / "ray_results"), name="train_dit"))
