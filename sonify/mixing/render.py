@@ -19,10 +19,14 @@ from sonify.engine.files import atomic_write
 def target_lufs(lufs_min: float, lufs_max: float, seed: int, image_id: str, vlm: str, concept_index: int) -> float:
     """The mix stage's target rule: a component's loudness drawn uniformly from [lufs_min, lufs_max] by a
     generator keyed by (seed, image, vlm, concept index), so a mixture never depends on order or workers."""
+    return uniform_target(lufs_min, lufs_max, seed, image_id, vlm, concept_index, "mix")
+
+
+def uniform_target(lufs_min: float, lufs_max: float, *key: object) -> float:
+    """A loudness drawn uniformly from [lufs_min, lufs_max] by the generator keyed by `key`."""
     from sonify.engine.keys import keyed_rng
 
-    rng = keyed_rng(seed, image_id, vlm, concept_index, "mix")
-    return lufs_min + (lufs_max - lufs_min) * float(rng.random())
+    return lufs_min + (lufs_max - lufs_min) * float(keyed_rng(*key).random())
 
 
 def db_to_gain(db: float) -> float:

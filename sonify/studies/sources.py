@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sonify.engine.keys import keyed_rng
+from sonify.mixing.render import uniform_target
 from sonify.studies.common import StudyError
 
 
@@ -104,8 +105,7 @@ class RunPool:
 
     def target_lufs(self, seed: int, trial: int, i: int) -> float:
         """The mix stage's rule: a target drawn uniformly from [lufs_min, lufs_max], keyed."""
-        lo, hi = float(self.mix.lufs_min), float(self.mix.lufs_max)
-        return lo + (hi - lo) * float(keyed_rng(seed, "experiments", trial, i, "lufs").random())
+        return uniform_target(float(self.mix.lufs_min), float(self.mix.lufs_max), seed, "experiments", trial, i, "lufs")
 
 
 def measure(meter, x: np.ndarray, what: str) -> float:
