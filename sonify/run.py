@@ -14,7 +14,8 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from sonify.engine.config import check_run_dir, load_config, save_config
+from sonify.engine.config import load_config, save_config
+from sonify.engine.paths import check_run_dir
 from sonify.engine.errors import DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
 from sonify.models.loading import TINY_PREFIX
 from sonify.stages import expand, get_stage, missing_inputs, missing_table_line, stage_names

@@ -11,7 +11,7 @@ import pytest
 
 from sonify.engine.config import load_config, save_config
 from sonify.sources.demo import ensure_demo_data
-from sonify.stages import get_stage, stage_names
+from sonify.stages import STAGES, get_stage, stage_names
 
 REPO = Path(__file__).resolve().parents[1]
 NO_BACKOFF = ("run.retry_backoff_s=0",)   # a test that provokes a retry never waits for it
@@ -35,7 +35,7 @@ def make_cfg(tmp_path, demo_dir):
     return make
 
 
-ALL_STAGES = ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards")
+ALL_STAGES = tuple(STAGES)   # every stage, in pipeline order (the registry is the one list)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sonify.engine.config import RAY_JOB_ENV, SourceConf, load_config, save_config
+from sonify.engine.config import SourceConf, load_config, save_config
+from sonify.engine.paths import RAY_JOB_ENV
 from sonify.engine.errors import ConfigError
 from sonify.engine.executor import run_stage
 from sonify.engine.store import TableStore

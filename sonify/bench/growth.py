@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from sonify.bench.common import demo_config
+from sonify.stages import STAGES as REGISTRY
 
-STAGES = ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards")
+STAGES = tuple(REGISTRY)
 TARGET = 0.02
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sonify.bench.common import best_of, demo_config, peak_rss_mib
 from sonify.models.frontends import FRONTENDS
+from sonify.stages import STAGES
 
 LLAVA = "llava-hf/llava-1.5-7b-hf"
 SMOLVLM = "HuggingFaceTB/SmolVLM-Instruct"
@@ -32,7 +33,7 @@ CLAP = "laion/clap-htsat-unfused"
 AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
 PIXART = "PixArt-alpha/PixArt-XL-2-512x512"
 PARTS = ("embed", "features", "latents", "concepts", "train_dit")
-UPSTREAM = ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix")
+UPSTREAM = tuple(STAGES)[:list(STAGES).index("mix") + 1]   # the stages whose tables the encoder parts read
 
 
 def count_flops(fn) -> float:

@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ["images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards"]
+from sonify.stages import STAGES as REGISTRY
+
+STAGES = list(REGISTRY)
 # `concepts:import`: the concepts stage reproducing a release instead of running the VLMs (one
 # Parquet import file per variant)
 ROWS = STAGES[:3] + ["concepts:import"] + STAGES[3:]
@@ -112,6 +114,7 @@ def build(root: Path, images: int, pool_chunks: int) -> None:
     import duckdb
 
     from sonify.engine.store import TableStore
+    from sonify.stages import get_stage
 
     lists = root / "lists"
     if (root / "done").exists():
@@ -127,8 +130,7 @@ def build(root: Path, images: int, pool_chunks: int) -> None:
     store = TableStore(cfg.run.dir)
     counts = {"img": images, "var": 2 * images, "concept": 6 * images, "clip": pool_chunks // CHUNKS_PER_CLIP, "chunk": pool_chunks}
     for table, (stage, unit, template) in TABLES.items():
-        conf = cfg.stages["embed" if stage.startswith("embed") else stage]
-        step = int(conf.get("partition_rows", 1000))
+        step = get_stage(stage).settings(cfg).partition_rows
         sql = _sql(template, pool_chunks)
         for lo in range(0, counts[unit], step):
             hi = min(lo + step, counts[unit])

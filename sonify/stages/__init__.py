@@ -1,9 +1,15 @@
-"""Stage registry, in pipeline order. Classes import lazily so the CLI starts fast."""
+"""Stage registry, in pipeline order: the one list of stage names (the run, the tests and the benchmarks read
+it) and the pipeline config's `stages` section, assembled from each stage's settings class (`settings_schema`).
+Classes import lazily so the CLI starts fast."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 from typing import TYPE_CHECKING
+
+from sonify.engine.config import use_stage_settings
 
 if TYPE_CHECKING:   # for the annotation only: base.py imports this registry
     from sonify.stages.base import Stage
@@ -50,6 +56,20 @@ def expand(names: list[str]) -> list[str]:
 def get_stage(name: str) -> type[Stage]:
     module, cls = STAGES[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+@functools.cache
+def settings_schema() -> type:
+    """The pipeline config's `stages` section: one field per settings class (`Stage.Settings`, declared in
+    the stage's module), in pipeline order; stages sharing a section (`conf_key`) share its class."""
+    sections: dict[str, type] = {}
+    for name in STAGES:
+        cls = get_stage(name)
+        sections.setdefault(cls.conf_key or name, cls.Settings)
+    return dataclasses.make_dataclass("StagesConf", [(k, v, dataclasses.field(default_factory=v)) for k, v in sections.items()])
+
+
+use_stage_settings(settings_schema)   # the engine's loader gets the section from here; it imports no stage
 
 
 def producer_of(table: str) -> str | None:

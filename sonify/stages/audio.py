@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass, field
+from typing import List
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +22,19 @@ import soundfile as sf
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
+from sonify.engine.settings import POSITIVE, StageSettings, ranged
+from sonify.media import AUDIO_EXTENSIONS
 from sonify.media.audio import chunk_frames_at, dbfs, declared_frames, iter_blocks, to_mono
-from sonify.sources import SourcePaths, file_problem, list_sources
+from sonify.sources import file_problem
 from sonify.sources.audio import list_audio
-from sonify.stages.base import Stage
+from sonify.stages.listing import ListingStage
+
+
+@dataclass
+class AudioSettings(StageSettings):
+    chunk_seconds: float = ranged(5.0, POSITIVE)   # the paper's chunk length (A.7)
+    silence_dbfs: float = -90.0        # chunks whose peak is below this are error rows 'silent'
+    extensions: List[str] = field(default_factory=lambda: list(AUDIO_EXTENSIONS))
 
 
 def _silence_reason(mono_peak: float, channel_peak: float, silence_dbfs: float, where: str) -> str:
@@ -34,19 +45,13 @@ def _silence_reason(mono_peak: float, channel_peak: float, silence_dbfs: float, 
     return error_text("silent", f"{where} peak {dbfs(mono_peak):.1f} dBFS < {silence_dbfs}")
 
 
-class AudioStage(Stage):
+class AudioStage(ListingStage):
     name = "audio"
+    Settings = AudioSettings
     version = 3                         # 2: truncated (container header) and channels_cancel reasons; 3: chunks' pcm_sha256
     outputs = ("audio_files", "audio_chunks")
     expected_errors = frozenset({"silent"})
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.paths = SourcePaths.of(cfg, "audio")
-
-    @classmethod
-    def work_list(cls, cfg, store):
-        return list_sources(cfg.sources.audio, list_audio, cfg.stages.audio.extensions, "audio")
+    lister = staticmethod(list_audio)
 
     def _file(self, row: dict) -> tuple[dict, list[dict]]:
         out = {k: row[k] for k in ("id", "source", "uri", "relpath", "labels")}

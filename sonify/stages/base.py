@@ -1,38 +1,106 @@
 """The stage contract. Stages never import Ray: the executor decides where they run.
 
-A stage is a class whose `__init__` loads what it needs (models load once per worker), whose
+A stage is one module: a class whose `__init__` loads what it needs (models load once per worker), whose
 classmethod `work_list` says which rows to process, and whose `process_batch` maps a batch of those
-rows to one table per output. Every input row must come back as a result or an error row.
+rows to one table per output. Every input row must come back as a result or an error row. Its settings
+are a dataclass in the same module (`Settings`, extending `engine.settings.StageSettings`: types,
+defaults, allowed values and ranges in the fields' metadata); the registry assembles them into the
+config's `stages` section, and the stage reads them typed (`self.conf`, `cls.settings(cfg)`).
 
 Lineage: a stage's fingerprint covers its output-relevant config (prompt and keyword files by
 content), the models it loads (`models.identity`), the other settings it reads (`uses`), its version
 and its output schemas' versions, and the fingerprints of the stages it reads (`upstream`),
 transitively. Files a stage writes (`files_dir`) live in a folder per partition, so they go with it.
+
+Guarded reads, so that lineage cannot miss a dependency: wherever a stage gets the config (`__init__`, so
+`process_batch` too, `work_list`, `own_fingerprint`, `data_fingerprint`, `finalize`) it gets a view
+(`StageConfig`) that lets it read only
+- its own section `stages.<conf_key or name>` (runtime fields included),
+- the keys in its `uses`,
+- `models.<role>` for each role in its `models` (and then `run.torch_threads`: all in the fingerprint),
+- what the engine gives every stage, which never changes an output: `run.dir`, `run.plan_memory`,
+  `models.tiny_dir`, `models.trust_remote_code`,
+- `sources.<role>` when it is the `images` or `audio` stage that lists them, or reads that stage's table
+  (`upstream`): where the files are, not what they hold (a work list carries their content hashes).
+Reading anything else raises `UndeclaredSetting`, naming the key and the stage. `pass_config` gets the
+whole config: it only narrows what a pass's workers load.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.config import resolve_text
+from sonify.engine.errors import StageContractError
 from sonify.engine.schemas import table_spec
+from sonify.engine.settings import StageSettings, runtime_keys
 from sonify.engine.store import TableStore
 from sonify.stages import get_stage
 
-# Stage settings that change where and how fast work runs, not what it produces: never in a fingerprint,
-# so they must never change an output (model calls run at the fixed shape `model_batch` whatever they are).
-RUNTIME_KEYS = {"batch_size", "text_batch_size", "concurrency", "num_cpus", "num_gpus", "accelerator_type", "device", "block_mb",
-                "partition_rows"}
+ENGINE_KEYS = ("run.dir", "run.plan_memory", "models.tiny_dir", "models.trust_remote_code")   # every stage may read these
+SOURCE_STAGES = ("images", "audio")   # the stages that list `sources.<their name>`
+GUARDED = ("__init__", "work_list", "own_fingerprint", "data_fingerprint", "finalize")   # hooks that get a `StageConfig`
+
+
+class UndeclaredSetting(StageContractError):
+    """A stage read a config key that is neither its settings nor in its `uses` (a bug: not retried)."""
+
+
+class StageConfig:
+    """The pipeline config as one stage sees it (the rule: the module docstring). A node wholly readable
+    is returned as it is (DictConfig, list, value); one readable in part comes back as another view."""
+
+    def __init__(self, cfg: Any, stage: str, readable: frozenset[str], path: str = ""):
+        self._cfg, self._stage, self._readable, self._path = cfg, stage, readable, path
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        return self[key]
+
+    def __getitem__(self, key: str) -> Any:
+        path = f"{self._path}.{key}" if self._path else str(key)
+        whole = any(path == r or path.startswith(r + ".") for r in self._readable)
+        if not whole and not any(r.startswith(path + ".") for r in self._readable):
+            raise UndeclaredSetting(f"stage {self._stage} read '{path}', which is not in its settings or `uses` "
+                                    f"(declare it in `uses`: it then joins the stage's fingerprint)")
+        value = self._cfg[key]
+        return value if whole else StageConfig(value, self._stage, self._readable, path)
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self[key]
+        except UndeclaredSetting:
+            return False
+        return key in self._cfg
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def select(self, key: str) -> Any:
+        """The value at a dotted key (e.g. one of `uses`)."""
+        return functools.reduce(lambda node, k: node[k], key.split("."), self)
+
+
+def _guard(fn, method: bool):
+    """`fn` with its config argument replaced by the stage's view (`Stage.view`)."""
+    @functools.wraps(fn)
+    def guarded(self_or_cls, cfg, *args, **kwargs):
+        klass = type(self_or_cls) if method else self_or_cls
+        return fn(self_or_cls, klass.view(cfg), *args, **kwargs)
+    return guarded
 
 
 class Stage:
     name: ClassVar[str]
+    Settings: ClassVar[type] = StageSettings   # its settings class, declared in its module
     conf_key: ClassVar[str | None] = None   # its section under `stages` (default: its name)
     version: ClassVar[int] = 1          # bump when outputs change: finished partitions are then recomputed
     outputs: ClassVar[tuple[str, ...]]  # table names; the first holds exactly one row per input id (`keyed_output`)
@@ -52,11 +120,34 @@ class Stage:
     # error reasons that are expected outcomes of good data (a VLM reply with no list, a silent chunk), not failures
     expected_errors: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for hook in GUARDED:
+            if hook in cls.__dict__:
+                fn = cls.__dict__[hook]
+                setattr(cls, hook, _guard(fn, True) if hook == "__init__" else classmethod(_guard(fn.__func__, False)))
+
     def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.conf = cfg.stages[self.conf_key or self.name]
-        self.run_dir = Path(cfg.run.dir)
+        self.cfg = self.view(cfg)
+        self.conf = self.settings(self.cfg)
+        self.run_dir = Path(self.cfg.run.dir)
         self.partition: str | None = None   # set by the executor before each partition
+
+    @classmethod
+    def readable(cls) -> frozenset[str]:
+        """The config keys this stage may read (the rule: the module docstring)."""
+        keys = {f"stages.{cls.conf_key or cls.name}", *cls.uses, *ENGINE_KEYS, *(f"models.{m}" for m in cls.models)}
+        keys |= {"run.torch_threads"} if cls.models else set()
+        return frozenset(keys | {f"sources.{s}" for s in SOURCE_STAGES if s == cls.name or s in cls.upstream})
+
+    @classmethod
+    def view(cls, cfg: Any) -> StageConfig:
+        """The config as this stage may read it; the whole config is taken back out of another stage's view."""
+        if isinstance(cfg, StageConfig):
+            if cfg._stage == cls.name:
+                return cfg
+            cfg = cfg._cfg
+        return StageConfig(cfg, cls.name, cls.readable())
 
     def owned_path(self, relpath: str) -> tuple[str, Path]:
         """A file of the current partition: (path relative to the run folder, absolute path)."""
@@ -66,8 +157,10 @@ class Stage:
         return rel, self.run_dir / rel
 
     @classmethod
-    def settings(cls, cfg: DictConfig) -> dict:
-        return cfg.stages[cls.conf_key or cls.name]
+    def settings(cls, cfg: DictConfig) -> Any:
+        """This stage's settings as its typed class (a worker's config is plain: typed again here)."""
+        node = cfg.stages[cls.conf_key or cls.name]
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Settings), node))
 
     @classmethod
     def work_list(cls, cfg: DictConfig, store: TableStore):
@@ -80,17 +173,18 @@ class Stage:
         """Everything of this stage alone that its outputs depend on (no upstream, no data)."""
         from sonify.models.identity import model_identity
 
-        conf = OmegaConf.to_container(cls.settings(cfg), resolve=True)
+        cfg = cls.view(cfg)
+        conf = OmegaConf.to_container(cfg.stages[cls.conf_key or cls.name], resolve=True)
         conf = {k: (resolve_text(v) if isinstance(v, str) and v.endswith(".txt") else v)
-                for k, v in conf.items() if k not in RUNTIME_KEYS}
+                for k, v in conf.items() if k not in runtime_keys(cls.Settings)}
         models = {}
         for role in cls.models:
             names = cfg.models[role]
             models[role] = [model_identity(str(n)) for n in names] if not isinstance(names, str) else model_identity(names)
         if cls.models:
-            conf["run.torch_threads"] = int(cfg.run.torch_threads)   # float bits depend on the thread count
+            conf["run.torch_threads"] = cfg.run.torch_threads   # float bits depend on the thread count
         return {"stage": cls.name, "version": cls.version, "conf": conf, "models": models,
-                "uses": {k: OmegaConf.select(cfg, k) for k in cls.uses},
+                "uses": {k: cfg.select(k) for k in cls.uses},
                 "schemas": {t: table_spec(t).version for t in cls.outputs}}
 
     @classmethod

@@ -12,7 +12,9 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pyarrow as pa
 
@@ -21,11 +23,43 @@ from sonify.engine.config import resolve_text
 from sonify.engine.errors import ConfigError, error_text
 from sonify.engine.keys import stable_id
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.settings import AT_LEAST_1, DTYPES, StageSettings, choice, ranged, runtime
 from sonify.engine.store import rows_to_table
 from sonify.media.image import ImageRejected
 from sonify.sources import SourcePaths
 from sonify.sources.images import load_image
 from sonify.stages.base import Stage
+
+
+@dataclass
+class ConceptImport:
+    name: str = "import"               # the `vlm` value of its rows (one variant)
+    path: str = ""                     # Parquet or JSONL with: image_id or relpath, concepts, [caption]
+    image_source: str = ""             # with a relpath column: the image source the paths belong to
+
+
+@dataclass
+class ConceptsSettings(StageSettings):
+    partition_rows: int = 64
+    batch_size: int = 8
+    concurrency: int = 1
+    generate: bool = True              # run every VLM in models.vlms
+    imports: List[ConceptImport] = field(default_factory=list)
+    backend: str = choice("hf", ["hf", "vllm"])   # hf (transformers generate) | vllm (GPU clusters; needs the vllm extra)
+    model_batch: int = ranged(8, AT_LEAST_1)       # images per model call, a fixed shape (the last call padded): in the fingerprint
+    concepts_prompt: str = "prompts/concepts.txt"   # a file, or the prompt text itself
+    caption_prompt: str = "prompts/caption.txt"
+    max_concepts: int = ranged(3, AT_LEAST_1)
+    text_template: str = "{line}"      # the CLAP query: {line} (the item as written, no list marker), {object}, {sound}
+    dtype: str = choice("auto", DTYPES)   # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = runtime("auto")      # auto | cpu | cuda | cuda:N
+    max_image_side: int = ranged(1024, AT_LEAST_1)   # images are decoded no larger than this before the processor
+    # per VLM (its models.vlms entry or hub id): its image processor's own settings, in the fingerprint;
+    # a tiling processor resizes to its own size first, e.g. {HuggingFaceTB/SmolVLM-Instruct: {size: {longest_edge: 768}}}
+    processor_kwargs: Dict[str, Any] = field(default_factory=dict)
+    max_pixels: int = ranged(89_478_485, AT_LEAST_1)
+    generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 96, "do_sample": False, "num_beams": 1})
+    caption_generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 40, "do_sample": False, "num_beams": 1})
 
 
 def vlm_key(vlm: str) -> str:
@@ -128,6 +162,7 @@ def check_template(template: str) -> None:
 
 class ConceptsStage(Stage):
     name = "concepts"
+    Settings = ConceptsSettings
     version = 2           # 2: both prompts of an image continue from one shared image prefill (float rounding differs)
     outputs = ("concepts", "captions")
     models = ("vlms",)
@@ -150,7 +185,7 @@ class ConceptsStage(Stage):
         if self.conf.generate:
             for name in cfg.models.vlms:
                 self.vlms[name] = load_vlm(name, self.conf.backend, cfg.models.tiny_dir, self.conf.device,
-                                           self.conf.dtype, cfg.models.trust_remote_code, int(self.conf.model_batch),
+                                           self.conf.dtype, cfg.models.trust_remote_code, self.conf.model_batch,
                                            processor_settings(self.conf.processor_kwargs, name))
 
     @classmethod
@@ -173,8 +208,8 @@ class ConceptsStage(Stage):
     @classmethod
     def work_list(cls, cfg, store):
         """One row per (decoded image, VLM) and per imported variant, as a DuckDB query over the images table."""
-        check_template(cfg.stages.concepts.text_template)
-        conf = cfg.stages.concepts
+        conf = cls.settings(cfg)
+        check_template(conf.text_template)
         con = store.connect("images")
         selects = [f"""SELECT {_literal(vlm_key(vlm))} || '-' || id AS id, id AS image_id, {_literal(vlm)} AS vlm,
                               'generate' AS origin, source, uri, tar_offset, nbytes, sha256, NULL::VARCHAR AS import_json,

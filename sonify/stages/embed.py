@@ -12,11 +12,14 @@ contiguous matrix file per table (`sonify.retrieval.matrices`) for retrieval.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.settings import AT_LEAST_1, DTYPES, FRONTENDS, StageSettings, choice, ranged, runtime
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import load_chunk
 from sonify.models.clap import ClapEmbedder, normalise
@@ -27,18 +30,35 @@ from sonify.stages.base import Stage
 PAPER_POOL_RATE = 16000   # A.7: the pool is standardised to 16 kHz mono (channels summed)
 
 
+@dataclass
+class EmbedSettings(StageSettings):
+    """`stages.embed`: both embed stages'."""
+    partition_rows: int = 1024
+    batch_size: int = 32
+    concurrency: int = 1
+    text_batch_size: int = ranged(256, AT_LEAST_1, runtime=True)   # concept texts per process call (audio rows use batch_size)
+    model_batch: int = ranged(8, AT_LEAST_1)   # clips or texts per model call, a fixed shape (the last call padded): in the fingerprint
+    text_max_tokens: int = ranged(77, AT_LEAST_1)   # every text is padded (or cut) to this many tokens, as CLAP was trained
+    # CLAP's audio input: source48k = decoded from the source straight to 48 kHz, channels averaged;
+    # paper16k = the paper's A.7 pool (decoded at 16 kHz, channels summed), then resampled to 48 kHz
+    audio_input: str = choice("source48k", ["source48k", "paper16k"])
+    frontend: str = choice("torch", FRONTENDS)   # CLAP's log-mel features
+    dtype: str = choice("auto", DTYPES)   # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = runtime("auto")
+
+
 class _EmbedStage(Stage):
     """CLAP embeddings of one kind of row; the audio pool and the concept texts are separate work,
     so adding images never re-embeds audio and adding audio embeds only the new chunks."""
     conf_key = "embed"
+    Settings = EmbedSettings
     models = ("clap",)
     pool_matrix = False   # the audio pool also gets a float32 matrix, which retrieve workers map (shared per node)
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.clap = ClapEmbedder(cfg.models.clap, cfg.models.tiny_dir, self.conf.device, self.conf.dtype,
-                                 int(self.conf.model_batch), int(self.conf.text_max_tokens), self.conf.frontend)
-        self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
+                                 self.conf.model_batch, self.conf.text_max_tokens, self.conf.frontend)
         paper = self.conf.audio_input == "paper16k"
         self.decode = {"downmix": "sum" if paper else "mean", "via_sr": PAPER_POOL_RATE if paper else None}
 
@@ -90,6 +110,7 @@ class EmbedAudioStage(_EmbedStage):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.paths = SourcePaths.of(cfg, "audio")
+        self.chunk_seconds = cfg.stages.audio.chunk_seconds   # `uses`: embed_text does not read it
 
     def decode_batch(self, batch: pa.Table, pmap=map) -> list:
         """Per chunk its samples at CLAP's rate, or the exception that decoding raised (CPU only: the
@@ -136,7 +157,7 @@ class EmbedTextStage(_EmbedStage):
         rows = batch.to_pylist()
         base = lambda r: {k: r[k] for k in ("id", "concept_id", "image_id", "vlm", "concept_index", "text")} | {"model": self.clap.name}
         out = []
-        bs = max(1, int(self.conf.text_batch_size))
+        bs = self.conf.text_batch_size
         for s in range(0, len(rows), bs):
             chunk = rows[s:s + bs]
             out += self._vectors(chunk, lambda: self.clap.embed_text([r["text"] or "" for r in chunk]), base)

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 import soundfile as sf
 
+from sonify.engine.settings import AT_LEAST_1, DTYPES, FRONTENDS, NONE_OR_AT_LEAST_1, StageSettings, choice, ranged, runtime
 from sonify.media.audio import resample
 from sonify.models.encoders import ASTEncoder, kaldi_frames
 from sonify.stages.encoder import EncoderStage
 
 
+@dataclass
+class FeaturesSettings(StageSettings):
+    partition_rows: int = 512
+    batch_size: int = 32
+    concurrency: int = 1
+    pooling: str = choice("mean", ["mean", "max", "none"])   # pool AST patch tokens over frequency
+    input_frames: Optional[int] = ranged(None, NONE_OR_AT_LEAST_1)   # filterbank frames fed to AST; null: the mixtures' length (5 s -> 498)
+    model_batch: int = ranged(8, AT_LEAST_1)   # clips per model call, a fixed shape (the last call padded): in the fingerprint
+    frontend: str = choice("torch", FRONTENDS)   # AST's filterbanks
+    dtype: str = choice("auto", DTYPES)
+    device: str = runtime("auto")
+
+
 class FeaturesStage(EncoderStage):
     name = "features"
+    Settings = FeaturesSettings
     version = 2                         # 2: the torch front end (stages.features.frontend)
     outputs = ("audio_features",)
     upstream = ("mix",)
@@ -22,11 +40,10 @@ class FeaturesStage(EncoderStage):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        mix_rate = int(cfg.stages.mix.sample_rate)
-        n = self.conf.input_frames or kaldi_frames(int(round(float(cfg.stages.audio.chunk_seconds) * 16000)))
-        self.ast = ASTEncoder(cfg.models.ast, cfg.models.tiny_dir, int(n), self.conf.pooling, self.conf.device, self.conf.dtype,
-                              int(self.conf.model_batch), self.conf.frontend)
-        self.mix_rate, self.input_frames = mix_rate, int(n)
+        n = self.conf.input_frames or kaldi_frames(round(cfg.stages.audio.chunk_seconds * 16000))
+        self.ast = ASTEncoder(cfg.models.ast, cfg.models.tiny_dir, n, self.conf.pooling, self.conf.device, self.conf.dtype,
+                              self.conf.model_batch, self.conf.frontend)
+        self.mix_rate, self.input_frames = cfg.stages.mix.sample_rate, n
 
     @classmethod
     def work_list(cls, cfg, store):

@@ -15,17 +15,39 @@ empty, every VLM's captions count.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import pyarrow as pa
 
 from sonify.concepts.keywords import keyword_pattern, read_keywords
 from sonify.engine.schemas import STATUS_OK
+from sonify.engine.settings import StageSettings
 from sonify.engine.store import rows_to_table
 from sonify.stages.base import Stage
 from sonify.stages.concepts import _literal
 
 
+def _variants(cfg) -> list[str]:
+    """The variant names `caption_vlms` may name: the VLMs and the imports."""
+    return list(cfg.models.vlms) + [imp.name for imp in cfg.stages.concepts.imports]
+
+
+@dataclass
+class FilterSettings(StageSettings):
+    partition_rows: int = 4096
+    batch_size: int = 4096
+    keywords: str = "prompts/silent_keywords.txt"   # one word per line; plurals match too
+    drop_on_keyword: bool = True
+    drop_without_concepts: bool = True
+    # VLMs (as in models.vlms, or an import's name) whose captions the keyword rule reads; empty: every VLM's.
+    # The paper (A.2) filters on LLaVA's captions only.
+    caption_vlms: List[str] = field(default_factory=list, metadata={"choices": _variants})
+
+
 class FilterStage(Stage):
     name = "filter"
+    Settings = FilterSettings
     version = 2   # 2: captions ordered by VLM (the reason no longer depends on row order)
     outputs = ("kept_images",)
     upstream = ("concepts",)
@@ -39,7 +61,7 @@ class FilterStage(Stage):
         """Each decoded image with its variants that have concepts and its captions (of `caption_vlms`, when
         set), ordered by VLM (then caption id): every aggregate here is ordered, so the work list's content
         is the same in every plan, whatever DuckDB's thread count or the order of the tables' files."""
-        only = cfg.stages.filter.caption_vlms
+        only = cls.settings(cfg).caption_vlms
         which = f"AND vlm IN ({', '.join(_literal(v) for v in only)})" if only else ""
         return store.connect("images", "concepts", "captions").sql(f"""
             SELECT i.id, v.vlms, c.captions

@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
+from typing import List
 
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
+from sonify.engine.settings import AT_LEAST_1, POSITIVE, StageSettings, choice, ranged
+from sonify.media import IMAGE_EXTENSIONS
 from sonify.media.image import ImageRejected, inspect_image
-from sonify.sources import NotAFile, SourcePaths, list_sources
+from sonify.sources import NotAFile
 from sonify.sources.images import list_images, read_image_bytes
-from sonify.stages.base import Stage
+from sonify.stages.listing import ListingStage
 
 
-class ImagesStage(Stage):
+@dataclass
+class ImagesSettings(StageSettings):
+    max_pixels: int = ranged(89_478_485, AT_LEAST_1)   # larger images are error rows (decompression bombs); PIL's default
+    decode_check: str = choice("full", ["full", "header"])   # full: decode every pixel (catches truncation) | header
+    url_timeout_s: float = ranged(20.0, POSITIVE)      # a whole read of one image (URL, file or tar member) must finish within this
+    extensions: List[str] = field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+
+
+class ImagesStage(ListingStage):
     name = "images"
+    Settings = ImagesSettings
     outputs = ("images",)
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.paths = SourcePaths.of(cfg, "images")
-
-    @classmethod
-    def work_list(cls, cfg, store):
-        return list_sources(cfg.sources.images, list_images, cfg.stages.images.extensions, "images")
+    lister = staticmethod(list_images)
 
     def _one(self, row: dict) -> dict:
         out = {k: row[k] for k in ("id", "source", "uri", "relpath", "tar_offset", "nbytes")}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from sonify.engine.settings import AT_LEAST_1, DTYPES, StageSettings, choice, ranged, runtime
 from sonify.media.image import center_crop
 from sonify.models.encoders import VAEEncoder
 from sonify.sources import SourcePaths
@@ -11,8 +14,22 @@ from sonify.sources.images import load_image
 from sonify.stages.encoder import EncoderStage
 
 
+@dataclass
+class LatentsSettings(StageSettings):
+    partition_rows: int = 512
+    batch_size: int = 16
+    concurrency: int = 1
+    resolution: int = ranged(512, AT_LEAST_1)   # shorter side resized to this, then centre-cropped square
+    vae_subfolder: str = "vae"         # the VAE inside models.vae (PixArt-alpha repos keep it in vae/)
+    model_batch: int = ranged(8, AT_LEAST_1)   # images per model call, a fixed shape (the last call padded): in the fingerprint
+    dtype: str = choice("auto", DTYPES)
+    device: str = runtime("auto")
+    max_pixels: int = ranged(89_478_485, AT_LEAST_1)
+
+
 class LatentsStage(EncoderStage):
     name = "latents"
+    Settings = LatentsSettings
     outputs = ("image_latents",)
     upstream = ("images", "filter")
     files_dir = "features/latents"
@@ -22,7 +39,7 @@ class LatentsStage(EncoderStage):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.vae = VAEEncoder(cfg.models.vae, cfg.models.tiny_dir, self.conf.device, self.conf.dtype, self.conf.vae_subfolder,
-                              int(self.conf.model_batch))
+                              self.conf.model_batch)
         self.paths = SourcePaths.of(cfg, "images")
 
     @classmethod
@@ -31,11 +48,11 @@ class LatentsStage(EncoderStage):
             "SELECT i.id, i.source, i.uri, i.tar_offset, i.nbytes, i.sha256 FROM images i JOIN kept k ON k.id = i.id AND k.kept")
 
     def base(self, r: dict) -> dict:
-        return {"id": r["id"], "model": self.cfg.models.vae, "resolution": int(self.conf.resolution),
+        return {"id": r["id"], "model": self.cfg.models.vae, "resolution": self.conf.resolution,
                 "scaling_factor": self.vae.scaling_factor}
 
     def decode(self, r: dict):
-        return center_crop(load_image(r, self.paths, self.conf.max_pixels), int(self.conf.resolution))
+        return center_crop(load_image(r, self.paths, self.conf.max_pixels), self.conf.resolution)
 
     def encode(self, images: list) -> list[np.ndarray]:
         mean, std = self.vae.encode(images)

@@ -16,8 +16,9 @@ the release never holds a row that cannot be rebuilt.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +26,9 @@ import pyarrow as pa
 from sonify.engine.errors import error_text
 from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
+from sonify.engine.settings import AT_LEAST_1, StageSettings, ranged
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import dbfs, load_chunk
-from sonify.media.loudness import LoudnessMeter
 from sonify.mixing.rebuild import SourceRefused, relpath_problem, resolve_source
 from sonify.mixing.render import render, target_lufs, write_flac
 from sonify.sources import SourcePaths
@@ -35,12 +36,26 @@ from sonify.stages.base import Stage
 
 WORK_COMPONENT = pa.struct([f for f in COMPONENT_TYPE if f.name not in
                             ("target_lufs", "measured_lufs", "gain_db", "included", "reason")])
+
+
+@dataclass
+class MixSettings(StageSettings):
+    partition_rows: int = 512
+    sample_rate: int = ranged(16000, AT_LEAST_1)   # rate of the mixtures (AST takes 16 kHz)
+    lufs_min: float = -24.0            # each component's target is drawn uniformly from [lufs_min, lufs_max]
+    lufs_max: float = ranged(-22.0, (lambda v, c: v >= c.stages.mix.lufs_min, "a loudness >= stages.mix.lufs_min"))   # EBU R128's -23 LUFS
+    # the summed mixture is scaled down if its sample peak is above this
+    peak_ceiling_dbfs: float = ranged(-1.0, (lambda v, c: v <= 0, "a level in dBFS <= 0"))
+    release_jsonl: bool = False        # also write release/release.jsonl beside release.parquet
+
+
 WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()),
                          ("components", pa.list_(WORK_COMPONENT))])
 
 
 class MixStage(Stage):
     name = "mix"
+    Settings = MixSettings
     version = 4                         # 2: mixes.repeated_chunks, files in partition folders; 3: uris relative to source roots;
                                         # 4: a row sonify.mix would refuse is an unrebuildable error row;
                                         # components carry their chunk's pcm_sha256 (a changed source remixes)
@@ -51,10 +66,12 @@ class MixStage(Stage):
     expected_errors = frozenset({"no_audible_component"})
 
     def __init__(self, cfg):
+        from sonify.media.loudness import LoudnessMeter   # pyloudnorm (scipy) loads with a worker, not with the config
+
         super().__init__(cfg)
-        self.rate = int(self.conf.sample_rate)
+        self.rate = self.conf.sample_rate
         self.meter = LoudnessMeter(self.rate)
-        self.chunk_seconds = float(cfg.stages.audio.chunk_seconds)
+        self.chunk_seconds = cfg.stages.audio.chunk_seconds
         self.paths = SourcePaths.of(cfg, "audio")
 
     @classmethod
@@ -91,7 +108,7 @@ class MixStage(Stage):
         return None
 
     def _mix(self, row: dict) -> dict:
-        conf, seed = self.conf, int(self.cfg.run.seed)
+        conf, seed = self.conf, self.cfg.run.seed
         counts = Counter(c["chunk_id"] for c in row["components"])
         out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate,
                "repeated_chunks": sorted(k for k, n in counts.items() if n > 1)}

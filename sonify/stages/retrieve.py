@@ -13,20 +13,44 @@ matched in concept order, each excluding the chunks the earlier ones took).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
 from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, StageSettings, choice, ranged, runtime
 from sonify.engine.store import TableStore, rows_to_table
 from sonify.retrieval.algorithm import BlockedRetriever, choose, choose_distinct
 from sonify.retrieval.matrices import load_pool, matrix_paths
 from sonify.stages.base import Stage
 
+MODES = ["ssr", "raw", "argmax", "softmax"]
+
+
+@dataclass
+class RetrieveSettings(StageSettings):
+    partition_rows: int = 8192
+    batch_size: int = 8192
+    concurrency: int = 1
+    mode: str = choice("ssr", MODES)   # ssr (Algorithm 1) | raw (same threshold, no SSR) | argmax | softmax
+    ablation_modes: List[str] = field(default_factory=list, metadata={"choices": MODES})  # also pick with these (table match_ablations)
+    k: int = ranged(32, AT_LEAST_1)    # top-k of the dynamic threshold (pool smaller than k: the whole pool)
+    temperature: float = ranged(0.05, POSITIVE)   # softmax mode: sampling over the top-k cosines / temperature
+    device: str = runtime("auto")      # the pool sits here (cuda when present)
+    block_mb: int = ranged(256, NON_NEGATIVE, runtime=True)   # memory for one block of query x pool scores (0: one query a block)
+    # opt-in: concepts of one image variant never share a chunk while the eligible set allows it
+    # (a repeat is the generator's next draw from the same set without the taken chunks);
+    # false = Algorithm 1 exactly as the paper (repeats possible, recorded in mixes.repeated_chunks)
+    distinct_within_variant: bool = False
+
 
 class RetrieveStage(Stage):
     name = "retrieve"
+    Settings = RetrieveSettings
     outputs = ("matches", "match_ablations")
     upstream = ("embed_audio", "embed_text")
     uses = ("run.seed",)
@@ -39,7 +63,7 @@ class RetrieveStage(Stage):
         super().__init__(cfg)
         store = TableStore(cfg.run.dir)
         pool, self.chunk_ids = load_pool(store, "audio_embeddings")     # mapped, shared per node; ids by row
-        self.retriever = BlockedRetriever(pool, self.conf.k, self.conf.device, int(self.conf.block_mb) << 20)
+        self.retriever = BlockedRetriever(pool, self.conf.k, self.conf.device, self.conf.block_mb << 20)
         self.queries = np.load(matrix_paths(store, "concept_embeddings")[0], mmap_mode="r")   # rows come with the work list
 
     @classmethod
@@ -63,7 +87,7 @@ class RetrieveStage(Stage):
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         rows = batch.to_pylist()
-        seed, primary = int(self.cfg.run.seed), self.conf.mode
+        seed, primary = self.cfg.run.seed, self.conf.mode
         modes = [primary] + [m for m in self.conf.ablation_modes if m != primary]
         base = lambda r, mode: ({k: r[k] for k in ("id", "image_id", "vlm", "concept_index", "text")}
                                 | {"mode": mode, "k": self.retriever.k})
@@ -79,7 +103,7 @@ class RetrieveStage(Stage):
             todo.sort(key=lambda r: (r["concept_id"], r["concept_index"]))
             q = np.asarray(self.queries[[r["row"] for r in todo]], dtype=np.float32)
             need_ties = any(m in ("ssr", "raw", "argmax") for m in modes)
-            distinct = bool(self.conf.distinct_within_variant)
+            distinct = self.conf.distinct_within_variant
             taken: dict[tuple[str, str], set[int]] = {}
             for r, (vals, idx, ties) in zip(todo, self.retriever.topk(q, need_ties)):
                 for mode in modes:  # one top-k, every rule: a fresh keyed generator each, as in a run of that mode alone

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,19 +23,31 @@ from sonify.engine.errors import error_text
 from sonify.engine.files import atomic_path, atomic_write
 from sonify.engine.keys import unit_hash_sql
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.settings import AT_LEAST_1, FRACTION, StageSettings, ranged
 from sonify.engine.store import rows_to_table
 from sonify.media.tar import TarStream
 from sonify.sources import SourcePaths
 from sonify.stages.base import Stage
 
-def _assign_sql(conf, seed: int) -> str:
+
+@dataclass
+class ShardsSettings(StageSettings):
+    batch_size: int = 1000
+    samples_per_shard: int = ranged(1000, AT_LEAST_1)
+    val_fraction: float = ranged(0.01, FRACTION)   # by a hash of the image id: all variants of an image on one side
+    include_jpg: bool = False          # the centre-cropped image as jpg
+    include_flac: bool = False         # the mixture as flac
+    jpg_quality: int = ranged(90, (lambda v, c: 0 <= v <= 100, "an integer in [0, 100]"))
+
+
+def _assign_sql(conf: ShardsSettings, seed: int) -> str:
     """Each sample's split (by a hash of its image id: every variant on one side), shard and position
     (in the order of a hash of (seed, key)), as SQL over `samples`."""
-    n = int(conf.samples_per_shard)
+    n = conf.samples_per_shard
     split = unit_hash_sql("'split' || chr(0) || image_id")
     return f"""
-        WITH k AS (SELECT id, CASE WHEN {split} < {float(conf.val_fraction)!r} THEN 'val' ELSE 'train' END AS split,
-                          sha1('{int(seed)}' || chr(0) || id) AS ord FROM samples),
+        WITH k AS (SELECT id, CASE WHEN {split} < {conf.val_fraction!r} THEN 'val' ELSE 'train' END AS split,
+                          sha1('{seed}' || chr(0) || id) AS ord FROM samples),
              r AS (SELECT id, split, row_number() OVER (PARTITION BY split ORDER BY ord) - 1 AS i FROM k)
         SELECT id, split, split || '-' || printf('%06d', i // {n}) || '.tar' AS shard, CAST(i % {n} AS INTEGER) AS position
         FROM r"""
@@ -42,6 +55,7 @@ def _assign_sql(conf, seed: int) -> str:
 
 class ShardsStage(Stage):
     name = "shards"
+    Settings = ShardsSettings
     outputs = ("shard_index",)
     upstream = ("mix", "features", "latents", "filter", "concepts", "images")
     uses = ("run.seed", "stages.latents.resolution", "stages.latents.max_pixels")
@@ -57,7 +71,7 @@ class ShardsStage(Stage):
 
     @classmethod
     def work_list(cls, cfg, store):
-        conf = cfg.stages.shards
+        conf = cls.settings(cfg)
         con = store.connect("mixes", "images", "concepts", feats="audio_features", lat="image_latents", kept="kept_images")
         # six joins into a JSON per sample: two threads join them within run.plan_memory (1GB at 1M images,
         # bench plan), the join with the assignment streams on one, as the plan file's sort does
@@ -85,7 +99,7 @@ class ShardsStage(Stage):
             JOIN images i ON i.id = m.image_id
             LEFT JOIN concepts c ON c.id = m.id
             WHERE m.status = 'ok'""")
-        con.execute(f"CREATE TEMP TABLE assign AS {_assign_sql(conf, int(cfg.run.seed))}")
+        con.execute(f"CREATE TEMP TABLE assign AS {_assign_sql(conf, cfg.run.seed)}")
         con.execute("SET threads = 1")
         return con.sql("SELECT a.shard, a.position, a.split, s.* EXCLUDE (id), a.id FROM assign a JOIN samples s USING (id)")
 
@@ -104,9 +118,9 @@ class ShardsStage(Stage):
         from sonify.media.image import center_crop
         from sonify.sources.images import load_image
 
-        im = center_crop(load_image(r, self.paths, int(self.cfg.stages.latents.max_pixels)), int(self.cfg.stages.latents.resolution))
+        im = center_crop(load_image(r, self.paths, self.cfg.stages.latents.max_pixels), self.cfg.stages.latents.resolution)
         buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=int(self.conf.jpg_quality))
+        im.save(buf, "JPEG", quality=self.conf.jpg_quality)
         return buf.getvalue()
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:

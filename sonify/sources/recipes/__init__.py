@@ -19,11 +19,11 @@ import pyarrow as pa
 
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.media import AUDIO_EXTENSIONS
 from sonify.sources import walk_files
 
 # the registry; `sonify.engine.config.RECIPES` repeats it for config checks (a test keeps them equal)
 RECIPES = {"sa1b": "images", "audioset": "audio", "fsd50k": "audio", "bbc_sfx": "audio", "vggsound": "audio"}
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 SCHEMA = pa.schema([
     ("relpath", pa.string()),            # relative to the root ('shard.tar#member' inside SA-1B tars)
