@@ -54,8 +54,9 @@ class UndeclaredSetting(StageContractError):
 
 
 class StageConfig:
-    """The pipeline config as one stage sees it (the rule: the module docstring). A node wholly readable
-    is returned as it is (DictConfig, list, value); one readable in part comes back as another view."""
+    """The pipeline config as one stage sees it (the rule: the module docstring). A readable key's node is
+    returned as it is (DictConfig, list, value); any other section comes back as another view, and any
+    other value raises `UndeclaredSetting`."""
 
     def __init__(self, cfg: Any, stage: str, readable: frozenset[str], path: str = ""):
         self._cfg, self._stage, self._readable, self._path = cfg, stage, readable, path
@@ -67,18 +68,15 @@ class StageConfig:
 
     def __getitem__(self, key: str) -> Any:
         path = f"{self._path}.{key}" if self._path else str(key)
-        whole = any(path == r or path.startswith(r + ".") for r in self._readable)
-        if not whole and not any(r.startswith(path + ".") for r in self._readable):
-            raise UndeclaredSetting(f"stage {self._stage} read '{path}', which is not in its settings or `uses` "
-                                    f"(declare it in `uses`: it then joins the stage's fingerprint)")
         value = self._cfg[key]
-        return value if whole else StageConfig(value, self._stage, self._readable, path)
+        if any(path == r or path.startswith(r + ".") for r in self._readable):
+            return value
+        if isinstance(value, DictConfig):   # a section: the check falls on the key read inside it
+            return StageConfig(value, self._stage, self._readable, path)
+        raise UndeclaredSetting(f"stage {self._stage} read '{path}', which is not in its settings or `uses` "
+                                f"(declare it in `uses`: it then joins the stage's fingerprint)")
 
     def __contains__(self, key: str) -> bool:
-        try:
-            self[key]
-        except UndeclaredSetting:
-            return False
         return key in self._cfg
 
     def get(self, key: str, default: Any = None) -> Any:
