@@ -20,12 +20,12 @@ from sonify.engine.files import atomic_write
 from sonify.engine.keys import keyed_rng
 from sonify.evaluation.benchmarks import read_clips
 from sonify.evaluation.config import EvalConf
+from sonify.media import IMAGE_EXTENSIONS
 
 log = logging.getLogger("sonify.evaluate")
 INDEX_FILE = "index.parquet"
 INDEX_SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("seed", pa.int64()), ("source", pa.string()),
                           ("status", pa.string()), ("error", pa.string())])
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def row_seed(seed: int, clip_id: str) -> int:

@@ -19,9 +19,10 @@ from typing import Callable
 
 import numpy as np
 
+from sonify.media import AUDIO_EXTENSIONS
+
 NAME = "loudness-retention"
 GENERATES = False
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def add_arguments(p) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sonify.media import IMAGE_EXTENSIONS
+
 NAME = "memorisation"
 GENERATES = False
 
@@ -49,8 +51,6 @@ def run_models(a, run_dir: Path | None, defaults) -> tuple[str, str]:
 
 def folder_images(folder: Path) -> list[tuple[str, str]]:
     """(id, path) of the images in a folder (its `images/` when it is an evaluate generate output)."""
-    from sonify.evaluation.generation import IMAGE_EXTENSIONS
-
     if (folder / "images").is_dir() and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir()):
         folder = folder / "images"
     return [(p.stem, str(p)) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -165,8 +165,8 @@ def run(a, run_dir: Path | None) -> Path:
                         [f"{i} ({cos[i]:.3f})" for i in show], ["generated", "ground truth"], "Generated vs ground truth (cf. Fig. 14)")
         lines += [f"- ground truth: {len(cos)} pairs, mean CLIP image cosine {np.mean(list(cos.values())):.3f}" if cos else
                   "- ground truth: no generated image has a clip of its id", "", "![ground truth](ground_truth.png)" if show else "", ""]
-    refs = (((p.stem, str(p)) for p in sorted(Path(a.reference).iterdir()) if p.suffix.lower() in
-             (".png", ".jpg", ".jpeg", ".webp", ".bmp")) if a.reference else run_references(run_dir) if run_dir else None)
+    refs = (((p.stem, str(p)) for p in sorted(Path(a.reference).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if a.reference else run_references(run_dir) if run_dir else None)
     if refs is not None:
         best, which = nearest(clip, gen, refs, a.batch, errors)
         found = [k for k in range(len(gen_ids)) if which[k] is not None]
