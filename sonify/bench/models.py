@@ -218,7 +218,7 @@ def _embed(ctx) -> list[dict]:
     wa, work_a = _worker(ctx, "embed_audio", f"models.clap=shape:{CLAP}")
     wt, work_t = _worker(ctx, "embed_text", f"models.clap=shape:{CLAP}")
     work_a, work_t = work_a.slice(0, a.items), work_t.slice(0, a.items)
-    clap, bs, tbs = wa.stage.clap, int(wa.stage.conf.batch_size), int(wt.stage.conf.text_batch_size)
+    clap, bs, tbs = wa.stage.clap, wa.stage.conf.batch_size, wt.stage.conf.text_batch_size
     seconds = float(wa.stage.chunk_seconds)
     rows_a, rows_t = work_a.to_pylist(), work_t.to_pylist()
     clips = [[load_chunk(wa.stage.paths.locate(r), r["start_frame"], r["num_frames"], clap.sampling_rate, seconds) for r in rows_a[s:s + bs]]
