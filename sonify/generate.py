@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sonify.engine.cli import command, command_parser
 from sonify.training.sampling import generate
 
 
+@command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sonify.generate", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = command_parser("generate", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--checkpoint", required=True, help="a checkpoint-N folder, or the training output_dir (latest)")
     p.add_argument("--audio", nargs="+", required=True)
     p.add_argument("--offsets", nargs="*", type=float, help="loudness offset in dB per input (default 0 each)")
