@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sonify.query: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     if not sql:
-        print("tables:", ", ".join(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()))
+        print("tables:", ", ".join(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()))
         return 0
     try:
         rel = con.sql(sql)

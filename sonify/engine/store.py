@@ -66,10 +66,11 @@ def check_schema(path: Path, spec: TableSpec) -> None:
 class TableStore:
     """The tables of one run: ``<run_dir>/manifests/<table>/<partition>.parquet``."""
 
-    def __init__(self, run_dir: str | os.PathLike, memory_limit: str = DEFAULT_MEMORY):
+    def __init__(self, run_dir: str | os.PathLike, memory_limit: str | None = None):
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "manifests"
-        self.memory_limit = memory_limit   # of the DuckDB connections work lists run on (`run.plan_memory`)
+        # of the DuckDB connections work lists and readers run on: `run.plan_memory`, the run's saved one when not given
+        self.memory_limit = memory_limit
 
     def table_dir(self, name: str) -> Path:
         return self.root / name
@@ -127,7 +128,7 @@ class TableStore:
         from sonify.engine.partitions import planner_connection
 
         plan = self.run_dir / "plan"   # exists while a stage runs (the executor makes and removes it)
-        con = planner_connection(self.memory_limit, plan / "spill" if plan.is_dir() else None)
+        con = planner_connection(self.memory_limit or saved_plan_memory(self.run_dir), plan / "spill" if plan.is_dir() else None)
         for view, table in [(t, t) for t in tables] + list(aliases.items()):
             self.view(con, table, alias=view)
         return con
@@ -163,7 +164,7 @@ def open_run(run_dir: str | os.PathLike, *tables: str, optional: tuple[str, ...]
     `tables` (each must exist, else a one-line MissingTable), the `optional` ones that exist, or with
     neither, every table the run holds. Memory is bounded by `memory_limit`, else the run's saved
     `run.plan_memory`. The one way every reader opens a run: the same views for all."""
-    store = TableStore(run_dir, memory_limit or saved_plan_memory(run_dir))
+    store = TableStore(run_dir, memory_limit)
     if not store.root.is_dir():
         raise MissingTable(f"no tables under {store.root}: not a run folder, or no stage has run there yet", "")
     names = [*tables, *(t for t in optional if store.exists(t))] if tables or optional else store.table_names()
