@@ -51,3 +51,24 @@ def test_each_shown_command_answers_help(command, capsys):
     assert code in (0, None), f"python -m sonify.{' '.join(command)} --help exited {code}: {text[-500:]}"
     # argparse's "usage:" line, or (the key=value commands) a text naming the command and its keys
     assert ("usage:" in text.lower() or f"python -m sonify.{command[0]}" in text) and len(text.strip().splitlines()) >= 2, text
+
+
+COMMANDS = ("run", "mix", "query", "train_dit", "evaluate", "export", "report", "generate", "experiments", "recipes", "app")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_bad_argument_is_one_line_and_exit_2(name, capsys):
+    """docs/cli.md: every command answers an argument it does not know with one line and exit status 2."""
+    main = importlib.import_module(f"sonify.{name}").main
+    try:
+        code = main(["--no-such-flag"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("sonify:" if name == "run" else f"sonify.{name}:"), (code, err)
+
+
+def test_the_documented_command_line_convention_is_linked():
+    assert "docs/cli.md" in (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "cli.md").read_text()
+    assert all(f"| `{name}` |" in text for name in (*COMMANDS, "bench"))
