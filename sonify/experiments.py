@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sonify.engine.cli import command, command_parser, parse_command, run_of
+from sonify.engine.cli import command, command_parser, parse_command, run_of, split_settings
 from sonify.studies import EXPERIMENTS, experiment
 
 
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     from sonify.studies.common import StudyError
 
     p = parser()
+    words = [x for x in split_settings(sys.argv[1:] if argv is None else argv)[1] if not x.startswith("-")][:1]
+    if words and words[0] not in EXPERIMENTS:      # argparse's invalid-choice line lists them quoted: this one reads better
+        p.error(f"unknown experiment {words[0]!r}; valid choices: {', '.join(EXPERIMENTS)}")
     a, settings = parse_command(p, argv)
     run_dir = run_of(p, settings, default=None)    # a study without run= says so itself, in its own words
     try:

@@ -102,13 +102,14 @@ def report_errors(name: str, work: Callable[[], object], errors: tuple[type[Base
 
 def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """A command's `main(argv)`: a bad argument (argparse's exit, `run_of`'s) comes back as its exit status
-    (2; 0 for --help) after its one line, so `main([...]) == 2` in a test and `sys.exit(main())` agree."""
+    (2) after its one line, so `main([...]) == 2` in a test and `sys.exit(main())` agree; `--help` still
+    exits (0) as argparse does."""
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
         except SystemExit as e:
-            if e.code is None or isinstance(e.code, int):
-                return e.code or 0
+            if isinstance(e.code, int) and e.code != 0:
+                return e.code
             raise
     return wrapped
