@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sonify.engine.cli import command, command_parser, parse_command, run_of, split_settings
+from sonify.engine.cli import command, command_parser, parse_command, report_errors, run_of, split_settings
 from sonify.studies import EXPERIMENTS, experiment
 
 
@@ -42,13 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown experiment {words[0]!r}; valid choices: {', '.join(EXPERIMENTS)}")
     a, settings = parse_command(p, argv)
     run_dir = run_of(p, settings, default=None)    # a study without run= says so itself, in its own words
-    try:
-        out = experiment(a.name).run(a, run_dir)
-    except (StudyError, SonifyError, OSError) as e:   # a missing model or table, a bad setting: one line
-        print(f"sonify.experiments {a.name}: {e}", file=sys.stderr)
-        return 2
-    print(f"{a.name}: {out}/summary.md")
-    return 0
+    # a missing model or table, a bad setting: one line
+    return report_errors(f"experiments {a.name}", lambda: print(f"{a.name}: {experiment(a.name).run(a, run_dir)}/summary.md"),
+                         (StudyError, SonifyError, OSError))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sonify.engine.cli import command, command_parser
+from sonify.engine.cli import command, command_parser, report_errors
 from sonify.training.sampling import generate
 
 
@@ -37,14 +37,12 @@ def main(argv=None) -> int:
     if a.sequential and len(a.audio) < 2:     # one input in sequence is that input alone: surely not what was meant
         print("sonify.generate: --sequential plays the inputs one after another: give at least 2 --audio files", file=sys.stderr)
         return 2
-    try:
+
+    def draw() -> None:
         paths = generate(a.checkpoint, a.audio, a.out, a.offsets, a.sequential, a.guidance, a.steps, a.seed, a.num_images,
                          a.lufs, a.seconds, not a.no_ema, a.device)
-    except (OSError, ValueError) as e:
-        print(f"sonify.generate: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths) - 1} images and a grid to {a.out}")
-    return 0
+        print(f"wrote {len(paths) - 1} images and a grid to {a.out}")
+    return report_errors("generate", draw, (OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"sonify.mix: {e}", file=sys.stderr)
         return 2
-    renderer = Renderer(roots, a.out, a.workers, a.ray or bool(os.environ.get("RAY_ADDRESS")),
+    from sonify.engine.cluster import ray_address
+
+    renderer = Renderer(roots, a.out, a.workers, a.ray or ray_address() is not None,   # the engine's rule for joining Ray
                         a.force, a.check, a.verify)
     with report_writer(Path(a.out) / REPORT_NAME, release.num_rows, not a.no_progress) as reports:
         for done in renderer.run(release.rows()):    # a row whose output is refused comes back as its error row
