@@ -68,6 +68,16 @@ def test_a_bad_argument_is_one_line_and_exit_2(name, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("sonify:" if name == "run" else f"sonify.{name}:"), (code, err)
 
 
+@pytest.mark.parametrize("argv", [["--no-such-flag"], ["audio", "--no-such-flag"], ["plan", "--images", "many"]])
+def test_a_bad_benchmark_argument_is_one_line_and_exit_2(argv, capsys):
+    from sonify.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("sonify.bench"), err
+
+
 def test_the_documented_command_line_convention_is_linked():
     assert "docs/cli.md" in (REPO / "README.md").read_text()
     text = (REPO / "docs" / "cli.md").read_text()

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage)
         return
     if not argv or argv[0] not in BENCHES:   # one line, as every command's bad argument (docs/cli.md)
-        print(f"python -m sonify.bench: {'unknown benchmark ' + repr(argv[0]) if argv else 'name a benchmark'}; "
+        print(f"sonify.bench: {'unknown benchmark ' + repr(argv[0]) if argv else 'name a benchmark'}; "
               f"valid choices: {', '.join(BENCHES)}", file=sys.stderr)
         sys.exit(2)
     importlib.import_module(BENCHES[argv[0]]).main(argv[1:])

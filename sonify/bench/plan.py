@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from sonify.engine.cli import command_parser
+
 STAGES = ["images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards"]
 # `concepts:import`: the concepts stage reproducing a release instead of running the VLMs (one
 # Parquet import file per variant)
@@ -174,7 +176,7 @@ def one(root: Path, stage: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench plan", description=__doc__.split("\n\n")[0])
+    ap = command_parser("bench plan", __doc__, settings=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1_000_000, help="the larger size; the smaller is a tenth of it")
     ap.add_argument("--pool-chunks", type=int, default=500_000)
     ap.add_argument("--work", default="/tmp/sonify-bench-plan", help="synthetic runs are built here once per size")
