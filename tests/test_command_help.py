@@ -82,3 +82,16 @@ def test_the_documented_command_line_convention_is_linked():
     assert "docs/cli.md" in (REPO / "README.md").read_text()
     text = (REPO / "docs" / "cli.md").read_text()
     assert all(f"| `{name}` |" in text for name in (*COMMANDS, "bench"))
+
+
+def test_settings_and_flag_values_are_told_apart():
+    """`key=value` words are settings (the last of a key wins); a flag's value and SQL never are."""
+    from sonify.engine.cli import split_settings
+    from sonify.evaluate import _parser
+
+    words = ["prepare", "landscapes_itw", "--root", "landscapes=/a", "config=eval_demo", "--root", "intothewild=/b",
+             "--out=x=y", "score.ndb_k=50", "config=eval_default"]
+    settings, rest = split_settings(words, _parser())
+    assert settings == {"score.ndb_k": "50", "config": "eval_default"}
+    assert rest == ["prepare", "landscapes_itw", "--root", "landscapes=/a", "--root", "intothewild=/b", "--out=x=y"]
+    assert split_settings(["run=demo", "SELECT a=1 FROM t"]) == ({"run": "demo"}, ["SELECT a=1 FROM t"])
