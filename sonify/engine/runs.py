@@ -29,8 +29,9 @@ def _pipeline_roots() -> list[str]:
 
     roots = []
     for name in available_pipelines():
-        root = OmegaConf.select(OmegaConf.load(pipelines_dir() / f"{name}.yaml"), "run.root", default=None)
-        if isinstance(root, str) and "${" not in root:
+        raw = OmegaConf.to_container(OmegaConf.load(pipelines_dir() / f"{name}.yaml"), resolve=False)
+        root = ((raw or {}).get("run") or {}).get("root") if isinstance(raw, dict) else None
+        if isinstance(root, str) and "${" not in root:   # an interpolated root needs the whole config: not guessed here
             roots.append(root)
     return roots
 
