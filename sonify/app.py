@@ -8,7 +8,9 @@ its temporary folder is removed when it stops. See docs/app.md.
 
 from __future__ import annotations
 
-import argparse
+from sonify.engine.cli import command, command_parser, parse_command, run_of
+from sonify.engine.runs import RUN_KEYS
+
 import signal
 import sys
 
@@ -17,20 +19,12 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    from sonify.engine.config import split_run_arg
-    from sonify.engine.errors import ConfigError
     from sonify.webapp.runtime import AppConf, AppError, TempFiles
 
-    checkpoints = [a.split("=", 1)[1] for a in argv if a.startswith("checkpoint=")]
-    try:
-        run_dir, rest = split_run_arg([a for a in argv if not a.startswith("checkpoint=")])
-    except ConfigError as e:
-        print(f"sonify.app: {e}", file=sys.stderr)
-        return 2
     d = AppConf()
-    p = argparse.ArgumentParser(prog="python -m sonify.app", description=__doc__.splitlines()[0])
+    p = command_parser("app", __doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="uploads over this are refused")
@@ -40,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=d.device, help="where the checkpoint's sampler runs (auto | cpu | cuda)")
     p.add_argument("--screenshots", metavar="DIR", help="save a screenshot of each tab (driven in headless Chromium "
                    "with the demo's files) into DIR, then stop (make app-screenshots)")
-    a = p.parse_args(rest)
+    a, settings = parse_command(p, argv, RUN_KEYS + ("checkpoint",))
     for flag, value in (("--page-size", a.page_size), ("--max-concepts", a.max_concepts), ("--num-images", a.num_images),
                         ("--max-upload-mb", a.max_upload_mb)):
         if not value > 0:
@@ -53,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("gradio") is None:   # an optional extra: say which, not an ImportError traceback
         print("sonify.app: needs gradio, the `app` extra: pip install -e '.[app]' (make install includes it)", file=sys.stderr)
         return 2
+    run_dir = run_of(p, settings)
     temp = TempFiles()
     # a stop by SIGTERM (a service manager, `timeout`) unwinds like Ctrl-C, so the temp folder goes too
     signal.signal(signal.SIGTERM, _interrupt)
@@ -62,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from sonify.webapp.runtime import AppRun
 
-        app = AppRun(run_dir, checkpoints[-1] if checkpoints else None, conf, temp, background=True)
+        app = AppRun(run_dir, settings.get("checkpoint"), conf, temp, background=True)
         if a.screenshots:
             from sonify.webapp.screenshots import take
 

@@ -21,12 +21,13 @@ import argparse
 import logging
 import sys
 
+from sonify.engine.cli import command, command_parser, parse_command, run_of, settings_list
 from sonify.engine.errors import SonifyError
+from sonify.engine.runs import RUN_KEYS
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sonify.evaluate", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = command_parser("evaluate", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     settings = ("settings: key=value overrides of pipelines/eval_<config>.yaml, e.g. config=eval_demo "
                 "score.kid_subsets=50 published=FILE (see `python -m sonify.evaluate --help`)")
@@ -58,18 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-VALUE_FLAGS = ("--root", "--out", "--clips", "--images", "--name", "--checkpoint")
-
-
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(`key=value` overrides, the rest); a flag's value (`--root landscapes=DIR`) is never an override."""
-    overrides, rest = [], []
-    for i, a in enumerate(argv):
-        is_value = i > 0 and argv[i - 1] in VALUE_FLAGS
-        (overrides if "=" in a and not a.startswith("-") and not is_value else rest).append(a)
-    return overrides, rest
-
-
 def _root(values: list[str]):
     """One `--root DIR`, or `--root part=DIR` per part of a union benchmark."""
     if len(values) == 1 and "=" not in values[0]:
@@ -80,20 +69,20 @@ def _root(values: list[str]):
     return parts
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    overrides, rest = split_overrides(argv)
-    a = _parser().parse_args(rest)
+    p = _parser()
+    a, settings = parse_command(p, argv, keys=None)    # config overrides, and run= for pairs
+    overrides = settings_list(settings, skip=RUN_KEYS)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if a.command == "pairs":
             from sonify.evaluation.pairs import audit
 
-            run = [o.split("=", 1)[1] for o in overrides if o.startswith("run=")]
-            if not run:
+            if "run" not in settings:
                 print("sonify.evaluate pairs: say which run: run=runs/<pipeline>", file=sys.stderr)
                 return 2
-            report = audit(run[-1], a.out)
+            report = audit(run_of(p, settings), a.out)
             print(report["markdown"])
             print(f"plots and tables in {report['out']}")
             return 0

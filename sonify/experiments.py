@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sonify.engine.cli import command, command_parser, parse_command, report_errors, run_of, split_settings
 from sonify.studies import EXPERIMENTS, experiment
 
 
 def parser() -> argparse.ArgumentParser:
     from sonify.studies.common import add_generation_arguments
 
-    p = argparse.ArgumentParser(prog="python -m sonify.experiments", description=__doc__.splitlines()[0],
-                                epilog="run=<dir>: a run built by sonify.run (a run directory or a pipeline name)")
+    p = command_parser("experiments", __doc__)
     sub = p.add_subparsers(dest="name", metavar="{" + ",".join(EXPERIMENTS) + "}", required=True)
     for name in EXPERIMENTS:
         mod = experiment(name)
@@ -31,26 +31,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    from sonify.engine.config import resolve_run
     from sonify.engine.errors import SonifyError
     from sonify.studies.common import StudyError
 
-    runs = [x for x in argv if x.startswith("run=")]
-    names = [x for x in argv if not x.startswith(("-", "run="))][:1]
-    if names and names[0] not in EXPERIMENTS:      # argparse would print its usage block too: one line instead
-        print(f"sonify.experiments: unknown experiment {names[0]!r}; valid choices: {', '.join(EXPERIMENTS)}", file=sys.stderr)
-        return 2
-    a = parser().parse_args([x for x in argv if not x.startswith("run=")])
-    try:
-        run_dir = resolve_run(runs[-1].split("=", 1)[1]) if runs else None
-        out = experiment(a.name).run(a, run_dir)
-    except (StudyError, SonifyError, OSError) as e:   # a missing model or table, a bad setting: one line
-        print(f"sonify.experiments {a.name}: {e}", file=sys.stderr)
-        return 2
-    print(f"{a.name}: {out}/summary.md")
-    return 0
+    p = parser()
+    words = [x for x in split_settings(sys.argv[1:] if argv is None else argv)[1] if not x.startswith("-")][:1]
+    if words and words[0] not in EXPERIMENTS:      # argparse's invalid-choice line lists them quoted: this one reads better
+        p.error(f"unknown experiment {words[0]!r}; valid choices: {', '.join(EXPERIMENTS)}")
+    a, settings = parse_command(p, argv)
+    run_dir = run_of(p, settings, default=None)    # a study without run= says so itself, in its own words
+    # a missing model or table, a bad setting: one line
+    return report_errors(f"experiments {a.name}", lambda: print(f"{a.name}: {experiment(a.name).run(a, run_dir)}/summary.md"),
+                         (StudyError, SonifyError, OSError))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sonify.engine.cli import command, command_parser, report_errors
 from sonify.training.sampling import generate
 
 
+@command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sonify.generate", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = command_parser("generate", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--checkpoint", required=True, help="a checkpoint-N folder, or the training output_dir (latest)")
     p.add_argument("--audio", nargs="+", required=True)
     p.add_argument("--offsets", nargs="*", type=float, help="loudness offset in dB per input (default 0 each)")
@@ -36,14 +37,12 @@ def main(argv=None) -> int:
     if a.sequential and len(a.audio) < 2:     # one input in sequence is that input alone: surely not what was meant
         print("sonify.generate: --sequential plays the inputs one after another: give at least 2 --audio files", file=sys.stderr)
         return 2
-    try:
+
+    def draw() -> None:
         paths = generate(a.checkpoint, a.audio, a.out, a.offsets, a.sequential, a.guidance, a.steps, a.seed, a.num_images,
                          a.lufs, a.seconds, not a.no_ema, a.device)
-    except (OSError, ValueError) as e:
-        print(f"sonify.generate: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths) - 1} images and a grid to {a.out}")
-    return 0
+        print(f"wrote {len(paths) - 1} images and a grid to {a.out}")
+    return report_errors("generate", draw, (OSError, ValueError))
 
 
 if __name__ == "__main__":

@@ -29,16 +29,17 @@ import sys
 import time
 from pathlib import Path
 
+from sonify.engine.cli import command, command_parser
 from sonify.engine.errors import ConfigError
 from sonify.mixing.rebuild import (REPORT_NAME, Renderer, datasets, duplicate_outputs, missing_root, parse_roots, prepare_out,
                                    report_writer)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     from sonify.mixing.release import Release
 
-    p = argparse.ArgumentParser(prog="python -m sonify.mix", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = command_parser("mix", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--manifest", required=True, help="release manifest (.parquet or .jsonl)")
     p.add_argument("--audio-root", action="append", default=[], metavar="DIR|NAME=DIR")
     p.add_argument("--source", action="append", default=[], metavar="NAME=DIR", help="where audio source NAME's root is now")
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"sonify.mix: {e}", file=sys.stderr)
         return 2
-    renderer = Renderer(roots, a.out, a.workers, a.ray or bool(os.environ.get("RAY_ADDRESS")),
+    from sonify.engine.cluster import ray_address
+
+    renderer = Renderer(roots, a.out, a.workers, a.ray or ray_address() is not None,   # the engine's rule for joining Ray
                         a.force, a.check, a.verify)
     with report_writer(Path(a.out) / REPORT_NAME, release.num_rows, not a.no_progress) as reports:
         for done in renderer.run(release.rows()):    # a row whose output is refused comes back as its error row

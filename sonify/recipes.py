@@ -8,10 +8,10 @@ Missing files are counted as `not_found` rows; the exit code is 0 unless the cop
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from sonify.engine.cli import command, command_parser
 from sonify.engine.files import atomic_write
 from sonify.sources.recipes import RECIPES, RecipeError, counts, run_recipe
 
@@ -27,8 +27,9 @@ def write_table(table, out: Path) -> Path:
     return atomic_write(out, lambda tmp: pq.write_table(table, str(tmp)))
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sonify.recipes", description=__doc__.splitlines()[0])
+    p = command_parser("recipes", __doc__, settings=False)
     p.add_argument("name", choices=sorted(RECIPES), help="the corpus")
     p.add_argument("--root", required=True, help="the local copy, in the corpus's official layout")
     p.add_argument("--out", help="the source table (.parquet or .csv); default <root>/sonify_<name>.parquet")

@@ -6,10 +6,10 @@ of kept images with their concepts, chosen chunks and mixtures (audio players), 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from sonify.engine.cli import command, command_parser, parse_command, report_errors, run_of
 from sonify.publish.site import ReportConf, build_report
 
 
@@ -22,32 +22,19 @@ def run_chunk_seconds(run_dir: Path, default: float) -> float:
     return default
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    from sonify.engine.config import split_run_arg
-    from sonify.engine.errors import ConfigError
-
-    try:
-        run_dir, rest = split_run_arg(argv)
-    except ConfigError as e:
-        print(f"sonify.report: {e}", file=sys.stderr)
-        return 2
     d = ReportConf()
-    p = argparse.ArgumentParser(prog="python -m sonify.report", description=__doc__.splitlines()[0])
+    p = command_parser("report", __doc__)
     p.add_argument("--out", help="the site's folder (default <run>/report)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="kept images shown; more are sampled (seeded)")
     p.add_argument("--page-size", type=int, default=d.page_size)
     p.add_argument("--seed", type=int, default=d.seed)
-    a = p.parse_args(rest)
+    a, settings = parse_command(p, argv)
+    run_dir = run_of(p, settings)
     conf = ReportConf(max_images=a.max_images, page_size=a.page_size, seed=a.seed,
                       chunk_seconds=run_chunk_seconds(run_dir, d.chunk_seconds))
-    try:
-        index = build_report(run_dir, a.out, conf)
-    except FileNotFoundError as e:
-        print(f"sonify.report: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {index}")
-    return 0
+    return report_errors("report", lambda: print(f"report: {build_report(run_dir, a.out, conf)}"))
 
 
 if __name__ == "__main__":

@@ -51,3 +51,47 @@ def test_each_shown_command_answers_help(command, capsys):
     assert code in (0, None), f"python -m sonify.{' '.join(command)} --help exited {code}: {text[-500:]}"
     # argparse's "usage:" line, or (the key=value commands) a text naming the command and its keys
     assert ("usage:" in text.lower() or f"python -m sonify.{command[0]}" in text) and len(text.strip().splitlines()) >= 2, text
+
+
+COMMANDS = ("run", "mix", "query", "train_dit", "evaluate", "export", "report", "generate", "experiments", "recipes", "app")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_bad_argument_is_one_line_and_exit_2(name, capsys):
+    """docs/cli.md: every command answers an argument it does not know with one line and exit status 2."""
+    main = importlib.import_module(f"sonify.{name}").main
+    try:
+        code = main(["--no-such-flag"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("sonify:" if name == "run" else f"sonify.{name}:"), (code, err)
+
+
+@pytest.mark.parametrize("argv", [["--no-such-flag"], ["audio", "--no-such-flag"], ["plan", "--images", "many"]])
+def test_a_bad_benchmark_argument_is_one_line_and_exit_2(argv, capsys):
+    from sonify.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("sonify.bench"), err
+
+
+def test_the_documented_command_line_convention_is_linked():
+    assert "docs/cli.md" in (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "cli.md").read_text()
+    assert all(f"| `{name}` |" in text for name in (*COMMANDS, "bench"))
+
+
+def test_settings_and_flag_values_are_told_apart():
+    """`key=value` words are settings (the last of a key wins); a flag's value and SQL never are."""
+    from sonify.engine.cli import split_settings
+    from sonify.evaluate import _parser
+
+    words = ["prepare", "landscapes_itw", "--root", "landscapes=/a", "config=eval_demo", "--root", "intothewild=/b",
+             "--out=x=y", "score.ndb_k=50", "config=eval_default"]
+    settings, rest = split_settings(words, _parser())
+    assert settings == {"score.ndb_k": "50", "config": "eval_default"}
+    assert rest == ["prepare", "landscapes_itw", "--root", "landscapes=/a", "--root", "intothewild=/b", "--out=x=y"]
+    assert split_settings(["run=demo", "SELECT a=1 FROM t"]) == ({"run": "demo"}, ["SELECT a=1 FROM t"])

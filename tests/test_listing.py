@@ -5,7 +5,7 @@ import logging
 from sonify.bench.listing import make_sa1b_tars
 from sonify.engine.config import SourceConf
 from sonify.sources.images import list_images
-from sonify.sources.parallel import process_map
+from sonify.engine.processes import process_map
 
 
 def test_200_sa1b_tars_listed_by_several_processes_give_the_serial_listing(tmp_path, caplog):

@@ -9,7 +9,8 @@ import pytest
 from sonify.engine.errors import SchemaError
 from sonify.engine.schemas import TABLES
 from sonify.engine.store import TableStore
-from sonify.query import connect, main
+from sonify.engine.store import open_run as connect
+from sonify.query import main
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = sorted((REPO / "manifests").glob("*.sql"))
@@ -217,8 +218,9 @@ def test_query_takes_a_pipeline_name_or_a_run_dir(demo_run, tmp_path, monkeypatc
     for run in ("run=demo", "run=runs/demo", f"run={demo_run}"):
         assert main([run, "SELECT count(*) AS n FROM audio_files"]) == 0, run
         assert "16" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="run=nope is neither a run directory nor a pipeline: unknown pipeline 'nope'; valid choices: demo"):
-        main(["run=nope", "SELECT 1"])
+    assert main(["run=nope", "SELECT 1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run=nope names no run" in err[0] and "no pipeline 'nope'" in err[0]
 
 
 def test_a_file_with_the_wrong_schema_version_is_refused(demo_run, tmp_path):

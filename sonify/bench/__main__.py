@@ -16,8 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         return
-    if not argv or argv[0] not in BENCHES:
-        print(usage, file=sys.stderr)
+    if not argv or argv[0] not in BENCHES:   # one line, as every command's bad argument (docs/cli.md)
+        print(f"sonify.bench: {'unknown benchmark ' + repr(argv[0]) if argv else 'name a benchmark'}; "
+              f"valid choices: {', '.join(BENCHES)}", file=sys.stderr)
         sys.exit(2)
     importlib.import_module(BENCHES[argv[0]]).main(argv[1:])
 

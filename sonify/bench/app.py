@@ -14,7 +14,6 @@ Targets (issue 27): startup < 10 s, search < 0.5 s. Nothing is written into `--r
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -27,6 +26,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from sonify.engine.cli import command_parser
 
 QUERY = "rain on a tin roof"
 
@@ -114,7 +115,7 @@ def startup(run: Path, chromium: str | None) -> tuple[float, float | None]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench app", description=__doc__.splitlines()[0])
+    ap = command_parser("bench app", __doc__, settings=False)
     ap.add_argument("--run", default="runs/demo", help="a built run (make demo)")
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=5)

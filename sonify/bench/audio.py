@@ -12,7 +12,6 @@ References (not headlines): `sf.read` alone, and whole-file read + resample to 1
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import soundfile as sf
 import soxr
 
 from sonify.bench.common import best_of_interleaved, demo_config, peak_rss_mib
+from sonify.engine.cli import command_parser
 
 RATES = [(16000, 1, "WAV"), (22050, 2, "FLAC"), (44100, 2, "WAV"), (48000, 1, "FLAC")]
 
@@ -70,7 +70,7 @@ def _bare_chunks(chunks: list[dict], target_sr: int, chunk_seconds: float) -> No
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench audio", description=__doc__.splitlines()[0])
+    ap = command_parser("bench audio", __doc__, settings=False)
     ap.add_argument("--files", type=int, default=24)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--repeats", type=int, default=3)

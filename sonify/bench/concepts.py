@@ -12,14 +12,14 @@ shares the image prefill and the baseline does not, it can be below 1 with a rea
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 from sonify.bench.common import best_of, demo_config, peak_rss_mib
+from sonify.engine.cli import command_parser
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench concepts", description=__doc__.splitlines()[0])
+    ap = command_parser("bench concepts", __doc__, settings=False)
     ap.add_argument("--images", type=int, default=48, help="demo images to generate and caption")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)

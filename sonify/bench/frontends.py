@@ -16,13 +16,14 @@ centre crop (latents); then the projection of that CPU work for the paper's buil
 
 from __future__ import annotations
 
-import argparse
 import io
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from sonify.engine.cli import command_parser
 
 SHAPES = Path(__file__).resolve().parents[1] / "models" / "shapes"
 
@@ -122,7 +123,7 @@ def projection(front: list[dict], decode: list[dict], proj) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench frontends", description=__doc__.splitlines()[0])
+    ap = command_parser("bench frontends", __doc__, settings=False)
     ap.add_argument("--batch", type=int, default=8, help="items per call (the stages' model_batch)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-decode", action="store_true", help="front ends only (no decodes, no projection)")

@@ -10,13 +10,13 @@ recompute in full when the pool grows, because Algorithm 1's thresholds depend o
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from sonify.bench.common import demo_config
+from sonify.engine.cli import command_parser
 from sonify.stages import STAGES as REGISTRY
 
 STAGES = tuple(REGISTRY)
@@ -36,7 +36,7 @@ def run_all(cfg) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench growth", description=__doc__.splitlines()[0])
+    ap = command_parser("bench growth", __doc__, settings=False)
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--audio-files", type=int, default=100)
     ap.add_argument("--partition-rows", type=int, default=16)

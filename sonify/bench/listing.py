@@ -18,7 +18,6 @@ with a free core per worker (a projection from measured CPU seconds, labelled as
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -31,6 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from sonify.bench.common import best_of_interleaved
+from sonify.engine.cli import command_parser
 
 
 def make_sa1b_tars(folder: Path, tars: int, images_per_tar: int) -> list[Path]:
@@ -59,7 +59,7 @@ def make_sa1b_tars(folder: Path, tars: int, images_per_tar: int) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench listing", description=__doc__.splitlines()[0])
+    ap = command_parser("bench listing", __doc__, settings=False)
     ap.add_argument("--tars", type=int, default=200)
     ap.add_argument("--images-per-tar", type=int, default=500)
     ap.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")

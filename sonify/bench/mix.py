@@ -11,7 +11,6 @@ Target: stage/baseline <= 1.6.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -19,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.bench.common import best_of, demo_config, peak_rss_mib
+from sonify.engine.cli import command_parser
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench mix", description=__doc__.splitlines()[0])
+    ap = command_parser("bench mix", __doc__, settings=False)
     ap.add_argument("--mixtures", type=int, default=200)
     ap.add_argument("--files", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)

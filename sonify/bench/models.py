@@ -17,13 +17,13 @@ published dense bf16 peaks and the utilisation stated in pipelines/bench/paper_s
 
 from __future__ import annotations
 
-import argparse
 import gc
 import tempfile
 import time
 from pathlib import Path
 
 from sonify.bench.common import best_of, demo_config, peak_rss_mib
+from sonify.engine.cli import command_parser
 from sonify.models.frontends import FRONTENDS
 from sonify.stages import STAGES
 
@@ -132,7 +132,7 @@ def vlm_image_flops(f: dict, prompts: int, reply_tokens: int, shared: bool = Tru
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench models", description=__doc__.splitlines()[0])
+    ap = command_parser("bench models", __doc__, settings=False)
     ap.add_argument("--images", type=int, default=24, help="demo images the upstream stages run on")
     ap.add_argument("--items", type=int, default=6, help="rows per encoder stage (embed: this many chunks and texts)")
     ap.add_argument("--vae-items", type=int, default=2)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from sonify.engine.cli import command_parser
 from sonify.stages import STAGES as REGISTRY
 
 STAGES = list(REGISTRY)
@@ -176,7 +177,7 @@ def one(root: Path, stage: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench plan", description=__doc__.split("\n\n")[0])
+    ap = command_parser("bench plan", __doc__, settings=False, description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1_000_000, help="the larger size; the smaller is a tenth of it")
     ap.add_argument("--pool-chunks", type=int, default=500_000)
     ap.add_argument("--work", default="/tmp/sonify-bench-plan", help="synthetic runs are built here once per size")

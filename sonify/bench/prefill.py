@@ -10,15 +10,16 @@ shared = vision + prefill of the image and the template's opening once + each pr
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
+
+from sonify.engine.cli import command_parser
 
 PROJECTION = Path(__file__).resolve().parents[2] / "pipelines" / "bench" / "paper_scale.yaml"
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench prefill", description=__doc__.splitlines()[0])
+    ap = command_parser("bench prefill", __doc__, settings=False)
     ap.add_argument("--projection", default=str(PROJECTION))
     a = ap.parse_args(argv)
     from omegaconf import OmegaConf

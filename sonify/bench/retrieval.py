@@ -11,12 +11,12 @@ Targets: sonify/bare <= 1.25, literal/sonify >= 15. Prints peak RSS and the proj
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from sonify.bench.common import peak_rss_mib
+from sonify.engine.cli import command_parser
 
 
 def literal_query(q: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Generator) -> int:
@@ -31,7 +31,7 @@ def literal_query(q: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Genera
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench retrieval", description=__doc__.splitlines()[0])
+    ap = command_parser("bench retrieval", __doc__, settings=False)
     ap.add_argument("--chunks", type=int, default=500_000)
     ap.add_argument("--queries", type=int, default=5000)
     ap.add_argument("--dim", type=int, default=512)

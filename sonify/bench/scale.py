@@ -18,13 +18,14 @@ later runs in the same --work reuse the pool and take about 16 min. `--quick` ta
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from sonify.engine.cli import command_parser
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "pipelines" / "bench" / "scale.yaml"
@@ -203,7 +204,7 @@ def report(pool: list[dict], sizes: dict[int, list[dict]], summary: dict, chunks
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench scale", description=__doc__.splitlines()[0])
+    ap = command_parser("bench scale", __doc__, settings=False)
     ap.add_argument("--sizes", default="1000,3000,10000", help="image counts, comma-separated (at least two)")
     ap.add_argument("--pool-chunks", type=int, default=50000)
     ap.add_argument("--work", default=str(REPO / "runs" / "bench_scale"), help="generated data and runs are kept here")

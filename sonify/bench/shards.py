@@ -13,7 +13,6 @@ Target: stage/baseline <= 1.3.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import shutil
@@ -25,11 +24,12 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.bench.common import best_of_interleaved, demo_config, peak_rss_mib
+from sonify.engine.cli import command_parser
 from sonify.media.tar import TarStream
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench shards", description=__doc__.splitlines()[0])
+    ap = command_parser("bench shards", __doc__, settings=False)
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--samples-per-shard", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3)

@@ -16,13 +16,13 @@ Target: train_dit/bare time <= 1.1 (the data path and the bookkeeping keep the m
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
 from sonify.bench.common import peak_rss_mib
+from sonify.engine.cli import command_parser
 
 XL2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, patch_size=2, sample_size=64,
            caption_channels=768, cross_attention_dim=1152, norm_type="ada_norm_single", num_embeds_ada_norm=1000,
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
         from sonify.bench.train_plan import main as plan_main
 
         return plan_main(argv)
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench train", description=__doc__.splitlines()[0])
+    ap = command_parser("bench train", __doc__, settings=False)
     ap.add_argument("--width", choices=["xl2", "tiny"], default="xl2")
     ap.add_argument("--depth", type=int, default=2, help="transformer blocks at the XL-2 width (the real model has 28)")
     ap.add_argument("--samples", type=int, default=None, help="samples in the generated shards (default: 2 steps' worth more than run)")

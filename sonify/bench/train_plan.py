@@ -10,11 +10,11 @@ recomputed forwards counted). The chosen plan: the least recompute with a micro-
 
 from __future__ import annotations
 
-import argparse
+from sonify.engine.cli import command_parser
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench train --plan", description=__doc__.splitlines()[0])
+    ap = command_parser("bench train --plan", __doc__, settings=False)
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--gpu-memory", nargs="+", default=["80GB"], help="per GPU: 80GB (10^9 bytes), 80GiB, ...")
     ap.add_argument("--gpus", type=int, default=8)

@@ -178,18 +178,3 @@ def save_config(cfg: DictConfig, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, path, resolve=True)
 
-
-def resolve_run(arg: str) -> Path:
-    """`run=` as the commands take it: a run directory as given, or else the `run.dir` of the pipeline of that name."""
-    if Path(arg).is_dir():
-        return Path(arg)
-    try:
-        return Path(load_config([f"pipeline={arg}"]).run.dir)
-    except ConfigError as e:
-        raise ConfigError(f"run={arg} is neither a run directory nor a pipeline: {e}") from None
-
-
-def split_run_arg(argv: list[str], default: str = "demo") -> tuple[Path, list[str]]:
-    """The run folder that `run=` names (see `resolve_run`; the demo's when absent) and the other arguments."""
-    runs = [a for a in argv if a.startswith("run=")]
-    return resolve_run(runs[-1].split("=", 1)[1] if runs else default), [a for a in argv if not a.startswith("run=")]

@@ -1,7 +1,8 @@
 """Reading and writing tables: one directory of Parquet partitions per table.
 
 A partition appears atomically (`engine.files.atomic_write`), so a reader or a re-run never sees
-half a file, and a finished partition file doubles as its completion marker.
+half a file, and a finished partition file doubles as its completion marker. `open_run` is the one way
+a reader (query, evaluation, the app, report, export, bench, studies) opens a run's tables in DuckDB.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import pyarrow.parquet as pq
 
 from sonify.engine.errors import MissingTable, SchemaError
 from sonify.engine.files import TMP_PREFIX, atomic_write, clean_temp_files
-from sonify.engine.schemas import TableSpec, table_spec
+from sonify.engine.schemas import TABLES, TableSpec, table_spec
+
+DEFAULT_MEMORY = "1GB"   # `run.plan_memory`'s default, for a run folder without a saved config
 
 
 def rows_to_table(name: str, rows: list[dict]) -> pa.Table:
@@ -63,10 +66,11 @@ def check_schema(path: Path, spec: TableSpec) -> None:
 class TableStore:
     """The tables of one run: ``<run_dir>/manifests/<table>/<partition>.parquet``."""
 
-    def __init__(self, run_dir: str | os.PathLike, memory_limit: str = "1GB"):
+    def __init__(self, run_dir: str | os.PathLike, memory_limit: str | None = None):
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "manifests"
-        self.memory_limit = memory_limit   # of the DuckDB connections work lists run on (`run.plan_memory`)
+        # of the DuckDB connections work lists and readers run on: `run.plan_memory`, the run's saved one when not given
+        self.memory_limit = memory_limit
 
     def table_dir(self, name: str) -> Path:
         return self.root / name
@@ -82,6 +86,12 @@ class TableStore:
 
     def exists(self, name: str) -> bool:
         return bool(self.files(name))
+
+    def table_names(self) -> list[str]:
+        """Every table folder of the run that holds a partition, by name."""
+        if not self.root.is_dir():
+            return []
+        return sorted(d.name for d in self.root.iterdir() if d.is_dir() and self.files(d.name))
 
     def write_partition(self, name: str, partition: str, table: pa.Table) -> Path:
         spec = table_spec(name)
@@ -118,14 +128,15 @@ class TableStore:
         from sonify.engine.partitions import planner_connection
 
         plan = self.run_dir / "plan"   # exists while a stage runs (the executor makes and removes it)
-        con = planner_connection(self.memory_limit, plan / "spill" if plan.is_dir() else None)
+        con = planner_connection(self.memory_limit or saved_plan_memory(self.run_dir), plan / "spill" if plan.is_dir() else None)
         for view, table in [(t, t) for t in tables] + list(aliases.items()):
             self.view(con, table, alias=view)
         return con
 
     def view(self, con, name: str, columns: list[str] | None = None, alias: str | None = None) -> None:
-        """Expose a table to DuckDB connection `con` as a view over its Parquet files."""
-        files = self.checked_files(name)
+        """Expose a table to DuckDB connection `con` as a view over its Parquet files (a folder this
+        version does not declare, e.g. a newer sonify's table, is shown as it is, unchecked)."""
+        files = self.checked_files(name) if name in TABLES or not self.files(name) else self.files(name)
         cols = ", ".join('"' + c + '"' for c in columns) if columns else "*"
         listed = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
         con.execute(f"CREATE OR REPLACE VIEW \"{alias or name}\" AS SELECT {cols} FROM read_parquet({listed}, union_by_name = true)")
@@ -136,3 +147,27 @@ class TableStore:
         for f in self.files(name):
             check_schema(f, spec)
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def saved_plan_memory(run_dir: str | os.PathLike) -> str:
+    """The `run.plan_memory` the run was made with (its saved `config.yaml`), else the default."""
+    cfg = Path(run_dir) / "config.yaml"
+    if not cfg.is_file():
+        return DEFAULT_MEMORY
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.select(OmegaConf.load(cfg), "run.plan_memory", default=DEFAULT_MEMORY))
+
+
+def open_run(run_dir: str | os.PathLike, *tables: str, optional: tuple[str, ...] = (), memory_limit: str | None = None):
+    """A DuckDB connection over a run's tables, each a view named as the table (schemas checked first):
+    `tables` (each must exist, else a one-line MissingTable), the `optional` ones that exist, or with
+    neither, every table the run holds. Memory is bounded by `memory_limit`, else the run's saved
+    `run.plan_memory`. The one way every reader opens a run: the same views for all."""
+    store = TableStore(run_dir, memory_limit)
+    if not store.root.is_dir():
+        raise MissingTable(f"no tables under {store.root}: not a run folder, or no stage has run there yet", "")
+    names = [*tables, *(t for t in optional if store.exists(t))] if tables or optional else store.table_names()
+    con = store.connect(*names)
+    con.execute("SET preserve_insertion_order = true")   # a reader's plain SELECT shows rows as stored
+    return con

@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sonify.engine.errors import ConfigError
 from sonify.engine.files import atomic_write
-from sonify.engine.store import TableStore, check_schema
-from sonify.engine.schemas import table_spec
+from sonify.engine.store import open_run
 
 TABLES = ("matches", "match_ablations", "audio_chunks", "audio_embeddings", "mixes")
 BINS = 20
@@ -49,23 +47,13 @@ ORDER BY m.mode, t.source"""
 
 
 def _connect(run_dir: Path):
-    import duckdb
-
-    store, con = TableStore(run_dir), duckdb.connect()
-    present = []
-    for name in TABLES:
-        files = store.files(name)
-        for f in files:
-            check_schema(f, table_spec(name))
-        if files:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({[str(f) for f in files]!r})")
-            present.append(name)
-    if "matches" not in present:
-        raise ConfigError(f"run {run_dir} has no matches table; run the retrieve stage first (stage=retrieve)")
+    """The run's tables through the store's one reader connection (`open_run`), plus `all_matches`."""
+    con = open_run(run_dir, "matches", optional=TABLES[1:])
+    present = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
     ablations = ("UNION ALL SELECT mode, image_id, text, chunk_id, cosine, score, n_eligible FROM match_ablations WHERE status = 'ok'"
                  if "match_ablations" in present else "")
     con.execute(ALL_MATCHES.format(ablations=ablations))
-    return con, present
+    return con, [t for t in TABLES if t in present]
 
 
 def _rows(con, sql: str) -> list[dict]:

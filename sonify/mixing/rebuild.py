@@ -1,5 +1,7 @@
 """Rebuilding mixtures from a release manifest: sources resolved under their dataset's root, rendered
-with the pipeline's own renderer, locally in processes or on Ray. Bad rows become report rows.
+with the pipeline's own renderer, locally on the engine's process pool (`engine.processes`: forkserver or
+spawn, never fork) or on Ray (`engine.cluster`). Bad rows become report rows, and so does a mixture whose
+worker died or raised: its batch is rendered again one row at a time, so the others still render.
 
 The manifest is streamed: rows are read in batches, rendered with a bounded number of batches in
 flight, and report rows are written as they come, so memory does not grow with the manifest.
@@ -10,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from contextlib import contextmanager
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -221,6 +223,12 @@ def _render_batch(rows, roots, out_dir, force, check, verify=False):
     return [render_row(r, roots, out_dir, force, check, verify) for r in rows]
 
 
+def failed_row(row: dict, error: BaseException) -> dict:
+    """The report row of a mixture whose render did not come back (its worker died or raised)."""
+    return {"mix_id": row["mix_id"], "path": str(row["path"]), "status": "error",
+            "error": f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", "skipped": False}
+
+
 class Renderer:
     """Renders rows as they are read, in batches, with at most `limit` batches in flight (two per worker),
     so the tasks and rows held at a time do not grow with the manifest. `peak` is the most batches that
@@ -228,7 +236,7 @@ class Renderer:
 
     def __init__(self, roots, out_dir: str, workers: int, use_ray: bool, force: bool, check: bool,
                  verify: bool = False, batch: int = 16):
-        self.args = (roots, out_dir, force, check, verify)
+        self.task = partial(_render_batch, roots=roots, out_dir=out_dir, force=force, check=check, verify=verify)
         self.workers, self.use_ray, self.batch = max(1, int(workers)), use_ray, batch
         self.limit = self.peak = 0
 
@@ -242,18 +250,23 @@ class Renderer:
             self.limit = 1
             for b in batches:
                 self.peak = 1
-                yield _render_batch(b, *self.args)
+                yield self.task(b)
         else:
-            self.limit = 2 * self.workers
-            with ProcessPoolExecutor(max_workers=self.workers) as pool:
-                running: set = set()
-                for b in batches:
-                    running.add(pool.submit(_render_batch, b, *self.args))
-                    self.peak = max(self.peak, len(running))
-                    if len(running) >= self.limit:
-                        done, running = wait(running, return_when=FIRST_COMPLETED)
-                        yield from (f.result() for f in done)
-                yield from (f.result() for f in as_completed(running))
+            yield from self._on_processes(batches)
+
+    def _on_processes(self, batches: Iterator[list[dict]]) -> Iterator[list[dict]]:
+        from sonify.engine.processes import BoundedMap
+
+        pool = BoundedMap(self.task, self.workers)
+        self.limit = pool.limit
+        for batch, reports, error in pool(batches):
+            self.peak = max(self.peak, pool.peak)
+            if error is None:
+                yield reports
+            elif len(batch) == 1:
+                yield [failed_row(batch[0], error)]
+            else:   # which row? each alone (the engine's pool runs a task whose worker died again by itself)
+                yield [reports[0] if e is None else failed_row(b[0], e) for b, reports, e in BoundedMap(self.task, self.workers)([r] for r in batch)]
 
     def _on_ray(self, batches: Iterator[list[dict]]) -> Iterator[list[dict]]:
         import ray
@@ -262,18 +275,40 @@ class Renderer:
 
         if not ray.is_initialized():
             init_ray(ray_address())   # RAY_ADDRESS, or a Ray of its own: never a cluster recorded on the machine
-        task = ray.remote(_render_batch)
+        task = ray.remote(self.task.func)
         self.limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pending: list = []
-        for b in batches:
-            pending.append(task.remote(b, *self.args))
+        pending: dict = {}
+
+        def submit(batch: list[dict]):
+            pending[task.remote(batch, **self.task.keywords)] = batch
             self.peak = max(self.peak, len(pending))
+
+        def collect(ref) -> list[dict]:
+            batch = pending.pop(ref)
+            try:
+                return ray.get(ref)
+            except Exception as e:   # a worker that died or raised: each row alone, so only its own fails
+                if len(batch) == 1:
+                    return [failed_row(batch[0], e)]
+                return [out for row in batch for out in _ray_alone(task, row, self.task.keywords)]
+
+        for b in batches:
+            submit(b)
             if len(pending) >= self.limit:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
+                done, _ = ray.wait(list(pending), num_returns=1)
+                yield collect(done[0])
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            done, _ = ray.wait(list(pending), num_returns=1)
+            yield collect(done[0])
+
+
+def _ray_alone(task, row: dict, keywords: dict) -> list[dict]:
+    import ray
+
+    try:
+        return ray.get(task.remote([row], **keywords))
+    except Exception as e:
+        return [failed_row(row, e)]
 
 
 class Reports:

@@ -113,7 +113,7 @@ def walk_files(root: Path, extensions: Iterable[str], recursive: bool = True, fo
         return
     from functools import partial
 
-    from sonify.sources.parallel import process_map
+    from sonify.engine.processes import process_map
 
     top = list(_entries(Path(root), exts, real_root, {real_root}, True, False, source_name, defer_subfolders=True))
     trees = [str(p) for p, problem in top if problem is _TREE]

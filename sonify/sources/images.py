@@ -13,7 +13,7 @@ import pyarrow as pa
 from sonify.engine.keys import stable_id
 from sonify.sources import (file_stamp, list_entries, read_list_file, read_regular_file, read_within, source_root,
                             stamp_columns, stored_path, walk_files)
-from sonify.sources.parallel import process_map
+from sonify.engine.processes import process_map
 
 log = logging.getLogger(__name__)
 
