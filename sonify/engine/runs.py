@@ -25,7 +25,7 @@ def _pipeline_roots() -> list[str]:
     """The `run.root` each pipeline file sets (most keep the default), read from the files without composing them."""
     from omegaconf import OmegaConf
 
-    from sonify.engine.config import available_pipelines, pipelines_dir
+    from sonify.engine.paths import available_pipelines, pipelines_dir
 
     roots = []
     for name in available_pipelines():
@@ -38,7 +38,8 @@ def _pipeline_roots() -> list[str]:
 
 def _pipeline_dir(name: str, root: str | None) -> tuple[Path | None, str]:
     """The `run.dir` of pipeline `name` (None when there is no such pipeline) and how it was tried."""
-    from sonify.engine.config import load_config, pipelines_dir
+    from sonify.engine.config import load_config
+    from sonify.engine.paths import pipelines_dir
 
     if "/" in name or not (pipelines_dir() / f"{name}.yaml").is_file():
         return None, f"no pipeline {name!r} in {pipelines_dir()}"
