@@ -13,7 +13,8 @@ from sonify.engine.executor import run_stage
 from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.stages import get_stage
-from sonify.stages.concepts import ConceptsStage, vlm_key
+from sonify.engine.ids import variant_key
+from sonify.stages.concepts import ConceptsStage
 from sonify.stages.filter import FilterStage
 
 
@@ -79,7 +80,7 @@ def test_several_vlms_give_one_variant_each(ingested, tmp_path):
     per_image = {}
     for r in rows:
         per_image.setdefault(r["image_id"], set()).add(r["vlm"])
-        assert r["id"] == f"{vlm_key(r['vlm'])}-{r['image_id']}"
+        assert r["id"] == f"{variant_key(r['vlm'])}-{r['image_id']}"
     imported = {x["image_id"] for x in rows if x["origin"] == "import"}
     assert imported and len(imported) < len(per_image)   # both kinds of image are there to check
     for image_id, vlms in per_image.items():   # every image: both VLMs, plus the import where it has one
@@ -182,7 +183,7 @@ def test_a_parquet_import_names_images_by_id_or_by_path_as_the_listing_does(inge
     assert set(work) == {images[0]["id"], images[1]["id"], images[2]["id"], by_path}
     assert [work[i["id"]]["list_error"] for i in images] == [None] * 3 and work[by_path]["list_error"].startswith("unknown_image")
     assert json.loads(work[images[1]["id"]]["import_json"]) == "1. Car - honking" and work[images[2]["id"]]["import_json"] is None
-    assert work[images[0]["id"]]["id"] == f"{vlm_key('rel')}-{images[0]['id']}" and work[images[0]["id"]]["import_caption"] == "a dog"
+    assert work[images[0]["id"]]["id"] == f"{variant_key('rel')}-{images[0]['id']}" and work[images[0]["id"]]["import_caption"] == "a dog"
 
 
 @pytest.mark.parametrize("text, message", [

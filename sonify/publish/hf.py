@@ -17,6 +17,7 @@ import io
 from pathlib import Path
 
 from sonify.engine.files import atomic_path
+from sonify.engine.ids import concept_id
 from sonify.engine.schemas import STATUS_OK
 from sonify.publish.data import Run
 from sonify.sources.images import read_image_bytes
@@ -57,7 +58,7 @@ def examples(run_dir: str):
         img = images[m["image_id"]]
         comps = []
         for c in m["components"]:
-            match = matches.get(f"{m['id']}-{c['concept_index']}", {})
+            match = matches.get(concept_id(m["id"], c["concept_index"]), {})
             comps.append({**{k: c[k] for k in COMPONENT_FIELDS},
                           **{k: match.get(k) for k in ("score", "threshold", "n_eligible")}})
         yield {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sonify.engine.keys import stable_id
+from sonify.engine.ids import stable_id
 from sonify.sources import file_stamp, list_entries, read_list_file, source_root, stamp_columns, stored_path, walk_files
 
 LISTING_SCHEMA = pa.schema([

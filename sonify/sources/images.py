@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sonify.engine.keys import stable_id
+from sonify.engine.ids import stable_id
 from sonify.sources import (file_stamp, list_entries, read_list_file, read_regular_file, read_within, source_root,
                             stamp_columns, stored_path, walk_files)
 from sonify.sources.parallel import process_map

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from sonify.engine.ids import chunk_id
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -89,7 +90,7 @@ class AudioStage(Stage):
                 if not (np.isfinite(bpeak) and np.isfinite(cpeak)):
                     return fail("corrupt", f"non-finite samples in chunk {i}")
                 peak, channel_peak = max(peak, bpeak), max(channel_peak, cpeak)
-                chunk = {"id": f"{row['id']}-{i:05d}", "file_id": row["id"], "source": row["source"], "uri": row["uri"],
+                chunk = {"id": chunk_id(row["id"], i), "file_id": row["id"], "source": row["source"], "uri": row["uri"],
                          "chunk_index": i, "sample_rate": sr, "start_frame": total, "num_frames": n,
                          "offset": total / sr, "duration": n / sr, "padding": (chunk_frames - n) / sr,
                          "peak_dbfs": dbfs(bpeak), "rms_dbfs": dbfs(rms), "status": STATUS_OK, "error": None,

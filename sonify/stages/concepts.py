@@ -8,7 +8,6 @@ with the raw reply kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterator
@@ -19,18 +18,13 @@ import pyarrow as pa
 from sonify.concepts.parser import Concept, ParseResult, item_line, make_text, parse_concepts, split_item
 from sonify.engine.config import resolve_text
 from sonify.engine.errors import ConfigError, error_text
-from sonify.engine.keys import stable_id
+from sonify.engine.ids import stable_id, stable_id_sql, variant_id, variant_id_from_key_sql, variant_key
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.image import ImageRejected
 from sonify.sources import SourcePaths
 from sonify.sources.images import load_image
 from sonify.stages.base import Stage
-
-
-def vlm_key(vlm: str) -> str:
-    """Short stable key of a variant name, the prefix of its rows' ids (groups a VLM's rows together)."""
-    return hashlib.sha1(vlm.encode()).hexdigest()[:8]
 
 
 IMPORT_BATCH_ROWS = 65536   # JSON Lines records read from an import file at once
@@ -66,7 +60,7 @@ def _jsonl_rows(imp) -> Iterator[pa.Table]:
             if not (r.get("image_id") or r.get("relpath")):
                 raise ValueError(f"concepts import {imp.path}, row {seen + len(rows) + 1}: needs 'image_id' or 'relpath'")
             image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
-            rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name,
+            rows.append({"id": variant_id(imp.name, image_id), "image_id": image_id, "vlm": imp.name,
                          "import_json": json.dumps(r.get("concepts")), "import_caption": r.get("caption"),
                          "n": seen + len(rows)})
         seen += len(rows)
@@ -85,10 +79,10 @@ def _parquet_rows(imp, base: int) -> str:
         raise ValueError(f"concepts import {imp.path}: {IMPORT_NEEDS}; has {sorted(names)}")
     col = lambda c: f"NULLIF(CAST(\"{c}\" AS VARCHAR), '')" if c in names else "NULL::VARCHAR"
     source = f"COALESCE({col('source')}, {_literal(imp.image_source)})"
-    image_id = f"COALESCE({col('image_id')}, substr(sha1({source} || chr(0) || {col('relpath')}), 1, 16))"
+    image_id = f"COALESCE({col('image_id')}, {stable_id_sql(source, col('relpath'))})"
     rows = f"SELECT {image_id} AS image_id, to_json(concepts)::VARCHAR AS import_json, {col('caption')} AS import_caption, " \
            f"file_row_number AS n FROM read_parquet({_literal(imp.path)}, file_row_number = true)"
-    return f"SELECT {_literal(vlm_key(imp.name))} || '-' || image_id, image_id, {_literal(imp.name)}, import_json, import_caption, " \
+    return f"SELECT {variant_id_from_key_sql(_literal(variant_key(imp.name)), 'image_id')}, image_id, {_literal(imp.name)}, import_json, import_caption, " \
            f"{base} + n FROM ({rows})"
 
 
@@ -176,7 +170,7 @@ class ConceptsStage(Stage):
         check_template(cfg.stages.concepts.text_template)
         conf = cfg.stages.concepts
         con = store.connect("images")
-        selects = [f"""SELECT {_literal(vlm_key(vlm))} || '-' || id AS id, id AS image_id, {_literal(vlm)} AS vlm,
+        selects = [f"""SELECT {variant_id_from_key_sql(_literal(variant_key(vlm)), 'id')} AS id, id AS image_id, {_literal(vlm)} AS vlm,
                               'generate' AS origin, source, uri, tar_offset, nbytes, sha256, NULL::VARCHAR AS import_json,
                               NULL::VARCHAR AS import_caption, NULL::VARCHAR AS list_error
                        FROM images WHERE status = 'ok'""" for vlm in (cfg.models.vlms if conf.generate else [])]

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
+from sonify.engine.ids import concept_id_sql
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import load_chunk
@@ -124,8 +125,8 @@ class EmbedTextStage(_EmbedStage):
 
     @classmethod
     def work_list(cls, cfg, store):
-        return store.connect("concepts", kept="kept_images").sql("""
-            SELECT c.id || '-' || (u.i - 1)::VARCHAR AS id, c.id AS concept_id, c.image_id, c.vlm,
+        return store.connect("concepts", kept="kept_images").sql(f"""
+            SELECT {concept_id_sql("c.id", "u.i - 1")} AS id, c.id AS concept_id, c.image_id, c.vlm,
                    (u.i - 1)::TINYINT AS concept_index, c.concepts[u.i].text AS text
             FROM concepts c JOIN kept k ON k.id = c.image_id AND k.kept,
                  LATERAL (SELECT unnest(range(1, len(c.concepts) + 1)) AS i) u

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soundfile as sf
 
+from sonify.engine.ids import parse_variant_id
 from sonify.media.audio import resample
 from sonify.models.encoders import ASTEncoder, kaldi_frames
 from sonify.stages.encoder import EncoderStage
@@ -44,5 +45,5 @@ class FeaturesStage(EncoderStage):
         return self.ast.encode(clips)
 
     def result(self, r: dict, f: np.ndarray) -> tuple[str, dict]:
-        vlm_key = r["id"].split("-", 1)[0]
-        return f"{vlm_key}/{r['image_id']}.npy", {"frames": f.shape[0], "dim": f.shape[1]}
+        key, image_id = parse_variant_id(r["id"])
+        return f"{key}/{image_id}.npy", {"frames": f.shape[0], "dim": f.shape[1]}

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
+from sonify.engine.ids import parse_variant_id, variant_of_concept_sql
 from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -61,8 +62,8 @@ class MixStage(Stage):
     def work_list(cls, cfg, store):
         """Matched chunks grouped by (image, variant). (Temp files that a killed mixture write left under
         mixes/ are removed by the executor before any partition runs, as for every stage's files.)"""
-        flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql("""
-            SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm, m.concept_index, m.text, m.chunk_id,
+        flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql(f"""
+            SELECT {variant_of_concept_sql("m.id")} AS id, m.image_id, m.vlm, m.concept_index, m.text, m.chunk_id,
                    f.source AS dataset, f.relpath, c.uri, c.sample_rate AS source_rate, c.start_frame, c.num_frames,
                    c."offset", c.duration, m.cosine, c.pcm_sha256
             FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
@@ -126,8 +127,8 @@ class MixStage(Stage):
             return {**out, "status": STATUS_ERROR,
                     "error": error_text("no_audible_component", f"{len(comps)} components, none summed ({', '.join(reasons)})")}
         final, mix_gain = render(signals, gains, ceiling_dbfs=conf.peak_ceiling_dbfs)
-        vlm_key, image_id = row["id"].split("-", 1)
-        path, target = self.owned_path(f"{vlm_key}/{image_id}.flac")
+        key, image_id = parse_variant_id(row["id"])
+        path, target = self.owned_path(f"{key}/{image_id}.flac")
         flac_sha, pcm_sha = write_flac(target, final, self.rate)
         # the mixture's K-weighted signal from its components' (the filter is linear): no second filtering
         lufs = self.meter.integrated_weighted(render(weighted, gains, mix_gain)[0])

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
+from sonify.engine.ids import ablation_id
 from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import TableStore, rows_to_table
@@ -96,6 +97,6 @@ class RetrieveStage(Stage):
                     if mode == primary:
                         out[r["id"]] = row
                     else:
-                        ablations.append({**row, "id": f"{r['id']}:{mode}"})
+                        ablations.append({**row, "id": ablation_id(r["id"], mode)})
         return {"matches": rows_to_table("matches", [out[r["id"]] for r in rows]),
                 "match_ablations": rows_to_table("match_ablations", ablations)}

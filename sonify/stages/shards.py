@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from sonify.engine.errors import error_text
 from sonify.engine.files import atomic_path, atomic_write
+from sonify.engine.ids import sample_key_sql, variant_key_of_sql
 from sonify.engine.keys import unit_hash_sql
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -62,9 +63,9 @@ class ShardsStage(Stage):
         # six joins into a JSON per sample: two threads join them within run.plan_memory (1GB at 1M images,
         # bench plan), the join with the assignment streams on one, as the plan file's sort does
         con.execute("SET threads = 2")
-        con.execute("""
+        con.execute(f"""
             CREATE TEMP TABLE samples AS
-            SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
+            SELECT {sample_key_sql("m.image_id", variant_key_of_sql("m.id"))} AS id, m.image_id, m.vlm, m.id AS mix_id,
                    f.path AS ast_path, l.path AS latent_path, m.path AS mix_path,
                    f.sha256 AS ast_sha256, l.sha256 AS latent_sha256, m.flac_sha256, i.sha256 AS image_sha256,
                    i.source, i.uri, i.tar_offset, i.nbytes,

@@ -1,0 +1,168 @@
+"""Every id the pipeline builds and takes apart, each with its SQL twin.
+
+A Python function builds (or parses) an id where rows pass through Python; its `*_sql` twin returns
+the DuckDB expression text that the planners use where ids are made inside a query. The twins are
+kept equal by `tests/test_ids.py` on generated values. The values are those earlier runs wrote, so
+partitions, releases and shard keys stay valid:
+
+- `stable_id(source, key)`: 16 hex digits of sha1(source NUL key), the id of an image or audio file
+  (key: its `uri`, the path inside its source).
+- `variant_key(variant)`: 8 hex digits of sha1(variant name), a variant's (VLM's or import's) short key.
+- `variant_id(variant, image_id)`: '<variant key>-<image id>', the id of concepts, captions, mixes and
+  audio_features rows.
+- `concept_id(variant_id, index)`: '<variant id>-<concept index>', the id of concept_embeddings and matches rows.
+- `chunk_id(file_id, index)`: '<file id>-<chunk index, 5 digits>', the id of audio_chunks rows.
+- `ablation_id(concept_id, mode)`: '<concept id>:<mode>', the id of match_ablations rows.
+- `sample_key(image_id, variant_key)`: '<image id>_<variant key>', a WebDataset sample's key (no dots, no slashes).
+
+Parsing relies on what each builder puts last or first: a variant key is 8 hex digits (no '-'), a concept
+or chunk index is digits after the last '-', a mode has no ':' and a variant key no '_'; image and file
+ids may hold anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+CHUNK_INDEX_DIGITS = 5
+VARIANT_KEY_DIGITS = 8
+
+
+def _sha1_prefix_sql(expr: str, n: int) -> str:
+    return f"substr(sha1({expr}), 1, {n})"
+
+
+def stable_id(source: str, key: str) -> str:
+    """16 hex digits of sha1(source NUL key): the same file of the same source always gets the same id."""
+    return hashlib.sha1(f"{source}\x00{key}".encode()).hexdigest()[:16]
+
+
+def stable_id_sql(source: str, key: str) -> str:
+    return _sha1_prefix_sql(f"{source} || chr(0) || {key}", 16)
+
+
+def variant_key(variant: str) -> str:
+    """Short stable key of a variant name, the prefix of its rows' ids (groups a variant's rows together)."""
+    return hashlib.sha1(variant.encode()).hexdigest()[:VARIANT_KEY_DIGITS]
+
+
+def variant_key_sql(variant: str) -> str:
+    return _sha1_prefix_sql(variant, VARIANT_KEY_DIGITS)
+
+
+def variant_id(variant: str, image_id: str) -> str:
+    return f"{variant_key(variant)}-{image_id}"
+
+
+def variant_id_sql(variant: str, image_id: str) -> str:
+    return f"({variant_key_sql(variant)} || '-' || {image_id})"
+
+
+def variant_id_from_key_sql(key: str, image_id: str) -> str:
+    """A variant id from its key already computed (a literal, when one variant's rows are listed)."""
+    return f"({key} || '-' || {image_id})"
+
+
+def parse_variant_id(vid: str) -> tuple[str, str]:
+    """(variant key, image id) of a variant id."""
+    key, sep, image_id = vid.partition("-")
+    if not sep or len(key) != VARIANT_KEY_DIGITS:
+        raise ValueError(f"{vid!r} is not a variant id ('<variant key>-<image id>')")
+    return key, image_id
+
+
+def variant_key_of_sql(vid: str) -> str:
+    """The variant key of a variant id (or of any id that starts with one)."""
+    return f"split_part({vid}, '-', 1)"
+
+
+def image_id_of_variant_sql(vid: str) -> str:
+    return f"substr({vid}, {VARIANT_KEY_DIGITS + 2})"
+
+
+def concept_id(vid: str, index: int) -> str:
+    return f"{vid}-{int(index)}"
+
+
+def concept_id_sql(vid: str, index: str) -> str:
+    return f"({vid} || '-' || CAST({index} AS VARCHAR))"
+
+
+def parse_concept_id(cid: str) -> tuple[str, int]:
+    """(variant id, concept index) of a concept id."""
+    vid, sep, index = cid.rpartition("-")
+    if not sep or not index.isdigit():
+        raise ValueError(f"{cid!r} is not a concept id ('<variant id>-<concept index>')")
+    return vid, int(index)
+
+
+def variant_of_concept_sql(cid: str) -> str:
+    return f"regexp_replace({cid}, '-[0-9]+$', '')"
+
+
+def index_of_concept_sql(cid: str) -> str:
+    return f"CAST(regexp_extract({cid}, '-([0-9]+)$', 1) AS INTEGER)"
+
+
+def chunk_id(file_id: str, index: int) -> str:
+    return f"{file_id}-{int(index):0{CHUNK_INDEX_DIGITS}d}"
+
+
+def chunk_id_sql(file_id: str, index: str) -> str:
+    return f"({file_id} || '-' || printf('%0{CHUNK_INDEX_DIGITS}d', {index}))"
+
+
+def parse_chunk_id(cid: str) -> tuple[str, int]:
+    """(file id, chunk index) of a chunk id."""
+    file_id, sep, index = cid.rpartition("-")
+    if not sep or not index.isdigit():
+        raise ValueError(f"{cid!r} is not a chunk id ('<file id>-<chunk index>')")
+    return file_id, int(index)
+
+
+def file_of_chunk_sql(cid: str) -> str:
+    return f"regexp_replace({cid}, '-[0-9]+$', '')"
+
+
+def ablation_id(cid: str, mode: str) -> str:
+    return f"{cid}:{mode}"
+
+
+def ablation_id_sql(cid: str, mode: str) -> str:
+    return f"({cid} || ':' || {mode})"
+
+
+def parse_ablation_id(aid: str) -> tuple[str, str]:
+    """(concept id, mode) of a match_ablations id."""
+    cid, sep, mode = aid.rpartition(":")
+    if not sep or not mode:
+        raise ValueError(f"{aid!r} is not an ablation id ('<concept id>:<mode>')")
+    return cid, mode
+
+
+def sample_key(image_id: str, key: str) -> str:
+    """A WebDataset sample's key from its image id and its variant's key."""
+    return f"{image_id}_{key}"
+
+
+def sample_key_sql(image_id: str, key: str) -> str:
+    return f"({image_id} || '_' || {key})"
+
+
+def sample_key_of_variant(vid: str) -> str:
+    """The sample key of a variant (mixture) id."""
+    key, image_id = parse_variant_id(vid)
+    return sample_key(image_id, key)
+
+
+def sample_key_of_variant_sql(vid: str) -> str:
+    return sample_key_sql(image_id_of_variant_sql(vid), variant_key_of_sql(vid))
+
+
+def parse_sample_key(key: str) -> tuple[str, str]:
+    """(image id, variant key) of a sample key."""
+    image_id, sep, vkey = key.rpartition("_")
+    if not sep or len(vkey) != VARIANT_KEY_DIGITS:
+        raise ValueError(f"{key!r} is not a sample key ('<image id>_<variant key>')")
+    return image_id, vkey
+
