@@ -93,9 +93,9 @@ class AudioStageConf(StageConf):
 
 @dataclass
 class ConceptImportConf:
-    name: str = "import"               # the `vlm` value of its rows (one variant)
-    path: str = ""                     # Parquet or JSONL with: image_id or relpath, concepts, [caption]
-    image_source: str = ""             # with a relpath column: the image source the paths belong to
+    name: str = "import"               # the `variant` value of its rows (one variant)
+    path: str = ""                     # Parquet or JSONL with: image_id or uri (alias relpath), concepts, [caption]
+    image_source: str = ""             # with a uri (relpath) column: the image source the paths belong to
 
 
 @dataclass

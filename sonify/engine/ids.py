@@ -15,7 +15,7 @@ partitions, releases and shard keys stay valid:
 - `ablation_id(concept_id, mode)`: '<concept id>:<mode>', the id of match_ablations rows.
 - `sample_key(image_id, variant_key)`: '<image id>_<variant key>', a WebDataset sample's key (no dots, no slashes).
 
-Parsing relies on what each builder puts last or first: a variant key is 8 hex digits (no '-'), a concept
+Parsing relies on what each builder puts last or first: a variant key has no '-' and no '_' (8 hex digits), a concept
 or chunk index is digits after the last '-', a mode has no ':' and a variant key no '_'; image and file
 ids may hold anything.
 """
@@ -66,7 +66,7 @@ def variant_id_from_key_sql(key: str, image_id: str) -> str:
 def parse_variant_id(vid: str) -> tuple[str, str]:
     """(variant key, image id) of a variant id."""
     key, sep, image_id = vid.partition("-")
-    if not sep or len(key) != VARIANT_KEY_DIGITS:
+    if not (sep and key):
         raise ValueError(f"{vid!r} is not a variant id ('<variant key>-<image id>')")
     return key, image_id
 
@@ -77,7 +77,7 @@ def variant_key_of_sql(vid: str) -> str:
 
 
 def image_id_of_variant_sql(vid: str) -> str:
-    return f"substr({vid}, {VARIANT_KEY_DIGITS + 2})"
+    return f"substr({vid}, strpos({vid}, '-') + 1)"
 
 
 def concept_id(vid: str, index: int) -> str:
@@ -162,7 +162,7 @@ def sample_key_of_variant_sql(vid: str) -> str:
 def parse_sample_key(key: str) -> tuple[str, str]:
     """(image id, variant key) of a sample key."""
     image_id, sep, vkey = key.rpartition("_")
-    if not sep or len(vkey) != VARIANT_KEY_DIGITS:
+    if not (sep and vkey):
         raise ValueError(f"{key!r} is not a sample key ('<image id>_<variant key>')")
     return image_id, vkey
 

@@ -13,7 +13,7 @@ import numpy as np
 
 
 def keyed_rng(*key: object) -> np.random.Generator:
-    """A Philox generator keyed by `key` (e.g. seed, image id, vlm, concept index, purpose)."""
+    """A Philox generator keyed by `key` (e.g. seed, image id, variant, concept index, purpose)."""
     digest = hashlib.sha256("\x00".join(str(k) for k in key).encode()).digest()
     return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 

@@ -50,7 +50,7 @@ class AudioStage(Stage):
         return list_sources(cfg.sources.audio, list_audio, cfg.stages.audio.extensions, "audio")
 
     def _file(self, row: dict) -> tuple[dict, list[dict]]:
-        out = {k: row[k] for k in ("id", "source", "uri", "relpath", "labels")}
+        out = {k: row[k] for k in ("id", "source", "uri", "labels")}
 
         def fail(reason, detail):
             return {**out, "status": STATUS_ERROR, "error": error_text(reason, detail)}, []

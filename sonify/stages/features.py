@@ -18,7 +18,7 @@ class FeaturesStage(EncoderStage):
     upstream = ("mix",)
     uses = ("stages.audio.chunk_seconds", "stages.mix.sample_rate")
     files_dir = "features/ast"
-    content_columns = ("id", "image_id", "vlm", "flac_sha256")   # the mixture's bytes, not where it lies
+    content_columns = ("id", "image_id", "variant", "flac_sha256")   # the mixture's bytes, not where it lies
     models = ("ast",)
 
     def __init__(self, cfg):
@@ -31,10 +31,10 @@ class FeaturesStage(EncoderStage):
 
     @classmethod
     def work_list(cls, cfg, store):
-        return store.connect("mixes").sql("SELECT id, image_id, vlm, path, flac_sha256 FROM mixes WHERE status = 'ok'")
+        return store.connect("mixes").sql("SELECT id, image_id, variant, path, flac_sha256 FROM mixes WHERE status = 'ok'")
 
     def base(self, r: dict) -> dict:
-        return {"id": r["id"], "image_id": r["image_id"], "vlm": r["vlm"], "model": self.cfg.models.ast,
+        return {"id": r["id"], "image_id": r["image_id"], "variant": r["variant"], "model": self.cfg.models.ast,
                 "pooling": self.conf.pooling, "input_frames": self.input_frames}
 
     def decode(self, r: dict) -> np.ndarray:
