@@ -74,17 +74,18 @@ def test_python_and_sql_twins_agree_and_parsing_inverts_building(values):
                    {ids.variant_key_of_sql('vid')} = key,
                    {ids.image_id_of_variant_sql('vid')} = image_id,
                    {ids.concept_id_sql('vid', 'index')} = cid,
-                   {ids.variant_of_concept_sql('cid')} = vid,
-                   {ids.index_of_concept_sql('cid')} = index,
+                   {ids.parent_of_indexed_sql('cid')} = vid,
+                   {ids.index_of_indexed_sql('cid')} = index,
                    {ids.chunk_id_sql('image_id', 'chunk_index')} = chunk,
-                   {ids.file_of_chunk_sql('chunk')} = image_id,
+                   {ids.parent_of_indexed_sql('chunk')} = image_id,
+                   {ids.index_of_indexed_sql('chunk')} = chunk_index,
                    {ids.ablation_id_sql('cid', 'mode')} = cid || ':' || mode,
                    {ids.sample_key_sql('image_id', 'key')} = image_id || '_' || key,
                    {ids.sample_key_of_variant_sql('vid')} = image_id || '_' || key,
                    variant, image_id
             FROM t"""
     checks = ["stable_id", "variant_key", "variant_id", "variant_id_from_key", "variant_key_of", "image_id_of_variant",
-              "concept_id", "variant_of_concept", "index_of_concept", "chunk_id", "file_of_chunk", "ablation_id", "sample_key",
+              "concept_id", "parent_of_concept", "index_of_concept", "chunk_id", "parent_of_chunk", "index_of_chunk", "ablation_id", "sample_key",
               "sample_key_of_variant"]
     for row in con.sql(q).fetchall():
         bad = [c for c, ok in zip(checks, row[:len(checks)]) if not ok]

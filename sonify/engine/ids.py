@@ -63,6 +63,14 @@ def variant_id_from_key_sql(key: str, image_id: str) -> str:
     return f"({key} || '-' || {image_id})"
 
 
+def _split_last(text: str, sep: str, what: str, digits: bool = False) -> tuple[str, str]:
+    """(head, tail) of `text` cut at its last `sep`; ValueError naming `what` when no builder made it."""
+    head, found, tail = text.rpartition(sep)
+    if not (found and tail) or (digits and not tail.isdigit()):
+        raise ValueError(f"{text!r} is not {what}")
+    return head, tail
+
+
 def parse_variant_id(vid: str) -> tuple[str, str]:
     """(variant key, image id) of a variant id."""
     key, sep, image_id = vid.partition("-")
@@ -80,48 +88,54 @@ def image_id_of_variant_sql(vid: str) -> str:
     return f"substr({vid}, strpos({vid}, '-') + 1)"
 
 
+# Concept ids and chunk ids are both '<parent id>-<index>' (a chunk's index zero-padded to 5 digits).
+def _indexed(parent: str, index: int, width: int) -> str:
+    return f"{parent}-{int(index):0{width}d}"
+
+
+def _indexed_sql(parent: str, index: str, width: int) -> str:
+    return f"({parent} || '-' || printf('%0{width}d', {index}))" if width else f"({parent} || '-' || CAST({index} AS VARCHAR))"
+
+
+def _parse_indexed(text: str, what: str) -> tuple[str, int]:
+    parent, index = _split_last(text, "-", what, digits=True)
+    return parent, int(index)
+
+
+def parent_of_indexed_sql(text: str) -> str:
+    """The parent id of a concept id (its variant id) or of a chunk id (its file id)."""
+    return f"regexp_replace({text}, '-[0-9]+$', '')"
+
+
+def index_of_indexed_sql(text: str) -> str:
+    """The index of a concept id or a chunk id."""
+    return f"CAST(regexp_extract({text}, '-([0-9]+)$', 1) AS INTEGER)"
+
+
 def concept_id(vid: str, index: int) -> str:
-    return f"{vid}-{int(index)}"
+    return _indexed(vid, index, 0)
 
 
 def concept_id_sql(vid: str, index: str) -> str:
-    return f"({vid} || '-' || CAST({index} AS VARCHAR))"
+    return _indexed_sql(vid, index, 0)
 
 
 def parse_concept_id(cid: str) -> tuple[str, int]:
     """(variant id, concept index) of a concept id."""
-    vid, sep, index = cid.rpartition("-")
-    if not sep or not index.isdigit():
-        raise ValueError(f"{cid!r} is not a concept id ('<variant id>-<concept index>')")
-    return vid, int(index)
-
-
-def variant_of_concept_sql(cid: str) -> str:
-    return f"regexp_replace({cid}, '-[0-9]+$', '')"
-
-
-def index_of_concept_sql(cid: str) -> str:
-    return f"CAST(regexp_extract({cid}, '-([0-9]+)$', 1) AS INTEGER)"
+    return _parse_indexed(cid, "a concept id ('<variant id>-<concept index>')")
 
 
 def chunk_id(file_id: str, index: int) -> str:
-    return f"{file_id}-{int(index):0{CHUNK_INDEX_DIGITS}d}"
+    return _indexed(file_id, index, CHUNK_INDEX_DIGITS)
 
 
 def chunk_id_sql(file_id: str, index: str) -> str:
-    return f"({file_id} || '-' || printf('%0{CHUNK_INDEX_DIGITS}d', {index}))"
+    return _indexed_sql(file_id, index, CHUNK_INDEX_DIGITS)
 
 
 def parse_chunk_id(cid: str) -> tuple[str, int]:
     """(file id, chunk index) of a chunk id."""
-    file_id, sep, index = cid.rpartition("-")
-    if not sep or not index.isdigit():
-        raise ValueError(f"{cid!r} is not a chunk id ('<file id>-<chunk index>')")
-    return file_id, int(index)
-
-
-def file_of_chunk_sql(cid: str) -> str:
-    return f"regexp_replace({cid}, '-[0-9]+$', '')"
+    return _parse_indexed(cid, "a chunk id ('<file id>-<chunk index>')")
 
 
 def ablation_id(cid: str, mode: str) -> str:
@@ -134,10 +148,7 @@ def ablation_id_sql(cid: str, mode: str) -> str:
 
 def parse_ablation_id(aid: str) -> tuple[str, str]:
     """(concept id, mode) of a match_ablations id."""
-    cid, sep, mode = aid.rpartition(":")
-    if not sep or not mode:
-        raise ValueError(f"{aid!r} is not an ablation id ('<concept id>:<mode>')")
-    return cid, mode
+    return _split_last(aid, ":", "an ablation id ('<concept id>:<mode>')")
 
 
 def sample_key(image_id: str, key: str) -> str:
@@ -161,8 +172,4 @@ def sample_key_of_variant_sql(vid: str) -> str:
 
 def parse_sample_key(key: str) -> tuple[str, str]:
     """(image id, variant key) of a sample key."""
-    image_id, sep, vkey = key.rpartition("_")
-    if not (sep and vkey):
-        raise ValueError(f"{key!r} is not a sample key ('<image id>_<variant key>')")
-    return image_id, vkey
-
+    return _split_last(key, "_", "a sample key ('<image id>_<variant key>')")

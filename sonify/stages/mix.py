@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
-from sonify.engine.ids import parse_variant_id, variant_of_concept_sql
+from sonify.engine.ids import parse_variant_id, parent_of_indexed_sql
 from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -64,7 +64,7 @@ class MixStage(Stage):
         """Matched chunks grouped by (image, variant). (Temp files that a killed mixture write left under
         mixes/ are removed by the executor before any partition runs, as for every stage's files.)"""
         flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql(f"""
-            SELECT {variant_of_concept_sql("m.id")} AS id, m.image_id, m.variant, m.concept_index, m.text, m.chunk_id,
+            SELECT {parent_of_indexed_sql("m.id")} AS id, m.image_id, m.variant, m.concept_index, m.text, m.chunk_id,
                    f.source, c.uri, c.sample_rate AS source_rate, c.start_frame, c.num_frames,
                    c."offset", c.duration, m.cosine, c.pcm_sha256
             FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
