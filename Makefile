@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m sonify.run pipeline=demo stage=all
 	@echo "rebuilding every demo mixture from the release manifest alone, and checking the hashes:"
 	$(PY) -m sonify.mix --manifest $(DEMO)/release/release.parquet --out $(DEMO)/rebuilt --force --check --no-progress \
-	    --audio-root demo_sfx=$(DEMO)/data/audio --audio-root demo_labelled=$(DEMO)/data
+	    --source demo_sfx=$(DEMO)/data/audio --source demo_labelled=$(DEMO)/data
 	@echo "training the tiny audio-conditioned DiT on the demo shards, then generating from two demo sounds:"
 	$(PY) -m sonify.train_dit config=train_demo resume=latest progress=false
 	$(PY) -m sonify.generate --checkpoint $(DEMO)/dit --out $(DEMO)/generated --steps 10 --num-images 4 \

@@ -2,10 +2,10 @@
 
     python -m sonify.mix --manifest release.parquet --source NAME=DIR ... [--out DIR] [--check | --verify]
 
-A manifest names each component by its audio source (`dataset`) and its path relative to that source's
-root (`relpath`), never by a path of the machine that made it. Say where each source's root is now:
-`--source NAME=DIR` (repeatable; `--audio-root NAME=DIR` is the same), `--audio-root DIR` holding one
-folder per source (`DIR/<dataset>/<relpath>`), or `--pipeline NAME`, whose `sources.audio` give the
+A manifest names each component by its audio source (`source`) and its path relative to that source's
+root (`uri`), never by a path of the machine that made it. Say where each source's root is now:
+`--source NAME=DIR` (repeatable; `--audio-root NAME=DIR` is a documented alias), `--audio-root DIR` holding one
+folder per source (`DIR/<source>/<uri>`), or `--pipeline NAME`, whose `sources.audio` give the
 roots (a folder source's path, a list's root or folder, a recipe's root); flags win over the pipeline.
 A source with no root, or whose root is not a folder, fails in one line naming it. No model is needed. Components
 are decoded and gained exactly as the pipeline did (`sonify.mixing.render`), so the files are bit-for-bit
@@ -31,8 +31,8 @@ from pathlib import Path
 
 from sonify.engine.cli import command, command_parser
 from sonify.engine.errors import ConfigError
-from sonify.mixing.rebuild import (REPORT_NAME, Renderer, datasets, duplicate_outputs, missing_root, parse_roots, prepare_out,
-                                   report_writer)
+from sonify.mixing.rebuild import (REPORT_NAME, Renderer, duplicate_outputs, missing_root, parse_roots, prepare_out,
+                                   release_sources, report_writer)
 
 
 @command
@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = command_parser("mix", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--manifest", required=True, help="release manifest (.parquet or .jsonl)")
-    p.add_argument("--audio-root", action="append", default=[], metavar="DIR|NAME=DIR")
     p.add_argument("--source", action="append", default=[], metavar="NAME=DIR", help="where audio source NAME's root is now")
+    p.add_argument("--audio-root", action="append", default=[], metavar="DIR|NAME=DIR",
+                   help="DIR: a folder of per-source folders (DIR/<source>/<uri>); NAME=DIR: an alias of --source NAME=DIR")
     p.add_argument("--pipeline", metavar="NAME", help="take the audio sources' roots from this pipeline's config")
     p.add_argument("--out", default="mixes", help="output folder (default: ./mixes)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local processes (default: all cores)")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         release = Release(a.manifest)
         dups = duplicate_outputs(release, a.out)   # a first pass checks every row before anything is rendered
-        names = datasets(release)
+        names = release_sources(release)
     except (OSError, ValueError) as e:
         print(f"sonify.mix: manifest {a.manifest}: {e}", file=sys.stderr)
         return 2

@@ -70,7 +70,7 @@ def test_search_ranks_by_numpy_cosine_and_pages_without_overlap(opened):
     r = first.rows[0]
     x, rate = sf.read(r["audio"])
     assert rate == 16000 and x.shape[0] == int(16000 * float(cfg.stages.audio.chunk_seconds))
-    assert r["path"] and r["source"] in {"demo_sfx", "demo_labelled"}
+    assert r["uri"] and r["source"] in {"demo_sfx", "demo_labelled"}
 
 
 def test_top_rows_breaks_ties_by_row():
@@ -108,7 +108,7 @@ def test_the_mixture_is_the_mix_stages_own(opened):
     for c in mix["components"]:
         info = app.chunk_info([c["chunk_id"]])[0]
         rows.append({**info, "concept_index": c["concept_index"], "text": c["text"]})
-    res = sonify_tab.mixture(app, rows, mix["image_id"], mix["vlm"])
+    res = sonify_tab.mixture(app, rows, mix["image_id"], mix["variant"])
     ours, rate = sf.read(res.mixture)
     theirs, rate2 = sf.read(Path(cfg.run.dir) / mix["path"])
     assert rate == rate2 and ours.shape == theirs.shape
@@ -224,7 +224,7 @@ def test_handlers_show_one_line_and_escape_what_they_show():
         "<div class='status-error'>the image x.jpg cannot be decoded</div>"
     shown = ui.failure(RuntimeError("boom <b>\ndeep traceback line"))
     assert "unexpected error: RuntimeError: boom &lt;b&gt;" in shown and "deep traceback" not in shown
-    row = {"text": "<dog>", "chunk_id": "a'b", "row": 3, "n_eligible": 2, "source": "s", "path": "p&q.wav",
+    row = {"text": "<dog>", "chunk_id": "a'b", "row": 3, "n_eligible": 2, "source": "s", "uri": "p&q.wav",
            "offset": 5.0, "cosine": 0.5, "score": 0.7, "threshold": 0.6, "fallback": None, "target_lufs": -23.0,
            "audio": "/tmp/x y/c.wav"}
     page = ui.sonify_html(sonify_tab.SonifyResult(rows=[row]))

@@ -70,7 +70,7 @@ def test_audio_stage_on_demo_sources(make_cfg):
     assert silent["error"].startswith("silent:")
     assert all(c["error"].startswith("silent:") for c in chunks if c["file_id"] == silent["id"])
     labelled = by_name["crowd_cheer.flac"]
-    assert labelled["labels"] == ["Cheering", "Crowd"] and labelled["relpath"] == "labelled/crowd_cheer.flac"
+    assert labelled["labels"] == ["Cheering", "Crowd"] and labelled["uri"] == "labelled/crowd_cheer.flac" and "relpath" not in labelled
     # chunk ids are unique and every ok chunk decodes to exactly 5 s at 48 kHz
     assert len({c["id"] for c in chunks}) == len(chunks)
     for c in [c for c in chunks if c["status"] == "ok"][:5]:
@@ -80,7 +80,7 @@ def test_audio_stage_on_demo_sources(make_cfg):
 def test_audio_stage_wrong_rate_and_many_channels(tmp_path, make_cfg):
     path = tmp_path / "six.wav"
     sf.write(path, np.full((11025, 6), 0.1, np.float32), 11025, subtype="FLOAT")
-    listing = pa.Table.from_pylist([{"id": "x", "source": "t", "uri": str(path), "relpath": "six.wav", "labels": [], "list_error": None}])
+    listing = pa.Table.from_pylist([{"id": "x", "source": "t", "uri": str(path), "labels": [], "list_error": None}])
     files, chunks = _process(_stage(make_cfg), listing)
     assert files[0]["status"] == "ok" and files[0]["channels"] == 6 and files[0]["sample_rate"] == 11025
     assert len(chunks) == 1 and math.isclose(chunks[0]["peak_dbfs"], 20 * math.log10(0.1), abs_tol=1e-3)
@@ -91,13 +91,13 @@ def test_audio_stage_nonfinite_samples_are_error_rows(tmp_path, make_cfg):
     x = np.zeros(16000, np.float32)
     x[100] = np.nan
     sf.write(path, x, 16000, subtype="FLOAT")
-    listing = pa.Table.from_pylist([{"id": "n", "source": "t", "uri": str(path), "relpath": "nan.wav", "labels": [], "list_error": None}])
+    listing = pa.Table.from_pylist([{"id": "n", "source": "t", "uri": str(path), "labels": [], "list_error": None}])
     files, chunks = _process(_stage(make_cfg), listing)
     assert files[0]["error"].startswith("corrupt:") and chunks == []
 
 
 def _one(path, make_cfg):
-    listing = pa.Table.from_pylist([{"id": "f", "source": "t", "uri": str(path), "relpath": path.name, "labels": [], "list_error": None}])
+    listing = pa.Table.from_pylist([{"id": "f", "source": "t", "uri": str(path), "labels": [], "list_error": None}])
     return _process(_stage(make_cfg), listing)
 
 

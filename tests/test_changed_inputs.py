@@ -45,7 +45,7 @@ def test_the_listing_records_size_and_time_so_a_replaced_file_is_new_work(tmp_pa
     tar = sorted((data / "sa1b").glob("*.tar"))[0]
     _later(tar)
     after = [list_images(images, exts).to_pylist(), list_images(tars, exts).to_pylist(), list_audio(audio, [".wav"]).to_pylist()]
-    changed = [{r["relpath"] for r in b if r not in a} for b, a in zip(after, before)]
+    changed = [{r["uri"] for r in b if r not in a} for b, a in zip(after, before)]
     assert changed[0] == {"scene_001.jpg"} and changed[2] == {"bell_8000hz_1ch.wav"}
     assert changed[1] and all(r.startswith(tar.name + "#") for r in changed[1])   # every member of the rewritten tar
 
@@ -101,8 +101,8 @@ def test_a_replaced_image_and_audio_file_recompute_exactly_their_rows_and_a_touc
     assert computed["images"] == 1 and computed["audio"] == 1 and computed["embed_audio"] >= 1
     assert computed["concepts"] == computed["filter"] == computed["embed_text"] == 0   # imported concepts: not the pixels
     second = _tables(cfg)
-    image_id = next(i for i, r in second["images"].items() if r["relpath"] == "scene_001.jpg")
-    wav_id = next(i for i, r in second["audio_files"].items() if r["relpath"] == wav.name)
+    image_id = next(i for i, r in second["images"].items() if r["uri"] == "scene_001.jpg")
+    wav_id = next(i for i, r in second["audio_files"].items() if r["uri"] == wav.name)
     assert _differs(first["images"], second["images"]) == {image_id}
     assert _differs(first["audio_files"], second["audio_files"]) <= {wav_id}
     assert _differs(first["audio_chunks"], second["audio_chunks"]) == {c for c in second["audio_chunks"] if c.startswith(wav_id)}

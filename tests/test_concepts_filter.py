@@ -13,7 +13,8 @@ from sonify.engine.executor import run_stage
 from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.stages import get_stage
-from sonify.stages.concepts import ConceptsStage, vlm_key
+from sonify.engine.ids import variant_key
+from sonify.stages.concepts import ConceptsStage
 from sonify.stages.filter import FilterStage
 
 
@@ -37,7 +38,7 @@ def test_tiny_vlm_runs_real_generate_and_noise_becomes_parse_errors(ingested, tm
     rows = _concepts(cfg)
     n_images = TableStore(cfg.run.dir).read("images").filter(pa.compute.equal(pa.compute.field("status"), "ok")).num_rows
     assert n_images > 0 and run.rows_in == len(rows) == n_images
-    assert all(r["vlm"] == "tiny:vlm" and r["origin"] == "generate" for r in rows)
+    assert all(r["variant"] == "tiny:vlm" and r["origin"] == "generate" for r in rows)
     assert all(r["status"] == "error" and r["error"].startswith("parse_error:") and r["raw"] for r in rows)
     assert rows[0]["prompt"].startswith("As a numbered list, provide one to up to three sound(s)")  # recorded with every row
     caps = TableStore(cfg.run.dir).read("captions").to_pylist()
@@ -49,7 +50,7 @@ def test_imported_concepts_feed_the_filter(ingested):
     run_stage(get_stage("concepts"), cfg, progress_bar=False)
     rows = {r["id"]: r for r in _concepts(cfg)}
     ok = [r for r in rows.values() if r["status"] == "ok"]
-    assert ok and all(r["vlm"] == "demo-import" and r["origin"] == "import" for r in ok)
+    assert ok and all(r["variant"] == "demo-import" and r["origin"] == "import" for r in ok)
     five = [r for r in ok if r["items_found"] == 5]
     assert len(five) == 1 and five[0]["n_concepts"] == 3
     assert [r["error"].split(":")[0] for r in rows.values() if r["status"] == "error"].count("unknown_image") == 1
@@ -63,7 +64,7 @@ def test_imported_concepts_feed_the_filter(ingested):
     assert by_uri["logo_acme.png"]["reason"] == "keyword:logo" and not by_uri["logo_acme.png"]["kept"]
     assert by_uri["logo_icon.png"]["reason"] in ("keyword:icon", "keyword:logo")
     assert by_uri["scene_001.jpg"]["reason"] == "no_concepts" and not by_uri["scene_001.jpg"]["kept"]  # imported with no concepts
-    assert by_uri["scene_002.jpg"]["kept"] and by_uri["scene_002.jpg"]["vlms"] == ["demo-import"]
+    assert by_uri["scene_002.jpg"]["kept"] and by_uri["scene_002.jpg"]["variants"] == ["demo-import"]
     assert by_uri["gray.png"]["kept"]  # its caption says "signal" and "design": not keywords
 
 
@@ -78,8 +79,8 @@ def test_several_vlms_give_one_variant_each(ingested, tmp_path):
     rows = [r for r in _concepts(cfg) if not (r["error"] or "").startswith("unknown_image")]
     per_image = {}
     for r in rows:
-        per_image.setdefault(r["image_id"], set()).add(r["vlm"])
-        assert r["id"] == f"{vlm_key(r['vlm'])}-{r['image_id']}"
+        per_image.setdefault(r["image_id"], set()).add(r["variant"])
+        assert r["id"] == f"{variant_key(r['variant'])}-{r['image_id']}"
     imported = {x["image_id"] for x in rows if x["origin"] == "import"}
     assert imported and len(imported) < len(per_image)   # both kinds of image are there to check
     for image_id, vlms in per_image.items():   # every image: both VLMs, plus the import where it has one
@@ -163,17 +164,19 @@ def test_an_import_larger_than_a_batch_gives_every_variant_once(ingested, tmp_pa
 
 def test_a_parquet_import_names_images_by_id_or_by_path_as_the_listing_does(ingested, tmp_path):
     """Parquet imports are read by DuckDB: an image named by path gets the listing's id, the first 16
-    hex digits of sha1(source NUL relpath), with the import's image_source when a row has no source."""
+    hex digits of sha1(source NUL uri), with the import's image_source when a row has no source. A file
+    written before the renames names the path `relpath`: an alias of `uri` (row 3 uses it)."""
     import hashlib
 
     import pyarrow.parquet as pq
 
     cfg = ingested("models.vlms=[]")
     images = [r for r in TableStore(cfg.run.dir).read("images").to_pylist() if r["status"] == "ok"][:3]
-    rows = [{"image_id": images[0]["id"], "relpath": None, "source": None, "concepts": "1. Dog - barking", "caption": "a dog"},
-            {"image_id": None, "relpath": images[1]["relpath"], "source": images[1]["source"], "concepts": "1. Car - honking", "caption": None},
-            {"image_id": "", "relpath": images[2]["relpath"], "source": "", "concepts": None, "caption": "x"},
-            {"image_id": None, "relpath": "nowhere.jpg", "source": None, "concepts": "1. Bell - ringing", "caption": None}]
+    rows = [{"image_id": images[0]["id"], "uri": None, "relpath": None, "source": None, "concepts": "1. Dog - barking", "caption": "a dog"},
+            {"image_id": None, "uri": images[1]["uri"], "relpath": None, "source": images[1]["source"], "concepts": "1. Car - honking",
+             "caption": None},
+            {"image_id": "", "uri": None, "relpath": images[2]["uri"], "source": "", "concepts": None, "caption": "x"},
+            {"image_id": None, "uri": "nowhere.jpg", "relpath": None, "source": None, "concepts": "1. Bell - ringing", "caption": None}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
     src = images[2]["source"]
     cfg2 = ingested("models.vlms=[]", f"stages.concepts.imports=[{{name: rel, path: '{tmp_path / 'r.parquet'}', image_source: {src}}}]")
@@ -182,11 +185,11 @@ def test_a_parquet_import_names_images_by_id_or_by_path_as_the_listing_does(inge
     assert set(work) == {images[0]["id"], images[1]["id"], images[2]["id"], by_path}
     assert [work[i["id"]]["list_error"] for i in images] == [None] * 3 and work[by_path]["list_error"].startswith("unknown_image")
     assert json.loads(work[images[1]["id"]]["import_json"]) == "1. Car - honking" and work[images[2]["id"]]["import_json"] is None
-    assert work[images[0]["id"]]["id"] == f"{vlm_key('rel')}-{images[0]['id']}" and work[images[0]["id"]]["import_caption"] == "a dog"
+    assert work[images[0]["id"]]["id"] == f"{variant_key('rel')}-{images[0]['id']}" and work[images[0]["id"]]["import_caption"] == "a dog"
 
 
 @pytest.mark.parametrize("text, message", [
-    ('{"image_id": "a", "concepts": []}\n{"caption": "no image"}\n', "row 2: needs 'image_id' or 'relpath'"),
+    ('{"image_id": "a", "concepts": []}\n{"caption": "no image"}\n', "row 2: needs 'image_id' or 'uri'"),
     ('{"image_id": "a", "caption": "x"}\n', "needs a 'concepts' field"),
     ('{"image_id": "a", "concepts": []}\n{"image_id": \n', "line 2"),
 ])
@@ -200,7 +203,7 @@ def test_a_bad_import_file_fails_in_one_line(ingested, tmp_path, text, message):
 
 @pytest.mark.parametrize("rows, message", [
     ([{"image_id": "a", "caption": "x"}], "needs a 'concepts' field"),
-    ([{"image_id": "a", "concepts": "x"}, {"image_id": None, "concepts": "y"}], "1 rows have neither 'image_id' nor 'relpath'"),
+    ([{"image_id": "a", "concepts": "x"}, {"image_id": None, "concepts": "y"}], "1 rows have neither 'image_id' nor 'uri'"),
 ])
 def test_a_bad_parquet_import_fails_in_one_line(ingested, tmp_path, rows, message):
     import pyarrow.parquet as pq

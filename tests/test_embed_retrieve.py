@@ -179,7 +179,7 @@ def test_matches_follow_algorithm_1_exactly(base_run, paper_algorithm1):
     assert len(matches) == len(query_ids) and all(m["status"] == "ok" for m in matches)
     for m in matches:
         eligible, choice = paper_algorithm1(np.asarray(queries[row[m["id"]]], np.float32), np.asarray(pool, np.float32),
-                                              cfg.stages.retrieve.k, keyed_rng(cfg.run.seed, m["image_id"], m["vlm"], m["concept_index"]))
+                                              cfg.stages.retrieve.k, keyed_rng(cfg.run.seed, m["image_id"], m["variant"], m["concept_index"]))
         assert m["chunk_id"] == chunk_ids[choice] and m["n_eligible"] == eligible.size and m["k"] == cfg.stages.retrieve.k
 
 

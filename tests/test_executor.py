@@ -14,7 +14,7 @@ import yaml
 
 from sonify.engine.config import load_config
 from sonify.engine.executor import run_stage
-from sonify.engine.keys import stable_id
+from sonify.engine.ids import stable_id
 from sonify.engine.store import TableStore
 from sonify.stages import get_stage, stage_names
 from sonify.stages.images import ImagesStage

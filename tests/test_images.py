@@ -49,7 +49,7 @@ def test_header_only_check_misses_truncation_but_full_catches_it(demo_dir):
 def test_configurable_pixel_limit(make_cfg, tmp_path):
     p = tmp_path / "big.png"
     Image.new("RGB", (1200, 1000)).save(p)
-    listing = pa.Table.from_pylist([{"id": "b", "source": "s", "uri": str(p), "relpath": "big.png", "tar_offset": None, "nbytes": None, "list_error": None}])
+    listing = pa.Table.from_pylist([{"id": "b", "source": "s", "uri": str(p), "tar_offset": None, "nbytes": None, "list_error": None}])
     ok = ImagesStage(make_cfg()).process_batch(listing)["images"].to_pylist()[0]
     assert ok["status"] == "ok"
     bomb = ImagesStage(make_cfg("stages.images.max_pixels=1000000")).process_batch(listing)["images"].to_pylist()[0]

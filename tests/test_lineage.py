@@ -216,7 +216,7 @@ def test_adding_and_removing_data_recomputes_only_what_it_touches(tmp_path, demo
     (data / "images" / "new_3.png").unlink()
     computed = run_all(cfg)
     assert computed["images"] == 1 and computed["audio"] == computed["embed_audio"] == 0
-    assert not [r for r in rows(store, "images") if r["relpath"] == "new_3.png"]
+    assert not [r for r in rows(store, "images") if r["uri"] == "new_3.png"]
     assert_consistent(cfg)
 
 

@@ -18,7 +18,7 @@ def test_200_sa1b_tars_listed_by_several_processes_give_the_serial_listing(tmp_p
     serial_pids, parallel_pids = (set(r.cpu_by_pid) for r in caplog.records if hasattr(r, "cpu_by_pid"))
     assert len(serial_pids) == 1 and len(parallel_pids) == 2 and not serial_pids & parallel_pids
     assert parallel.equals(serial) and serial.num_rows == 199 * 20 + 1
-    rel = serial.column("relpath").to_pylist()
+    rel = serial.column("uri").to_pylist()
     assert rel[:2] == ["sa_000000.tar#sa_0.jpg", "sa_000000.tar#sa_1.jpg"] and rel[20] == "sa_000001.tar#sa_20.jpg"
     assert rel[2000] == "sa_000100.tar" and serial.column("list_error")[2000].as_py().startswith("unreadable_tar")
     assert rel[2001] == "sa_000101.tar#sa_2020.jpg"
@@ -59,10 +59,10 @@ def test_a_folder_of_folders_listed_by_several_processes_gives_the_serial_listin
     assert parallel.equals(serial) and parallel_audio.equals(serial_audio)
     # images: 2 good files at the top and 4 error rows; audio: the folder link outside is its error row too
     assert serial.num_rows == 12 * 30 + 2 + 4 and serial_audio.num_rows == 12 * 30 + 1
-    errors = dict(zip(serial.column("relpath").to_pylist(), serial.column("list_error").to_pylist()))
+    errors = dict(zip(serial.column("uri").to_pylist(), serial.column("list_error").to_pylist()))
     assert errors["d03/folder.jpg"].startswith("not_a_file") and errors["d05/pipe.jpg"].startswith("not_a_file")
     assert errors["d07/away.jpg"].startswith("outside_root") and errors["d08/out"].startswith("outside_root")
-    rel = serial.column("relpath").to_pylist()
+    rel = serial.column("uri").to_pylist()
     assert rel[0] == "d00/inner/0.jpg" and rel[-1] == "zz.jpg" and rel.index("top.jpg") == len(rel) - 2
 
 

@@ -84,7 +84,7 @@ def test_two_retrieve_actors_on_one_node_hold_the_pool_once(make_cfg):
     store, rng = TableStore(cfg.run.dir), np.random.default_rng(0)
     _embeddings(store, "audio_embeddings", [f"c{i:06d}" for i in range(POOL_ROWS)], rng, file_id="f", model="m")
     _embeddings(store, "concept_embeddings", [f"i{i:03d}-v-0" for i in range(40)], rng, concept_id="x", image_id="i",
-                vlm="v", concept_index=0, text="a dog", model="m")
+                variant="v", concept_index=0, text="a dog", model="m")
     build_matrix(store, "audio_embeddings", float32=True)    # as the embed_audio stage's finalize does
     build_matrix(store, "concept_embeddings")
     pool_bytes = pool_path(store, "audio_embeddings").stat().st_size
@@ -165,14 +165,14 @@ def _manifest(folder, rows, distinct=48, seed=0):
         sf.write(audio / name, x, 16000, subtype="FLOAT")
     combos = []
     for c in range(distinct):
-        comps = [{"dataset": "sfx", "relpath": f"f{(c + j) % 3}.wav", "source_rate": 16000, "start_frame": int(s),
-                  "num_frames": 1600, "offset": s / 16000, "duration": 0.1, "concept_index": j, "concept_text": "x",
-                  "similarity": 0.5, "target_lufs": -23.0, "measured_lufs": -20.0, "gain_db": float(g)}
+        comps = [{"source": "sfx", "uri": f"f{(c + j) % 3}.wav", "source_rate": 16000, "start_frame": int(s),
+                  "num_frames": 1600, "offset": s / 16000, "duration": 0.1, "concept_index": j, "text": "x",
+                  "cosine": 0.5, "target_lufs": -23.0, "measured_lufs": -20.0, "gain_db": float(g)}
                  for j, (s, g) in enumerate(zip(rng.integers(0, 14000, 2), rng.uniform(-9, 0, 2)))]
-        mix = sum(files[k["relpath"]][k["start_frame"]:k["start_frame"] + 1600].astype(np.float64) * 10.0 ** (k["gain_db"] / 20.0)
+        mix = sum(files[k["uri"]][k["start_frame"]:k["start_frame"] + 1600].astype(np.float64) * 10.0 ** (k["gain_db"] / 20.0)
                   for k in comps)
         q = np.clip(np.round(mix * 2 ** 23), -2 ** 23, 2 ** 23 - 1).astype("<i4")
-        combos.append({"mix_id": "", "path": "", "image_id": f"img{c}", "image_source": "s", "image_relpath": "x.jpg",
+        combos.append({"mix_id": "", "path": "", "image_id": f"img{c}", "image_source": "s", "image_uri": "x.jpg",
                        "variant": "v", "sample_rate": 16000, "chunk_seconds": 0.1, "duration": 0.1, "mix_gain_db": 0.0,
                        "lufs": -23.0, "peak_dbfs": -3.0, "pcm24_sha256": hashlib.sha256(q.tobytes()).hexdigest(),
                        "flac_sha256": None, "components": comps})

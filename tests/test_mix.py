@@ -11,6 +11,7 @@ import soundfile as sf
 from conftest import copy_run
 
 from sonify.engine.executor import run_stage
+from sonify.engine.schemas import RELEASE_COMPONENT_FIELDS
 from sonify.engine.partitions import work_table
 from sonify.engine.store import TableStore
 from sonify.media.loudness import LoudnessMeter
@@ -78,7 +79,7 @@ def test_mixes_hit_their_targets_and_record_everything(mixed_run):
     cfg, _ = mixed_run
     store = TableStore(cfg.run.dir)
     mixes = store.read("mixes").to_pylist()
-    variants = {(m["image_id"], m["vlm"]) for m in store.read("matches").to_pylist() if m["status"] == "ok"}
+    variants = {(m["image_id"], m["variant"]) for m in store.read("matches").to_pylist() if m["status"] == "ok"}
     assert variants and len(mixes) == len(variants)  # one mixture per (image, variant) with matches
     ok = [m for m in mixes if m["status"] == "ok"]
     assert ok and len({m["id"] for m in mixes}) == len(mixes)
@@ -90,7 +91,7 @@ def test_mixes_hit_their_targets_and_record_everything(mixed_run):
         for c in m["components"]:
             assert -24.0 <= c["target_lufs"] <= -22.0 and c["included"]
             assert c["gain_db"] == pytest.approx(c["target_lufs"] - c["measured_lufs"])
-            assert c["dataset"] and c["relpath"] and c["num_frames"] > 0
+            assert c["source"] and c["uri"] and "relpath" not in c and c["num_frames"] > 0
         if m["n_components"] == 1 and m["mix_gain_db"] == 0:
             assert m["lufs"] == pytest.approx(m["components"][0]["target_lufs"], abs=0.1)
 
@@ -132,9 +133,11 @@ def test_silent_components_are_left_out_and_all_silent_is_an_error(mixed_run, tm
     sf.write(silent, np.zeros(16000 * 5, np.float32), 16000)
     work = work_table(MixStage.work_list(cfg, TableStore(cfg.run.dir))).to_pylist()
     row = next(r for r in work if len(r["components"]) >= 2)
-    row["components"][0].update(uri=str(silent), start_frame=0, num_frames=80000)
-    all_silent = {**row, "id": row["id"], "components": [dict(c, uri=str(silent), start_frame=0, num_frames=80000) for c in row["components"]]}
+    quiet = dict(source="quiet", uri=silent.name, start_frame=0, num_frames=80000)   # a source whose root is tmp_path
+    row["components"][0].update(quiet)
+    all_silent = {**row, "id": row["id"], "components": [dict(c, **quiet) for c in row["components"]]}
     stage = MixStage(cfg)
+    stage.paths.roots["quiet"] = str(tmp_path)
     stage.partition = "part-test"
     partial = stage._mix(row)
     assert partial["status"] == "ok" and partial["n_components"] == len(row["components"]) - 1
@@ -151,14 +154,14 @@ def test_release_manifest_rebuilds_every_mixture_bit_for_bit(mixed_run, tmp_path
     ok = [m for m in TableStore(cfg.run.dir).read("mixes").to_pylist() if m["status"] == "ok"]
     assert len(rows) == len(ok)
     r = rows[0]
-    assert r["image_source"] and r["image_relpath"] and r["variant"] and r["components"][0]["concept_text"]
-    assert "uri" not in r["components"][0]  # nothing machine-specific: dataset + relpath only
+    assert r["image_source"] and r["image_uri"] and r["variant"] and r["components"][0]["text"] and r["components"][0]["cosine"] is not None
+    assert set(r["components"][0]) == set(RELEASE_COMPONENT_FIELDS)  # nothing machine-specific: source + uri relative to its root
     out = tmp_path / "rebuilt"
-    roots = ["--audio-root", f"demo_sfx={demo_dir / 'audio'}", "--audio-root", f"demo_labelled={demo_dir}"]
+    roots = ["--source", f"demo_sfx={demo_dir / 'audio'}", "--audio-root", f"demo_labelled={demo_dir}"]   # the flag and its alias
     assert mix_main(["--manifest", str(manifest), "--out", str(out), "--check", "--no-progress", "--workers", "2", *roots]) == 0
     import hashlib
     for m in ok:
-        rebuilt = out / m["path"].split("/", 2)[2]   # mixes/<partition>/<vlm key>/<image>.flac
+        rebuilt = out / m["path"].split("/", 2)[2]   # mixes/<partition>/<variant key>/<image>.flac
         assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == m["flac_sha256"]
     report = pq.read_table(out / "render_report.parquet").to_pylist()
     assert all(r["status"] == "ok" and not r["error"] for r in report)
@@ -172,11 +175,11 @@ def test_missing_corrupt_and_escaping_sources_are_row_errors(mixed_run, tmp_path
 
     cfg, _ = mixed_run
     rows = read_release(release_paths(cfg.run.dir)[0])[:3]
-    rows[0]["components"][0]["relpath"] = "../../etc/passwd"
-    rows[1]["components"][0]["relpath"] = "nope/missing.wav"
+    rows[0]["components"][0]["uri"] = "../../etc/passwd"
+    rows[1]["components"][0]["uri"] = "nope/missing.wav"
     bad = tmp_path / "audio_root" / "demo_sfx"
     shutil.copytree(demo_dir / "audio", bad)
-    (bad / rows[2]["components"][0]["relpath"]).write_bytes(b"garbage, not audio")
+    (bad / rows[2]["components"][0]["uri"]).write_bytes(b"garbage, not audio")
     from sonify.mixing.release import RELEASE_SCHEMA
     manifest = tmp_path / "bad.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=RELEASE_SCHEMA), manifest)

@@ -100,7 +100,7 @@ def test_stage_decodes_ahead_with_the_same_outputs(make_cfg):
 
     n = 8
     cfg = make_cfg(f"stages.features.batch_size={FakeFeatures.batch_size}", "stages.features.num_cpus=2")
-    rows = pa.Table.from_pylist([{"id": f"v-{i}", "image_id": f"img{i}", "vlm": "v", "path": f"m{i}.flac", "flac_sha256": "x"}
+    rows = pa.Table.from_pylist([{"id": f"v-{i}", "image_id": f"img{i}", "variant": "v", "path": f"m{i}.flac", "flac_sha256": "x"}
                                  for i in range(n)])
     FakeFeatures.rec = Recorder(n // FakeFeatures.batch_size)
     worker = PartitionWorker(FakeFeatures, OmegaConf.to_container(cfg))

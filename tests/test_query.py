@@ -57,13 +57,13 @@ def _reference(run, name):
         chunks = defaultdict(list)
         for c in _rows(run, "audio_chunks"):
             chunks[c["file_id"]].append(c)
-        out = [(f["relpath"], f["sample_rate"], _r(f["duration"], 2), f["num_chunks"], _r(max(c["padding"] for c in chunks[f["id"]]), 2))
+        out = [(f["uri"], f["sample_rate"], _r(f["duration"], 2), f["num_chunks"], _r(max(c["padding"] for c in chunks[f["id"]]), 2))
                for f in _rows(run, "audio_files") if chunks[f["id"]]]
         return sorted(out, key=lambda r: -r[2])
     if name == "concepts_by_vlm":
         groups = defaultdict(list)
         for c in _rows(run, "concepts"):
-            groups[(c["vlm"], c["origin"])].append(c)
+            groups[(c["variant"], c["origin"])].append(c)
         out = []
         for (vlm, origin), cs in sorted(groups.items()):
             ok = [c for c in cs if c["status"] == "ok"]
@@ -88,7 +88,7 @@ def _reference(run, name):
         groups = defaultdict(list)
         for m in _rows(run, "mixes"):
             if m["status"] == "ok":
-                groups[m["vlm"]].append(m)
+                groups[m["variant"]].append(m)
         out = []
         for vlm, ms in sorted(groups.items()):
             per_mix = [mean(c["gain_db"] for c in m["components"] if c["included"]) for m in ms]
@@ -230,7 +230,7 @@ def test_a_file_with_the_wrong_schema_version_is_refused(demo_run, tmp_path):
     shutil.copytree(demo_run / "manifests", run / "manifests")
     bad = pa.table({"id": ["x"], "status": ["ok"]}).replace_schema_metadata({"sonify.table": "images", "sonify.schema_version": "0"})
     pq.write_table(bad, run / "manifests" / "images" / "part-old.parquet")
-    with pytest.raises(SchemaError, match="schema v0, code expects .images. v3"):
+    with pytest.raises(SchemaError, match="schema v0, code expects .images. v4"):
         TableStore(run).read("images")
     with pytest.raises(SchemaError):
         connect(run)

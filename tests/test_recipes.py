@@ -200,10 +200,10 @@ def test_recipe_sources_in_the_images_and_audio_stages(make_cfg, sa1b, fsd50k):
     for stage in ("images", "audio"):
         assert not run_stage(get_stage(stage), cfg, progress_bar=False).failed
     store = TableStore(cfg.run.dir)
-    images = {r["relpath"]: r for r in store.read("images").to_pylist()}
+    images = {r["uri"]: r for r in store.read("images").to_pylist()}
     assert images["sa_000000.tar#sa_1.jpg"]["status"] == "ok" and images["sa_000000.tar#sa_1.jpg"]["width"] == 8
     assert images["sa_000000.tar#sa_3.jpg"]["error"].startswith("not_found")
-    files = {r["relpath"]: r for r in store.read("audio_files").to_pylist()}
+    files = {r["uri"]: r for r in store.read("audio_files").to_pylist()}
     assert len(files) == 5 and files["FSD50K.dev_audio/64760.wav"]["labels"] == ["Electric_guitar", "Guitar"]
     assert files["FSD50K.dev_audio/64760.wav"]["status"] == "ok"
     assert files["FSD50K.dev_audio/99999.wav"]["error"].startswith("not_found")

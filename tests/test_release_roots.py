@@ -53,10 +53,10 @@ def test_the_mix_stage_refuses_a_row_sonify_mix_would_refuse(make_cfg):
     from sonify.stages.mix import MixStage
 
     stage = MixStage(make_cfg())
-    comp = {"dataset": "demo_sfx", "relpath": "/elsewhere/a.wav", "uri": "/elsewhere/a.wav", "concept_index": 0, "chunk_id": "c"}
-    row = stage._mix({"id": "k-img", "image_id": "img", "vlm": "v", "components": [comp]})
+    comp = {"source": "demo_sfx", "uri": "/elsewhere/a.wav", "concept_index": 0, "chunk_id": "c"}
+    row = stage._mix({"id": "k-img", "image_id": "img", "variant": "v", "components": [comp]})
     assert row["status"] == "error" and row["error"].startswith("unrebuildable: source 'demo_sfx': '/elsewhere/a.wav' is absolute")
-    row = stage._mix({"id": "k-img", "image_id": "img", "vlm": "v", "components": [{**comp, "relpath": "../a.wav"}]})
+    row = stage._mix({"id": "k-img", "image_id": "img", "variant": "v", "components": [{**comp, "uri": "../a.wav"}]})
     assert row["error"].startswith("unrebuildable: ")
 
 
@@ -67,7 +67,7 @@ def test_a_list_of_absolute_paths_with_root_slash_makes_a_release_that_rebuilds_
     for stage in ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix"):
         assert not run_stage(get_stage(stage), cfg, progress_bar=False).failed, stage
     files = TableStore(cfg.run.dir).read("audio_files").to_pylist()
-    assert {r["relpath"] for r in files} == {str(demo_dir / "audio" / n).lstrip("/") for n in GOOD}
+    assert {r["uri"] for r in files} == {str(demo_dir / "audio" / n).lstrip("/") for n in GOOD}
     mixes = [r for r in TableStore(cfg.run.dir).read("mixes").to_pylist() if r["status"] == "ok"]
     assert len(mixes) > 5
     out = tmp_path / "rebuilt"
@@ -96,7 +96,7 @@ def test_the_mix_stage_refuses_a_component_that_a_linked_folder_takes_outside_it
         resolve_source("demo_sfx", "link/a.wav", None, {"demo_sfx": root})
     stage = MixStage(make_cfg())
     stage.paths.roots["demo_sfx"] = str(root)   # demo_sfx's folder, as the config would give it
-    comp = {"dataset": "demo_sfx", "relpath": "link/a.wav", "uri": "link/a.wav", "concept_index": 0, "chunk_id": "c"}
-    row = stage._mix({"id": "k-img", "image_id": "img", "vlm": "v", "components": [comp]})
+    comp = {"source": "demo_sfx", "uri": "link/a.wav", "concept_index": 0, "chunk_id": "c"}
+    row = stage._mix({"id": "k-img", "image_id": "img", "variant": "v", "components": [comp]})
     assert row["status"] == "error"
     assert row["error"].startswith(f"unrebuildable: source 'demo_sfx': 'link/a.wav' resolves outside the audio root {root}")

@@ -54,7 +54,7 @@ def test_chunk_clips_are_the_audio_as_mixed(report):
     mixes = [m for m in store.read("mixes").to_pylist() if m["status"] == "ok"]
     comp = mixes[0]["components"][0]
     y, rate = sf.read(index.parent / "assets" / "chunks" / f"{comp['chunk_id']}.flac")
-    ref = load_chunk(SourcePaths.of(cfg, "audio").resolve(comp["dataset"], comp["uri"]), comp["start_frame"], comp["num_frames"], mixes[0]["sample_rate"], 5.0)
+    ref = load_chunk(SourcePaths.of(cfg, "audio").resolve(comp["source"], comp["uri"]), comp["start_frame"], comp["num_frames"], mixes[0]["sample_rate"], 5.0)
     assert rate == mixes[0]["sample_rate"] and y.shape == ref.shape == (5 * rate,)
     np.testing.assert_allclose(y, ref, atol=2 / 2**15)
 

@@ -59,7 +59,7 @@ def _run_stage(stage_cls, make_cfg, listing: pa.Table, table: str, *overrides: s
     t.start()
     t.join(60)
     assert not t.is_alive(), "the stage hung"
-    return {r["relpath"]: r for r in result["rows"]}
+    return {r["uri"]: r for r in result["rows"]}
 
 
 @pytest.mark.parametrize("kind", ["images", "audio"])
@@ -92,7 +92,7 @@ def test_follow_outside_links_on_purpose(tmp_path, make_cfg, kind):
     src = SourceConf(name="hostile", kind="folder", path=str(root), follow_outside_links=True)
     lister = list_images if kind == "images" else list_audio
     listing = lister(src, IMAGE_EXTS if kind == "images" else AUDIO_EXTS).to_pylist()
-    by = {r["relpath"]: r for r in listing}
+    by = {r["uri"]: r for r in listing}
     assert by[f"link_out{ext}"]["list_error"] is None and by[f"dir_out/secret{ext}"]["list_error"] is None
     assert by[f"fifo{ext}"]["list_error"].startswith("not_a_file:")   # following links never makes a FIFO readable
 
@@ -101,12 +101,12 @@ def test_fifo_listed_by_a_uri_list_is_refused_when_read(tmp_path, make_cfg):
     """List sources name any path: the stages check the file type when they read, without blocking."""
     os.mkfifo(tmp_path / "pipe.jpg")
     os.mkfifo(tmp_path / "pipe.wav")
-    img = pa.Table.from_pylist([{"id": "a", "source": "s", "uri": str(tmp_path / "pipe.jpg"), "relpath": "pipe.jpg",
+    img = pa.Table.from_pylist([{"id": "a", "source": "s", "uri": str(tmp_path / "pipe.jpg"),
                                  "tar_offset": None, "nbytes": None, "list_error": None}])
-    aud = pa.Table.from_pylist([{"id": "b", "source": "s", "uri": str(tmp_path / "pipe.wav"), "relpath": "pipe.wav",
+    aud = pa.Table.from_pylist([{"id": "b", "source": "s", "uri": str(tmp_path / "pipe.wav"),
                                  "labels": [], "list_error": None}])
-    assert _run_stage(ImagesStage, make_cfg, img, "images")["pipe.jpg"]["error"].startswith("not_a_file:")
-    assert _run_stage(AudioStage, make_cfg, aud, "audio_files")["pipe.wav"]["error"].startswith("not_a_file:")
+    assert _run_stage(ImagesStage, make_cfg, img, "images")[str(tmp_path / "pipe.jpg")]["error"].startswith("not_a_file:")
+    assert _run_stage(AudioStage, make_cfg, aud, "audio_files")[str(tmp_path / "pipe.wav")]["error"].startswith("not_a_file:")
 
 
 def test_fifo_named_like_a_tar_in_a_tar_source(tmp_path):
@@ -140,7 +140,7 @@ def test_a_url_that_drips_bytes_times_out(make_cfg):
 
     threading.Thread(target=drip, daemon=True).start()
     url = f"http://127.0.0.1:{srv.getsockname()[1]}/slow.jpg"
-    listing = pa.Table.from_pylist([{"id": "u", "source": "s", "uri": url, "relpath": url, "tar_offset": None,
+    listing = pa.Table.from_pylist([{"id": "u", "source": "s", "uri": url, "tar_offset": None,
                                      "nbytes": None, "list_error": None}])
     t0 = time.monotonic()
     try:
@@ -155,7 +155,7 @@ def test_a_url_that_drips_bytes_times_out(make_cfg):
 # --- sonify.mix on crafted manifests -------------------------------------------------------------
 
 def _manifest_rows(n: int = 3) -> list[dict]:
-    comp = {"dataset": "d", "relpath": "tone.wav", "source_rate": 16000, "start_frame": 0, "num_frames": 16000,
+    comp = {"source": "d", "uri": "tone.wav", "source_rate": 16000, "start_frame": 0, "num_frames": 16000,
             "gain_db": -6.0}
     return [{"mix_id": f"m{i}", "path": f"v/m{i}.flac", "sample_rate": 16000, "chunk_seconds": 1.0,
              "mix_gain_db": 0.0, "components": [comp]} for i in range(n)]
@@ -231,8 +231,8 @@ def test_duplicate_output_paths_are_refused_before_rendering(mixdir, capsys):
     (lambda t: t.set_column(t.schema.get_field_index("path"), "path", pa.array([None] * t.num_rows, pa.string())),
      "column 'path' has 3 empty values"),
     (lambda t: t.set_column(t.schema.get_field_index("components"), "components",
-                            pa.array([[{"dataset": "d", "start_frame": 0, "num_frames": 1, "gain_db": 0.0}]] * t.num_rows)),
-     "column 'components.relpath' is missing"),
+                            pa.array([[{"source": "d", "start_frame": 0, "num_frames": 1, "gain_db": 0.0}]] * t.num_rows)),
+     "column 'components.uri' is missing"),
 ])
 def test_malformed_manifest_fails_in_one_line_naming_the_column(mixdir, capsys, change, fragment):
     from sonify.mixing.release import RELEASE_SCHEMA

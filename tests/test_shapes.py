@@ -219,7 +219,7 @@ def test_smolvlm_shape_runs_through_the_concepts_stage(make_cfg, shape_dir):
     out = stage.process_batch(work)
     rows, caps = out["concepts"].to_pylist(), out["captions"].to_pylist()
     assert [r["id"] for r in rows] == work.column("id").to_pylist()
-    assert all(r["vlm"] == spec and r["origin"] == "generate" and r["raw"] is not None for r in rows)
+    assert all(r["variant"] == spec and r["origin"] == "generate" and r["raw"] is not None for r in rows)
     assert all(r["status"] == "ok" or r["error"].startswith("parse_error:") for r in rows)   # the parser saw each reply
     assert all(c["status"] == "ok" and c["caption"] is not None for c in caps)
 

@@ -20,11 +20,11 @@ def _filter_store(run_dir: Path, first: str, second: str) -> TableStore:
     store = TableStore(run_dir)
     store.write_partition("images", "part-0", rows_to_table("images", [{"id": "img", "status": "ok"}]))
     store.write_partition("concepts", "part-0", rows_to_table("concepts", [
-        {"id": f"{v}-img", "image_id": "img", "vlm": v, "n_concepts": 1, "status": "ok"} for v in ("alpha", "zeta")]))
+        {"id": f"{v}-img", "image_id": "img", "variant": v, "n_concepts": 1, "status": "ok"} for v in ("alpha", "zeta")]))
     captions = {"zeta": "a company logo on a wall", "alpha": "a stop sign by the road"}
     for part, vlm in ((first, "zeta"), (second, "alpha")):
         store.write_partition("captions", part, rows_to_table("captions", [
-            {"id": f"{vlm}-img", "image_id": "img", "vlm": vlm, "caption": captions[vlm], "status": "ok"}]))
+            {"id": f"{vlm}-img", "image_id": "img", "variant": vlm, "caption": captions[vlm], "status": "ok"}]))
     return store
 
 
@@ -36,7 +36,7 @@ def test_filter_reason_follows_the_vlm_order_not_the_file_order(tmp_path, make_c
     store = _filter_store(tmp_path / "run", *names)
     (row,) = FilterStage.work_list(cfg, store).to_arrow_table().to_pylist()
     assert row["captions"] == ["a stop sign by the road", "a company logo on a wall"]
-    decision = FilterStage(cfg).decide(row["vlms"], row["captions"])
+    decision = FilterStage(cfg).decide(row["variants"], row["captions"])
     assert decision["reason"] == "keyword:sign"
     assert decision["caption_hits"] == row["captions"]
 

@@ -46,10 +46,10 @@ def main(argv=None) -> None:
                 f = int(rng.integers(a.files))
                 sr = infos[f].samplerate
                 start = int(rng.integers(0, 5)) * 5 * sr
-                comps.append({"concept_index": k, "text": f"sound {k}", "chunk_id": f"c{f}-{start}", "dataset": "bench",
-                              "relpath": paths[f].name, "uri": str(paths[f]), "source_rate": sr, "start_frame": start,
+                comps.append({"concept_index": k, "text": f"sound {k}", "chunk_id": f"c{f}-{start}", "source": "bench",
+                              "uri": str(paths[f]), "source_rate": sr, "start_frame": start,
                               "num_frames": 5 * sr, "offset": start / sr, "duration": 5.0, "cosine": 0.5})
-            rows.append({"id": f"bench-{i:06d}", "image_id": f"{i:06d}", "vlm": "bench", "components": comps})
+            rows.append({"id": f"bench-{i:06d}", "image_id": f"{i:06d}", "variant": "bench", "components": comps})
         work = pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
         cfg = demo_config(tmp / 'runs')
         stage = MixStage(cfg)

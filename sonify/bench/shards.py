@@ -50,9 +50,9 @@ def main(argv=None) -> None:
             for rel, shape in ((lat, (2, 4, 64, 64)), (ast, (49, 768))):
                 (run / rel).parent.mkdir(parents=True, exist_ok=True)
                 np.save(run / rel, rng.standard_normal(shape).astype(np.float16))
-            meta = json.dumps({"image_id": f"{i:016x}", "variant": "bench", "components": [{"concept": "x" * 40}] * 3, "pad": "y" * 600})
+            meta = json.dumps({"image_id": f"{i:016x}", "variant": "bench", "components": [{"text": "x" * 40}] * 3, "pad": "y" * 600})
             rows.append({"shard": f"train-{i // a.samples_per_shard:06d}.tar", "position": i % a.samples_per_shard, "split": "train",
-                         "id": key, "image_id": f"{i:016x}", "vlm": "bench", "mix_id": f"m{i}", "ast_path": ast,
+                         "id": key, "image_id": f"{i:016x}", "variant": "bench", "mix_id": f"m{i}", "ast_path": ast,
                          "latent_path": lat, "mix_path": "", "source": "", "uri": "", "tar_offset": None, "nbytes": None, "meta": meta})
         plan = pa.Table.from_pylist(rows)
         shards = sorted({r["shard"] for r in rows})

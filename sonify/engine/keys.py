@@ -1,6 +1,6 @@
-"""Ids and randomness keyed by content, never by processing order.
+"""Randomness keyed by content, never by processing order (the ids that name rows: `sonify.engine.ids`).
 
-`stable_id` names rows, `keyed_rng` gives each purpose its own counter-based (Philox) stream, and
+`keyed_rng` gives each purpose its own counter-based (Philox) stream, and
 `unit_hash` turns a string into a stable number in [0, 1): so a row's outcome does not depend on
 which worker, batch or partition processed it.
 """
@@ -12,13 +12,8 @@ import hashlib
 import numpy as np
 
 
-def stable_id(source: str, relpath: str) -> str:
-    """16 hex digits of sha1(source, path inside the source): the same file always gets the same id."""
-    return hashlib.sha1(f"{source}\x00{relpath}".encode()).hexdigest()[:16]
-
-
 def keyed_rng(*key: object) -> np.random.Generator:
-    """A Philox generator keyed by `key` (e.g. seed, image id, vlm, concept index, purpose)."""
+    """A Philox generator keyed by `key` (e.g. seed, image id, variant, concept index, purpose)."""
     digest = hashlib.sha256("\x00".join(str(k) for k in key).encode()).digest()
     return np.random.Generator(np.random.Philox(key=int.from_bytes(digest[:16], "little")))
 

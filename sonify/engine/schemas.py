@@ -34,14 +34,13 @@ def _spec(name: str, version: int, doc: str, fields: list[tuple[str, pa.DataType
     return TableSpec(name=name, version=version, id_column=fields[0][0], schema=schema, doc=doc)
 
 
-# Paths travel (schema versions 3, 2, 2, 4 below): `uri` is stored relative to its source's declared root
+# Paths travel (schema versions 3, 2, 2, 4 below; images 4 and audio_files 3 dropped `relpath`, which always held `uri`): `uri` is stored relative to its source's declared root
 # and resolved at read time against the roots of the config in hand (`sonify.sources.SourcePaths`).
-IMAGES = _spec("images", 3, "One row per input image: where it is, what it is, whether it decodes.", [
-    ("id", pa.string(), "stable id: hash of source name and the image's path inside the source"),
+IMAGES = _spec("images", 4, "One row per input image: where it is, what it is, whether it decodes.", [
+    ("id", pa.string(), "stable id: hash of source name and the image's path inside the source (`uri`; `sonify.engine.ids.stable_id`)"),
     ("source", pa.string(), "name of the image source in the pipeline config"),
     ("uri", pa.string(), "where the bytes are: relative to the source's declared root ('shard.tar#member' inside a tar), "
                          "resolved at read time; a URL as given (a list entry outside the root is an outside_root error row)"),
-    ("relpath", pa.string(), "the image's path inside its source (the id's key; equal to uri), as a release manifest names it"),
     ("tar_offset", pa.int64(), "byte offset of the member's data inside its tar (null otherwise)"),
     ("nbytes", pa.int64(), "size of the encoded image in bytes"),
     ("sha256", pa.string(), "sha256 of the encoded bytes"),
@@ -52,12 +51,11 @@ IMAGES = _spec("images", 3, "One row per input image: where it is, what it is, w
     ("exif_orientation", pa.int8(), "EXIF orientation tag (1 = upright)"),
 ])
 
-AUDIO_FILES = _spec("audio_files", 2, "One row per input audio file.", [
-    ("id", pa.string(), "stable id: hash of source name and the file's path inside the source"),
+AUDIO_FILES = _spec("audio_files", 3, "One row per input audio file.", [
+    ("id", pa.string(), "stable id: hash of source name and the file's path inside the source (`uri`)"),
     ("source", pa.string(), "name of the audio source in the pipeline config (e.g. fsd50k)"),
     ("uri", pa.string(), "the file, relative to the source's declared root and resolved at read time "
                          "(a list entry outside the root is an outside_root error row, its normalised path kept as its key)"),
-    ("relpath", pa.string(), "path relative to the source root (the id's key; equal to uri), as a release manifest names it"),
     ("labels", pa.list_(pa.string()), "labels from the source list, if any"),
     ("format", pa.string(), "container format (WAV, FLAC, OGG, MP3...)"),
     ("sample_rate", pa.int32(), "native sample rate in Hz"),
@@ -89,10 +87,10 @@ AUDIO_CHUNKS = _spec("audio_chunks", 3, "Non-overlapping mono chunks that point 
 
 CONCEPT_TYPE = pa.struct([("object", pa.string()), ("sound", pa.string()), ("text", pa.string())])
 
-CONCEPTS = _spec("concepts", 1, "One row per (image, VLM): the sounding concepts parsed from the VLM's reply.", [
-    ("id", pa.string(), "'<vlm key>-<image id>'"),
+CONCEPTS = _spec("concepts", 2, "One row per (image, variant): the sounding concepts parsed from the VLM's reply (or imported).", [
+    ("id", pa.string(), "the variant id '<variant key>-<image id>' (`sonify.engine.ids.variant_id`)"),
     ("image_id", pa.string(), "id in images"),
-    ("vlm", pa.string(), "model id or path, or the import's name; each is one variant of the image"),
+    ("variant", pa.string(), "the image's concept set: the VLM's model id or path, or the import's name"),
     ("origin", pa.string(), "'generate' (a VLM ran) or 'import' (read from a concepts table)"),
     ("prompt", pa.string(), "the prompt text used"),
     ("raw", pa.string(), "the VLM's reply, verbatim (or the imported items joined by newlines)"),
@@ -101,21 +99,21 @@ CONCEPTS = _spec("concepts", 1, "One row per (image, VLM): the sounding concepts
     ("items_found", pa.int32(), "list items in the reply before keeping the first max_concepts"),
 ])
 
-CAPTIONS = _spec("captions", 1, "One row per (image, VLM): the VLM's short caption, used by the silent-image filter.", [
+CAPTIONS = _spec("captions", 2, "One row per (image, variant): the VLM's short caption, used by the silent-image filter.", [
     ("id", pa.string(), "same id as the concepts row"),
     ("image_id", pa.string(), "id in images"),
-    ("vlm", pa.string(), "model id or path, or the import's name"),
+    ("variant", pa.string(), "the VLM's model id or path, or the import's name"),
     ("origin", pa.string(), "'generate' or 'import'"),
     ("prompt", pa.string(), "the prompt text used"),
     ("caption", pa.string(), "the caption, verbatim"),
 ])
 
-KEPT_IMAGES = _spec("kept_images", 1, "One row per image that decoded: kept for sonification or dropped, with the reason.", [
+KEPT_IMAGES = _spec("kept_images", 2, "One row per image that decoded: kept for sonification or dropped, with the reason.", [
     ("id", pa.string(), "id in images"),
     ("kept", pa.bool_(), "true: the image goes on to retrieval and mixing"),
     ("reason", pa.string(), "why dropped: 'keyword:<word>' (caption names a silent thing) or 'no_concepts'"),
-    ("vlms", pa.list_(pa.string()), "variants with at least one concept"),
-    ("n_variants", pa.int32(), "len(vlms)"),
+    ("variants", pa.list_(pa.string()), "variants with at least one concept"),
+    ("n_variants", pa.int32(), "len(variants)"),
     ("caption_hits", pa.list_(pa.string()), "captions that matched a silent keyword"),
 ])
 
@@ -131,11 +129,11 @@ AUDIO_EMBEDDINGS = _spec("audio_embeddings", 1, "One row per usable audio chunk:
     ("norm", pa.float32(), "norm of the projection before re-normalisation (NaN/zero rows are errors)"),
 ])
 
-CONCEPT_EMBEDDINGS = _spec("concept_embeddings", 1, "One row per parsed concept: its CLAP text embedding.", [
-    ("id", pa.string(), "'<concepts row id>-<concept index>'"),
+CONCEPT_EMBEDDINGS = _spec("concept_embeddings", 2, "One row per parsed concept: its CLAP text embedding.", [
+    ("id", pa.string(), "the concept id '<variant id>-<concept index>' (`sonify.engine.ids.concept_id`)"),
     ("concept_id", pa.string(), "id in concepts"),
     ("image_id", pa.string(), "id in images"),
-    ("vlm", pa.string(), "variant"),
+    ("variant", pa.string(), "variant name (as in concepts)"),
     ("concept_index", pa.int8(), "position of the concept in its variant (0..2)"),
     ("text", pa.string(), "the CLAP query text"),
     ("model", pa.string(), "CLAP model id or path"),
@@ -143,10 +141,10 @@ CONCEPT_EMBEDDINGS = _spec("concept_embeddings", 1, "One row per parsed concept:
     ("norm", pa.float32(), "norm before re-normalisation"),
 ])
 
-MATCHES = _spec("matches", 1, "One row per concept: the audio chunk Algorithm 1 picked for it.", [
+MATCHES = _spec("matches", 2, "One row per concept: the audio chunk Algorithm 1 picked for it.", [
     ("id", pa.string(), "id in concept_embeddings"),
     ("image_id", pa.string(), "id in images"),
-    ("vlm", pa.string(), "variant"),
+    ("variant", pa.string(), "variant name (as in concepts)"),
     ("concept_index", pa.int8(), "position of the concept in its variant"),
     ("text", pa.string(), "the CLAP query text"),
     ("chunk_id", pa.string(), "id in audio_chunks of the chosen chunk"),
@@ -161,13 +159,13 @@ MATCHES = _spec("matches", 1, "One row per concept: the audio chunk Algorithm 1 
 ])
 
 MATCH_ABLATIONS = TableSpec(
-    name="match_ablations", version=1, id_column="id",
-    schema=MATCHES.schema.with_metadata({"sonify.table": "match_ablations", "sonify.schema_version": "1"}),
+    name="match_ablations", version=2, id_column="id",
+    schema=MATCHES.schema.with_metadata({"sonify.table": "match_ablations", "sonify.schema_version": "2"}),
     doc="Matches of stages.retrieve.ablation_modes (same columns as matches; id is '<concept embedding id>:<mode>').")
 
 COMPONENT_TYPE = pa.struct([
     ("concept_index", pa.int8()), ("text", pa.string()), ("chunk_id", pa.string()),
-    ("dataset", pa.string()), ("relpath", pa.string()), ("uri", pa.string()),
+    ("source", pa.string()), ("uri", pa.string()),
     ("source_rate", pa.int32()), ("start_frame", pa.int64()), ("num_frames", pa.int64()),
     ("offset", pa.float64()), ("duration", pa.float64()), ("cosine", pa.float32()),
     ("pcm_sha256", pa.string()),   # the chunk's decoded audio (audio_chunks.pcm_sha256): a changed source file remixes
@@ -175,11 +173,42 @@ COMPONENT_TYPE = pa.struct([
     ("included", pa.bool_()), ("reason", pa.string()),
 ])
 
-MIXES = _spec("mixes", 5, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
-    ("id", pa.string(), "the variant id ('<vlm key>-<image id>', as in concepts)"),
+# The release manifest's and the shards' json components are COMPONENT_TYPE's fields by name (one
+# component type; the same field names in the mixes table, the release, the shards and the HF export).
+RELEASE_COMPONENT_FIELDS = ("source", "uri", "source_rate", "start_frame", "num_frames", "offset", "duration",
+                            "concept_index", "text", "cosine", "target_lufs", "measured_lufs", "gain_db")
+SHARD_COMPONENT_FIELDS = ("text", "chunk_id", "source", "uri", "offset", "duration", "cosine",
+                          "target_lufs", "measured_lufs", "gain_db")
+EXPORT_COMPONENT_FIELDS = ("concept_index", "text", "chunk_id", "source", "uri", "offset", "duration", "cosine",
+                           "target_lufs", "measured_lufs", "gain_db", "included")
+
+# Names a release manifest (release version 1) and the shards' json (shards stage version 1) used before the
+# tables' words were used everywhere: the one place they live. Readers of old files rename through these.
+OLD_NAMES = {"image_relpath": "image_uri"}
+OLD_COMPONENT_NAMES = {"dataset": "source", "relpath": "uri", "concept_text": "text", "concept": "text", "similarity": "cosine"}
+
+
+def upgrade_component(comp: dict) -> dict:
+    """A component dict (a shard json's, a JSON release's) in today's names."""
+    return {(OLD_COMPONENT_NAMES[k] if k in OLD_COMPONENT_NAMES and OLD_COMPONENT_NAMES[k] not in comp else k): v
+            for k, v in comp.items()}
+
+
+def component_struct(names: tuple[str, ...]) -> pa.StructType:
+    """The struct of COMPONENT_TYPE's fields `names`, in that order."""
+    return pa.struct([COMPONENT_TYPE.field(n) for n in names])
+
+
+def component_sql(names: tuple[str, ...], var: str) -> str:
+    """DuckDB `struct_pack` of COMPONENT_TYPE's fields `names` taken from the struct `var` (a lambda's variable)."""
+    return "struct_pack(" + ", ".join(f'"{n}" := {var}."{n}"' for n in names) + ")"
+
+
+MIXES = _spec("mixes", 6, "One row per (image, variant): the loudness-normalised sum of its matched chunks.", [
+    ("id", pa.string(), "the variant id ('<variant key>-<image id>', as in concepts)"),
     ("image_id", pa.string(), "id in images"),
-    ("vlm", pa.string(), "variant"),
-    ("components", pa.list_(COMPONENT_TYPE), "per matched chunk: where it is (dataset = audio source, relpath and uri relative to its root), its concept, target and measured LUFS, gain, and whether it was summed"),
+    ("variant", pa.string(), "variant name (as in concepts)"),
+    ("components", pa.list_(COMPONENT_TYPE), "per matched chunk: where it is (its audio source, and uri relative to that source's root), its concept, target and measured LUFS, gain, and whether it was summed"),
     ("n_components", pa.int32(), "components summed (silent ones are left out with a reason)"),
     ("repeated_chunks", pa.list_(pa.string()), "chunk ids matched by more than one concept of this mixture (summed coherently: up to 6 dB hotter); empty when all differ"),
     ("sample_rate", pa.int32(), "rate of the mixture"),
@@ -187,15 +216,15 @@ MIXES = _spec("mixes", 5, "One row per (image, variant): the loudness-normalised
     ("mix_gain_db", pa.float64(), "gain applied to the sum by the peak guard (0 when the peak was under the ceiling)"),
     ("lufs", pa.float64(), "integrated loudness of the mixture"),
     ("peak_dbfs", pa.float64(), "sample peak of the mixture"),
-    ("path", pa.string(), "FLAC file, relative to the run folder (mixes/<partition>/<vlm key>/<image id>.flac)"),
+    ("path", pa.string(), "FLAC file, relative to the run folder (mixes/<partition>/<variant key>/<image id>.flac)"),
     ("pcm24_sha256", pa.string(), "sha256 of the mixture quantised to 24-bit PCM (encoder-independent)"),
     ("flac_sha256", pa.string(), "sha256 of the FLAC file's bytes"),
 ])
 
-AUDIO_FEATURES = _spec("audio_features", 2, "One row per mixture: its AST time series (a float16 .npy file).", [
+AUDIO_FEATURES = _spec("audio_features", 3, "One row per mixture: its AST time series (a float16 .npy file).", [
     ("id", pa.string(), "the mixture (variant) id"),
     ("image_id", pa.string(), "id in images"),
-    ("vlm", pa.string(), "variant"),
+    ("variant", pa.string(), "variant name (as in concepts)"),
     ("model", pa.string(), "AST model id or path"),
     ("path", pa.string(), "the .npy file (T x D float16), relative to the run folder"),
     ("sha256", pa.string(), "sha256 of the .npy file's bytes"),
@@ -218,13 +247,13 @@ IMAGE_LATENTS = _spec("image_latents", 2, "One row per kept image: its VAE laten
 ])
 
 SHARD_INDEX = _spec("shard_index", 2, "One row per training sample: which WebDataset shard holds it.", [
-    ("id", pa.string(), "the sample key inside the shard ('<image id>_<vlm key>')"),
+    ("id", pa.string(), "the sample key inside the shard ('<image id>_<variant key>')"),
     ("split", pa.string(), "train | val (by a hash of the image id: every variant of an image on one side)"),
     ("shard", pa.string(), "shard file name, e.g. train-000000.tar"),
     ("path", pa.string(), "the shard file, relative to the run folder (shards/<partition>/<shard>)"),
     ("position", pa.int32(), "position of the sample inside its shard"),
     ("image_id", pa.string(), "id in images"),
-    ("variant", pa.string(), "the VLM variant"),
+    ("variant", pa.string(), "variant name (as in concepts)"),
     ("mix_id", pa.string(), "id in mixes"),
     ("latent_bytes", pa.int64(), "size of latent.npy"),
     ("ast_bytes", pa.int64(), "size of ast.npy"),

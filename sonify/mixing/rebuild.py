@@ -107,8 +107,8 @@ def duplicate_outputs(release, out_dir: str | Path) -> dict[Path, list[str]]:
 
 
 def parse_roots(values: list[str], sources: list[str] = (), known: dict[str, Path] | None = None) -> tuple[Path | None, dict[str, Path]]:
-    """The audio roots: `known` (a pipeline's sources), then `--audio-root DIR|NAME=DIR`, then `--source NAME=DIR`
-    (later ones win). ValueError with one line for a `--source` that is not NAME=DIR."""
+    """The audio roots: `known` (a pipeline's sources), then `--audio-root DIR|NAME=DIR` (NAME=DIR an alias of
+    `--source NAME=DIR`; a bare DIR holds one folder per source), then `--source NAME=DIR` (later ones win). ValueError with one line for a `--source` that is not NAME=DIR."""
     default, named = None, dict(known or {})
     for v in values:
         if "=" in v and not Path(v).exists():
@@ -124,24 +124,24 @@ def parse_roots(values: list[str], sources: list[str] = (), known: dict[str, Pat
     return default, named
 
 
-def datasets(release) -> set[str]:
+def release_sources(release) -> set[str]:
     """The audio sources a release's components name (a pass over its batches)."""
     import pyarrow.compute as pc
 
     found: set[str] = set()
     for t in release.batches():
-        found.update(pc.unique(pc.list_flatten(t.column("components")).combine_chunks().field("dataset")).to_pylist())
+        found.update(pc.unique(pc.list_flatten(t.column("components")).combine_chunks().field("source")).to_pylist())
     return found - {None}
 
 
 def missing_root(names: set[str], default: Path | None, named: dict[str, Path]) -> str | None:
     """One line naming the first audio source in `names` that has no root folder, and the flag that gives it; else None."""
-    for dataset in sorted(names):
-        root = named.get(dataset) or (default / dataset if default is not None else None)
+    for source in sorted(names):
+        root = named.get(source) or (default / source if default is not None else None)
         if root is None:
-            return f"no root for audio source {dataset!r}: pass --source {dataset}=DIR (the folder its files are relative to now)"
+            return f"no root for audio source {source!r}: pass --source {source}=DIR (the folder its files are relative to now)"
         if not root.is_dir():
-            return f"the root of audio source {dataset!r}, {root}, is not a folder: pass --source {dataset}=DIR where its files are now"
+            return f"the root of audio source {source!r}, {root}, is not a folder: pass --source {source}=DIR where its files are now"
     return None
 
 
@@ -157,15 +157,15 @@ def relpath_problem(relpath: str | None) -> str | None:
     return None
 
 
-def resolve_source(dataset: str, relpath: str, default: Path | None, named: dict[str, Path]) -> Path:
-    """The component's file under its dataset's root; refuses paths that resolve outside the root."""
-    root = named.get(dataset) or (default / dataset if default is not None else None)
+def resolve_source(source: str, uri: str, default: Path | None, named: dict[str, Path]) -> Path:
+    """The component's file under its audio source's root; refuses paths that resolve outside the root."""
+    root = named.get(source) or (default / source if default is not None else None)
     if root is None:
-        raise SourceRefused(f"no audio root for dataset {dataset!r} (pass --source {dataset}=DIR)")
+        raise SourceRefused(f"no audio root for source {source!r} (pass --source {source}=DIR)")
     root = root.resolve()
-    path = (root / relpath).resolve()
-    if relpath_problem(relpath) or not path.is_relative_to(root):
-        raise SourceRefused(f"{relpath!r} resolves outside the audio root of {dataset!r}")
+    path = (root / uri).resolve()
+    if relpath_problem(uri) or not path.is_relative_to(root):
+        raise SourceRefused(f"{uri!r} resolves outside the audio root of {source!r}")
     return path
 
 
@@ -191,9 +191,9 @@ def render_row(row: dict, roots: tuple[Path | None, dict[str, Path]], out_dir: s
             return report
         signals, gains = [], []
         for c in row["components"]:
-            path = resolve_source(c["dataset"], c["relpath"], *roots)
+            path = resolve_source(c["source"], c["uri"], *roots)
             if not path.is_file():
-                raise FileNotFoundError(f"source {c['dataset']}/{c['relpath']} not found at {path}")
+                raise FileNotFoundError(f"source {c['source']}/{c['uri']} not found at {path}")
             signals.append(load_chunk(str(path), c["start_frame"], c["num_frames"], row["sample_rate"], row["chunk_seconds"]))
             gains.append(c["gain_db"])
         if not signals:

@@ -1,10 +1,13 @@
 """Release manifests: everything needed to rebuild each mixture from the source audio alone.
 
 One row per mixture: the image (id, source, path inside the source), the variant, and per summed
-component the audio dataset, the file's path inside it, the frame span at the native rate, the
-concept text, its CLAP similarity, the target and measured loudness and the applied gain, plus
+component the audio source, the file's path inside it (`uri`), the frame span at the native rate, the
+concept text, its CLAP cosine, the target and measured loudness and the applied gain, plus
 the mixture's peak-guard gain and the hashes of the result. No model is needed to use it:
-`python -m sonify.mix --manifest release.parquet --audio-root DIR` renders every mixture.
+`python -m sonify.mix --manifest release.parquet --source NAME=DIR` renders every mixture.
+
+The components' fields are the mixes table's (`RELEASE_COMPONENT_FIELDS` of `COMPONENT_TYPE`). Releases
+of version 1 (written before the renames) are read through `LEGACY_NAMES`, the one place old names live.
 """
 
 from __future__ import annotations
@@ -17,24 +20,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sonify.engine.files import atomic_write
+from sonify.engine.schemas import (OLD_COMPONENT_NAMES, OLD_NAMES, RELEASE_COMPONENT_FIELDS, component_sql,
+                                   component_struct)
 
-RELEASE_VERSION = "1"
+RELEASE_VERSION = "2"    # 2: image_relpath -> image_uri; components' dataset -> source, relpath -> uri,
+                         # concept_text -> text, similarity -> cosine (the tables' names)
 RELEASE_ROW_GROUP = 8192     # rows per Parquet row group: a reader streams a row group at a time
 
-RELEASE_COMPONENT = pa.struct([
-    ("dataset", pa.string()), ("relpath", pa.string()), ("source_rate", pa.int32()),
-    ("start_frame", pa.int64()), ("num_frames", pa.int64()), ("offset", pa.float64()), ("duration", pa.float64()),
-    ("concept_index", pa.int8()), ("concept_text", pa.string()), ("similarity", pa.float32()),
-    ("target_lufs", pa.float64()), ("measured_lufs", pa.float64()), ("gain_db", pa.float64()),
-])
+RELEASE_COMPONENT = component_struct(RELEASE_COMPONENT_FIELDS)
 
 RELEASE_SCHEMA = pa.schema([
     ("mix_id", pa.string()), ("path", pa.string()), ("image_id", pa.string()), ("image_source", pa.string()),
-    ("image_relpath", pa.string()), ("variant", pa.string()), ("sample_rate", pa.int32()),
+    ("image_uri", pa.string()), ("variant", pa.string()), ("sample_rate", pa.int32()),
     ("chunk_seconds", pa.float64()), ("duration", pa.float64()), ("mix_gain_db", pa.float64()),
     ("lufs", pa.float64()), ("peak_dbfs", pa.float64()), ("pcm24_sha256", pa.string()), ("flac_sha256", pa.string()),
     ("components", pa.list_(RELEASE_COMPONENT)),
 ], metadata={"sonify.release_version": RELEASE_VERSION})
+
+# Old names by release version: (top-level columns, component fields) -> today's names (`engine.schemas`). A
+# release of an older version (or a JSON Lines copy that uses the old names) is read through this map.
+LEGACY_NAMES = {"1": (OLD_NAMES, OLD_COMPONENT_NAMES)}
+READABLE_VERSIONS = (RELEASE_VERSION, *LEGACY_NAMES)
 
 
 def release_paths(run_dir: str | Path) -> tuple[Path, Path]:
@@ -47,18 +53,14 @@ def build_release(cfg, store) -> pa.Table:
 
     con = duckdb.connect()
     con.register("mixes", store.read("mixes"))
-    con.register("images", store.read("images", columns=["id", "source", "relpath"]))
+    con.register("images", store.read("images", columns=["id", "source", "uri"]))
     table = con.sql(f"""
         SELECT m.id AS mix_id, regexp_replace(m.path, '^mixes/[^/]+/', '') AS path, m.image_id, i.source AS image_source,
-               i.relpath AS image_relpath, m.vlm AS variant, m.sample_rate,
+               i.uri AS image_uri, m.variant, m.sample_rate,
                {float(cfg.stages.audio.chunk_seconds)}::DOUBLE AS chunk_seconds, m.duration, m.mix_gain_db, m.lufs,
                m.peak_dbfs, m.pcm24_sha256, m.flac_sha256,
-               list_transform(list_filter(m.components, lambda c: c.included), lambda c: struct_pack(
-                   dataset := c.dataset, relpath := c.relpath, source_rate := c.source_rate,
-                   start_frame := c.start_frame, num_frames := c.num_frames, "offset" := c."offset",
-                   duration := c.duration, concept_index := c.concept_index, concept_text := c.text,
-                   similarity := c.cosine, target_lufs := c.target_lufs, measured_lufs := c.measured_lufs,
-                   gain_db := c.gain_db)) AS components
+               list_transform(list_filter(m.components, lambda c: c.included),
+                              lambda c: {component_sql(RELEASE_COMPONENT_FIELDS, "c")}) AS components
         FROM mixes m JOIN images i ON i.id = m.image_id
         WHERE m.status = 'ok'
         ORDER BY m.id
@@ -77,7 +79,7 @@ def write_release(cfg, store) -> Path:
 
 # What `sonify.mix` needs of each row (the other columns describe the mixture and may be absent).
 NEEDED_COLUMNS = ("mix_id", "path", "sample_rate", "chunk_seconds", "mix_gain_db", "components")
-NEEDED_COMPONENT_FIELDS = ("dataset", "relpath", "start_frame", "num_frames", "gain_db")
+NEEDED_COMPONENT_FIELDS = ("source", "uri", "start_frame", "num_frames", "gain_db")
 OPTIONAL_COLUMNS = ("pcm24_sha256", "flac_sha256")
 
 
@@ -133,6 +135,39 @@ def check_release(table: pa.Table) -> None:
         _check_column(name, table.column(name), RELEASE_SCHEMA.field(name).type, nullable=name in OPTIONAL_COLUMNS)
 
 
+def _renamed_components(col: pa.ChunkedArray, names: dict[str, str]) -> pa.ChunkedArray:
+    """A list-of-struct column with its struct fields renamed by `names` (a field whose new name is taken is kept)."""
+    t = pa.types
+    if not ((t.is_list(col.type) or t.is_large_list(col.type)) and t.is_struct(col.type.value_type)):
+        return col   # not components: check_release names the problem
+    present = {f.name for f in col.type.value_type}
+    rename = {old: new for old, new in names.items() if old in present and new not in present}
+    if not rename:
+        return col
+    chunks = []
+    for chunk in col.chunks:
+        values = chunk.values
+        fields = values.type
+        renamed = pa.StructArray.from_arrays([values.field(i) for i in range(fields.num_fields)],
+                                             names=[rename.get(f.name, f.name) for f in fields],
+                                             mask=values.is_null() if values.null_count else None)
+        chunks.append(type(chunk).from_arrays(chunk.offsets, renamed, mask=chunk.is_null() if chunk.null_count else None))
+    return pa.chunked_array(chunks)
+
+
+def upgrade_release(table: pa.Table, version: str | None = None) -> pa.Table:
+    """A release table in today's names: `version`'s old names (every version's, when None: a JSON Lines copy
+    carries no version) renamed through `LEGACY_NAMES`; a column already in today's name is left alone."""
+    maps = [LEGACY_NAMES[version]] if version in LEGACY_NAMES else list(LEGACY_NAMES.values()) if version is None else []
+    for columns, fields in maps:
+        names = [columns.get(n, n) if columns.get(n) not in table.column_names else n for n in table.column_names]
+        table = table.rename_columns(names)
+        if "components" in table.column_names:
+            i = table.column_names.index("components")
+            table = table.set_column(i, "components", _renamed_components(table.column("components"), fields))
+    return table
+
+
 def _jsonl_table(path: Path) -> pa.Table:
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
@@ -154,14 +189,15 @@ def _jsonl_table(path: Path) -> pa.Table:
             columns[name] = pa.array([r.get(name) for r in rows])
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise ManifestError(f"column {name!r} mixes kinds of values: {str(e).splitlines()[0]}") from None
-    return pa.table(columns)
+    return upgrade_release(pa.table(columns))
 
 
 class Release:
     """A release manifest read in batches: Parquet is streamed (`ParquetFile.iter_batches`), so memory does
     not grow with the manifest; JSON Lines, the human-readable copy, is read whole.
 
-    Refuses another release version (`ValueError`); each batch is checked by `check_release` as it is read.
+    Reads this version and the older ones of `LEGACY_NAMES` (renamed as they are read); refuses another
+    (`ValueError`); each batch is checked by `check_release` as it is read.
     """
 
     def __init__(self, path: str | Path, batch_rows: int = 4096):
@@ -172,17 +208,20 @@ class Release:
         else:
             self._table = None
             meta = pq.read_schema(self.path).metadata or {}
-            version = meta.get(b"sonify.release_version", b"?").decode()
-            if version != RELEASE_VERSION:
-                raise ValueError(f"{self.path}: release manifest version {version}, this sonify reads version {RELEASE_VERSION}")
+            self.version = meta.get(b"sonify.release_version", b"?").decode()
+            if self.version not in READABLE_VERSIONS:
+                raise ValueError(f"{self.path}: release manifest version {self.version}, this sonify reads versions "
+                                 f"{', '.join(sorted(READABLE_VERSIONS))}")
             self.num_rows = pq.ParquetFile(self.path).metadata.num_rows
-            check_release(pq.read_schema(self.path).empty_table())   # a missing column fails before any row is read
+            # a missing column fails before any row is read
+            check_release(upgrade_release(pq.read_schema(self.path).empty_table(), self.version))
 
     def batches(self) -> Iterator[pa.Table]:
         if self._table is not None:
             parts = (pa.Table.from_batches([b]) for b in self._table.to_batches(self.batch_rows))
         else:
-            parts = (pa.Table.from_batches([b]) for b in pq.ParquetFile(self.path).iter_batches(self.batch_rows))
+            parts = (upgrade_release(pa.Table.from_batches([b]), self.version)
+                     for b in pq.ParquetFile(self.path).iter_batches(self.batch_rows))
         start = 0
         for t in parts:
             try:

@@ -16,10 +16,10 @@ import soundfile as sf
 from sonify.engine.files import atomic_write
 
 
-def target_lufs(lufs_min: float, lufs_max: float, seed: int, image_id: str, vlm: str, concept_index: int) -> float:
+def target_lufs(lufs_min: float, lufs_max: float, seed: int, image_id: str, variant: str, concept_index: int) -> float:
     """The mix stage's target rule: a component's loudness drawn uniformly from [lufs_min, lufs_max] by a
-    generator keyed by (seed, image, vlm, concept index), so a mixture never depends on order or workers."""
-    return uniform_target(lufs_min, lufs_max, seed, image_id, vlm, concept_index, "mix")
+    generator keyed by (seed, image, variant, concept index), so a mixture never depends on order or workers."""
+    return uniform_target(lufs_min, lufs_max, seed, image_id, variant, concept_index, "mix")
 
 
 def uniform_target(lufs_min: float, lufs_max: float, *key: object) -> float:

@@ -17,30 +17,28 @@ import io
 from pathlib import Path
 
 from sonify.engine.files import atomic_path
-from sonify.engine.schemas import STATUS_OK
+from sonify.engine.ids import concept_id
+from sonify.engine.schemas import COMPONENT_TYPE, EXPORT_COMPONENT_FIELDS, STATUS_OK
 from sonify.publish.data import Run
 from sonify.sources.images import read_image_bytes
 
-COMPONENT_FIELDS = ("concept_index", "text", "chunk_id", "dataset", "relpath", "offset", "duration", "cosine",
-                    "target_lufs", "measured_lufs", "gain_db", "included")
+MATCH_FIELDS = ("score", "threshold", "n_eligible")   # of the component's matches row
 
 
 def features(audio=None):
     """The dataset's features; `audio` replaces the Audio feature (the writer stores plain bytes first)."""
     from datasets import Audio, Features, Image, List, Value
 
-    comp = {"concept_index": Value("int8"), "text": Value("string"), "chunk_id": Value("string"),
-            "dataset": Value("string"), "relpath": Value("string"), "offset": Value("float64"),
-            "duration": Value("float64"), "cosine": Value("float32"), "score": Value("float32"),
-            "threshold": Value("float32"), "n_eligible": Value("int32"), "target_lufs": Value("float64"),
-            "measured_lufs": Value("float64"), "gain_db": Value("float64"), "included": Value("bool")}
+    arrow = {"int8": "int8", "int32": "int32", "float": "float32", "double": "float64", "string": "string", "bool": "bool"}
+    comp = {n: Value(arrow[str(COMPONENT_TYPE.field(n).type)]) for n in EXPORT_COMPONENT_FIELDS}   # the mixes' component type
+    comp.update(score=Value("float32"), threshold=Value("float32"), n_eligible=Value("int32"))
     concept = {"object": Value("string"), "sound": Value("string"), "text": Value("string")}
     return Features({
         "id": Value("string"), "image_id": Value("string"), "variant": Value("string"), "split": Value("string"),
         "image": Image(), "audio": audio or Audio(), "sample_rate": Value("int32"),
         "caption": Value("string"), "concepts": List(concept), "components": List(comp),
         "lufs": Value("float64"), "peak_dbfs": Value("float64"), "mix_gain_db": Value("float64"),
-        "image_source": Value("string"), "image_relpath": Value("string"),
+        "image_source": Value("string"), "image_uri": Value("string"),
     })
 
 
@@ -57,17 +55,16 @@ def examples(run_dir: str):
         img = images[m["image_id"]]
         comps = []
         for c in m["components"]:
-            match = matches.get(f"{m['id']}-{c['concept_index']}", {})
-            comps.append({**{k: c[k] for k in COMPONENT_FIELDS},
-                          **{k: match.get(k) for k in ("score", "threshold", "n_eligible")}})
+            match = matches.get(concept_id(m["id"], c["concept_index"]), {})
+            comps.append({**{k: c[k] for k in EXPORT_COMPONENT_FIELDS}, **{k: match.get(k) for k in MATCH_FIELDS}})
         yield {
-            "id": m["id"], "image_id": m["image_id"], "variant": m["vlm"], "split": split.get(m["id"], "unsplit"),
-            "image": {"bytes": read_image_bytes(image_paths.locate(img), img["tar_offset"], img["nbytes"]), "path": Path(img["relpath"]).name},
+            "id": m["id"], "image_id": m["image_id"], "variant": m["variant"], "split": split.get(m["id"], "unsplit"),
+            "image": {"bytes": read_image_bytes(image_paths.locate(img), img["tar_offset"], img["nbytes"]), "path": Path(img["uri"]).name},
             "audio": {"bytes": (run.dir / m["path"]).read_bytes(), "path": Path(m["path"]).name},
             "sample_rate": m["sample_rate"], "caption": (captions.get(m["id"]) or {}).get("caption"),
             "concepts": (concepts.get(m["id"]) or {}).get("concepts") or [], "components": comps,
             "lufs": m["lufs"], "peak_dbfs": m["peak_dbfs"], "mix_gain_db": m["mix_gain_db"],
-            "image_source": img["source"], "image_relpath": img["relpath"],
+            "image_source": img["source"], "image_uri": img["uri"],
         }
 
 

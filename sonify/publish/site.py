@@ -59,7 +59,7 @@ def write_thumb(run: Run, image: dict, out: Path, side: int) -> bool:
 def write_clip(run: Run, comp: dict, rate: int, conf: ReportConf, out: Path) -> float:
     """The chunk as it was mixed, as FLAC; returns its duration in seconds."""
     if not out.exists():
-        y = load_chunk(run.paths("audio").resolve(comp["dataset"], comp["uri"]), comp["start_frame"], comp["num_frames"], rate, conf.chunk_seconds)
+        y = load_chunk(run.paths("audio").resolve(comp["source"], comp["uri"]), comp["start_frame"], comp["num_frames"], rate, conf.chunk_seconds)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, lambda tmp: sf.write(str(tmp), y, rate, format="FLAC", subtype="PCM_16"))
     return sf.info(str(out)).frames / rate
@@ -80,8 +80,8 @@ def audio_tag(src: str, seconds: float, cls: str) -> str:
 
 
 def variant_html(mix: dict | None, concepts: dict | None, caption: dict | None, matches: dict, clips: dict, mix_src: str | None) -> str:
-    vlm = (mix or concepts or caption)["vlm"]
-    parts = [f"<div class='variant'><h4>{esc(vlm)}</h4>",
+    variant = (mix or concepts or caption)["variant"]
+    parts = [f"<div class='variant'><h4>{esc(variant)}</h4>",
              f"<p class='caption'><b>caption:</b> {esc(caption['caption'] if caption else '-')}</p>"]
     items = (concepts or {}).get("concepts") or []
     parts.append("<ul class='concepts'>")
@@ -90,8 +90,8 @@ def variant_html(mix: dict | None, concepts: dict | None, caption: dict | None, 
         m, comp = matches.get(i), comps.get(i)
         line = f"<li><b>{esc(c['object'])}</b> - {esc(c['sound'])}"
         if m:
-            line += (f"<div class='match'>chunk {esc(m['chunk_id'])} ({esc(comp['dataset'] if comp else '')} "
-                     f"{esc(comp['relpath'] if comp else '')}) cosine {fmt(m['cosine'], 3)}, score {fmt(m['score'], 3)}, "
+            line += (f"<div class='match'>chunk {esc(m['chunk_id'])} ({esc(comp['source'] if comp else '')} "
+                     f"{esc(comp['uri'] if comp else '')}) cosine {fmt(m['cosine'], 3)}, score {fmt(m['score'], 3)}, "
                      f"threshold {fmt(m['threshold'], 3)}, eligible {m['n_eligible']}")
             if comp:
                 line += (f"; target {fmt(comp['target_lufs'])} LUFS, measured {fmt(comp['measured_lufs'])} LUFS, "
@@ -121,7 +121,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
     kept = sample(run.kept_ids(), conf.max_images, conf.seed, "report-kept")
     images = {i: rs[0] for i, rs in run.grouped("images", "id", only=kept).items()}
     concepts, captions, mixes = (run.grouped(t, only=kept) for t in ("concepts", "captions", "mixes"))
-    matches: dict[tuple, dict] = {(m["image_id"], m["vlm"], m["concept_index"]): m
+    matches: dict[tuple, dict] = {(m["image_id"], m["variant"], m["concept_index"]): m
                                   for ms in run.grouped("matches", only=kept).values() for m in ms if m["status"] == STATUS_OK}
     cards = []
     for image_id in kept:
@@ -130,17 +130,17 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
         has_thumb = write_thumb(run, img, out / thumb, conf.thumb_side)
         variants = {}
         for r in concepts.get(image_id, []) + captions.get(image_id, []) + mixes.get(image_id, []):
-            variants.setdefault(r["vlm"], {})
+            variants.setdefault(r["variant"], {})
         body = []
-        for vlm in sorted(variants):
-            mix = next((m for m in mixes.get(image_id, []) if m["vlm"] == vlm), None)
-            con = next((c for c in concepts.get(image_id, []) if c["vlm"] == vlm), None)
-            cap = next((c for c in captions.get(image_id, []) if c["vlm"] == vlm), None)
+        for variant in sorted(variants):
+            mix = next((m for m in mixes.get(image_id, []) if m["variant"] == variant), None)
+            con = next((c for c in concepts.get(image_id, []) if c["variant"] == variant), None)
+            cap = next((c for c in captions.get(image_id, []) if c["variant"] == variant), None)
             if con is None or not con.get("concepts"):
                 continue
             clips, vm = {}, {}
             for comp in (mix or {}).get("components") or []:
-                m = matches.get((image_id, vlm, comp["concept_index"]))
+                m = matches.get((image_id, variant, comp["concept_index"]))
                 if m is None:
                     continue
                 vm[comp["concept_index"]] = m
@@ -153,7 +153,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, conf: R
             body.append(variant_html(mix, con, cap, vm, clips, src))
         img_tag = f"<img class='thumb' src='{thumb}' alt='{esc(image_id)}'>" if has_thumb else "<div class='thumb'>no preview</div>"
         cards.append(f"<div class='card' data-image='{esc(image_id)}'>{img_tag}<div class='meta'><h3>{esc(image_id)}</h3>"
-                     f"<p class='src'>{esc(img['source'])}: {esc(img['relpath'])} ({img['width']}x{img['height']})</p>"
+                     f"<p class='src'>{esc(img['source'])}: {esc(img['uri'])} ({img['width']}x{img['height']})</p>"
                      + "".join(body) + "</div></div>")
     dropped = dropped_html(run, out, conf)
     pages = [cards[i:i + conf.page_size] for i in range(0, len(cards), conf.page_size)] or [[]]
@@ -181,6 +181,6 @@ def dropped_html(run: Run, out: Path, conf: ReportConf) -> str:
         thumb = f"assets/images/{image_id}.jpg"
         ok = img.get("status") == STATUS_OK and write_thumb(run, img, out / thumb, conf.thumb_side // 2)
         pic = f"<img class='small' src='{thumb}' alt='{esc(image_id)}'>" if ok else ""
-        rows.append(f"<tr><td>{pic}</td><td>{esc(image_id)}</td><td>{esc(img.get('relpath'))}</td><td>{esc(reasons[image_id])}</td></tr>")
+        rows.append(f"<tr><td>{pic}</td><td>{esc(image_id)}</td><td>{esc(img.get('uri'))}</td><td>{esc(reasons[image_id])}</td></tr>")
     return (f"<p>{len(reasons)} images dropped or unreadable.</p><table class='dropped'><tr><th></th><th>image</th>"
             "<th>path</th><th>reason</th></tr>" + "".join(rows) + "</table>")

@@ -10,7 +10,7 @@ queries x N scores exists at a time.
 
 When nothing is strictly above the threshold (k = 1, or all top-k scores equal), the choice is
 uniform among the chunks tied at the maximum score, and the match records `fallback=ties_at_max`.
-Randomness comes from a counter-based generator keyed by (seed, image, vlm, concept index), so a
+Randomness comes from a counter-based generator keyed by (seed, image, variant, concept index), so a
 match does not depend on block size, worker count or order.
 """
 

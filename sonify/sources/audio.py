@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sonify.engine.keys import stable_id
+from sonify.engine.ids import stable_id
 from sonify.sources import file_stamp, list_entries, read_list_file, source_root, stamp_columns, stored_path, walk_files
 
 LISTING_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
+    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()),
     ("labels", pa.list_(pa.string())), ("list_error", pa.string()),
     ("size", pa.int64()), ("mtime_ns", pa.int64()),   # of the file: a change re-reads it (`sonify.sources.file_stamp`)
 ])
@@ -30,7 +30,7 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
     rows: list[dict] = []
 
     def add(rel: str, labels=None, list_error=None, stamp=(None, None)):
-        rows.append({"id": stable_id(source.name, rel), "source": source.name, "uri": rel, "relpath": rel,
+        rows.append({"id": stable_id(source.name, rel), "source": source.name, "uri": rel,
                      "labels": _labels(labels), "list_error": list_error, "size": stamp[0], "mtime_ns": stamp[1]})
 
     if source.kind == "recipe":
@@ -53,7 +53,7 @@ def list_audio(source, extensions: list[str]) -> pa.Table:
         kept = [(u, lab) for u, lab in zip(uris, labels) if u is not None]
         rels, problems = list_entries([u for u, _ in kept], root, base, source.name)
         name, n = str(source.name), len(rels)   # built column by column: a list can name a million clips
-        return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
+        return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels,
                          "labels": [_labels(lab) for _, lab in kept], "list_error": pa.array(problems, pa.string()),
                          **stamp_columns([None if "://" in r or bad else str(Path(base) / r) for r, bad in zip(rels, problems)])},
                         schema=LISTING_SCHEMA)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sonify.engine.keys import stable_id
+from sonify.engine.ids import stable_id
 from sonify.sources import (file_stamp, list_entries, read_list_file, read_regular_file, read_within, source_root,
                             stamp_columns, stored_path, walk_files)
 from sonify.engine.processes import process_map
@@ -18,7 +18,7 @@ from sonify.engine.processes import process_map
 log = logging.getLogger(__name__)
 
 LISTING_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()), ("relpath", pa.string()),
+    ("id", pa.string()), ("source", pa.string()), ("uri", pa.string()),
     ("tar_offset", pa.int64()), ("nbytes", pa.int64()), ("list_error", pa.string()),
     ("size", pa.int64()), ("mtime_ns", pa.int64()),   # of the file (a member's tar): a change re-reads it (`file_stamp`)
 ])
@@ -26,7 +26,7 @@ LISTING_SCHEMA = pa.schema([
 
 def _row(source: str, rel: str, tar_offset=None, nbytes=None, list_error=None, stamp=(None, None)) -> dict:
     """A listed image: `rel` (relative to the source's declared root) is its id key and where it is read from."""
-    return {"id": stable_id(source, rel), "source": source, "uri": rel, "relpath": rel,
+    return {"id": stable_id(source, rel), "source": source, "uri": rel,
             "tar_offset": tar_offset, "nbytes": nbytes, "list_error": list_error, "size": stamp[0], "mtime_ns": stamp[1]}
 
 
@@ -77,7 +77,7 @@ def list_images(source, extensions: list[str]) -> pa.Table:
         rels, problems = list_entries([u for u in table.column(source.uri_column).to_pylist() if u is not None], root, base,
                                       source.name)
         name, n = str(source.name), len(rels)   # built column by column: a list can name a million images
-        return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels, "relpath": rels,
+        return pa.table({"id": [stable_id(name, r) for r in rels], "source": [name] * n, "uri": rels,
                          "tar_offset": pa.nulls(n, pa.int64()), "nbytes": pa.nulls(n, pa.int64()),
                          "list_error": pa.array(problems, pa.string()),
                          **stamp_columns([None if "://" in r or bad else str(Path(base) / r) for r, bad in zip(rels, problems)])},

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from sonify.engine.ids import chunk_id
 from sonify.engine.errors import error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.store import rows_to_table
@@ -54,7 +55,7 @@ class AudioStage(ListingStage):
     lister = staticmethod(list_audio)
 
     def _file(self, row: dict) -> tuple[dict, list[dict]]:
-        out = {k: row[k] for k in ("id", "source", "uri", "relpath", "labels")}
+        out = {k: row[k] for k in ("id", "source", "uri", "labels")}
 
         def fail(reason, detail):
             return {**out, "status": STATUS_ERROR, "error": error_text(reason, detail)}, []
@@ -94,7 +95,7 @@ class AudioStage(ListingStage):
                 if not (np.isfinite(bpeak) and np.isfinite(cpeak)):
                     return fail("corrupt", f"non-finite samples in chunk {i}")
                 peak, channel_peak = max(peak, bpeak), max(channel_peak, cpeak)
-                chunk = {"id": f"{row['id']}-{i:05d}", "file_id": row["id"], "source": row["source"], "uri": row["uri"],
+                chunk = {"id": chunk_id(row["id"], i), "file_id": row["id"], "source": row["source"], "uri": row["uri"],
                          "chunk_index": i, "sample_rate": sr, "start_frame": total, "num_frames": n,
                          "offset": total / sr, "duration": n / sr, "padding": (chunk_frames - n) / sr,
                          "peak_dbfs": dbfs(bpeak), "rms_dbfs": dbfs(rms), "status": STATUS_OK, "error": None,

@@ -8,7 +8,6 @@ with the raw reply kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pyarrow as pa
 from sonify.concepts.parser import Concept, ParseResult, item_line, make_text, parse_concepts, split_item
 from sonify.engine.config import resolve_text
 from sonify.engine.errors import ConfigError, error_text
-from sonify.engine.keys import stable_id
+from sonify.engine.ids import stable_id, stable_id_sql, variant_id, variant_id_from_key_sql, variant_key
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.settings import AT_LEAST_1, DTYPES, StageSettings, choice, ranged, runtime
 from sonify.engine.store import rows_to_table
@@ -33,9 +32,9 @@ from sonify.stages.base import Stage
 
 @dataclass
 class ConceptImport:
-    name: str = "import"               # the `vlm` value of its rows (one variant)
-    path: str = ""                     # Parquet or JSONL with: image_id or relpath, concepts, [caption]
-    image_source: str = ""             # with a relpath column: the image source the paths belong to
+    name: str = "import"               # the `variant` value of its rows (one variant)
+    path: str = ""                     # Parquet or JSONL with: image_id or uri (alias relpath), concepts, [caption]
+    image_source: str = ""             # with a uri (relpath) column: the image source the paths belong to
 
 
 @dataclass
@@ -62,14 +61,10 @@ class ConceptsSettings(StageSettings):
     caption_generation: Dict[str, Any] = field(default_factory=lambda: {"max_new_tokens": 40, "do_sample": False, "num_beams": 1})
 
 
-def vlm_key(vlm: str) -> str:
-    """Short stable key of a variant name, the prefix of its rows' ids (groups a VLM's rows together)."""
-    return hashlib.sha1(vlm.encode()).hexdigest()[:8]
-
-
 IMPORT_BATCH_ROWS = 65536   # JSON Lines records read from an import file at once
-IMPORT_SCHEMA = pa.schema([(n, pa.string()) for n in ("id", "image_id", "vlm", "import_json", "import_caption")] + [("n", pa.int64())])
-IMPORT_NEEDS = "needs a 'concepts' field and 'image_id' or 'relpath'"
+IMPORT_SCHEMA = pa.schema([(n, pa.string()) for n in ("id", "image_id", "variant", "import_json", "import_caption")] + [("n", pa.int64())])
+IMPORT_NEEDS = "needs a 'concepts' field and 'image_id' or 'uri'"
+IMPORT_PATH_FIELDS = ("uri", "relpath")   # an image's path inside its source; `relpath` (releases before schema 2) an alias of `uri`
 
 
 def read_import(path: str, batch_rows: int | None = None) -> Iterator[list[dict]]:
@@ -97,10 +92,11 @@ def _jsonl_rows(imp) -> Iterator[pa.Table]:
         rows = []
         for r in records:
             fields.update(r)
-            if not (r.get("image_id") or r.get("relpath")):
-                raise ValueError(f"concepts import {imp.path}, row {seen + len(rows) + 1}: needs 'image_id' or 'relpath'")
-            image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, r["relpath"])
-            rows.append({"id": f"{vlm_key(imp.name)}-{image_id}", "image_id": image_id, "vlm": imp.name,
+            uri = next((r[k] for k in IMPORT_PATH_FIELDS if r.get(k)), None)
+            if not (r.get("image_id") or uri):
+                raise ValueError(f"concepts import {imp.path}, row {seen + len(rows) + 1}: needs 'image_id' or 'uri'")
+            image_id = r.get("image_id") or stable_id(r.get("source") or imp.image_source, uri)
+            rows.append({"id": variant_id(imp.name, image_id), "image_id": image_id, "variant": imp.name,
                          "import_json": json.dumps(r.get("concepts")), "import_caption": r.get("caption"),
                          "n": seen + len(rows)})
         seen += len(rows)
@@ -111,25 +107,27 @@ def _jsonl_rows(imp) -> Iterator[pa.Table]:
 
 def _parquet_rows(imp, base: int) -> str:
     """The variants a Parquet import names, as SQL over the file: no row passes through Python.
-    An image named by path gets `stable_id`'s id: the first 16 hex digits of sha1(source NUL relpath)."""
+    An image named by path (`uri`, or its alias `relpath`) gets `stable_id`'s id: the first 16 hex digits of
+    sha1(source NUL uri)."""
     import pyarrow.parquet as pq
 
     names = set(pq.read_schema(imp.path).names)
-    if "concepts" not in names or not ({"image_id", "relpath"} & names):
+    if "concepts" not in names or not ({"image_id", *IMPORT_PATH_FIELDS} & names):
         raise ValueError(f"concepts import {imp.path}: {IMPORT_NEEDS}; has {sorted(names)}")
     col = lambda c: f"NULLIF(CAST(\"{c}\" AS VARCHAR), '')" if c in names else "NULL::VARCHAR"
     source = f"COALESCE({col('source')}, {_literal(imp.image_source)})"
-    image_id = f"COALESCE({col('image_id')}, substr(sha1({source} || chr(0) || {col('relpath')}), 1, 16))"
+    uri = f"COALESCE({', '.join(col(k) for k in IMPORT_PATH_FIELDS)})"
+    image_id = f"COALESCE({col('image_id')}, {stable_id_sql(source, uri)})"
     rows = f"SELECT {image_id} AS image_id, to_json(concepts)::VARCHAR AS import_json, {col('caption')} AS import_caption, " \
            f"file_row_number AS n FROM read_parquet({_literal(imp.path)}, file_row_number = true)"
-    return f"SELECT {_literal(vlm_key(imp.name))} || '-' || image_id, image_id, {_literal(imp.name)}, import_json, import_caption, " \
+    return f"SELECT {variant_id_from_key_sql(_literal(variant_key(imp.name)), 'image_id')}, image_id, {_literal(imp.name)}, import_json, import_caption, " \
            f"{base} + n FROM ({rows})"
 
 
 def _load_imports(con, imports) -> None:
     """Table `imports` in DuckDB (it spills under `run.plan_memory`): Parquet files inserted by DuckDB
     itself, JSON Lines a batch at a time."""
-    con.execute("CREATE TEMP TABLE imports (id VARCHAR, image_id VARCHAR, vlm VARCHAR, import_json VARCHAR, import_caption VARCHAR, "
+    con.execute("CREATE TEMP TABLE imports (id VARCHAR, image_id VARCHAR, variant VARCHAR, import_json VARCHAR, import_caption VARCHAR, "
                 "n BIGINT)")   # n: the record's place in the imports (file, then row), which decides between duplicates
     for f, imp in enumerate(imports):
         base = f << 40
@@ -139,7 +137,7 @@ def _load_imports(con, imports) -> None:
             con.execute(f"INSERT INTO imports {_parquet_rows(imp, base)}")   # one pass over the file; then the check
             missing = con.execute("SELECT count(*) FROM imports WHERE image_id IS NULL").fetchall()[0][0]
             if missing:
-                raise ValueError(f"concepts import {imp.path}: {missing} rows have neither 'image_id' nor 'relpath'")
+                raise ValueError(f"concepts import {imp.path}: {missing} rows have neither 'image_id' nor 'uri'")
             continue
         for batch in _jsonl_rows(imp):
             con.register("import_batch", batch)
@@ -167,10 +165,10 @@ class ConceptsStage(Stage):
     outputs = ("concepts", "captions")
     models = ("vlms",)
     upstream = ("images",)
-    pass_column = "vlm"   # each VLM (or import) is its own pass, with its own actor pool
+    pass_column = "variant"   # each VLM (or import) is its own pass, with its own actor pool
     expected_errors = frozenset({"parse_error", "unknown_image"})
     # the image's bytes (by hash) and the import's content; not where the image is stored
-    content_columns = ("id", "image_id", "vlm", "origin", "sha256", "import_json", "import_caption", "list_error")
+    content_columns = ("id", "image_id", "variant", "origin", "sha256", "import_json", "import_caption", "list_error")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -211,13 +209,13 @@ class ConceptsStage(Stage):
         conf = cls.settings(cfg)
         check_template(conf.text_template)
         con = store.connect("images")
-        selects = [f"""SELECT {_literal(vlm_key(vlm))} || '-' || id AS id, id AS image_id, {_literal(vlm)} AS vlm,
+        selects = [f"""SELECT {variant_id_from_key_sql(_literal(variant_key(vlm)), 'id')} AS id, id AS image_id, {_literal(vlm)} AS variant,
                               'generate' AS origin, source, uri, tar_offset, nbytes, sha256, NULL::VARCHAR AS import_json,
                               NULL::VARCHAR AS import_caption, NULL::VARCHAR AS list_error
                        FROM images WHERE status = 'ok'""" for vlm in (cfg.models.vlms if conf.generate else [])]
         if conf.imports:
             _load_imports(con, conf.imports)
-            selects.append("""SELECT m.id, m.image_id, m.vlm, 'import' AS origin, i.source, i.uri, NULL::BIGINT AS tar_offset,
+            selects.append("""SELECT m.id, m.image_id, m.variant, 'import' AS origin, i.source, i.uri, NULL::BIGINT AS tar_offset,
                                      NULL::BIGINT AS nbytes, NULL::VARCHAR AS sha256, m.import_json, m.import_caption,
                                      CASE WHEN i.id IS NULL THEN 'unknown_image: ' || m.image_id
                                           || ' is not a decodable image of this run' END AS list_error
@@ -230,7 +228,7 @@ class ConceptsStage(Stage):
         return con.sql(" UNION ALL ".join(selects))
 
     def _base(self, row: dict, prompt: str) -> dict:
-        return {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "origin": row["origin"], "prompt": prompt}
+        return {"id": row["id"], "image_id": row["image_id"], "variant": row["variant"], "origin": row["origin"], "prompt": prompt}
 
     def _concepts_row(self, row: dict, prompt: str, raw: str | None, parsed=None, error: str | None = None) -> dict:
         out = {**self._base(row, prompt), "raw": raw}
@@ -291,7 +289,7 @@ class ConceptsStage(Stage):
                 images.append(image)
                 good.append(row)
         if good:   # a model failure is not the rows' fault: it raises, and the executor retries the partition
-            vlm = self.vlms[good[0]["vlm"]]
+            vlm = self.vlms[good[0]["variant"]]
             asks = [(self.caption_prompt, self.caption_generation), (self.concepts_prompt, self.generation)]
             if hasattr(vlm, "generate_prompts"):   # one image prefill for both prompts
                 captions, replies = vlm.generate_prompts(images, asks)
@@ -305,15 +303,15 @@ class ConceptsStage(Stage):
     def process_batch(self, batch: pa.Table, decoded: dict | None = None) -> dict[str, pa.Table]:
         decoded = decoded if decoded is not None else self.decode_batch(batch)
         results = []
-        by_vlm = defaultdict(list)
+        by_variant = defaultdict(list)
         for row in batch.to_pylist():
             if row["list_error"]:
                 results.append((self._concepts_row(row, "", None, error=row["list_error"]), self._caption_row(row, None, row["list_error"])))
             elif row["origin"] == "import":
                 results.append(self._imported(row))
             else:
-                by_vlm[row["vlm"]].append(row)
-        for rows in by_vlm.values():
+                by_variant[row["variant"]].append(row)
+        for rows in by_variant.values():
             results.extend(self._generated(rows, decoded))
         return {"concepts": rows_to_table("concepts", [c for c, _ in results]),
                 "captions": rows_to_table("captions", [c for _, c in results])}

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
+from sonify.engine.ids import concept_id_sql
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.settings import AT_LEAST_1, DTYPES, FRONTENDS, StageSettings, choice, ranged, runtime
 from sonify.engine.store import rows_to_table
@@ -145,8 +146,8 @@ class EmbedTextStage(_EmbedStage):
 
     @classmethod
     def work_list(cls, cfg, store):
-        return store.connect("concepts", kept="kept_images").sql("""
-            SELECT c.id || '-' || (u.i - 1)::VARCHAR AS id, c.id AS concept_id, c.image_id, c.vlm,
+        return store.connect("concepts", kept="kept_images").sql(f"""
+            SELECT {concept_id_sql("c.id", "u.i - 1")} AS id, c.id AS concept_id, c.image_id, c.variant,
                    (u.i - 1)::TINYINT AS concept_index, c.concepts[u.i].text AS text
             FROM concepts c JOIN kept k ON k.id = c.image_id AND k.kept,
                  LATERAL (SELECT unnest(range(1, len(c.concepts) + 1)) AS i) u
@@ -155,7 +156,7 @@ class EmbedTextStage(_EmbedStage):
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
         rows = batch.to_pylist()
-        base = lambda r: {k: r[k] for k in ("id", "concept_id", "image_id", "vlm", "concept_index", "text")} | {"model": self.clap.name}
+        base = lambda r: {k: r[k] for k in ("id", "concept_id", "image_id", "variant", "concept_index", "text")} | {"model": self.clap.name}
         out = []
         bs = self.conf.text_batch_size
         for s in range(0, len(rows), bs):

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
+from sonify.engine.ids import parse_variant_id
 from sonify.engine.settings import AT_LEAST_1, DTYPES, FRONTENDS, NONE_OR_AT_LEAST_1, StageSettings, choice, ranged, runtime
 from sonify.media.audio import resample
 from sonify.models.encoders import ASTEncoder, kaldi_frames
@@ -35,7 +36,7 @@ class FeaturesStage(EncoderStage):
     upstream = ("mix",)
     uses = ("stages.audio.chunk_seconds", "stages.mix.sample_rate")
     files_dir = "features/ast"
-    content_columns = ("id", "image_id", "vlm", "flac_sha256")   # the mixture's bytes, not where it lies
+    content_columns = ("id", "image_id", "variant", "flac_sha256")   # the mixture's bytes, not where it lies
     models = ("ast",)
 
     def __init__(self, cfg):
@@ -47,10 +48,10 @@ class FeaturesStage(EncoderStage):
 
     @classmethod
     def work_list(cls, cfg, store):
-        return store.connect("mixes").sql("SELECT id, image_id, vlm, path, flac_sha256 FROM mixes WHERE status = 'ok'")
+        return store.connect("mixes").sql("SELECT id, image_id, variant, path, flac_sha256 FROM mixes WHERE status = 'ok'")
 
     def base(self, r: dict) -> dict:
-        return {"id": r["id"], "image_id": r["image_id"], "vlm": r["vlm"], "model": self.cfg.models.ast,
+        return {"id": r["id"], "image_id": r["image_id"], "variant": r["variant"], "model": self.cfg.models.ast,
                 "pooling": self.conf.pooling, "input_frames": self.input_frames}
 
     def decode(self, r: dict) -> np.ndarray:
@@ -61,5 +62,5 @@ class FeaturesStage(EncoderStage):
         return self.ast.encode(clips)
 
     def result(self, r: dict, f: np.ndarray) -> tuple[str, dict]:
-        vlm_key = r["id"].split("-", 1)[0]
-        return f"{vlm_key}/{r['image_id']}.npy", {"frames": f.shape[0], "dim": f.shape[1]}
+        key, image_id = parse_variant_id(r["id"])
+        return f"{key}/{image_id}.npy", {"frames": f.shape[0], "dim": f.shape[1]}

@@ -62,27 +62,27 @@ class FilterStage(Stage):
         set), ordered by VLM (then caption id): every aggregate here is ordered, so the work list's content
         is the same in every plan, whatever DuckDB's thread count or the order of the tables' files."""
         only = cls.settings(cfg).caption_vlms
-        which = f"AND vlm IN ({', '.join(_literal(v) for v in only)})" if only else ""
+        which = f"AND variant IN ({', '.join(_literal(v) for v in only)})" if only else ""
         return store.connect("images", "concepts", "captions").sql(f"""
-            SELECT i.id, v.vlms, c.captions
+            SELECT i.id, v.variants, c.captions
             FROM images i
-            LEFT JOIN (SELECT image_id, list(DISTINCT vlm ORDER BY vlm) AS vlms FROM concepts
+            LEFT JOIN (SELECT image_id, list(DISTINCT variant ORDER BY variant) AS variants FROM concepts
                        WHERE status = 'ok' AND n_concepts > 0 GROUP BY image_id) v ON v.image_id = i.id
-            LEFT JOIN (SELECT image_id, list(caption ORDER BY vlm, id) AS captions FROM captions
+            LEFT JOIN (SELECT image_id, list(caption ORDER BY variant, id) AS captions FROM captions
                        WHERE status = 'ok' AND caption IS NOT NULL {which} GROUP BY image_id) c ON c.image_id = i.id
             WHERE i.status = 'ok'""")
 
-    def decide(self, vlms: list[str] | None, captions: list[str] | None) -> dict:
-        vlms = sorted(set(vlms or []))
+    def decide(self, variants: list[str] | None, captions: list[str] | None) -> dict:
+        variants = sorted(set(variants or []))
         hits = [c for c in captions or [] if self.pattern.search(c)]
         reason = None
         if self.conf.drop_on_keyword and hits:
             reason = f"keyword:{self.pattern.search(hits[0]).group(1).lower()}"
-        elif self.conf.drop_without_concepts and not vlms:
+        elif self.conf.drop_without_concepts and not variants:
             reason = "no_concepts"
-        return {"kept": reason is None, "reason": reason, "vlms": vlms, "n_variants": len(vlms), "caption_hits": hits}
+        return {"kept": reason is None, "reason": reason, "variants": variants, "n_variants": len(variants), "caption_hits": hits}
 
     def process_batch(self, batch: pa.Table) -> dict[str, pa.Table]:
-        rows = [{"id": r["id"], **self.decide(r["vlms"], r["captions"]), "status": STATUS_OK, "error": None}
+        rows = [{"id": r["id"], **self.decide(r["variants"], r["captions"]), "status": STATUS_OK, "error": None}
                 for r in batch.to_pylist()]
         return {"kept_images": rows_to_table("kept_images", rows)}

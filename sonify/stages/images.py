@@ -34,7 +34,7 @@ class ImagesStage(ListingStage):
     lister = staticmethod(list_images)
 
     def _one(self, row: dict) -> dict:
-        out = {k: row[k] for k in ("id", "source", "uri", "relpath", "tar_offset", "nbytes")}
+        out = {k: row[k] for k in ("id", "source", "uri", "tar_offset", "nbytes")}
         if row["list_error"]:
             return {**out, "status": STATUS_ERROR, "error": row["list_error"]}
         try:

@@ -2,7 +2,7 @@
 
 Each chunk is decoded from its source at the output rate (16 kHz by default), measured with the
 BS.1770-4 meter (`sonify.media.loudness`), scaled to a target drawn uniformly from
-[lufs_min, lufs_max] by a generator keyed by (seed, image, vlm, concept index), and summed.
+[lufs_min, lufs_max] by a generator keyed by (seed, image, variant, concept index), and summed.
 Silent components (loudness -inf: below the absolute gate) are left out with a reason; a variant
 with none left is an error row. A sum whose sample peak is above the ceiling is scaled down and
 the gain recorded. A chunk matched by two concepts of one variant (Algorithm 1 allows it) is summed
@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
+from sonify.engine.ids import parse_variant_id, parent_of_indexed_sql
 from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
 from sonify.engine.settings import AT_LEAST_1, StageSettings, ranged
@@ -49,7 +50,7 @@ class MixSettings(StageSettings):
     release_jsonl: bool = False        # also write release/release.jsonl beside release.parquet
 
 
-WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("vlm", pa.string()),
+WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("variant", pa.string()),
                          ("components", pa.list_(WORK_COMPONENT))])
 
 
@@ -59,6 +60,7 @@ class MixStage(Stage):
     version = 4                         # 2: mixes.repeated_chunks, files in partition folders; 3: uris relative to source roots;
                                         # 4: a row sonify.mix would refuse is an unrebuildable error row;
                                         # components carry their chunk's pcm_sha256 (a changed source remixes)
+                                        # (mixes schema 6 renamed columns: variant, components' source; no relpath)
     outputs = ("mixes",)
     upstream = ("retrieve", "audio")
     uses = ("run.seed", "stages.audio.chunk_seconds")
@@ -78,14 +80,14 @@ class MixStage(Stage):
     def work_list(cls, cfg, store):
         """Matched chunks grouped by (image, variant). (Temp files that a killed mixture write left under
         mixes/ are removed by the executor before any partition runs, as for every stage's files.)"""
-        flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql("""
-            SELECT regexp_replace(m.id, '-[0-9]+$', '') AS id, m.image_id, m.vlm, m.concept_index, m.text, m.chunk_id,
-                   f.source AS dataset, f.relpath, c.uri, c.sample_rate AS source_rate, c.start_frame, c.num_frames,
+        flat = store.connect("matches", chunks="audio_chunks", files="audio_files").sql(f"""
+            SELECT {parent_of_indexed_sql("m.id")} AS id, m.image_id, m.variant, m.concept_index, m.text, m.chunk_id,
+                   f.source, c.uri, c.sample_rate AS source_rate, c.start_frame, c.num_frames,
                    c."offset", c.duration, m.cosine, c.pcm_sha256
             FROM matches m JOIN chunks c ON c.id = m.chunk_id JOIN files f ON f.id = c.file_id
             WHERE m.status = 'ok'
             ORDER BY 1, m.concept_index""")   # a sort spills to disk; a list aggregate of 2M groups would not
-        return nest_sorted(flat, "id", ["id", "image_id", "vlm"], WORK_COMPONENT, "components")
+        return nest_sorted(flat, "id", ["id", "image_id", "variant"], WORK_COMPONENT, "components")
 
     @classmethod
     def finalize(cls, cfg, store) -> None:
@@ -97,32 +99,32 @@ class MixStage(Stage):
         """Why `sonify.mix` would refuse this component, by its own rule (`resolve_source`) against the
         run's roots: besides an absolute or `..` path, a path that a linked folder takes outside its root,
         which the listing's string-only check cannot see."""
-        problem = relpath_problem(comp["relpath"])
-        root = self.paths.roots.get(comp["dataset"])
+        problem = relpath_problem(comp["uri"])
+        root = self.paths.roots.get(comp["source"])
         if problem or root is None or "://" in root:
             return problem
         try:
-            resolve_source(comp["dataset"], comp["relpath"], None, {comp["dataset"]: Path(root)})
+            resolve_source(comp["source"], comp["uri"], None, {comp["source"]: Path(root)})
         except SourceRefused:
-            return f"{comp['relpath']!r} resolves outside the audio root {root}"
+            return f"{comp['uri']!r} resolves outside the audio root {root}"
         return None
 
     def _mix(self, row: dict) -> dict:
         conf, seed = self.conf, self.cfg.run.seed
         counts = Counter(c["chunk_id"] for c in row["components"])
-        out = {"id": row["id"], "image_id": row["image_id"], "vlm": row["vlm"], "sample_rate": self.rate,
+        out = {"id": row["id"], "image_id": row["image_id"], "variant": row["variant"], "sample_rate": self.rate,
                "repeated_chunks": sorted(k for k, n in counts.items() if n > 1)}
         comps, signals, weighted, gains = [], [], [], []
         refused = next(((c, why) for c in row["components"] if (why := self._refused(c))), None)
         if refused:
             return {**out, "status": STATUS_ERROR, "error": error_text(
-                "unrebuildable", f"source {refused[0]['dataset']!r}: {refused[1]}; sonify.mix refuses it (list sources store "
+                "unrebuildable", f"source {refused[0]['source']!r}: {refused[1]}; sonify.mix refuses it (list sources store "
                                  f"paths relative to their root)")}
         for c in row["components"]:
-            comp = {**c, "target_lufs": target_lufs(conf.lufs_min, conf.lufs_max, seed, row["image_id"], row["vlm"], c["concept_index"]),
+            comp = {**c, "target_lufs": target_lufs(conf.lufs_min, conf.lufs_max, seed, row["image_id"], row["variant"], c["concept_index"]),
                     "measured_lufs": None, "gain_db": None, "included": False, "reason": None}
             try:
-                x = load_chunk(self.paths.resolve(c["dataset"], c["uri"]), c["start_frame"], c["num_frames"], self.rate, self.chunk_seconds)
+                x = load_chunk(self.paths.resolve(c["source"], c["uri"]), c["start_frame"], c["num_frames"], self.rate, self.chunk_seconds)
             except Exception as e:
                 comp["reason"] = error_text("decode_error", f"{type(e).__name__}: {e}")
                 comps.append(comp)
@@ -143,8 +145,8 @@ class MixStage(Stage):
             return {**out, "status": STATUS_ERROR,
                     "error": error_text("no_audible_component", f"{len(comps)} components, none summed ({', '.join(reasons)})")}
         final, mix_gain = render(signals, gains, ceiling_dbfs=conf.peak_ceiling_dbfs)
-        vlm_key, image_id = row["id"].split("-", 1)
-        path, target = self.owned_path(f"{vlm_key}/{image_id}.flac")
+        key, image_id = parse_variant_id(row["id"])
+        path, target = self.owned_path(f"{key}/{image_id}.flac")
         flac_sha, pcm_sha = write_flac(target, final, self.rate)
         # the mixture's K-weighted signal from its components' (the filter is linear): no second filtering
         lufs = self.meter.integrated_weighted(render(weighted, gains, mix_gain)[0])

@@ -3,7 +3,7 @@
 Workers map the pool (the audio embedding matrix, float32) read-only from its file, so the workers of
 one node share one copy in the page cache (on GPU each worker copies it to its device), and
 run queries in blocks (matmul + top-k); see `sonify.retrieval.algorithm`. The choice is keyed by
-(run.seed, image, vlm, concept index), so matches do not depend on block size, workers or order.
+(run.seed, image, variant, concept index), so matches do not depend on block size, workers or order.
 
 Partitions hold whole image variants (`keep_together`: the planner never cuts between rows of one
 `concept_id`), and `process_batch` gets a whole partition at once. So every concept of a variant is
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from sonify.engine.errors import error_text
+from sonify.engine.ids import ablation_id
 from sonify.engine.keys import keyed_rng
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.engine.settings import AT_LEAST_1, NON_NEGATIVE, POSITIVE, StageSettings, choice, ranged, runtime
@@ -55,7 +56,7 @@ class RetrieveStage(Stage):
     upstream = ("embed_audio", "embed_text")
     uses = ("run.seed",)
     # what a match depends on; `row` (its place in the concept matrix) moves when concepts are added
-    content_columns = ("id", "concept_id", "image_id", "vlm", "concept_index", "text")
+    content_columns = ("id", "concept_id", "image_id", "variant", "concept_index", "text")
     keep_together = "concept_id"        # every concept of an image variant in one partition (distinct draws)
     whole_partition = True
 
@@ -74,7 +75,7 @@ class RetrieveStage(Stage):
         con = store.connect(emb="concept_embeddings")
         rows = (f"read_parquet('{ids_path}')" if ids_path.exists() else
                 "(SELECT NULL::VARCHAR AS id, NULL::BIGINT AS row WHERE false)")
-        return con.sql(f"""SELECT e.id, e.concept_id, e.image_id, e.vlm, e.concept_index, e.text, r.row
+        return con.sql(f"""SELECT e.id, e.concept_id, e.image_id, e.variant, e.concept_index, e.text, r.row
                            FROM emb e LEFT JOIN {rows} r USING (id) WHERE e.status = 'ok'""")
 
     @classmethod
@@ -89,7 +90,7 @@ class RetrieveStage(Stage):
         rows = batch.to_pylist()
         seed, primary = self.cfg.run.seed, self.conf.mode
         modes = [primary] + [m for m in self.conf.ablation_modes if m != primary]
-        base = lambda r, mode: ({k: r[k] for k in ("id", "image_id", "vlm", "concept_index", "text")}
+        base = lambda r, mode: ({k: r[k] for k in ("id", "image_id", "variant", "concept_index", "text")}
                                 | {"mode": mode, "k": self.retriever.k})
         out, ablations, todo = {}, [], []
         for r in rows:
@@ -107,7 +108,7 @@ class RetrieveStage(Stage):
             taken: dict[tuple[str, str], set[int]] = {}
             for r, (vals, idx, ties) in zip(todo, self.retriever.topk(q, need_ties)):
                 for mode in modes:  # one top-k, every rule: a fresh keyed generator each, as in a run of that mode alone
-                    rng = keyed_rng(seed, r["image_id"], r["vlm"], r["concept_index"])
+                    rng = keyed_rng(seed, r["image_id"], r["variant"], r["concept_index"])
                     if distinct:
                         used = taken.setdefault((r["concept_id"], mode), set())
                         m = choose_distinct(vals, idx, mode, rng, used, self.conf.temperature, ties)
@@ -120,6 +121,6 @@ class RetrieveStage(Stage):
                     if mode == primary:
                         out[r["id"]] = row
                     else:
-                        ablations.append({**row, "id": f"{r['id']}:{mode}"})
+                        ablations.append({**row, "id": ablation_id(r["id"], mode)})
         return {"matches": rows_to_table("matches", [out[r["id"]] for r in rows]),
                 "match_ablations": rows_to_table("match_ablations", ablations)}

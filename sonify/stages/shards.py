@@ -2,8 +2,9 @@
 
 Samples: `<key>.latent.npy` (the VAE's [mean, std], (2, C, h, w) float16), `<key>.ast.npy` (T x D
 float16), `<key>.json` (image id, variant, concepts, components, loudness figures) and optionally
-`<key>.jpg` (the centre crop) and `<key>.flac` (the mixture). Keys are '<image id>_<vlm key>':
-no dots or slashes. The split is by a hash of the image id (every variant of an image on one
+`<key>.jpg` (the centre crop) and `<key>.flac` (the mixture). Keys are '<image id>_<variant key>'
+(`sonify.engine.ids.sample_key`): no dots or slashes. The json's components hold
+`SHARD_COMPONENT_FIELDS` of the mixes table's component type, under the same names. The split is by a hash of the image id (every variant of an image on one
 side); samples are shuffled across shards by a hash of (seed, key). Each shard is one partition:
 written to a temp file and renamed, with a JSON summary beside it. A worker gets its shard's rows
 from the engine's plan file and reads one sample's members at a time, so memory is bounded by one
@@ -21,8 +22,9 @@ import pyarrow as pa
 
 from sonify.engine.errors import error_text
 from sonify.engine.files import atomic_path, atomic_write
+from sonify.engine.ids import sample_key_sql, variant_key_of_sql
 from sonify.engine.keys import unit_hash_sql
-from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
+from sonify.engine.schemas import SHARD_COMPONENT_FIELDS, STATUS_ERROR, STATUS_OK, component_sql
 from sonify.engine.settings import AT_LEAST_1, FRACTION, StageSettings, ranged
 from sonify.engine.store import rows_to_table
 from sonify.media.tar import TarStream
@@ -56,6 +58,7 @@ def _assign_sql(conf: ShardsSettings, seed: int) -> str:
 class ShardsStage(Stage):
     name = "shards"
     Settings = ShardsSettings
+    version = 2                         # 2: the json speaks the tables' words (image_uri, components' text, source, uri, cosine)
     outputs = ("shard_index",)
     upstream = ("mix", "features", "latents", "filter", "concepts", "images")
     uses = ("run.seed", "stages.latents.resolution", "stages.latents.max_pixels")
@@ -76,21 +79,19 @@ class ShardsStage(Stage):
         # six joins into a JSON per sample: two threads join them within run.plan_memory (1GB at 1M images,
         # bench plan), the join with the assignment streams on one, as the plan file's sort does
         con.execute("SET threads = 2")
-        con.execute("""
+        con.execute(f"""
             CREATE TEMP TABLE samples AS
-            SELECT m.image_id || '_' || split_part(m.id, '-', 1) AS id, m.image_id, m.vlm, m.id AS mix_id,
+            SELECT {sample_key_sql("m.image_id", variant_key_of_sql("m.id"))} AS id, m.image_id, m.variant, m.id AS mix_id,
                    f.path AS ast_path, l.path AS latent_path, m.path AS mix_path,
                    f.sha256 AS ast_sha256, l.sha256 AS latent_sha256, m.flac_sha256, i.sha256 AS image_sha256,
                    i.source, i.uri, i.tar_offset, i.nbytes,
                    to_json(struct_pack(
-                       image_id := m.image_id, image_source := i.source, image_relpath := i.relpath, variant := m.vlm,
+                       image_id := m.image_id, image_source := i.source, image_uri := i.uri, variant := m.variant,
                        concepts := c.concepts, lufs := m.lufs, peak_dbfs := m.peak_dbfs, mix_gain_db := m.mix_gain_db,
                        duration := m.duration, ast_frames := f.frames, ast_dim := f.dim,
                        latent_shape := [l.channels, l.height, l.width], scaling_factor := l.scaling_factor,
-                       components := list_transform(list_filter(m.components, lambda x: x.included), lambda x: struct_pack(
-                           concept := x.text, chunk_id := x.chunk_id, dataset := x.dataset, relpath := x.relpath,
-                           "offset" := x."offset", duration := x.duration, similarity := x.cosine,
-                           target_lufs := x.target_lufs, measured_lufs := x.measured_lufs, gain_db := x.gain_db))
+                       components := list_transform(list_filter(m.components, lambda x: x.included),
+                                                 lambda x: {component_sql(SHARD_COMPONENT_FIELDS, "x")})
                    ))::VARCHAR AS meta
             FROM mixes m
             JOIN feats f ON f.id = m.id AND f.status = 'ok'
@@ -132,7 +133,7 @@ class ShardsStage(Stage):
             for r in batch.sort_by("position").to_pylist():   # one shard's rows: bounded by samples_per_shard
                 k = r["id"]
                 row = {"id": k, "split": r["split"], "shard": shard, "path": rel, "position": r["position"], "image_id": r["image_id"],
-                       "variant": r["vlm"], "mix_id": r["mix_id"]}
+                       "variant": r["variant"], "mix_id": r["mix_id"]}
                 try:  # gather every member first: a sample goes into the tar whole or not at all
                     members = [(f"{k}.latent.npy", (self.run_dir / r["latent_path"]).read_bytes()),
                                (f"{k}.ast.npy", (self.run_dir / r["ast_path"]).read_bytes()),

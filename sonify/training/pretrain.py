@@ -31,6 +31,7 @@ import numpy as np
 from sonify.engine.errors import ConfigError
 from sonify.engine.files import atomic_path, atomic_write
 from sonify.engine.keys import keyed_rng
+from sonify.engine.schemas import upgrade_component
 
 log = logging.getLogger("sonify.train")
 FOLDER = "projector_pretrain"
@@ -48,7 +49,7 @@ def sample_index(urls: list[str]) -> list[tuple[str, dict, str]]:
                 if "ast.npy" not in members or "json" not in members:
                     continue
                 meta = json.loads(read_members(f, {"json": members["json"]})["json"])
-                texts = [c["concept"] for c in meta.get("components") or [] if c.get("concept")]
+                texts = [text for c in meta.get("components") or [] if (text := upgrade_component(c).get("text"))]
                 if texts:
                     out.append((url, members["ast.npy"], ", ".join(texts)))
     if not out:

@@ -222,16 +222,16 @@ class AppRun:
         return unit.astype(np.float16).astype(np.float32)
 
     def chunk_rows(self, rows: list[int]) -> list[dict]:
-        """Metadata of pool rows (in the order given): chunk id, source, path, frames."""
+        """Metadata of pool rows (in the order given): chunk id, source, uri, frames."""
         ids = [self.chunk_ids[int(r)].as_py() for r in rows]
         return self.chunk_info(ids)
 
     def metadata_connection(self):
-        """One DuckDB connection over audio_chunks and audio_files for the app's life (opening one costs more
+        """One DuckDB connection over audio_chunks for the app's life (opening one costs more
         than a page's query)."""
         with self._lock:
             if self._con is None:
-                self._con = self.store.connect("audio_chunks", files="audio_files")
+                self._con = self.store.connect("audio_chunks")
             return self._con
 
     def chunk_info(self, ids: list[str]) -> list[dict]:
@@ -244,15 +244,15 @@ class AppRun:
         with self._lock:
             con.register("want", want)
             found = {r[0]: r for r in con.sql("""
-                SELECT c.id, c.source, c.uri, f.relpath, c.start_frame, c.num_frames, c."offset", c.duration
-                FROM want w JOIN audio_chunks c ON c.id = w.id JOIN files f ON f.id = c.file_id""").fetchall()}
+                SELECT c.id, c.source, c.uri, c.start_frame, c.num_frames, c."offset", c.duration
+                FROM want w JOIN audio_chunks c ON c.id = w.id""").fetchall()}
             con.unregister("want")
         out = []
         for i in ids:
             if i not in found:
                 raise AppError(f"chunk {i!r} is not in this run's audio_chunks")
-            _, source, uri, relpath, start, n, offset, duration = found[i]
-            out.append({"chunk_id": i, "source": source, "uri": uri, "path": relpath, "start_frame": int(start),
+            _, source, uri, start, n, offset, duration = found[i]
+            out.append({"chunk_id": i, "source": source, "uri": uri, "start_frame": int(start),
                         "num_frames": int(n), "offset": float(offset), "duration": float(duration)})
         return out
 
@@ -264,7 +264,7 @@ class AppRun:
             return load_chunk(self.paths.resolve(info["source"], info["uri"]), info["start_frame"], info["num_frames"],
                               rate, self.chunk_seconds)
         except Exception as e:
-            raise AppError(f"chunk {info['chunk_id']} cannot be decoded from {info['path']}: {type(e).__name__}: {e}") from None
+            raise AppError(f"chunk {info['chunk_id']} cannot be decoded from {info['uri']}: {type(e).__name__}: {e}") from None
 
     def chunk_wav(self, info: dict, rate: int = 16000) -> str:
         return self.temp.wav(self.chunk_audio(info, rate), rate, "chunk")

@@ -19,7 +19,7 @@ class SearchPage:
     query: str
     page: int          # 0-based
     pages: int
-    rows: list[dict]   # rank, chunk_id, source, path, cosine, audio
+    rows: list[dict]   # rank, chunk_id, source, uri, cosine, audio
 
 
 def top_rows(scores: np.ndarray, start: int, stop: int) -> np.ndarray:

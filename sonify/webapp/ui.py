@@ -56,12 +56,12 @@ def _num(v, digits: int = 4) -> str:
 
 
 def sonify_html(result: sonify_tab.SonifyResult) -> str:
-    head = ("<tr><th>concept</th><th>chunk</th><th>source / path</th><th>cosine</th><th>score</th><th>threshold</th>"
+    head = ("<tr><th>concept</th><th>chunk</th><th>source / uri</th><th>cosine</th><th>score</th><th>threshold</th>"
             "<th>eligible</th><th>target LUFS</th><th>player</th></tr>")
     body = "".join(
         f"<tr class='match' data-chunk='{html.escape(r['chunk_id'])}' data-row='{r['row']}' data-eligible='{r['n_eligible']}'>"
         f"<td>{html.escape(r['text'])}</td><td><code>{html.escape(r['chunk_id'])}</code></td>"
-        f"<td>{html.escape(r['source'])}/{html.escape(r['path'])} @ {r['offset']:.1f} s</td>"
+        f"<td>{html.escape(r['source'])}/{html.escape(r['uri'])} @ {r['offset']:.1f} s</td>"
         f"<td>{_num(r['cosine'])}</td><td>{_num(r['score'])}</td><td>{_num(r['threshold'])}</td>"
         f"<td>{r['n_eligible']}{' (' + html.escape(r['fallback']) + ')' if r['fallback'] else ''}</td>"
         f"<td>{_num(r['target_lufs'], 1)}</td>"
@@ -70,11 +70,11 @@ def sonify_html(result: sonify_tab.SonifyResult) -> str:
 
 
 def search_html(page: search_tab.SearchPage) -> str:
-    head = "<tr><th>#</th><th>chunk</th><th>source / path</th><th>cosine</th><th>player</th></tr>"
+    head = "<tr><th>#</th><th>chunk</th><th>source / uri</th><th>cosine</th><th>player</th></tr>"
     body = "".join(
         f"<tr class='hit' data-chunk='{html.escape(r['chunk_id'])}' data-row='{r['row']}'>"
         f"<td>{r['rank']}</td><td><code>{html.escape(r['chunk_id'])}</code></td>"
-        f"<td>{html.escape(r['source'])}/{html.escape(r['path'])} @ {r['offset']:.1f} s</td><td>{_num(r['cosine'])}</td>"
+        f"<td>{html.escape(r['source'])}/{html.escape(r['uri'])} @ {r['offset']:.1f} s</td><td>{_num(r['cosine'])}</td>"
         f"<td><audio controls preload='metadata' src='{file_url(r['audio'])}'></audio></td></tr>" for r in page.rows)
     return (f"<div id='search-page' data-page='{page.page}' data-pages='{page.pages}'>page {page.page + 1} of {page.pages}</div>"
             f"<table class='sonify-table' id='search-table'>{head}{body}</table>")
