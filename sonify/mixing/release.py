@@ -10,13 +10,15 @@ the mixture's peak-guard gain and the hashes of the result. No model is needed t
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sonify.engine.files import atomic_write
+from sonify.engine.files import atomic_write, temp_path
 
 RELEASE_VERSION = "1"
 RELEASE_ROW_GROUP = 8192     # rows per Parquet row group: a reader streams a row group at a time
@@ -42,36 +44,94 @@ def release_paths(run_dir: str | Path) -> tuple[Path, Path]:
     return d / "release.parquet", d / "release.jsonl"
 
 
-def build_release(cfg, store) -> pa.Table:
-    import duckdb
+# Where each release column comes from: `m` is a mixes row, `i` its images row, `c` one included component.
+# The release's own names and types are RELEASE_SCHEMA's; this maps them onto the run's tables.
+RELEASE_FROM = {
+    "mix_id": "m.id", "path": "regexp_replace(m.path, '^mixes/[^/]+/', '')", "image_id": "m.image_id",
+    "image_source": "i.source", "image_relpath": "i.relpath", "variant": "m.vlm", "sample_rate": "m.sample_rate",
+    "chunk_seconds": "{chunk_seconds}", "duration": "m.duration", "mix_gain_db": "m.mix_gain_db", "lufs": "m.lufs",
+    "peak_dbfs": "m.peak_dbfs", "pcm24_sha256": "m.pcm24_sha256", "flac_sha256": "m.flac_sha256",
+}
+COMPONENT_FROM = {
+    "dataset": "c.dataset", "relpath": "c.relpath", "source_rate": "c.source_rate", "start_frame": "c.start_frame",
+    "num_frames": "c.num_frames", "offset": 'c."offset"', "duration": "c.duration", "concept_index": "c.concept_index",
+    "concept_text": "c.text", "similarity": "c.cosine", "target_lufs": "c.target_lufs",
+    "measured_lufs": "c.measured_lufs", "gain_db": "c.gain_db",
+}
+RELEASE_IMAGE_COLUMNS = ["id", "source", "relpath"]   # what the release reads of `images`
 
-    con = duckdb.connect()
-    con.register("mixes", store.read("mixes"))
-    con.register("images", store.read("images", columns=["id", "source", "relpath"]))
-    table = con.sql(f"""
-        SELECT m.id AS mix_id, regexp_replace(m.path, '^mixes/[^/]+/', '') AS path, m.image_id, i.source AS image_source,
-               i.relpath AS image_relpath, m.vlm AS variant, m.sample_rate,
-               {float(cfg.stages.audio.chunk_seconds)}::DOUBLE AS chunk_seconds, m.duration, m.mix_gain_db, m.lufs,
-               m.peak_dbfs, m.pcm24_sha256, m.flac_sha256,
-               list_transform(list_filter(m.components, lambda c: c.included), lambda c: struct_pack(
-                   dataset := c.dataset, relpath := c.relpath, source_rate := c.source_rate,
-                   start_frame := c.start_frame, num_frames := c.num_frames, "offset" := c."offset",
-                   duration := c.duration, concept_index := c.concept_index, concept_text := c.text,
-                   similarity := c.cosine, target_lufs := c.target_lufs, measured_lufs := c.measured_lufs,
-                   gain_db := c.gain_db)) AS components
-        FROM mixes m JOIN images i ON i.id = m.image_id
-        WHERE m.status = 'ok'
-        ORDER BY m.id
-    """).to_arrow_table()
-    return table.cast(RELEASE_SCHEMA)
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+                 pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
+
+
+def duckdb_type(t: pa.DataType, float32: str = "FLOAT") -> str:
+    """The DuckDB type of an Arrow type (`float32="DOUBLE"` widens floats, as JSON writes Python floats)."""
+    if pa.types.is_list(t):
+        return duckdb_type(t.value_type, float32) + "[]"
+    if pa.types.is_struct(t):
+        return "STRUCT(" + ", ".join(f'"{f.name}" {duckdb_type(f.type, float32)}' for f in t) + ")"
+    return float32 if t == pa.float32() else _DUCKDB_TYPES[t]
+
+
+def release_sql(chunk_seconds: float) -> str:
+    """The release's rows as one DuckDB query over views `mixes` and `images`, in mix id order, typed as
+    RELEASE_SCHEMA (names and types from the schema, sources from RELEASE_FROM / COMPONENT_FROM)."""
+    fields = {"chunk_seconds": f"{float(chunk_seconds)!r}"}
+    component = "struct_pack(" + ", ".join(f'"{n}" := {e}' for n, e in COMPONENT_FROM.items()) + ")"
+    exprs = {n: e.format(**fields) for n, e in RELEASE_FROM.items()}
+    exprs["components"] = f"list_transform(list_filter(m.components, lambda c: c.included), lambda c: {component})"
+    columns = ",\n       ".join(f'CAST({exprs[f.name]} AS {duckdb_type(f.type)}) AS "{f.name}"' for f in RELEASE_SCHEMA)
+    return f"""SELECT {columns}
+FROM mixes m JOIN images i ON i.id = m.image_id
+WHERE m.status = 'ok'
+ORDER BY m.id"""
+
+
+@contextmanager
+def release_connection(cfg, store):
+    """A DuckDB connection over the run's `mixes` and `images` (views over their Parquet files), capped at
+    `run.plan_memory` and spilling to a temp folder inside the run's release folder (removed afterwards)."""
+    from sonify.engine.partitions import planner_connection
+
+    spill = temp_path(release_paths(cfg.run.dir)[0].parent / "spill")
+    con = planner_connection(str(cfg.run.plan_memory), spill)
+    try:
+        con.execute("SET preserve_insertion_order = true")   # COPY writes the rows in ORDER BY order
+        store.view(con, "mixes")
+        store.view(con, "images", columns=RELEASE_IMAGE_COLUMNS)
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def build_release(cfg, store) -> pa.Table:
+    """The release as an Arrow table (for tools and tests on small runs; `write_release` streams)."""
+    with release_connection(cfg, store) as con:
+        return con.sql(release_sql(cfg.stages.audio.chunk_seconds)).to_arrow_table().cast(RELEASE_SCHEMA)
 
 
 def write_release(cfg, store) -> Path:
+    """Write `release/release.parquet` (and `release.jsonl` with `stages.mix.release_jsonl`) by DuckDB `COPY`:
+    rows stream from the run's Parquet files to the file under `run.plan_memory`, never held in Python.
+    Each file appears atomically."""
     parquet_path, jsonl_path = release_paths(cfg.run.dir)
-    table = build_release(cfg, store)
-    atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=RELEASE_ROW_GROUP))
-    if cfg.stages.mix.release_jsonl:
-        atomic_write(jsonl_path, "".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    meta = ", ".join(f"'{k.decode()}': '{v.decode()}'" for k, v in RELEASE_SCHEMA.metadata.items())
+    with release_connection(cfg, store) as con:
+        atomic_write(parquet_path, lambda tmp: con.execute(
+            f"COPY ({release_sql(cfg.stages.audio.chunk_seconds)}) TO {_quoted(tmp)} "
+            f"(FORMAT PARQUET, COMPRESSION zstd, ROW_GROUP_SIZE {RELEASE_ROW_GROUP}, KV_METADATA {{{meta}}})"))
+        if cfg.stages.mix.release_jsonl:
+            # the human-readable copy, from the Parquet file just written; floats widened to doubles, so a
+            # float32 reads back as the same number the Parquet holds (as Python's json wrote it)
+            columns = ", ".join(f'CAST("{f.name}" AS {duckdb_type(f.type, float32="DOUBLE")}) AS "{f.name}"'
+                                for f in RELEASE_SCHEMA)
+            atomic_write(jsonl_path, lambda tmp: con.execute(
+                f"COPY (SELECT {columns} FROM read_parquet({_quoted(parquet_path)})) TO {_quoted(tmp)} (FORMAT JSON)"))
     return parquet_path
 
 
