@@ -63,6 +63,19 @@ class PlanReader:
         return table.slice(offset - int(self.starts[first]), rows)
 
 
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+                 pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
+
+
+def duckdb_type(t: pa.DataType, float32: str = "FLOAT") -> str:
+    """The DuckDB type of an Arrow type (`float32="DOUBLE"` widens floats, as JSON writes Python floats)."""
+    if pa.types.is_list(t):
+        return duckdb_type(t.value_type, float32) + "[]"
+    if pa.types.is_struct(t):
+        return "STRUCT(" + ", ".join(f'"{f.name}" {duckdb_type(f.type, float32)}' for f in t) + ")"
+    return float32 if t == pa.float32() else _DUCKDB_TYPES[t]
+
+
 def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike | None = None):
     """A DuckDB connection for planning: bounded memory, spilling to `spill_dir`."""
     import duckdb

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sonify.engine.files import atomic_write, temp_path
+from sonify.engine.partitions import duckdb_type
 
 RELEASE_VERSION = "1"
 RELEASE_ROW_GROUP = 8192     # rows per Parquet row group: a reader streams a row group at a time
@@ -59,19 +60,6 @@ COMPONENT_FROM = {
     "measured_lufs": "c.measured_lufs", "gain_db": "c.gain_db",
 }
 RELEASE_IMAGE_COLUMNS = ["id", "source", "relpath"]   # what the release reads of `images`
-
-_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
-                 pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
-
-
-def duckdb_type(t: pa.DataType, float32: str = "FLOAT") -> str:
-    """The DuckDB type of an Arrow type (`float32="DOUBLE"` widens floats, as JSON writes Python floats)."""
-    if pa.types.is_list(t):
-        return duckdb_type(t.value_type, float32) + "[]"
-    if pa.types.is_struct(t):
-        return "STRUCT(" + ", ".join(f'"{f.name}" {duckdb_type(f.type, float32)}' for f in t) + ")"
-    return float32 if t == pa.float32() else _DUCKDB_TYPES[t]
-
 
 def release_sql(chunk_seconds: float) -> str:
     """The release's rows as one DuckDB query over views `mixes` and `images`, in mix id order, typed as

@@ -44,31 +44,102 @@ def features(audio=None):
     })
 
 
-def examples(run_dir: str):
-    """The rows, one mixture at a time (media read as each row is made)."""
+# What each example takes from the run's tables (`m` mixes, `i` images, `cap` captions, `con` concepts,
+# `s` shard_index); the example's own names are `features()`'.
+MIX_COLUMNS = {"id": "m.id", "image_id": "m.image_id", "variant": "m.vlm", "path": "m.path",
+               "sample_rate": "m.sample_rate", "lufs": "m.lufs", "peak_dbfs": "m.peak_dbfs", "mix_gain_db": "m.mix_gain_db",
+               "components": "m.components", "image_source": "i.source", "image_uri": "i.uri", "image_relpath": "i.relpath",
+               "tar_offset": "i.tar_offset", "nbytes": "i.nbytes", "caption": "cap.caption", "concepts": "con.concepts",
+               "split": "s.split"}
+MATCH_FIELDS = ("score", "threshold", "n_eligible")   # per component, from its matches row
+OPTIONAL_TABLES = ("captions", "concepts", "matches", "shard_index")   # absent: empty (no caption, "unsplit", ...)
+BATCH_ROWS = 1024
+
+
+def _connect(run: Run, memory_limit: str, spill_dir: Path | None):
+    """DuckDB over the run's tables (an absent optional table is an empty view of its schema), capped at
+    `memory_limit` and spilling to `spill_dir`: the joins stream, no table is held in Python."""
+    from sonify.engine.partitions import duckdb_type, planner_connection
+    from sonify.engine.schemas import table_spec
+
+    con = planner_connection(memory_limit, spill_dir)
+    con.execute("SET preserve_insertion_order = true")
+    for name in ("mixes", "images") + OPTIONAL_TABLES:
+        if name in ("mixes", "images") or run.store.exists(name):
+            run.store.view(con, name)
+        else:
+            cols = ", ".join(f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in table_spec(name).schema)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT {cols} LIMIT 0')
+    return con
+
+
+def _rows(cursor, sql: str):
+    for batch in cursor.sql(sql).fetch_record_batch(BATCH_ROWS):
+        yield from batch.to_pylist()
+
+
+def _mix_rows(con):
+    """The ok mixtures in id order with their image, caption, concepts and split: one batch at a time."""
+    cols = ", ".join(f'{e} AS "{n}"' for n, e in MIX_COLUMNS.items())
+    return _rows(con.cursor(), f"""
+        SELECT {cols}
+        FROM mixes m JOIN images i ON i.id = m.image_id
+             LEFT JOIN captions cap ON cap.id = m.id
+             LEFT JOIN concepts con ON con.id = m.id
+             LEFT JOIN shard_index s ON s.mix_id = m.id
+        WHERE m.status = '{STATUS_OK}'
+        ORDER BY m.id""")
+
+
+def _component_matches(con):
+    """Each ok mixture's components in order (same mixture order as `_mix_rows`) with its ok matches row's
+    fields (the match id is '<mixture id>-<concept index>'; null when there is none)."""
+    fields = ", ".join(f"x.{f}" for f in MATCH_FIELDS)
+    return _rows(con.cursor(), f"""
+        SELECT u.mix_id, {fields}
+        FROM (SELECT m.id AS mix_id, unnest(m.components).concept_index AS concept_index,
+                     generate_subscripts(m.components, 1) AS k
+              FROM mixes m WHERE m.status = '{STATUS_OK}') u
+             LEFT JOIN matches x ON x.id = u.mix_id || '-' || u.concept_index AND x.status = '{STATUS_OK}'
+        ORDER BY u.mix_id, u.k""")
+
+
+def examples(run_dir: str, memory_limit: str = "1GB", spill_dir: str | None = None):
+    """The rows, one mixture at a time, from two sorted DuckDB streams merged here (media read as each row
+    is made): memory holds a batch of each, whatever the run's size."""
     run = Run(run_dir)
-    images = run.by_id("images")
     image_paths = run.paths("images")
-    concepts = {r["id"]: r for r in run.rows("concepts")}
-    captions = {r["id"]: r for r in run.rows("captions")}
-    matches = {r["id"]: r for r in run.rows("matches") if r["status"] == STATUS_OK}
-    split = {r["mix_id"]: r["split"] for r in run.rows("shard_index", ["mix_id", "split"])}
-    for m in run.ok_mixes():
-        img = images[m["image_id"]]
-        comps = []
-        for c in m["components"]:
-            match = matches.get(f"{m['id']}-{c['concept_index']}", {})
-            comps.append({**{k: c[k] for k in COMPONENT_FIELDS},
-                          **{k: match.get(k) for k in ("score", "threshold", "n_eligible")}})
-        yield {
-            "id": m["id"], "image_id": m["image_id"], "variant": m["vlm"], "split": split.get(m["id"], "unsplit"),
-            "image": {"bytes": read_image_bytes(image_paths.locate(img), img["tar_offset"], img["nbytes"]), "path": Path(img["relpath"]).name},
-            "audio": {"bytes": (run.dir / m["path"]).read_bytes(), "path": Path(m["path"]).name},
-            "sample_rate": m["sample_rate"], "caption": (captions.get(m["id"]) or {}).get("caption"),
-            "concepts": (concepts.get(m["id"]) or {}).get("concepts") or [], "components": comps,
-            "lufs": m["lufs"], "peak_dbfs": m["peak_dbfs"], "mix_gain_db": m["mix_gain_db"],
-            "image_source": img["source"], "image_relpath": img["relpath"],
-        }
+    con = _connect(run, memory_limit, Path(spill_dir) if spill_dir else None)
+    try:
+        matched = _component_matches(con)
+        for m in _mix_rows(con):
+            comps = []
+            for c in m["components"]:
+                match = next(matched, None)
+                if match is None or match["mix_id"] != m["id"]:   # both streams sort by mixture id: a bug if they part
+                    raise RuntimeError(f"hf export: components of {m['id']} out of step with their matches")
+                comps.append({**{k: c[k] for k in COMPONENT_FIELDS}, **{k: match[k] for k in MATCH_FIELDS}})
+            img = {"source": m["image_source"], "uri": m["image_uri"]}
+            yield {
+                "id": m["id"], "image_id": m["image_id"], "variant": m["variant"], "split": m["split"] or "unsplit",
+                "image": {"bytes": read_image_bytes(image_paths.locate(img), m["tar_offset"], m["nbytes"]),
+                          "path": Path(m["image_relpath"]).name},
+                "audio": {"bytes": (run.dir / m["path"]).read_bytes(), "path": Path(m["path"]).name},
+                "sample_rate": m["sample_rate"], "caption": m["caption"], "concepts": m["concepts"] or [],
+                "components": comps, "lufs": m["lufs"], "peak_dbfs": m["peak_dbfs"], "mix_gain_db": m["mix_gain_db"],
+                "image_source": m["image_source"], "image_relpath": m["image_relpath"],
+            }
+    finally:
+        con.close()
+
+
+def _plan_memory(run: Run) -> str:
+    """The run's `run.plan_memory` from the config it saved (the default where it saved none)."""
+    from omegaconf import OmegaConf
+
+    saved = run.dir / "config.yaml"
+    conf = OmegaConf.load(saved) if saved.is_file() else None
+    return str(OmegaConf.select(conf, "run.plan_memory", default=None) or run.store.memory_limit)
 
 
 def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000) -> int:
@@ -77,13 +148,14 @@ def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000
 
     import datasets
 
-    Run(run_dir)   # fails in one line before anything is written when run_dir holds no run
+    run = Run(run_dir)   # fails in one line before anything is written when run_dir holds no run
     raw_audio = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     with atomic_path(Path(out)) as tmp:
         (tmp / "parquet").mkdir(parents=True)
         # Audio.encode_example imports torchcodec even for bytes; the bytes are stored as they are and
         # the column is then cast to Audio (a schema change only), so writing needs no decoder
-        ds = datasets.Dataset.from_generator(examples, gen_kwargs={"run_dir": str(run_dir)}, features=features(raw_audio),
+        gen_kwargs = {"run_dir": str(run_dir), "memory_limit": _plan_memory(run), "spill_dir": str(tmp / ".spill")}
+        ds = datasets.Dataset.from_generator(examples, gen_kwargs=gen_kwargs, features=features(raw_audio),
                                              cache_dir=str(tmp / ".cache"))
         ds = ds.cast_column("audio", datasets.Audio())
         ds.save_to_disk(str(tmp))
@@ -92,7 +164,8 @@ def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000
                 str(tmp / "parquet" / f"data-{i // rows_per_parquet:05d}.parquet"))
         n = len(ds)
         del ds
-        shutil.rmtree(tmp / ".cache", ignore_errors=True)
+        for scratch in (".cache", ".spill"):
+            shutil.rmtree(tmp / scratch, ignore_errors=True)
     return n
 
 
