@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sonify.engine.files import atomic_write, temp_path
-from sonify.engine.partitions import duckdb_type
+from sonify.engine.partitions import copy_in_order, duckdb_type, ordered, planner_connection, sql_text
 
 RELEASE_VERSION = "1"
 RELEASE_ROW_GROUP = 8192     # rows per Parquet row group: a reader streams a row group at a time
@@ -60,10 +60,13 @@ COMPONENT_FROM = {
     "measured_lufs": "c.measured_lufs", "gain_db": "c.gain_db",
 }
 RELEASE_IMAGE_COLUMNS = ["id", "source", "relpath"]   # what the release reads of `images`
+RELEASE_KEYS = "SELECT id AS k FROM mixes WHERE status = 'ok'"   # the sort key's values (copy_in_order)
 
-def release_sql(chunk_seconds: float) -> str:
-    """The release's rows as one DuckDB query over views `mixes` and `images`, in mix id order, typed as
-    RELEASE_SCHEMA (names and types from the schema, sources from RELEASE_FROM / COMPONENT_FROM)."""
+
+def release_sql(chunk_seconds: float, condition: str = "true") -> str:
+    """The release's rows (those also meeting `condition`) as one DuckDB query over views `mixes` and
+    `images`, in mix id order, typed as RELEASE_SCHEMA (names and types from the schema, sources from
+    RELEASE_FROM / COMPONENT_FROM)."""
     fields = {"chunk_seconds": f"{float(chunk_seconds)!r}"}
     component = "struct_pack(" + ", ".join(f'"{n}" := {e}' for n, e in COMPONENT_FROM.items()) + ")"
     exprs = {n: e.format(**fields) for n, e in RELEASE_FROM.items()}
@@ -71,55 +74,51 @@ def release_sql(chunk_seconds: float) -> str:
     columns = ",\n       ".join(f'CAST({exprs[f.name]} AS {duckdb_type(f.type)}) AS "{f.name}"' for f in RELEASE_SCHEMA)
     return f"""SELECT {columns}
 FROM mixes m JOIN images i ON i.id = m.image_id
-WHERE m.status = 'ok'
+WHERE m.status = 'ok' AND ({condition})
 ORDER BY m.id"""
 
 
 @contextmanager
 def release_connection(cfg, store):
-    """A DuckDB connection over the run's `mixes` and `images` (views over their Parquet files), capped at
-    `run.plan_memory` and spilling to a temp folder inside the run's release folder (removed afterwards)."""
-    from sonify.engine.partitions import planner_connection
-
-    spill = temp_path(release_paths(cfg.run.dir)[0].parent / "spill")
-    con = planner_connection(str(cfg.run.plan_memory), spill)
+    """(connection, work folder): DuckDB over the run's `mixes` and `images` (views over their Parquet
+    files), capped at `run.plan_memory` and spilling to a temp work folder inside the run's release folder
+    (removed afterwards)."""
+    work = temp_path(release_paths(cfg.run.dir)[0].parent / "work")
+    con = planner_connection(str(cfg.run.plan_memory), work / "spill")
     try:
-        con.execute("SET preserve_insertion_order = true")   # COPY writes the rows in ORDER BY order
         store.view(con, "mixes")
         store.view(con, "images", columns=RELEASE_IMAGE_COLUMNS)
-        yield con
+        yield con, work
     finally:
         con.close()
-        shutil.rmtree(spill, ignore_errors=True)
-
-
-def _quoted(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def build_release(cfg, store) -> pa.Table:
     """The release as an Arrow table (for tools and tests on small runs; `write_release` streams)."""
-    with release_connection(cfg, store) as con:
+    with release_connection(cfg, store) as (con, _):
         return con.sql(release_sql(cfg.stages.audio.chunk_seconds)).to_arrow_table().cast(RELEASE_SCHEMA)
 
 
 def write_release(cfg, store) -> Path:
     """Write `release/release.parquet` (and `release.jsonl` with `stages.mix.release_jsonl`) by DuckDB `COPY`:
-    rows stream from the run's Parquet files to the file under `run.plan_memory`, never held in Python.
-    Each file appears atomically."""
+    rows stream from the run's Parquet files to the file under `run.plan_memory` (sorted in bounded id
+    ranges, `copy_in_order`), never held in Python. Each file appears atomically."""
     parquet_path, jsonl_path = release_paths(cfg.run.dir)
-    meta = ", ".join(f"'{k.decode()}': '{v.decode()}'" for k, v in RELEASE_SCHEMA.metadata.items())
-    with release_connection(cfg, store) as con:
-        atomic_write(parquet_path, lambda tmp: con.execute(
-            f"COPY ({release_sql(cfg.stages.audio.chunk_seconds)}) TO {_quoted(tmp)} "
-            f"(FORMAT PARQUET, COMPRESSION zstd, ROW_GROUP_SIZE {RELEASE_ROW_GROUP}, KV_METADATA {{{meta}}})"))
+    meta = ", ".join(f"{sql_text(k.decode())}: {sql_text(v.decode())}" for k, v in RELEASE_SCHEMA.metadata.items())
+    options = f"FORMAT PARQUET, COMPRESSION zstd, ROW_GROUP_SIZE {RELEASE_ROW_GROUP}, KV_METADATA {{{meta}}}"
+    with release_connection(cfg, store) as (con, work):
+        atomic_write(parquet_path, lambda tmp: copy_in_order(
+            con, lambda condition: release_sql(cfg.stages.audio.chunk_seconds, condition), "m.id", RELEASE_KEYS,
+            tmp, options, work))
         if cfg.stages.mix.release_jsonl:
             # the human-readable copy, from the Parquet file just written; floats widened to doubles, so a
             # float32 reads back as the same number the Parquet holds (as Python's json wrote it)
             columns = ", ".join(f'CAST("{f.name}" AS {duckdb_type(f.type, float32="DOUBLE")}) AS "{f.name}"'
                                 for f in RELEASE_SCHEMA)
-            atomic_write(jsonl_path, lambda tmp: con.execute(
-                f"COPY (SELECT {columns} FROM read_parquet({_quoted(parquet_path)})) TO {_quoted(tmp)} (FORMAT JSON)"))
+            with ordered(con):
+                atomic_write(jsonl_path, lambda tmp: con.execute(
+                    f"COPY (SELECT {columns} FROM read_parquet({sql_text(parquet_path)})) TO {sql_text(tmp)} (FORMAT JSON)"))
     return parquet_path
 
 

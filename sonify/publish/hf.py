@@ -44,13 +44,15 @@ def features(audio=None):
     })
 
 
-# What each example takes from the run's tables (`m` mixes, `i` images, `cap` captions, `con` concepts,
-# `s` shard_index); the example's own names are `features()`'.
+# What each example takes from the run's tables, as sorted streams keyed by the mixture id: `m` mixes with
+# `i` its image; captions, concepts and shard_index each on their own; `x` a component's ok matches row.
+# The example's own names are `features()`'.
 MIX_COLUMNS = {"id": "m.id", "image_id": "m.image_id", "variant": "m.vlm", "path": "m.path",
                "sample_rate": "m.sample_rate", "lufs": "m.lufs", "peak_dbfs": "m.peak_dbfs", "mix_gain_db": "m.mix_gain_db",
                "components": "m.components", "image_source": "i.source", "image_uri": "i.uri", "image_relpath": "i.relpath",
-               "tar_offset": "i.tar_offset", "nbytes": "i.nbytes", "caption": "cap.caption", "concepts": "con.concepts",
-               "split": "s.split"}
+               "tar_offset": "i.tar_offset", "nbytes": "i.nbytes"}
+KEYED = {"caption": ("captions", "id", "caption"), "concepts": ("concepts", "id", "concepts"),
+         "split": ("shard_index", "mix_id", "split")}   # example field: (table, its mixture id column, its column)
 MATCH_FIELDS = ("score", "threshold", "n_eligible")   # per component, from its matches row
 OPTIONAL_TABLES = ("captions", "concepts", "matches", "shard_index")   # absent: empty (no caption, "unsplit", ...)
 BATCH_ROWS = 1024
@@ -58,12 +60,11 @@ BATCH_ROWS = 1024
 
 def _connect(run: Run, memory_limit: str, spill_dir: Path | None):
     """DuckDB over the run's tables (an absent optional table is an empty view of its schema), capped at
-    `memory_limit` and spilling to `spill_dir`: the joins stream, no table is held in Python."""
+    `memory_limit` and spilling to `spill_dir`."""
     from sonify.engine.partitions import duckdb_type, planner_connection
     from sonify.engine.schemas import table_spec
 
     con = planner_connection(memory_limit, spill_dir)
-    con.execute("SET preserve_insertion_order = true")
     for name in ("mixes", "images") + OPTIONAL_TABLES:
         if name in ("mixes", "images") or run.store.exists(name):
             run.store.view(con, name)
@@ -73,64 +74,98 @@ def _connect(run: Run, memory_limit: str, spill_dir: Path | None):
     return con
 
 
-def _rows(cursor, sql: str):
-    for batch in cursor.sql(sql).fetch_record_batch(BATCH_ROWS):
+def _rows(con, query, key: str, keys: str, work: Path, name: str):
+    """The rows of `query(condition)` in `key` order, one record batch at a time: DuckDB writes them to a
+    Parquet file in `work` first (`copy_in_order`: sorted in bounded ranges under the memory limit), then
+    they are read back in batches."""
+    import pyarrow.parquet as pq
+
+    from sonify.engine.partitions import copy_in_order
+
+    path = work / f"{name}.parquet"
+    copy_in_order(con, query, key, keys, path, f"FORMAT PARQUET, ROW_GROUP_SIZE {BATCH_ROWS}", work / name)
+    for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS):
         yield from batch.to_pylist()
 
 
-def _mix_rows(con):
-    """The ok mixtures in id order with their image, caption, concepts and split: one batch at a time."""
+class _Sorted:
+    """A stream of rows sorted by `key`, read forward by ascending keys: a merge join's other side.
+    (DuckDB sorts VARCHAR by bytes, which for UTF-8 is Python's order of str.)"""
+
+    def __init__(self, rows, key: str):
+        self.rows, self.key = rows, key
+        self.row = next(rows, None)
+
+    def take(self, key: str) -> list[dict]:
+        """The rows whose key is `key` (rows with smaller keys, which no mixture asks for, are passed)."""
+        out = []
+        while self.row is not None and self.row[self.key] <= key:
+            if self.row[self.key] == key:
+                out.append(self.row)
+            self.row = next(self.rows, None)
+        return out
+
+
+def _streams(con, work: Path):
+    """The ok mixtures with their image in id order, and the keyed streams merged into them."""
+    ok_ids = f"SELECT id AS k FROM mixes WHERE status = '{STATUS_OK}'"
     cols = ", ".join(f'{e} AS "{n}"' for n, e in MIX_COLUMNS.items())
-    return _rows(con.cursor(), f"""
-        SELECT {cols}
-        FROM mixes m JOIN images i ON i.id = m.image_id
-             LEFT JOIN captions cap ON cap.id = m.id
-             LEFT JOIN concepts con ON con.id = m.id
-             LEFT JOIN shard_index s ON s.mix_id = m.id
-        WHERE m.status = '{STATUS_OK}'
-        ORDER BY m.id""")
-
-
-def _component_matches(con):
-    """Each ok mixture's components in order (same mixture order as `_mix_rows`) with its ok matches row's
-    fields (the match id is '<mixture id>-<concept index>'; null when there is none)."""
+    mixes = _rows(con, lambda cond: f"""
+        SELECT {cols} FROM mixes m JOIN images i ON i.id = m.image_id
+        WHERE m.status = '{STATUS_OK}' AND ({cond}) ORDER BY m.id""", "m.id", ok_ids, work, "mixes")
+    keyed = {field: _Sorted(_rows(con, lambda cond, t=table, key=key, col=col: f"""
+                 SELECT "{key}" AS k, "{col}" AS v FROM {t} WHERE {cond} ORDER BY k""",
+                                  f'"{key}"', f'SELECT "{key}" AS k FROM {table}', work, table), "k")
+             for field, (table, key, col) in KEYED.items()}
+    # each component of each ok mixture in order, with its ok matches row's fields (the match id is
+    # '<mixture id>-<concept index>'; null when there is none)
     fields = ", ".join(f"x.{f}" for f in MATCH_FIELDS)
-    return _rows(con.cursor(), f"""
-        SELECT u.mix_id, {fields}
+    keyed["components"] = _Sorted(_rows(con, lambda cond: f"""
+        SELECT u.mix_id AS k, {fields}
         FROM (SELECT m.id AS mix_id, unnest(m.components).concept_index AS concept_index,
-                     generate_subscripts(m.components, 1) AS k
-              FROM mixes m WHERE m.status = '{STATUS_OK}') u
+                     generate_subscripts(m.components, 1) AS n
+              FROM mixes m WHERE m.status = '{STATUS_OK}' AND ({cond})) u
              LEFT JOIN matches x ON x.id = u.mix_id || '-' || u.concept_index AND x.status = '{STATUS_OK}'
-        ORDER BY u.mix_id, u.k""")
+        ORDER BY u.mix_id, u.n""", "m.id", ok_ids, work, "components"), "k")
+    return mixes, keyed
 
 
-def examples(run_dir: str, memory_limit: str = "1GB", spill_dir: str | None = None):
-    """The rows, one mixture at a time, from two sorted DuckDB streams merged here (media read as each row
-    is made): memory holds a batch of each, whatever the run's size."""
+def examples(run_dir: str, memory_limit: str = "1GB", work_dir: str | None = None):
+    """The rows, one mixture at a time: sorted DuckDB results (each query alone, under `memory_limit`,
+    written to Parquet in `work_dir`) merged here by mixture id, media read as each row is made. Memory
+    holds a batch of each, whatever the run's size."""
+    import shutil
+    import tempfile
+
     run = Run(run_dir)
     image_paths = run.paths("images")
-    con = _connect(run, memory_limit, Path(spill_dir) if spill_dir else None)
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sonify-hf-", dir=work_dir))
+    con = _connect(run, memory_limit, work / "spill")
     try:
-        matched = _component_matches(con)
-        for m in _mix_rows(con):
-            comps = []
-            for c in m["components"]:
-                match = next(matched, None)
-                if match is None or match["mix_id"] != m["id"]:   # both streams sort by mixture id: a bug if they part
-                    raise RuntimeError(f"hf export: components of {m['id']} out of step with their matches")
-                comps.append({**{k: c[k] for k in COMPONENT_FIELDS}, **{k: match[k] for k in MATCH_FIELDS}})
+        mixes, keyed = _streams(con, work)
+        for m in mixes:
+            found = {field: stream.take(m["id"]) for field, stream in keyed.items()}
+            matched = found.pop("components")
+            if len(matched) != len(m["components"]):   # both come from the same mixes row: a bug if they differ
+                raise RuntimeError(f"hf export: {m['id']} has {len(m['components'])} components, {len(matched)} matched")
+            value = {field: rows[-1]["v"] if rows else None for field, rows in found.items()}
             img = {"source": m["image_source"], "uri": m["image_uri"]}
             yield {
-                "id": m["id"], "image_id": m["image_id"], "variant": m["variant"], "split": m["split"] or "unsplit",
+                "id": m["id"], "image_id": m["image_id"], "variant": m["variant"], "split": value["split"] or "unsplit",
                 "image": {"bytes": read_image_bytes(image_paths.locate(img), m["tar_offset"], m["nbytes"]),
                           "path": Path(m["image_relpath"]).name},
                 "audio": {"bytes": (run.dir / m["path"]).read_bytes(), "path": Path(m["path"]).name},
-                "sample_rate": m["sample_rate"], "caption": m["caption"], "concepts": m["concepts"] or [],
-                "components": comps, "lufs": m["lufs"], "peak_dbfs": m["peak_dbfs"], "mix_gain_db": m["mix_gain_db"],
+                "sample_rate": m["sample_rate"], "caption": value["caption"], "concepts": value["concepts"] or [],
+                "components": [{**{k: c[k] for k in COMPONENT_FIELDS}, **{k: x[k] for k in MATCH_FIELDS}}
+                               for c, x in zip(m["components"], matched)],
+                "lufs": m["lufs"], "peak_dbfs": m["peak_dbfs"], "mix_gain_db": m["mix_gain_db"],
                 "image_source": m["image_source"], "image_relpath": m["image_relpath"],
             }
     finally:
         con.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _plan_memory(run: Run) -> str:
@@ -154,7 +189,7 @@ def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000
         (tmp / "parquet").mkdir(parents=True)
         # Audio.encode_example imports torchcodec even for bytes; the bytes are stored as they are and
         # the column is then cast to Audio (a schema change only), so writing needs no decoder
-        gen_kwargs = {"run_dir": str(run_dir), "memory_limit": _plan_memory(run), "spill_dir": str(tmp / ".spill")}
+        gen_kwargs = {"run_dir": str(run_dir), "memory_limit": _plan_memory(run), "work_dir": str(tmp)}
         ds = datasets.Dataset.from_generator(examples, gen_kwargs=gen_kwargs, features=features(raw_audio),
                                              cache_dir=str(tmp / ".cache"))
         ds = ds.cast_column("audio", datasets.Audio())
@@ -164,8 +199,7 @@ def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000
                 str(tmp / "parquet" / f"data-{i // rows_per_parquet:05d}.parquet"))
         n = len(ds)
         del ds
-        for scratch in (".cache", ".spill"):
-            shutil.rmtree(tmp / scratch, ignore_errors=True)
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)
     return n
 
 
