@@ -15,8 +15,10 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sonify.engine import model_ids
 from sonify.engine.errors import ConfigError
 from sonify.engine.files import ensure_writable_dir
+from sonify.engine.lazy import RolesOf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,11 +215,11 @@ class StagesConf:
 @dataclass
 class ModelsConf:
     """Hugging Face ids or local paths; 'tiny:<kind>' builds a tiny random model (tests, demo)."""
-    clap: str = "laion/clap-htsat-unfused"
-    vlms: List[str] = field(default_factory=lambda: ["llava-hf/llava-1.5-7b-hf"])
-    ast: str = "MIT/ast-finetuned-audioset-10-10-0.4593"
-    vae: str = "PixArt-alpha/PixArt-XL-2-512x512"
-    dit: str = "PixArt-alpha/PixArt-XL-2-512x512"
+    clap: str = model_ids.CLAP
+    vlms: List[str] = field(default_factory=lambda: [model_ids.VLM])
+    ast: str = model_ids.AST
+    vae: str = model_ids.PIXART
+    dit: str = model_ids.PIXART
     trust_remote_code: bool = False    # needed for CogVLM (THUDM/cogvlm-chat-hf); opt-in
     tiny_dir: str = "${run.root}/_tiny_models"
 
@@ -286,8 +288,7 @@ RANGES = {
     "stages.features.model_batch": AT_LEAST_1, "stages.latents.model_batch": AT_LEAST_1,
 }
 SOURCE_KINDS = {"images": ["folder", "tar", "parquet", "csv", "recipe"], "audio": ["folder", "parquet", "csv", "recipe"]}
-# the recipes of each role (`sonify.sources.recipes.RECIPES` holds the code; a test keeps the two equal)
-RECIPES = {"images": ["sa1b"], "audio": ["audioset", "fsd50k", "bbc_sfx", "vggsound"]}
+RECIPES = RolesOf("sonify.sources.recipes", "RECIPES")   # the recipes of each role, read from their one registry
 
 
 def resolve_text(value: str) -> str:
