@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from sonify.publish.hf import export_hf
     try:
         n = export_hf(run_dir, a.out, a.rows_per_parquet)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError) as e:
         print(f"sonify.export: {e}", file=sys.stderr)
         return 2
     print(f"exported {n} examples to {a.out} (parquet copies in {Path(a.out) / 'parquet'})")

@@ -180,6 +180,17 @@ def test_release_and_export_sorted_in_ranges_match_one_sort(full_run, tmp_path, 
     assert list(examples(cfg.run.dir, "64MB", str(tmp_path / "work"))) == expected
 
 
+def test_export_with_a_bad_plan_memory_fails_in_one_line(full_run, tmp_path, capsys):
+    from conftest import copy_run
+    from sonify import export
+
+    cfg = copy_run(full_run, tmp_path)
+    saved = Path(cfg.run.dir) / "config.yaml"
+    saved.write_text(saved.read_text().replace("plan_memory: 1GB", "plan_memory: lots"))
+    assert export.main(["hf", f"run={cfg.run.dir}", "--out", str(tmp_path / "hf")]) == 2
+    assert "run.plan_memory='lots' is not a memory size" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+
+
 @pytest.mark.slow
 def test_release_and_export_memory_stays_flat_from_10k_to_100k_mixtures(tmp_path):
     pytest.importorskip("datasets")

@@ -4,7 +4,9 @@ Columns: `image` (`Image`, the source file's encoded bytes), `audio` (`Audio`, t
 bytes), `concepts`, `caption`, `components` (per chunk: source, concept, CLAP scores, target and
 measured LUFS, gain), the mixture's loudness figures and `split` (from the run's `shard_index`;
 `unsplit` when the shards stage has not run). `save_to_disk` goes to `<out>`, the same rows as
-Parquet (with the features in its metadata) to `<out>/parquet/`.
+Parquet (with the features in its metadata) to `<out>/parquet/`. The rows stream: each table is read
+by DuckDB under the run's `run.plan_memory`, sorted by mixture id and merged a batch at a time, so
+memory does not grow with the run.
 
 `datasets` >= 4 decodes `Audio` with torchcodec. torchcodec's wheels for torch 2.13 are CUDA builds
 (they need libnvrtc), so on a CPU-only torch decode the audio with soundfile instead: `decode_audio`
@@ -173,8 +175,8 @@ def _plan_memory(run: Run) -> str:
     from omegaconf import OmegaConf
 
     saved = run.dir / "config.yaml"
-    conf = OmegaConf.load(saved) if saved.is_file() else None
-    return str(OmegaConf.select(conf, "run.plan_memory", default=None) or run.store.memory_limit)
+    value = OmegaConf.select(OmegaConf.load(saved), "run.plan_memory", default=None) if saved.is_file() else None
+    return str(value or run.store.memory_limit)
 
 
 def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000) -> int:
@@ -183,13 +185,17 @@ def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000
 
     import datasets
 
+    from sonify.engine.partitions import planner_connection
+
     run = Run(run_dir)   # fails in one line before anything is written when run_dir holds no run
+    memory = _plan_memory(run)
+    planner_connection(memory).close()   # a bad run.plan_memory fails here in one line (ConfigError)
     raw_audio = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     with atomic_path(Path(out)) as tmp:
         (tmp / "parquet").mkdir(parents=True)
         # Audio.encode_example imports torchcodec even for bytes; the bytes are stored as they are and
         # the column is then cast to Audio (a schema change only), so writing needs no decoder
-        gen_kwargs = {"run_dir": str(run_dir), "memory_limit": _plan_memory(run), "work_dir": str(tmp)}
+        gen_kwargs = {"run_dir": str(run_dir), "memory_limit": memory, "work_dir": str(tmp)}
         ds = datasets.Dataset.from_generator(examples, gen_kwargs=gen_kwargs, features=features(raw_audio),
                                              cache_dir=str(tmp / ".cache"))
         ds = ds.cast_column("audio", datasets.Audio())
