@@ -24,24 +24,32 @@ def wav(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
     sf.write(path, 0.3 * np.sin(2 * np.pi * 440 * t), rate)
 
 
+def corpus(tmp_path: Path, name: str, files: dict[str, str]) -> Path:
+    """A miniature copy of a corpus under `tmp_path/name`: each text file at its path in the layout."""
+    root = tmp_path / name
+    root.mkdir()
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
 def by_item(table):
     return {r["item"]: r for r in table.to_pylist()}
 
 
 @pytest.fixture
 def audioset(tmp_path):
-    root = tmp_path / "audioset"
-    root.mkdir()
-    (root / "balanced_train_segments.csv").write_text(
-        "# Segments csv created Sun Mar  5 10:54:31 2017\n"
+    root = corpus(tmp_path, "audioset", {
+        "balanced_train_segments.csv": "# Segments csv created Sun Mar  5 10:54:31 2017\n"
         "# num_ytids=3, num_segs=3, num_unique_labels=3, num_positive_labels=4\n"
         "# YTID, start_seconds, end_seconds, positive_labels\n"
         '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"\n'
         '--ZhevVpy1s, 50.000, 60.000, "/m/012xff"\n'
-        '--aE2O5G5WE, 0.000, 10.000, "/m/03fwl"\n')
-    (root / "ontology.json").write_text(json.dumps([
-        {"id": "/m/09x0r", "name": "Speech"}, {"id": "/t/dd00088", "name": "Gush"},
-        {"id": "/m/012xff", "name": "Toothbrush"}, {"id": "/m/03fwl", "name": "Goat"}]))
+        '--aE2O5G5WE, 0.000, 10.000, "/m/03fwl"\n',
+        "ontology.json": json.dumps([
+            {"id": "/m/09x0r", "name": "Speech"}, {"id": "/t/dd00088", "name": "Gush"},
+            {"id": "/m/012xff", "name": "Toothbrush"}, {"id": "/m/03fwl", "name": "Goat"}])})
     wav(root / "audio" / "--PJHxphWEs_30.wav")
     wav(root / "audio" / "--ZhevVpy1s_50000.wav")        # milliseconds, as some downloaders name them
     return root
@@ -98,13 +106,11 @@ def test_fsd50k_comma_joined_labels_splits_licences_and_errors(fsd50k):
 
 
 def test_bbc_sfx_listing_quoted_descriptions_and_missing(tmp_path):
-    root = tmp_path / "bbc"
-    root.mkdir()
-    (root / "BBCSoundEffects.csv").write_text(
+    root = corpus(tmp_path, "bbc", {"BBCSoundEffects.csv":
         '\ufefflocation,description,secs,category,CDNumber,CDName,tracknum\n'
         '07070001.wav,"Dogs, two barking, close.",12,Animals: Dogs,BBC 1,Animals,1\n'
         '07070002.wav,Rain on a tin roof.,30,Weather,BBC 2,Weather,4\n'
-        '07070003.wav,Church bell.,8,Bells,BBC 3,Bells,2\n')
+        '07070003.wav,Church bell.,8,Bells,BBC 3,Bells,2\n'})
     wav(root / "07070001.wav")
     wav(root / "wav" / "07070002.wav")
     t = run_recipe("bbc_sfx", root)
@@ -179,13 +185,18 @@ def test_command_writes_relative_table_and_counts(audioset, tmp_path, capsys):
     assert "balanced_train_segments.csv not found" in capsys.readouterr().err
 
 
-def test_recipe_registry_matches_config():
-    roles = {}
-    for name, role in RECIPES.items():
-        roles.setdefault(role, []).append(name)
-    assert roles == CONFIG_RECIPES
+def test_config_checks_recipes_against_the_one_registry(make_cfg, monkeypatch):
+    """The config check reads the sources' registry (no second list): a corpus registered there is valid."""
+    assert CONFIG_RECIPES["audio"] == [n for n, role in RECIPES.items() if role == "audio"]
     with pytest.raises(RecipeError, match="valid choices"):
         run_recipe("nope", ".")
+    src = "sources.audio=[{name: x, kind: recipe, recipe: %s, root: /somewhere}]"
+    with pytest.raises(ConfigError, match="valid choices: audioset, fsd50k, bbc_sfx, vggsound"):
+        make_cfg(src % "newcorpus")
+    monkeypatch.setitem(RECIPES, "newcorpus", "audio")
+    assert make_cfg(src % "newcorpus").sources.audio[0].recipe == "newcorpus"
+    with pytest.raises(ConfigError, match="valid choices: sa1b"):   # an audio corpus is no image source
+        make_cfg(src.replace("audio", "images") % "fsd50k")
 
 
 def test_recipe_sources_in_the_images_and_audio_stages(make_cfg, sa1b, fsd50k):

@@ -24,14 +24,12 @@ from pathlib import Path
 
 from sonify.bench.common import best_of, demo_config, peak_rss_mib
 from sonify.engine.cli import command_parser
+from sonify.engine import model_ids
 from sonify.models.frontends import FRONTENDS
 from sonify.stages import STAGES
 
-LLAVA = "llava-hf/llava-1.5-7b-hf"
+LLAVA, CLAP, AST, PIXART = model_ids.VLM, model_ids.CLAP, model_ids.AST, model_ids.PIXART
 SMOLVLM = "HuggingFaceTB/SmolVLM-Instruct"
-CLAP = "laion/clap-htsat-unfused"
-AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
-PIXART = "PixArt-alpha/PixArt-XL-2-512x512"
 PARTS = ("embed", "features", "latents", "concepts", "train_dit")
 UPSTREAM = tuple(STAGES)[:list(STAGES).index("mix") + 1]   # the stages whose tables the encoder parts read
 

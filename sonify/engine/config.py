@@ -16,11 +16,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sonify.engine.errors import ConfigError
+from sonify.engine.lazy import RolesOf
 from sonify.engine.paths import REPO_ROOT, absolute_run_root, absolute_source_paths, config_file
 from sonify.engine.settings import SOURCE_KINDS, SonifyConf, SourceConf, rules  # noqa: F401 (SourceConf: re-exported)
 
-# the recipes of each role (`sonify.sources.recipes.RECIPES` holds the code; a test keeps the two equal)
-RECIPES = {"images": ["sa1b"], "audio": ["audioset", "fsd50k", "bbc_sfx", "vggsound"]}
+RECIPES = RolesOf("sonify.sources.recipes", "RECIPES")   # the recipes of each role, read from their one registry
 _STAGE_SETTINGS: list[Callable[[], type]] = []   # set by the stage registry when it is imported
 
 

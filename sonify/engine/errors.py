@@ -63,7 +63,14 @@ def error_text(reason: str, detail: object = "") -> str:
 
 
 def error_reason(error: str | None) -> str | None:
-    """The reason token of an error message written by `error_text`."""
+    """The reason token of an error message written by `error_text` (None for None). Its SQL twin is
+    `error_reason_sql`; the saved queries under `manifests/` write the same expression."""
     if error is None:
         return None
     return error.split(":", 1)[0]
+
+
+def error_reason_sql(column: str = "error") -> str:
+    """`error_reason` as a DuckDB expression over `column` (NULL for NULL): split_part's first part is
+    the text before the first colon, all of it when there is none."""
+    return f"split_part({column}, ':', 1)"

@@ -21,7 +21,7 @@ import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.errors import (ConfigError, DiskFull, MissingTable, SchemaError, StageContractError, disk_full, disk_full_line,
-                                  error_reason)
+                                  error_reason, error_reason_sql)
 from sonify.engine.files import atomic_write, clean_temp_files
 from sonify.engine.partitions import Partition, Plan, PlanReader, plan, planner_connection, write_work
 from sonify.engine.prefetch import decode_workers, decoded_batches
@@ -208,8 +208,7 @@ def table_counts(store: TableStore, table: str) -> dict:
         return {"rows": 0, "ok": 0, "errors": {}}
     con = store.connect(t=table)
     rows, ok = con.execute(f"SELECT count(*), count(*) FILTER (status = '{STATUS_OK}') FROM t").fetchone()
-    reason = "CASE WHEN error IS NULL THEN NULL ELSE split_part(error, ':', 1) END"   # engine.errors.error_reason
-    errors = con.execute(f"SELECT {reason} AS r, count(*) AS n FROM t WHERE status != '{STATUS_OK}' "
+    errors = con.execute(f"SELECT {error_reason_sql('error')} AS r, count(*) AS n FROM t WHERE status != '{STATUS_OK}' "
                          "GROUP BY r ORDER BY n DESC, r").fetchall()
     counts = {"rows": rows, "ok": ok, "errors": {r: n for r, n in errors}}
     if {"kept", "reason"} <= set(table_spec(table).schema.names):   # decision tables: why rows were dropped

@@ -17,6 +17,7 @@ workers read their partition's rows from the file. No row ever becomes a Python 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,19 @@ class PlanReader:
         return table.slice(offset - int(self.starts[first]), rows)
 
 
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+                 pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
+
+
+def duckdb_type(t: pa.DataType, float32: str = "FLOAT") -> str:
+    """The DuckDB type of an Arrow type (`float32="DOUBLE"` widens floats, as JSON writes Python floats)."""
+    if pa.types.is_list(t):
+        return duckdb_type(t.value_type, float32) + "[]"
+    if pa.types.is_struct(t):
+        return "STRUCT(" + ", ".join(f'"{f.name}" {duckdb_type(f.type, float32)}' for f in t) + ")"
+    return float32 if t == pa.float32() else _DUCKDB_TYPES[t]
+
+
 def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike | None = None):
     """A DuckDB connection for planning: bounded memory, spilling to `spill_dir`."""
     import duckdb
@@ -77,6 +91,60 @@ def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike |
     # DuckDB creates the spill folder (not its parent) when it first spills; none: never spill (not into the cwd)
     con.execute(f"SET temp_directory = '{spill_dir if spill_dir is not None else ''}'")
     return con
+
+
+SORT_RANGE_ROWS = 8192    # rows DuckDB sorts at once in `copy_in_order` (wide rows: ~1 KB each in a release)
+
+
+def sql_text(value: str) -> str:
+    """A SQL string literal (quotes doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def copy_in_order(con, query, key: str, keys: str, path: str | os.PathLike, options: str, work: Path,
+                  range_rows: int | None = None) -> None:
+    """`COPY` the rows of `query(condition)`, ordered by `key` (a VARCHAR), to `path` with COPY `options`,
+    in memory that does not grow with the rows.
+
+    DuckDB's ORDER BY of wide rows (lists of structs, long strings) does not spill (DuckDB 2.0: it needs
+    about the rows' size in memory, whatever `memory_limit` says). So only the keys are sorted whole
+    (`keys`: a query of one column `k`, the values of `key`); they cut the rows into ranges of
+    `range_rows` (default SORT_RANGE_ROWS) rows, each range is sorted and written to `work` by its own
+    COPY, and a last COPY streams the ranges into `path` in order (`ordered`: a scan of listed files
+    keeps their order).
+    `query(condition)` must AND the condition into its WHERE and end with its ORDER BY.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    with ordered(con):
+        bounds = [r[0] for r in con.execute(f"""
+            SELECT k FROM (SELECT k, row_number() OVER (ORDER BY k) - 1 AS n FROM ({keys}))
+            WHERE n % {int(range_rows or SORT_RANGE_ROWS)} = 0 ORDER BY k""").fetchall()]
+        if not bounds:   # no rows: the query's schema
+            con.execute(f"COPY ({query('false')}) TO {sql_text(path)} ({options})")
+            return
+        parts = []
+        for i, lo in enumerate(bounds):
+            condition = f"{key} >= {sql_text(lo)}" + (f" AND {key} < {sql_text(bounds[i + 1])}" if i + 1 < len(bounds) else "")
+            parts.append(work / f"range-{i:06d}.parquet")
+            con.execute(f"COPY ({query(condition)}) TO {sql_text(parts[-1])} (FORMAT PARQUET)")
+        listed = "[" + ", ".join(sql_text(p) for p in parts) + "]"
+        con.execute(f"COPY (SELECT * FROM read_parquet({listed})) TO {sql_text(path)} ({options})")
+    for part in parts:
+        part.unlink()
+
+
+@contextmanager
+def ordered(con):
+    """Within: DuckDB writes rows in the order it reads or sorts them, on one thread. (With several threads
+    an ordered COPY holds back the batches that finish early: memory that grows with the file.)"""
+    before = con.execute("SELECT current_setting('preserve_insertion_order'), current_setting('threads')").fetchone()
+    con.execute("SET preserve_insertion_order = true")
+    con.execute("SET threads = 1")
+    try:
+        yield con
+    finally:
+        con.execute(f"SET preserve_insertion_order = {bool(before[0])}")
+        con.execute(f"SET threads = {int(before[1])}")
 
 
 def work_table(work) -> pa.Table:

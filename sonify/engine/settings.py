@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from sonify.engine import model_ids
+
 # (test(value, cfg), what is valid)
 AT_LEAST_1 = (lambda v, c: v >= 1, "an integer >= 1")
 POSITIVE = (lambda v, c: v > 0, "a number > 0")
@@ -116,11 +118,11 @@ class SourcesConf:
 @dataclass
 class ModelsConf:
     """Hugging Face ids or local paths; 'tiny:<kind>' builds a tiny random model (tests, demo)."""
-    clap: str = "laion/clap-htsat-unfused"
-    vlms: List[str] = field(default_factory=lambda: ["llava-hf/llava-1.5-7b-hf"])
-    ast: str = "MIT/ast-finetuned-audioset-10-10-0.4593"
-    vae: str = "PixArt-alpha/PixArt-XL-2-512x512"
-    dit: str = "PixArt-alpha/PixArt-XL-2-512x512"
+    clap: str = model_ids.CLAP
+    vlms: List[str] = field(default_factory=lambda: [model_ids.VLM])
+    ast: str = model_ids.AST
+    vae: str = model_ids.PIXART
+    dit: str = model_ids.PIXART
     trust_remote_code: bool = False    # needed for CogVLM (THUDM/cogvlm-chat-hf); opt-in
     tiny_dir: str = "${run.root}/_tiny_models"
 

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sonify.engine.errors import error_reason
+
 
 class SourceRefused(Exception):
     pass
@@ -323,7 +325,7 @@ class Reports:
 
     def add(self, rows: list[dict]) -> None:
         for r in rows:
-            kind = (r["error"] or "").split(":")[0]
+            kind = error_reason(r["error"] or "")
             if r["status"] != "ok":
                 self.errors[kind] += 1
                 self.failed += 1

@@ -13,13 +13,16 @@ of version 1 (written before the renames) are read through `LEGACY_NAMES`, the o
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sonify.engine.files import atomic_write
+from sonify.engine.files import atomic_write, temp_path
+from sonify.engine.partitions import copy_in_order, duckdb_type, ordered, planner_connection, sql_text
 from sonify.engine.schemas import (OLD_COMPONENT_NAMES, OLD_NAMES, RELEASE_COMPONENT_FIELDS, component_sql,
                                    component_struct)
 
@@ -48,32 +51,74 @@ def release_paths(run_dir: str | Path) -> tuple[Path, Path]:
     return d / "release.parquet", d / "release.jsonl"
 
 
-def build_release(cfg, store) -> pa.Table:
-    import duckdb
+# Where each release column comes from: `m` is a mixes row, `i` its images row, `c` one included component.
+# The release's own names and types are RELEASE_SCHEMA's; this maps them onto the run's tables.
+RELEASE_FROM = {
+    "mix_id": "m.id", "path": "regexp_replace(m.path, '^mixes/[^/]+/', '')", "image_id": "m.image_id",
+    "image_source": "i.source", "image_uri": "i.uri", "variant": "m.variant", "sample_rate": "m.sample_rate",
+    "chunk_seconds": "{chunk_seconds}", "duration": "m.duration", "mix_gain_db": "m.mix_gain_db", "lufs": "m.lufs",
+    "peak_dbfs": "m.peak_dbfs", "pcm24_sha256": "m.pcm24_sha256", "flac_sha256": "m.flac_sha256",
+}
+RELEASE_IMAGE_COLUMNS = ["id", "source", "uri"]   # what the release reads of `images`
+RELEASE_KEYS = "SELECT id AS k FROM mixes WHERE status = 'ok'"   # the sort key's values (copy_in_order)
 
-    con = duckdb.connect()
-    con.register("mixes", store.read("mixes"))
-    con.register("images", store.read("images", columns=["id", "source", "uri"]))
-    table = con.sql(f"""
-        SELECT m.id AS mix_id, regexp_replace(m.path, '^mixes/[^/]+/', '') AS path, m.image_id, i.source AS image_source,
-               i.uri AS image_uri, m.variant, m.sample_rate,
-               {float(cfg.stages.audio.chunk_seconds)}::DOUBLE AS chunk_seconds, m.duration, m.mix_gain_db, m.lufs,
-               m.peak_dbfs, m.pcm24_sha256, m.flac_sha256,
-               list_transform(list_filter(m.components, lambda c: c.included),
-                              lambda c: {component_sql(RELEASE_COMPONENT_FIELDS, "c")}) AS components
-        FROM mixes m JOIN images i ON i.id = m.image_id
-        WHERE m.status = 'ok'
-        ORDER BY m.id
-    """).to_arrow_table()
-    return table.cast(RELEASE_SCHEMA)
+
+def release_sql(chunk_seconds: float, condition: str = "true") -> str:
+    """The release's rows (those also meeting `condition`) as one DuckDB query over views `mixes` and
+    `images`, in mix id order, typed as RELEASE_SCHEMA (names and types from the schema, sources from
+    RELEASE_FROM and RELEASE_COMPONENT_FIELDS)."""
+    fields = {"chunk_seconds": f"{float(chunk_seconds)!r}"}
+    component = component_sql(RELEASE_COMPONENT_FIELDS, "c")   # the release's components are the mixes' fields
+    exprs = {n: e.format(**fields) for n, e in RELEASE_FROM.items()}
+    exprs["components"] = f"list_transform(list_filter(m.components, lambda c: c.included), lambda c: {component})"
+    columns = ",\n       ".join(f'CAST({exprs[f.name]} AS {duckdb_type(f.type)}) AS "{f.name}"' for f in RELEASE_SCHEMA)
+    return f"""SELECT {columns}
+FROM mixes m JOIN images i ON i.id = m.image_id
+WHERE m.status = 'ok' AND ({condition})
+ORDER BY m.id"""
+
+
+@contextmanager
+def release_connection(cfg, store):
+    """(connection, work folder): DuckDB over the run's `mixes` and `images` (views over their Parquet
+    files), capped at `run.plan_memory` and spilling to a temp work folder inside the run's release folder
+    (removed afterwards)."""
+    work = temp_path(release_paths(cfg.run.dir)[0].parent / "work")
+    con = planner_connection(str(cfg.run.plan_memory), work / "spill")
+    try:
+        store.view(con, "mixes")
+        store.view(con, "images", columns=RELEASE_IMAGE_COLUMNS)
+        yield con, work
+    finally:
+        con.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_release(cfg, store) -> pa.Table:
+    """The release as an Arrow table (for tools and tests on small runs; `write_release` streams)."""
+    with release_connection(cfg, store) as (con, _):
+        return con.sql(release_sql(cfg.stages.audio.chunk_seconds)).to_arrow_table().cast(RELEASE_SCHEMA)
 
 
 def write_release(cfg, store) -> Path:
+    """Write `release/release.parquet` (and `release.jsonl` with `stages.mix.release_jsonl`) by DuckDB `COPY`:
+    rows stream from the run's Parquet files to the file under `run.plan_memory` (sorted in bounded id
+    ranges, `copy_in_order`), never held in Python. Each file appears atomically."""
     parquet_path, jsonl_path = release_paths(cfg.run.dir)
-    table = build_release(cfg, store)
-    atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=RELEASE_ROW_GROUP))
-    if cfg.stages.mix.release_jsonl:
-        atomic_write(jsonl_path, "".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    meta = ", ".join(f"{sql_text(k.decode())}: {sql_text(v.decode())}" for k, v in RELEASE_SCHEMA.metadata.items())
+    options = f"FORMAT PARQUET, COMPRESSION zstd, ROW_GROUP_SIZE {RELEASE_ROW_GROUP}, KV_METADATA {{{meta}}}"
+    with release_connection(cfg, store) as (con, work):
+        atomic_write(parquet_path, lambda tmp: copy_in_order(
+            con, lambda condition: release_sql(cfg.stages.audio.chunk_seconds, condition), "m.id", RELEASE_KEYS,
+            tmp, options, work))
+        if cfg.stages.mix.release_jsonl:
+            # the human-readable copy, from the Parquet file just written; floats widened to doubles, so a
+            # float32 reads back as the same number the Parquet holds (as Python's json wrote it)
+            columns = ", ".join(f'CAST("{f.name}" AS {duckdb_type(f.type, float32="DOUBLE")}) AS "{f.name}"'
+                                for f in RELEASE_SCHEMA)
+            with ordered(con):
+                atomic_write(jsonl_path, lambda tmp: con.execute(
+                    f"COPY (SELECT {columns} FROM read_parquet({sql_text(parquet_path)})) TO {sql_text(tmp)} (FORMAT JSON)"))
     return parquet_path
 
 

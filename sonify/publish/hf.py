@@ -4,7 +4,9 @@ Columns: `image` (`Image`, the source file's encoded bytes), `audio` (`Audio`, t
 bytes), `concepts`, `caption`, `components` (per chunk: source, concept, CLAP scores, target and
 measured LUFS, gain), the mixture's loudness figures and `split` (from the run's `shard_index`;
 `unsplit` when the shards stage has not run). `save_to_disk` goes to `<out>`, the same rows as
-Parquet (with the features in its metadata) to `<out>/parquet/`.
+Parquet (with the features in its metadata) to `<out>/parquet/`. The rows stream: each table is read
+by DuckDB under the run's `run.plan_memory`, sorted by mixture id and merged a batch at a time, so
+memory does not grow with the run.
 
 `datasets` >= 4 decodes `Audio` with torchcodec. torchcodec's wheels for torch 2.13 are CUDA builds
 (they need libnvrtc), so on a CPU-only torch decode the audio with soundfile instead: `decode_audio`
@@ -17,12 +19,11 @@ import io
 from pathlib import Path
 
 from sonify.engine.files import atomic_path
-from sonify.engine.ids import concept_id
+from sonify.engine.ids import concept_id_sql
 from sonify.engine.schemas import COMPONENT_TYPE, EXPORT_COMPONENT_FIELDS, STATUS_OK
 from sonify.publish.data import Run
 from sonify.sources.images import read_image_bytes
 
-MATCH_FIELDS = ("score", "threshold", "n_eligible")   # of the component's matches row
 
 
 def features(audio=None):
@@ -42,30 +43,137 @@ def features(audio=None):
     })
 
 
-def examples(run_dir: str):
-    """The rows, one mixture at a time (media read as each row is made)."""
+# What each example takes from the run's tables, as sorted streams keyed by the mixture id: `m` mixes with
+# `i` its image; captions, concepts and shard_index each on their own; `x` a component's ok matches row.
+# The example's own names are `features()`'.
+MIX_COLUMNS = {"id": "m.id", "image_id": "m.image_id", "variant": "m.variant", "path": "m.path",
+               "sample_rate": "m.sample_rate", "lufs": "m.lufs", "peak_dbfs": "m.peak_dbfs", "mix_gain_db": "m.mix_gain_db",
+               "components": "m.components", "image_source": "i.source", "image_uri": "i.uri",
+               "tar_offset": "i.tar_offset", "nbytes": "i.nbytes"}
+KEYED = {"caption": ("captions", "id", "caption"), "concepts": ("concepts", "id", "concepts"),
+         "split": ("shard_index", "mix_id", "split")}   # example field: (table, its mixture id column, its column)
+MATCH_FIELDS = ("score", "threshold", "n_eligible")   # per component, from its matches row
+OPTIONAL_TABLES = ("captions", "concepts", "matches", "shard_index")   # absent: empty (no caption, "unsplit", ...)
+BATCH_ROWS = 1024
+
+
+def _connect(run: Run, memory_limit: str, spill_dir: Path | None):
+    """DuckDB over the run's tables (an absent optional table is an empty view of its schema), capped at
+    `memory_limit` and spilling to `spill_dir`."""
+    from sonify.engine.partitions import duckdb_type, planner_connection
+    from sonify.engine.schemas import table_spec
+
+    con = planner_connection(memory_limit, spill_dir)
+    for name in ("mixes", "images") + OPTIONAL_TABLES:
+        if name in ("mixes", "images") or run.store.exists(name):
+            run.store.view(con, name)
+        else:
+            cols = ", ".join(f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in table_spec(name).schema)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT {cols} LIMIT 0')
+    return con
+
+
+def _rows(con, query, key: str, keys: str, work: Path, name: str):
+    """The rows of `query(condition)` in `key` order, one record batch at a time: DuckDB writes them to a
+    Parquet file in `work` first (`copy_in_order`: sorted in bounded ranges under the memory limit), then
+    they are read back in batches."""
+    import pyarrow.parquet as pq
+
+    from sonify.engine.partitions import copy_in_order
+
+    path = work / f"{name}.parquet"
+    copy_in_order(con, query, key, keys, path, f"FORMAT PARQUET, ROW_GROUP_SIZE {BATCH_ROWS}", work / name)
+    for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS):
+        yield from batch.to_pylist()
+
+
+class _Sorted:
+    """A stream of rows sorted by `key`, read forward by ascending keys: a merge join's other side.
+    (DuckDB sorts VARCHAR by bytes, which for UTF-8 is Python's order of str.)"""
+
+    def __init__(self, rows, key: str):
+        self.rows, self.key = rows, key
+        self.row = next(rows, None)
+
+    def take(self, key: str) -> list[dict]:
+        """The rows whose key is `key` (rows with smaller keys, which no mixture asks for, are passed)."""
+        out = []
+        while self.row is not None and self.row[self.key] <= key:
+            if self.row[self.key] == key:
+                out.append(self.row)
+            self.row = next(self.rows, None)
+        return out
+
+
+def _streams(con, work: Path):
+    """The ok mixtures with their image in id order, and the keyed streams merged into them."""
+    ok_ids = f"SELECT id AS k FROM mixes WHERE status = '{STATUS_OK}'"
+    cols = ", ".join(f'{e} AS "{n}"' for n, e in MIX_COLUMNS.items())
+    mixes = _rows(con, lambda cond: f"""
+        SELECT {cols} FROM mixes m JOIN images i ON i.id = m.image_id
+        WHERE m.status = '{STATUS_OK}' AND ({cond}) ORDER BY m.id""", "m.id", ok_ids, work, "mixes")
+    keyed = {field: _Sorted(_rows(con, lambda cond, t=table, key=key, col=col: f"""
+                 SELECT "{key}" AS k, "{col}" AS v FROM {t} WHERE {cond} ORDER BY k""",
+                                  f'"{key}"', f'SELECT "{key}" AS k FROM {table}', work, table), "k")
+             for field, (table, key, col) in KEYED.items()}
+    # each component of each ok mixture in order, with its ok matches row's fields (the match id is
+    # '<mixture id>-<concept index>'; null when there is none)
+    fields = ", ".join(f"x.{f}" for f in MATCH_FIELDS)
+    keyed["components"] = _Sorted(_rows(con, lambda cond: f"""
+        SELECT u.mix_id AS k, {fields}
+        FROM (SELECT m.id AS mix_id, unnest(m.components).concept_index AS concept_index,
+                     generate_subscripts(m.components, 1) AS n
+              FROM mixes m WHERE m.status = '{STATUS_OK}' AND ({cond})) u
+             LEFT JOIN matches x ON x.id = {concept_id_sql('u.mix_id', 'u.concept_index')} AND x.status = '{STATUS_OK}'
+        ORDER BY u.mix_id, u.n""", "m.id", ok_ids, work, "components"), "k")
+    return mixes, keyed
+
+
+def examples(run_dir: str, memory_limit: str = "1GB", work_dir: str | None = None):
+    """The rows, one mixture at a time: sorted DuckDB results (each query alone, under `memory_limit`,
+    written to Parquet in `work_dir`) merged here by mixture id, media read as each row is made. Memory
+    holds a batch of each, whatever the run's size."""
+    import shutil
+    import tempfile
+
     run = Run(run_dir)
-    images = run.by_id("images")
     image_paths = run.paths("images")
-    concepts = {r["id"]: r for r in run.rows("concepts")}
-    captions = {r["id"]: r for r in run.rows("captions")}
-    matches = {r["id"]: r for r in run.rows("matches") if r["status"] == STATUS_OK}
-    split = {r["mix_id"]: r["split"] for r in run.rows("shard_index", ["mix_id", "split"])}
-    for m in run.ok_mixes():
-        img = images[m["image_id"]]
-        comps = []
-        for c in m["components"]:
-            match = matches.get(concept_id(m["id"], c["concept_index"]), {})
-            comps.append({**{k: c[k] for k in EXPORT_COMPONENT_FIELDS}, **{k: match.get(k) for k in MATCH_FIELDS}})
-        yield {
-            "id": m["id"], "image_id": m["image_id"], "variant": m["variant"], "split": split.get(m["id"], "unsplit"),
-            "image": {"bytes": read_image_bytes(image_paths.locate(img), img["tar_offset"], img["nbytes"]), "path": Path(img["uri"]).name},
-            "audio": {"bytes": (run.dir / m["path"]).read_bytes(), "path": Path(m["path"]).name},
-            "sample_rate": m["sample_rate"], "caption": (captions.get(m["id"]) or {}).get("caption"),
-            "concepts": (concepts.get(m["id"]) or {}).get("concepts") or [], "components": comps,
-            "lufs": m["lufs"], "peak_dbfs": m["peak_dbfs"], "mix_gain_db": m["mix_gain_db"],
-            "image_source": img["source"], "image_uri": img["uri"],
-        }
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sonify-hf-", dir=work_dir))
+    con = _connect(run, memory_limit, work / "spill")
+    try:
+        mixes, keyed = _streams(con, work)
+        for m in mixes:
+            found = {field: stream.take(m["id"]) for field, stream in keyed.items()}
+            matched = found.pop("components")
+            if len(matched) != len(m["components"]):   # both come from the same mixes row: a bug if they differ
+                raise RuntimeError(f"hf export: {m['id']} has {len(m['components'])} components, {len(matched)} matched")
+            value = {field: rows[-1]["v"] if rows else None for field, rows in found.items()}
+            img = {"source": m["image_source"], "uri": m["image_uri"]}
+            yield {
+                "id": m["id"], "image_id": m["image_id"], "variant": m["variant"], "split": value["split"] or "unsplit",
+                "image": {"bytes": read_image_bytes(image_paths.locate(img), m["tar_offset"], m["nbytes"]),
+                          "path": Path(m["image_uri"]).name},
+                "audio": {"bytes": (run.dir / m["path"]).read_bytes(), "path": Path(m["path"]).name},
+                "sample_rate": m["sample_rate"], "caption": value["caption"], "concepts": value["concepts"] or [],
+                "components": [{**{k: c[k] for k in EXPORT_COMPONENT_FIELDS}, **{k: x[k] for k in MATCH_FIELDS}}
+                               for c, x in zip(m["components"], matched)],
+                "lufs": m["lufs"], "peak_dbfs": m["peak_dbfs"], "mix_gain_db": m["mix_gain_db"],
+                "image_source": m["image_source"], "image_uri": m["image_uri"],
+            }
+    finally:
+        con.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _plan_memory(run: Run) -> str:
+    """The run's `run.plan_memory` from the config it saved (the default where it saved none)."""
+    from omegaconf import OmegaConf
+
+    saved = run.dir / "config.yaml"
+    value = OmegaConf.select(OmegaConf.load(saved), "run.plan_memory", default=None) if saved.is_file() else None
+    return str(value or run.store.memory_limit)
 
 
 def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000) -> int:
@@ -74,13 +182,18 @@ def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000
 
     import datasets
 
-    Run(run_dir)   # fails in one line before anything is written when run_dir holds no run
+    from sonify.engine.partitions import planner_connection
+
+    run = Run(run_dir)   # fails in one line before anything is written when run_dir holds no run
+    memory = _plan_memory(run)
+    planner_connection(memory).close()   # a bad run.plan_memory fails here in one line (ConfigError)
     raw_audio = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     with atomic_path(Path(out)) as tmp:
         (tmp / "parquet").mkdir(parents=True)
         # Audio.encode_example imports torchcodec even for bytes; the bytes are stored as they are and
         # the column is then cast to Audio (a schema change only), so writing needs no decoder
-        ds = datasets.Dataset.from_generator(examples, gen_kwargs={"run_dir": str(run_dir)}, features=features(raw_audio),
+        gen_kwargs = {"run_dir": str(run_dir), "memory_limit": memory, "work_dir": str(tmp)}
+        ds = datasets.Dataset.from_generator(examples, gen_kwargs=gen_kwargs, features=features(raw_audio),
                                              cache_dir=str(tmp / ".cache"))
         ds = ds.cast_column("audio", datasets.Audio())
         ds.save_to_disk(str(tmp))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sonify.engine.errors import error_text
+from sonify.engine.errors import error_reason, error_text
 from sonify.engine.ids import parse_variant_id, parent_of_indexed_sql
 from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
@@ -141,7 +141,7 @@ class MixStage(Stage):
             comps.append(comp)
         out.update(components=comps, n_components=len(signals))
         if not signals:
-            reasons = sorted({(c["reason"] or "").split(":")[0] for c in comps}) or ["no_components"]
+            reasons = sorted({error_reason(c["reason"] or "") for c in comps}) or ["no_components"]
             return {**out, "status": STATUS_ERROR,
                     "error": error_text("no_audible_component", f"{len(comps)} components, none summed ({', '.join(reasons)})")}
         final, mix_gain = render(signals, gains, ceiling_dbfs=conf.peak_ceiling_dbfs)

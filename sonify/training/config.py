@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+from sonify.engine import model_ids
 from sonify.engine.config import check_choices, load_object
 from sonify.engine.errors import ConfigError
 
@@ -33,11 +34,11 @@ class TrainConf:
     val_shards: Optional[str] = ""     # the same forms; empty or null (`val_shards=`): no validation
     shuffle_window: int = 4            # shards whose samples are permuted together (a window), per epoch
     output_dir: str = "runs/demo/dit"
-    dit: str = "PixArt-alpha/PixArt-XL-2-512x512"  # the pretrained transformer (id, path, or tiny:dit)
+    dit: str = model_ids.PIXART        # the pretrained transformer (id, path, or tiny:dit)
     dit_subfolder: str = "transformer"
     tiny_dir: str = "runs/_tiny_models"
-    ast: str = "MIT/ast-finetuned-audioset-10-10-0.4593"   # recorded for generation
-    vae: str = "PixArt-alpha/PixArt-XL-2-512x512"
+    ast: str = model_ids.AST           # recorded for generation
+    vae: str = model_ids.PIXART
     ast_dim: int = 768                 # must match the shards' ast.npy width
     latent_size: Optional[int] = None  # must match the shards' latents; null: the transformer's sample_size
     max_audio_frames: int = 256

@@ -1,8 +1,9 @@
-"""File formats of public corpora, one module per corpus, shared by the recipes and the benchmarks.
+"""Public corpora, one module per corpus (as lhotse keeps them), used by the recipes and the benchmarks.
 
 Each module parses its corpus's released metadata (CSV, annotation files, folder layout) into
 pyarrow tables and names the released files; it decodes no media. Its docstring gives the public
-layout it expects and, where a corpus has no natural clip, the clip rule chosen.
+layout it expects and, where a corpus has no natural clip, the clip rule chosen. A corpus that is a
+pipeline source also holds its recipe, `prepare(root)` (registered in `sonify.sources.recipes.RECIPES`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Recipes: a local copy of a corpus in its official layout -> a source table in sonify's list format.
 
-Like lhotse's `prepare_*`, one small module per corpus (`sa1b`, `audioset`, `fsd50k`, `bbc_sfx`,
-`vggsound`), each saying where the corpus comes from and what its licence allows. A recipe checks
+As lhotse keeps one module per corpus, each corpus is one module, `sonify.sources.corpora.<name>`
+(`sa1b`, `audioset`, `fsd50k`, `bbc_sfx`, `vggsound`), holding its layout parsing and its recipe
+(`prepare(root)`), and saying where the corpus comes from and what its licence allows. This module is
+the registry (`RECIPES`, which the config check also asks) and what every recipe shares. A recipe checks
 the copy against the corpus's own listing and returns one row per listed item: `relpath` (relative
 to the declared root, never absolute, so a manifest is rebuildable elsewhere), labels, split, licence,
 and `status`/`error` (`not_found` for a listed file that is not there: counted, never fatal).
@@ -17,12 +19,12 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from sonify.engine.errors import error_text
+from sonify.engine.errors import error_reason, error_text
 from sonify.engine.schemas import STATUS_ERROR, STATUS_OK
 from sonify.media import AUDIO_EXTENSIONS
 from sonify.sources import walk_files
 
-# the registry; `sonify.engine.config.RECIPES` repeats it for config checks (a test keeps them equal)
+# the registry: corpus -> the role of its source (`sonify.engine.config.RECIPES` reads it when a config is checked)
 RECIPES = {"sa1b": "images", "audioset": "audio", "fsd50k": "audio", "bbc_sfx": "audio", "vggsound": "audio"}
 
 SCHEMA = pa.schema([
@@ -70,13 +72,13 @@ def run_recipe(name: str, root: str | Path) -> pa.Table:
     root = Path(root)
     if not root.is_dir():
         raise RecipeError(f"{root} is not a folder (the root of a local {name} copy)")
-    module = importlib.import_module(f"sonify.sources.recipes.{name}")
+    module = importlib.import_module(f"sonify.sources.corpora.{name}")
     return pa.Table.from_pylist(module.prepare(root), schema=SCHEMA)
 
 
 def counts(table: pa.Table) -> dict:
     """Rows, ok and errors by reason: what the command prints."""
-    errs = Counter(e.split(":")[0] for e in table.column("error").to_pylist() if e)
+    errs = Counter(error_reason(e) for e in table.column("error").to_pylist() if e)
     return {"rows": table.num_rows, "ok": table.num_rows - sum(errs.values()), "errors": dict(errs.most_common())}
 
 
