@@ -18,6 +18,7 @@ from sonify.engine.executor import run_stage
 from sonify.engine.store import TableStore, rows_to_table
 from sonify.stages import get_stage
 from sonify.stages.base import Stage
+from sonify.stages.images import ImagesSettings
 
 
 def _fresh(cfg, stage: str) -> None:
@@ -97,6 +98,7 @@ def test_too_many_error_rows_stop_the_stage(full_run, tmp_path, monkeypatch):
 class SuicidalStage(Stage):
     """Kills its own worker process the first time it runs (a node lost mid-stage), then works."""
     name = "images"
+    Settings = ImagesSettings          # reads the images stage's section
     outputs = ("images",)
 
     @classmethod
