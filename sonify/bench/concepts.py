@@ -12,20 +12,14 @@ shares the image prefill and the baseline does not, it can be below 1 with a rea
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
-from sonify.bench.common import best_of, demo_config, peak_rss_mib
+from sonify.bench.common import bench_args, best_of, demo_config, peak_rss_mib
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench concepts", description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=48, help="demo images to generate and caption")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--vlm", default="tiny:vlm", help="model id or path (default: the tiny random VLM)")
-    a = ap.parse_args(argv)
+    a = bench_args("concepts", __doc__, argv, images=(48, "demo images to generate and caption"), batch_size=8, max_new_tokens=32, repeats=3,
+                   vlm=("tiny:vlm", "model id or path (default: the tiny random VLM)"))
 
     from omegaconf import OmegaConf
 

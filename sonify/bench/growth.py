@@ -10,13 +10,12 @@ recompute in full when the pool grows, because Algorithm 1's thresholds depend o
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from sonify.bench.common import demo_config
+from sonify.bench.common import bench_args, demo_config
 
 STAGES = ("images", "audio", "concepts", "filter", "embed_audio", "embed_text", "retrieve", "mix", "features", "latents", "shards")
 TARGET = 0.02
@@ -35,11 +34,7 @@ def run_all(cfg) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench growth", description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=300)
-    ap.add_argument("--audio-files", type=int, default=100)
-    ap.add_argument("--partition-rows", type=int, default=16)
-    a = ap.parse_args(argv)
+    a = bench_args("growth", __doc__, argv, images=300, audio_files=100, partition_rows=16)
 
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -11,22 +11,17 @@ Target: stage/baseline <= 1.6.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from sonify.bench.common import best_of, demo_config, peak_rss_mib
+from sonify.bench.common import bench_args, best_of, demo_config, peak_rss_mib
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sonify.bench mix", description=__doc__.splitlines()[0])
-    ap.add_argument("--mixtures", type=int, default=200)
-    ap.add_argument("--files", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args(argv)
+    a = bench_args("mix", __doc__, argv, mixtures=200, files=16, repeats=3)
 
     from sonify.bench.audio import make_corpus
     from sonify.media.audio import load_chunk
