@@ -242,17 +242,11 @@ def test_generate_writes_images_of_the_configured_size(shards, tiny_dir, tmp_pat
 
 
 @pytest.mark.ray
-def test_ray_train_with_two_cpu_workers(shards, tiny_dir, tmp_path):
-    import ray
-
+def test_ray_train_with_two_cpu_workers(shards, tiny_dir, tmp_path, ray_driver):
     from sonify.training.loop import run_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        metrics = run_ray(_cfg(shards, tiny_dir, tmp_path / "o", "trainer=ray", "num_workers=2", "steps=2",
-                               "per_device_batch=2", "global_batch=4", "checkpoint_every=2"))
-    finally:
-        ray.shutdown()
+    metrics = run_ray(_cfg(shards, tiny_dir, tmp_path / "o", "trainer=ray", "num_workers=2", "steps=2",
+                           "per_device_batch=2", "global_batch=4", "checkpoint_every=2"))
     assert metrics["step"] == 2
     assert [p.name for p in checkpoints(tmp_path / "o")] == ["checkpoint-2"]
 
