@@ -153,7 +153,7 @@ def ray_head():
     temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")   # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",   # workers import this checkout's sonify
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"   # what runs on it (Ray Train's own actors) finds this head, not another Ray on the machine
     log = Path(temp) / "head.log"
     with log.open("wb") as out:
         head = subprocess.Popen(
@@ -173,16 +173,15 @@ def ray_head():
     finally:
         import shutil
 
-        for sig in (signal.SIGTERM, signal.SIGKILL):   # only the group this fixture started
+        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):   # only the group this fixture started
             try:
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
                 break
             try:
-                head.wait(timeout=15)
+                head.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
-        head.wait()
         shutil.rmtree(temp, ignore_errors=True)
 
 
