@@ -173,7 +173,7 @@ def ray_head():
     finally:
         import shutil
 
-        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):   # only the group this fixture started
+        for sig, grace in ((signal.SIGTERM, 1), (signal.SIGKILL, 30)):   # only the group this fixture started
             try:
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
