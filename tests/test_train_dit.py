@@ -275,7 +275,7 @@ def _sync_worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-@pytest.mark.slow   # multi-rank (the project's rule for slow): two spawned processes importing torch, ~9 s
+@pytest.mark.slow   # multi-rank (the project's rule for slow): two spawned processes importing torch, 3-9 s here
 def test_sync_grads_averages_parameters_outside_ddp_across_ranks(tmp_path):
     """The null-audio token lives outside the DDP module: every rank must end with the same averaged gradient."""
     import torch.multiprocessing as mp
