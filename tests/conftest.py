@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; read at import by huggingface_hub
+# token auth, a local Ray's default, said explicitly: a driver joining the session's Ray head (`ray_head`)
+# sends the token only in this mode, which Ray reads when it is imported
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import pytest
 
@@ -115,3 +124,74 @@ def demo_cli_run(tmp_path_factory, demo_dir):
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     return SimpleNamespace(run_dir=root / "runs" / "demo", stdout=p.stdout, stderr=p.stderr)
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` free TCP ports above Ray's default worker port range (10002-19999)."""
+    ports = []
+    for port in range(20000 + os.getpid() % 5000, 30000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One local Ray head for every Ray test of the session (2 CPUs, 8 declared GPUs); its address.
+
+    Started as `ray start --head --block` in a process group of its own, on free ports and a temp
+    folder of its own (other Rays on the machine are left alone); tests join it with `ray.address=`
+    or `ray_driver`. At the end only this group is stopped: never `ray stop`, which stops every Ray
+    on the machine."""
+    gcs, client, agent, agent_grpc, metrics, env_agent = free_ports(6)
+    temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")   # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",   # workers import this checkout's sonify
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env["RAY_ADDRESS"] = f"127.0.0.1:{gcs}"   # what runs on it (Ray Train's own actors) finds this head, not another Ray on the machine
+    log = Path(temp) / "head.log"
+    with log.open("wb") as out:
+        head = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus=2", "--num-gpus=8",
+             "--include-dashboard=false", "--object-store-memory=300000000", "--disable-usage-stats",
+             f"--port={gcs}", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+             f"--runtime-env-agent-port={env_agent}", f"--temp-dir={temp}"],
+            env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while b"Ray runtime started" not in log.read_bytes():   # `ray start` says so once the node is up
+            assert head.poll() is None, f"ray head exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"ray head not up after 180 s: {log.read_text()[-2000:]}"
+            time.sleep(0.2)   # polling a subprocess's log, not pacing the code under test
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        import shutil
+
+        for sig, grace in ((signal.SIGTERM, 1), (signal.SIGKILL, 30)):   # only the group this fixture started
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                head.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_driver(ray_head):
+    """This process joined to the session's Ray head for one test, then disconnected (the head stays up)."""
+    import ray
+
+    from sonify.engine.cluster import init_ray
+
+    init_ray(ray_head)
+    yield ray_head
+    ray.shutdown()

@@ -130,14 +130,14 @@ class GpuProbeStage(SuicidalStage):
 
 
 @pytest.mark.ray
-def test_a_killed_actor_is_restarted_and_every_row_lands_once(make_cfg):
+def test_a_killed_actor_is_restarted_and_every_row_lands_once(make_cfg, ray_head):
     import ray
     import ray.cloudpickle
 
     from sonify.engine.cluster import connect_ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # this test module is not on the workers' path
-    cfg = make_cfg("run.executor=ray", "stages.images.partition_rows=3", "stages.images.concurrency=1",
+    cfg = make_cfg("run.executor=ray", f"ray.address={ray_head}", "stages.images.partition_rows=3", "stages.images.concurrency=1",
                    "run.error_fraction_min_rows=1000")
     Path(cfg.run.dir).mkdir(parents=True)
     connect_ray(cfg)
@@ -152,47 +152,44 @@ def test_a_killed_actor_is_restarted_and_every_row_lands_once(make_cfg):
 
 
 @pytest.mark.ray
-def test_model_stages_get_the_gpus_they_ask_for_and_over_asking_refuses(make_cfg):
-    """On a CPU machine whose Ray declares 8 GPUs: each actor sees the GPU share it asked for."""
-    import ray
-
+def test_model_stages_get_the_gpus_they_ask_for_and_over_asking_refuses(make_cfg, ray_driver):
+    """On a CPU machine whose Ray declares 8 GPUs (the session's head): each actor sees the GPU share it asked for."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cfg = make_cfg("run.executor=ray", "stages.images.num_gpus=0.5", "stages.images.concurrency=2",
+    on_head = ("run.executor=ray", f"ray.address={ray_driver}")
+    cfg = make_cfg(*on_head, "stages.images.num_gpus=0.5", "stages.images.concurrency=2",
                    "stages.images.partition_rows=2", "run.error_fraction_min_rows=1000")
     Path(cfg.run.dir).mkdir(parents=True)
-    ray.init(num_cpus=2, num_gpus=8, include_dashboard=False, logging_level="WARNING")
-    try:
-        assert run_stage(GpuProbeStage, cfg, progress_bar=False).computed == 6
-        seen = [json.loads(p.read_text()) for p in Path(cfg.run.dir).glob("gpus-*.json")]
-        assert seen and all(len(ids) == 1 for ids in seen)   # a half-GPU share: one device id per actor
-        over = make_cfg("run.executor=ray", "stages.images.num_gpus=9", "run.force=true")
-        with pytest.raises(ConfigError, match="num_gpus=9 per actor, but the cluster has 8 GPUs"):
-            run_stage(get_stage("images"), over, progress_bar=False)
-        typed = make_cfg("run.executor=ray", "stages.images.accelerator_type=H100", "run.force=true")
-        with pytest.raises(ConfigError, match="accelerator_type='H100'"):
-            run_stage(get_stage("images"), typed, progress_bar=False)
-    finally:
-        ray.shutdown()
+    assert run_stage(GpuProbeStage, cfg, progress_bar=False).computed == 6
+    seen = [json.loads(p.read_text()) for p in Path(cfg.run.dir).glob("gpus-*.json")]
+    assert seen and all(len(ids) == 1 for ids in seen)   # a half-GPU share: one device id per actor
+    over = make_cfg(*on_head, "stages.images.num_gpus=9", "run.force=true")
+    with pytest.raises(ConfigError, match="num_gpus=9 per actor, but the cluster has 8 GPUs"):
+        run_stage(get_stage("images"), over, progress_bar=False)
+    typed = make_cfg(*on_head, "stages.images.accelerator_type=H100", "run.force=true")
+    with pytest.raises(ConfigError, match="accelerator_type='H100'"):
+        run_stage(get_stage("images"), typed, progress_bar=False)
 
 
 @pytest.mark.ray
-def test_a_rerun_with_nothing_to_do_starts_no_ray(full_run, tmp_path, monkeypatch):
+def test_a_rerun_with_nothing_to_do_starts_no_ray(full_run, tmp_path, monkeypatch, ray_head):
     """What is finished is decided before Ray starts: a skip-everything re-run never connects."""
     import sonify.engine.cluster as cluster
     from sonify.run import run_pipeline
 
     calls = []
     monkeypatch.setattr(cluster, "connect_ray", lambda cfg: calls.append(cfg) or False)
-    cfg = copy_run(full_run, tmp_path, "run.executor=ray")
+    cfg = copy_run(full_run, tmp_path, "run.executor=ray", f"ray.address={ray_head}")
     assert run_pipeline(cfg) == 0
     assert calls == []
     _fresh(cfg, "shards")   # now there is work: the first partition that needs Ray connects, once
     monkeypatch.setattr(cluster, "connect_ray", lambda cfg: calls.append(cfg) or False)
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    from sonify.engine.cluster import init_ray
+
+    init_ray(ray_head)   # connected here, so the patched connect_ray can count its calls
     try:
         assert run_pipeline(cfg) == 0
     finally:

@@ -221,13 +221,14 @@ def test_pool_smaller_than_k_and_ablation_rows(base_run, tmp_path):
 
 
 @pytest.mark.ray
-def test_matches_do_not_depend_on_worker_count(base_run, tmp_path):
+def test_matches_do_not_depend_on_worker_count(base_run, tmp_path, ray_head):
     import ray
 
     from sonify.engine.cluster import connect_ray
 
     cfg, _ = base_run
-    other = _copy_run(base_run, tmp_path, "run.executor=ray", "stages.retrieve.concurrency=2", "stages.retrieve.partition_rows=9")
+    other = _copy_run(base_run, tmp_path, "run.executor=ray", f"ray.address={ray_head}", "stages.retrieve.concurrency=2",
+                      "stages.retrieve.partition_rows=9")
     store = TableStore(other.run.dir)
     for t in ("matches", "match_ablations"):   # recomputed from scratch, cut into partitions of 9
         store.remove_partitions(t, store.partitions(t))

@@ -173,17 +173,21 @@ def test_sigkill_mid_run_then_rerun_has_every_input_exactly_once(tmp_path, demo_
     store = TableStore(tmp_path / "runs" / "killtest")
     proc = subprocess.Popen([sys.executable, "-m", "sonify.run", *args], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    request = None
     try:
+        silent.settimeout(120)
+        request, _ = silent.accept()   # the run's request for the last image has arrived: it now waits for an answer
         deadline = time.time() + 90
-        while len(store.files("images")) < total - 1 and time.time() < deadline:
+        while len(store.files("images")) < total - 1 and time.time() < deadline:   # the other partitions' files land
             assert proc.poll() is None, "run ended before it reached the silent server"
             time.sleep(0.05)
-        time.sleep(0.3)
         done_before_kill = len(store.files("images"))
         assert done_before_kill == total - 1 and proc.poll() is None  # blocked on the last partition
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if request is not None:
+            request.close()
         silent.close()   # the rerun's request is refused at once: an error row, the partition finishes
     cfg = load_config(args, stage_names())
     rerun = run_stage(get_stage("images"), cfg, progress_bar=False)

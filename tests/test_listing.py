@@ -67,16 +67,29 @@ def test_a_folder_of_folders_listed_by_several_processes_gives_the_serial_listin
 
 
 def _square(x):
-    import time
+    return x * x
 
-    time.sleep(0.02)     # real work takes time: every process gets some
+
+_MET = False   # per worker process: has its first call met the other process's at the barrier
+
+
+def _square_once_met(barrier, x):
+    """x * x; a process's first call waits at the barrier for the other process's first call (not a
+    sleep): while one waits the pool hands the next group to the other, so both compute some items."""
+    global _MET
+    if not _MET:
+        barrier.wait(60)
+        _MET = True
     return x * x
 
 
 def test_process_map_keeps_order_and_runs_few_items_here():
+    import functools
+    import multiprocessing as mp
     import os
 
-    out, cpu = process_map(_square, range(50), 2)
+    with mp.get_context("spawn").Manager() as manager:
+        out, cpu = process_map(functools.partial(_square_once_met, manager.Barrier(2)), range(50), 2)
     assert out == [x * x for x in range(50)] and len(cpu) == 2 and os.getpid() not in cpu
     out, cpu = process_map(_square, range(3), 8)     # too few to pay for processes
     assert out == [0, 1, 4] and list(cpu) == [os.getpid()]

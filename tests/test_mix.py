@@ -200,20 +200,14 @@ def test_manifest_of_another_version_is_refused(tmp_path):
 
 
 @pytest.mark.ray
-def test_render_on_ray_matches_the_pipeline(mixed_run, tmp_path, demo_dir):
+def test_render_on_ray_matches_the_pipeline(mixed_run, tmp_path, demo_dir, ray_driver):
     import hashlib
-
-    import ray
 
     cfg, _ = mixed_run
     manifest = release_paths(cfg.run.dir)[0]
     out = tmp_path / "ray_rebuilt"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        code = mix_main(["--manifest", str(manifest), "--out", str(out), "--ray", "--check", "--no-progress",
-                         "--audio-root", f"demo_sfx={demo_dir / 'audio'}", "--audio-root", f"demo_labelled={demo_dir}"])
-    finally:
-        ray.shutdown()
+    code = mix_main(["--manifest", str(manifest), "--out", str(out), "--ray", "--check", "--no-progress",
+                     "--audio-root", f"demo_sfx={demo_dir / 'audio'}", "--audio-root", f"demo_labelled={demo_dir}"])
     assert code == 0
     for m in (m for m in TableStore(cfg.run.dir).read("mixes").to_pylist() if m["status"] == "ok"):
         assert hashlib.sha256((out / m["path"].split("/", 2)[2]).read_bytes()).hexdigest() == m["flac_sha256"]

@@ -134,14 +134,21 @@ def test_a_worker_node_lost_mid_stage(cluster, full_run, tmp_path, stage):
 
 
 class NodeProbeStage(ImagesStage):
-    """The images stage, slowed down, noting which node ran each partition."""
+    """The images stage, noting which node ran each partition. A gate, not a sleep: after its first two
+    partitions a node holds the next one until a partition has run on another node (the one the test
+    adds), so the late node is sure to find work left."""
 
     def process_batch(self, batch):
         import ray
 
-        (self.run_dir / "nodes").mkdir(exist_ok=True)
-        (self.run_dir / "nodes" / f"{self.partition}.txt").write_text(ray.get_runtime_context().get_node_id())
-        time.sleep(0.3)
+        node = ray.get_runtime_context().get_node_id()
+        nodes = self.run_dir / "nodes"
+        nodes.mkdir(exist_ok=True)
+        tmp = nodes / f".{self.partition}.tmp"
+        tmp.write_text(node)
+        tmp.rename(nodes / f"{self.partition}.txt")   # whole or absent: a reader never sees half a node id
+        _wait_for(lambda: sum(p.read_text() == node for p in nodes.glob("*.txt")) <= 2
+                  or any(p.read_text() != node for p in nodes.glob("*.txt")))
         return super().process_batch(batch)
 
 

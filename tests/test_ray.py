@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_ports
 
 from sonify.engine.executor import run_stage
 from sonify.engine.store import TableStore
@@ -24,11 +24,11 @@ def _sorted(table):
     return table.sort_by("id").to_pylist()
 
 
-def test_ray_data_executor_matches_local_executor(make_cfg, tmp_path, capfd):
+def test_ray_data_executor_matches_local_executor(make_cfg, tmp_path, capfd, ray_head):
     import ray
 
     local_cfg = make_cfg()
-    ray_cfg = make_cfg(f"run.root={tmp_path / 'ray_runs'}", "run.executor=ray")
+    ray_cfg = make_cfg(f"run.root={tmp_path / 'ray_runs'}", "run.executor=ray", f"ray.address={ray_head}")
     from sonify.engine.cluster import connect_ray
 
     connect_ray(ray_cfg)
@@ -48,21 +48,6 @@ def test_ray_data_executor_matches_local_executor(make_cfg, tmp_path, capfd):
     for line in ("Token authentication is enabled", "Progress bars disabled", "execution finished in",
                  "core_worker", "gcs_server", "raylet"):   # nor Ray's C++ log lines (actors built from small arguments)
         assert line not in err, err[-2000:]
-
-
-def _free_ports(n: int) -> list[int]:
-    """`n` free TCP ports above Ray's default worker port range (10002-19999)."""
-    ports = []
-    for port in range(20000 + os.getpid() % 5000, 30000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError("no free ports")
 
 
 def _readme_ray_lines() -> tuple[list[str], str]:
@@ -88,7 +73,7 @@ def test_the_readme_ray_job_submit_line_runs_against_a_head_started_as_the_readm
     env.pop("RAY_ADDRESS", None)
     local = [sys.executable, "-m", "sonify.run", "pipeline=demo", "run.executor=local", "run.progress=false"]
     subprocess.run([*local, "stage=images"], cwd=checkout, env=env, check=True, capture_output=True, timeout=300)
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent = free_ports(4)
     temp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", *head_flags, f"--port={gcs}", f"--dashboard-port={dash}",
@@ -142,7 +127,7 @@ def test_a_stale_cluster_record_on_the_machine_is_not_joined(tmp_path, demo_dir)
     ray_tmp = Path(tempfile.mkdtemp(prefix="s28-", dir="/tmp"))   # short: Ray's socket paths must fit 107 bytes
     try:
         (ray_tmp / "ray").mkdir()
-        dead = _free_ports(1)[0]
+        dead = free_ports(1)[0]
         (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead}")
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env.update(RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(REPO))

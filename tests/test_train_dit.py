@@ -241,18 +241,13 @@ def test_generate_writes_images_of_the_configured_size(shards, tiny_dir, tmp_pat
         generate(str(tmp_path / "o"), [str(a)], str(tmp_path / "gen3"), steps=3, num_images=1, device="cpu", sequential=True)[0])))
 
 
+@pytest.mark.slow   # Ray Train's controller and a 2-rank gloo group on 2 cores: ~20 s; the loop itself runs in the fast tests
 @pytest.mark.ray
-def test_ray_train_with_two_cpu_workers(shards, tiny_dir, tmp_path):
-    import ray
-
+def test_ray_train_with_two_cpu_workers(shards, tiny_dir, tmp_path, ray_driver):
     from sonify.training.loop import run_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        metrics = run_ray(_cfg(shards, tiny_dir, tmp_path / "o", "trainer=ray", "num_workers=2", "steps=2",
-                               "per_device_batch=2", "global_batch=4", "checkpoint_every=2"))
-    finally:
-        ray.shutdown()
+    metrics = run_ray(_cfg(shards, tiny_dir, tmp_path / "o", "trainer=ray", "num_workers=2", "steps=2",
+                           "per_device_batch=2", "global_batch=4", "checkpoint_every=2"))
     assert metrics["step"] == 2
     assert [p.name for p in checkpoints(tmp_path / "o")] == ["checkpoint-2"]
 
@@ -280,6 +275,7 @@ def _sync_worker(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow   # multi-rank (the project's rule for slow): two spawned processes importing torch, 3-9 s here
 def test_sync_grads_averages_parameters_outside_ddp_across_ranks(tmp_path):
     """The null-audio token lives outside the DDP module: every rank must end with the same averaged gradient."""
     import torch.multiprocessing as mp

@@ -19,8 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from sonify.bench.common import best_of_interleaved, demo_config, peak_rss_mib
-from sonify.engine.cli import command_parser
+from sonify.bench.common import bench_args, best_of_interleaved, demo_config, peak_rss_mib
 
 RATES = [(16000, 1, "WAV"), (22050, 2, "FLAC"), (44100, 2, "WAV"), (48000, 1, "FLAC")]
 
@@ -70,11 +69,7 @@ def _bare_chunks(chunks: list[dict], target_sr: int, chunk_seconds: float) -> No
 
 
 def main(argv=None) -> None:
-    ap = command_parser("bench audio", __doc__, settings=False)
-    ap.add_argument("--files", type=int, default=24)
-    ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args(argv)
+    a = bench_args("audio", __doc__, argv, files=24, seconds=30.0, repeats=3)
 
     from omegaconf import OmegaConf
 

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import resource
 import statistics
 import time
 from typing import Callable
+
+from sonify.engine.cli import command_parser
+
+
+def bench_args(name: str, doc: str, argv, **flags) -> argparse.Namespace:
+    """`python -m sonify.bench <name>`'s arguments: each keyword is a flag (`batch_size` -> `--batch-size`)
+    whose default's type is the flag's type (False: a switch); `(default, help)` adds a help line."""
+    ap = command_parser(f"bench {name}", doc, settings=False)   # the commands' parser (one-line bad arguments)
+    for key, value in flags.items():
+        default, help_ = value if isinstance(value, tuple) else (value, None)
+        flag = "--" + key.replace("_", "-")
+        if isinstance(default, bool):
+            ap.add_argument(flag, action="store_true", help=help_)
+        else:
+            ap.add_argument(flag, type=type(default), default=default, help=help_)
+    return ap.parse_args(argv)
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3, setup: Callable[[], object] | None = None) -> tuple[float, float]:

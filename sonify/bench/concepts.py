@@ -14,18 +14,12 @@ from __future__ import annotations
 
 import tempfile
 
-from sonify.bench.common import best_of, demo_config, peak_rss_mib
-from sonify.engine.cli import command_parser
+from sonify.bench.common import bench_args, best_of, demo_config, peak_rss_mib
 
 
 def main(argv=None) -> None:
-    ap = command_parser("bench concepts", __doc__, settings=False)
-    ap.add_argument("--images", type=int, default=48, help="demo images to generate and caption")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--vlm", default="tiny:vlm", help="model id or path (default: the tiny random VLM)")
-    a = ap.parse_args(argv)
+    a = bench_args("concepts", __doc__, argv, images=(48, "demo images to generate and caption"), batch_size=8, max_new_tokens=32, repeats=3,
+                   vlm=("tiny:vlm", "model id or path (default: the tiny random VLM)"))
 
     from omegaconf import OmegaConf
 

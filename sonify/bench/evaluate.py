@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 
-from sonify.bench.common import best_of, peak_rss_mib
-from sonify.engine.cli import command_parser
+from sonify.bench.common import bench_args, best_of, peak_rss_mib
 
 
 def _gflops(model, x) -> float:
@@ -30,12 +29,7 @@ def _gflops(model, x) -> float:
 
 
 def main(argv=None) -> None:
-    ap = command_parser("bench evaluate", __doc__, settings=False)
-    ap.add_argument("--images", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--scoring", type=int, default=1000, help="rows for the metric arithmetic (the paper's VGGSound: ~1K)")
-    ap.add_argument("--repeats", type=int, default=2)
-    a = ap.parse_args(argv)
+    a = bench_args("evaluate", __doc__, argv, images=32, batch=16, scoring=(1000, "rows for the metric arithmetic (the paper's VGGSound: ~1K)"), repeats=2)
 
     import torch
     from PIL import Image

@@ -15,8 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sonify.bench.common import demo_config
-from sonify.engine.cli import command_parser
+from sonify.bench.common import bench_args, demo_config
 from sonify.stages import STAGES as REGISTRY
 
 STAGES = tuple(REGISTRY)
@@ -36,11 +35,7 @@ def run_all(cfg) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = command_parser("bench growth", __doc__, settings=False)
-    ap.add_argument("--images", type=int, default=300)
-    ap.add_argument("--audio-files", type=int, default=100)
-    ap.add_argument("--partition-rows", type=int, default=16)
-    a = ap.parse_args(argv)
+    a = bench_args("growth", __doc__, argv, images=300, audio_files=100, partition_rows=16)
 
     import pyarrow as pa
     import pyarrow.parquet as pq

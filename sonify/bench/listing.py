@@ -29,8 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from sonify.bench.common import best_of_interleaved
-from sonify.engine.cli import command_parser
+from sonify.bench.common import bench_args, best_of_interleaved
 
 
 def make_sa1b_tars(folder: Path, tars: int, images_per_tar: int) -> list[Path]:
@@ -59,14 +58,8 @@ def make_sa1b_tars(folder: Path, tars: int, images_per_tar: int) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    ap = command_parser("bench listing", __doc__, settings=False)
-    ap.add_argument("--tars", type=int, default=200)
-    ap.add_argument("--images-per-tar", type=int, default=500)
-    ap.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--folders", type=int, default=200, help="a folder source of this many sub-folders (0: skip)")
-    ap.add_argument("--files-per-folder", type=int, default=500)
-    a = ap.parse_args(argv)
+    a = bench_args("listing", __doc__, argv, tars=200, images_per_tar=500, workers=(0, "processes (0: one per core)"), repeats=3,
+                   folders=(200, "a folder source of this many sub-folders (0: skip)"), files_per_folder=500)
 
     from sonify.engine.config import SourceConf
     from sonify.sources.images import _list_tar, list_images

@@ -17,16 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sonify.bench.common import best_of, demo_config, peak_rss_mib
-from sonify.engine.cli import command_parser
+from sonify.bench.common import bench_args, best_of, demo_config, peak_rss_mib
 
 
 def main(argv=None) -> None:
-    ap = command_parser("bench mix", __doc__, settings=False)
-    ap.add_argument("--mixtures", type=int, default=200)
-    ap.add_argument("--files", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args(argv)
+    a = bench_args("mix", __doc__, argv, mixtures=200, files=16, repeats=3)
 
     from sonify.bench.audio import make_corpus
     from sonify.media.audio import load_chunk

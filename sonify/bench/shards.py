@@ -23,18 +23,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sonify.bench.common import best_of_interleaved, demo_config, peak_rss_mib
-from sonify.engine.cli import command_parser
+from sonify.bench.common import bench_args, best_of_interleaved, demo_config, peak_rss_mib
 from sonify.media.tar import TarStream
 
 
 def main(argv=None) -> None:
-    ap = command_parser("bench shards", __doc__, settings=False)
-    ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--samples-per-shard", type=int, default=500)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--profile", action="store_true", help="print a cProfile of one stage run")
-    a = ap.parse_args(argv)
+    a = bench_args("shards", __doc__, argv, samples=2000, samples_per_shard=500, repeats=3,
+                   profile=(False, "print a cProfile of one stage run"))
 
     from sonify.stages.shards import ShardsStage
 

@@ -265,12 +265,18 @@ def notes_of(table: pa.Table) -> list[str]:
     return json.loads(meta.get(b"notes", b"[]"))
 
 
-def read_clips(path: str | Path) -> tuple[pa.Table, Path]:
-    """A clip list (its file, or the folder holding `clips.parquet`) and the folder its paths are relative to."""
+def read_listing(path: str | Path, name: str, what: str, command: str) -> tuple[pa.Table, Path]:
+    """A listing Parquet (its file, or the folder holding `name`) and the folder its paths are relative to;
+    a missing one is a one-line error naming the command that writes it."""
     import pyarrow.parquet as pq
 
     p = Path(path)
-    p = p / CLIPS_FILE if p.is_dir() else p
+    p = p / name if p.is_dir() else p
     if not p.exists():
-        raise ConfigError(f"no clip list at {p}; run `python -m sonify.evaluate prepare` first")
+        raise ConfigError(f"no {what} at {p}; run `python -m sonify.evaluate {command}` first")
     return pq.read_table(p), p.parent
+
+
+def read_clips(path: str | Path) -> tuple[pa.Table, Path]:
+    """A clip list (its file, or the folder holding `clips.parquet`) and the folder its paths are relative to."""
+    return read_listing(path, CLIPS_FILE, "clip list", "prepare")

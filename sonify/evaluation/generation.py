@@ -18,7 +18,7 @@ import pyarrow as pa
 from sonify.engine.errors import error_text
 from sonify.engine.files import atomic_write
 from sonify.engine.keys import keyed_rng
-from sonify.evaluation.benchmarks import read_clips
+from sonify.evaluation.benchmarks import read_clips, read_listing
 from sonify.evaluation.config import EvalConf
 from sonify.media import IMAGE_EXTENSIONS
 
@@ -144,10 +144,5 @@ def index_folder(clips_path: str | Path, images: str | Path, out: str | Path) ->
 
 
 def read_index(path: str | Path) -> tuple[pa.Table, Path]:
-    import pyarrow.parquet as pq
-
-    p = Path(path)
-    p = p / INDEX_FILE if p.is_dir() else p
-    if not p.exists():
-        raise FileNotFoundError(f"no image index at {p}; run `python -m sonify.evaluate generate` first")
-    return pq.read_table(p), p.parent
+    """The image index (its file, or the folder holding `index.parquet`) and the folder its paths are relative to."""
+    return read_listing(path, INDEX_FILE, "image index", "generate")

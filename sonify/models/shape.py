@@ -153,26 +153,27 @@ def _image_processor(pil_cls, folder: Path):
     return pil_cls(**settings)
 
 
+def _vlm(model_cls, processor_cls, pil_cls, tokenizer_cls, spec: str, folder: Path, meta: dict, out: Path) -> None:
+    """A VLM folder: random weights of the real architecture, and the processor saved from the
+    reference folder's settings (image processor, tokenizer, chat template)."""
+    _build_model(model_cls, hf_config(spec), meta["build_dtype"]).save_pretrained(out)
+    proc_settings = json.loads((folder / "processor_config.json").read_text())
+    proc_settings.pop("processor_class", None)
+    processor_cls(image_processor=_image_processor(pil_cls, folder),
+                  tokenizer=_tokenizer(tokenizer_cls, folder, meta), chat_template=_chat_template(folder),
+                  **proc_settings).save_pretrained(out)
+
+
 def _llava(spec: str, folder: Path, meta: dict, out: Path) -> None:
     from transformers import CLIPImageProcessorPil, LlamaTokenizerFast, LlavaForConditionalGeneration, LlavaProcessor
 
-    _build_model(LlavaForConditionalGeneration, hf_config(spec), meta["build_dtype"]).save_pretrained(out)
-    proc_settings = json.loads((folder / "processor_config.json").read_text())
-    proc_settings.pop("processor_class", None)
-    LlavaProcessor(image_processor=_image_processor(CLIPImageProcessorPil, folder),
-                   tokenizer=_tokenizer(LlamaTokenizerFast, folder, meta), chat_template=_chat_template(folder),
-                   **proc_settings).save_pretrained(out)
+    _vlm(LlavaForConditionalGeneration, LlavaProcessor, CLIPImageProcessorPil, LlamaTokenizerFast, spec, folder, meta, out)
 
 
 def _idefics3(spec: str, folder: Path, meta: dict, out: Path) -> None:
     from transformers import GPT2TokenizerFast, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
 
-    _build_model(Idefics3ForConditionalGeneration, hf_config(spec), meta["build_dtype"]).save_pretrained(out)
-    proc_settings = json.loads((folder / "processor_config.json").read_text())
-    proc_settings.pop("processor_class", None)
-    Idefics3Processor(image_processor=_image_processor(Idefics3ImageProcessorPil, folder),
-                      tokenizer=_tokenizer(GPT2TokenizerFast, folder, meta), chat_template=_chat_template(folder),
-                      **proc_settings).save_pretrained(out)
+    _vlm(Idefics3ForConditionalGeneration, Idefics3Processor, Idefics3ImageProcessorPil, GPT2TokenizerFast, spec, folder, meta, out)
 
 
 def t5_config(spec: str):
