@@ -100,7 +100,6 @@ def test_a_reader_honours_the_runs_memory_limit_and_fails_in_one_line(named_run,
 ALLOWED_CONNECT = {
     "engine/partitions.py": "planner_connection: the one factory; the store's views (open_run, TableStore.connect) use it",
     "bench/plan.py": "writes synthetic input lists for a planning benchmark: a scratch database, not a run's tables",
-    "mixing/release.py": "issue 23's edges part rewrites build_release as a COPY under run.plan_memory; drop once merged",
 }
 
 
