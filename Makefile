@@ -31,8 +31,10 @@ demo: $(STAMP)
 	$(PY) -m sonify.generate --checkpoint $(DEMO)/dit --out $(DEMO)/generated --steps 10 --num-images 4 \
 	    --audio $(DEMO)/data/audio/dog_bark_16000hz_1ch.wav $(DEMO)/data/audio/bell_8000hz_1ch.wav --offsets 0 -6
 
+# two test processes (the 2-core machine's cores), then the tests on the session's Ray head in one (conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not ray" -n 2
+	$(PY) -m pytest -q -m "not slow and ray"
 
 # heavier checks (browser, multi-rank, full-width models); pytest's exit 5 (none selected) is not a failure
 test-slow: $(STAMP)

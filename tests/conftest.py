@@ -26,6 +26,17 @@ REPO = Path(__file__).resolve().parents[1]
 NO_BACKOFF = ("run.retry_backoff_s=0",)   # a test that provokes a retry never waits for it
 
 
+RAY_FIXTURES = {"ray_head", "ray_driver"}
+
+
+def pytest_itemcollected(item):
+    """A test on the session's Ray head is marked `ray`: `make test` runs the others on two processes
+    (pytest-xdist) and these in one process after them, with one head (two processes would start two
+    heads, racing for ports on a 2-core machine)."""
+    if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     return ensure_demo_data(tmp_path_factory.mktemp("demo_data"), num_images=12, seed=0)
