@@ -207,7 +207,7 @@ def test_release_and_export_memory_stays_flat_from_10k_to_100k_mixtures(tmp_path
         release = pq.ParquetFile(run / "release" / "release.parquet")
         assert release.metadata.num_rows == n and release.num_row_groups >= n // 8192
         last = pq.read_table(run / "release" / "release.parquet").slice(n - 1).to_pylist()[0]
-        assert last["mix_id"] == f"v-img-{n - 1:07d}" and [c["concept_text"] for c in last["components"]] == [
+        assert last["mix_id"] == f"v-img-{n - 1:07d}" and [c["text"] for c in last["components"]] == [
             f"the sound of v-img-{n - 1:07d}-{k}" for k in range(COMPONENTS)]
         hf = pq.read_table(sorted((tmp_path / f"hf{n}" / "parquet").glob("*.parquet"))[-1], columns=["id", "components", "split"])
         assert hf.slice(hf.num_rows - 1).to_pylist()[0]["components"][2]["n_eligible"] == 7
