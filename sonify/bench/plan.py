@@ -35,33 +35,33 @@ TABLES = {
     "images": ("images", "img", """SELECT {img_i} AS id, 'sa1b' AS source, 'sa_' || i || '.jpg' AS uri,
         100000 AS nbytes, sha256(i::VARCHAR) AS sha256, 'JPEG' AS format, 'RGB' AS mode, 1500 AS width, 2250 AS height,
         1 AS exif_orientation, 'ok' AS status"""),
-    "concepts": ("concepts", "var", """SELECT {vk} || '-' || {img_v} AS id, {img_v} AS image_id, {vlm} AS variant, 'generate' AS origin,
+    "concepts": ("concepts", "var", """SELECT {variant_id} AS id, {img_v} AS image_id, {vlm} AS variant, 'generate' AS origin,
         'p' AS prompt, 'r' AS raw, [{{'object': 'dog', 'sound': 'barking', 'text': 'dog barking ' || j}}
         FOR j IN range(3)] AS concepts, 3 AS n_concepts, 3 AS items_found, 'ok' AS status"""),
-    "captions": ("concepts", "var", """SELECT {vk} || '-' || {img_v} AS id, {img_v} AS image_id, {vlm} AS variant, 'generate' AS origin,
+    "captions": ("concepts", "var", """SELECT {variant_id} AS id, {img_v} AS image_id, {vlm} AS variant, 'generate' AS origin,
         'p' AS prompt, 'a dog in a park' AS caption, 'ok' AS status"""),
     "kept_images": ("filter", "img", """SELECT {img_i} AS id, true AS kept, ['a', 'b'] AS variants, 2 AS n_variants, 'ok' AS status"""),
     "audio_files": ("audio", "clip", """SELECT {clip_i} AS id, 'audioset' AS source, 'clips/' || i || '.flac' AS uri,
         ['Dog'] AS labels, 'FLAC' AS format, 48000 AS sample_rate, 2 AS channels,
         480000 AS frames, 10.0 AS duration, 900000 AS nbytes, -3.0 AS peak_dbfs, 2 AS num_chunks, 'ok' AS status"""),
-    "audio_chunks": ("audio", "chunk", """SELECT {clip_c} || '-' || (i % 2) AS id, {clip_c} AS file_id, 'audioset' AS source,
+    "audio_chunks": ("audio", "chunk", """SELECT {chunk_id} AS id, {clip_c} AS file_id, 'audioset' AS source,
         'clips/' || (i // 2) || '.flac' AS uri, i % 2 AS chunk_index, 48000 AS sample_rate, (i % 2) * 240000 AS start_frame,
         240000 AS num_frames, (i % 2) * 5.0 AS offset, 5.0 AS duration, 0.0 AS padding, -6.0 AS peak_dbfs, -20.0 AS rms_dbfs,
         'ok' AS status"""),
-    "concept_embeddings": ("embed_text", "concept", """SELECT {vk_c} || '-' || {img_c} || '-' || (i % 3) AS id,
-        {vk_c} || '-' || {img_c} AS concept_id, {img_c} AS image_id, {vlm_c} AS variant, i % 3 AS concept_index,
+    "concept_embeddings": ("embed_text", "concept", """SELECT {concept_id} AS id,
+        {variant_id_c} AS concept_id, {img_c} AS image_id, {vlm_c} AS variant, i % 3 AS concept_index,
         'dog barking ' || (i % 3) AS text, 'clap' AS model, 1.0 AS norm, 'ok' AS status"""),
-    "matches": ("retrieve", "concept", """SELECT {vk_c} || '-' || {img_c} || '-' || (i % 3) AS id, {img_c} AS image_id,
+    "matches": ("retrieve", "concept", """SELECT {concept_id} AS id, {img_c} AS image_id,
         {vlm_c} AS variant, i % 3 AS concept_index, 'dog barking ' || (i % 3) AS text,
         {chunk_pick} AS chunk_id, 0.5 AS cosine, 'ssr' AS mode, 'ok' AS status"""),
-    "mixes": ("mix", "var", """SELECT {vk} || '-' || {img_v} AS id, {img_v} AS image_id, {vlm} AS variant,
+    "mixes": ("mix", "var", """SELECT {variant_id} AS id, {img_v} AS image_id, {vlm} AS variant,
         [{{'concept_index': j, 'text': 'dog barking ' || j, 'chunk_id': 'c', 'source': 'audioset',
            'uri': 'clips/1.flac', 'source_rate': 48000, 'start_frame': 0, 'num_frames': 240000, 'offset': 0.0,
            'duration': 5.0, 'cosine': 0.5, 'target_lufs': -23.0, 'measured_lufs': -23.0, 'gain_db': 0.0, 'included': true,
            'reason': NULL}} FOR j IN range(3)] AS components, 3 AS n_components, 16000 AS sample_rate, 5.0 AS duration,
         0.0 AS mix_gain_db, -23.0 AS lufs, -3.0 AS peak_dbfs, 'mixes/x/' || i || '.flac' AS path,
         sha256(i::VARCHAR) AS flac_sha256, 'ok' AS status"""),
-    "audio_features": ("features", "var", """SELECT {vk} || '-' || {img_v} AS id, {img_v} AS image_id, {vlm} AS variant, 'ast' AS model,
+    "audio_features": ("features", "var", """SELECT {variant_id} AS id, {img_v} AS image_id, {vlm} AS variant, 'ast' AS model,
         'features/x/' || i || '.npy' AS path, sha256(i::VARCHAR) AS sha256, 50 AS frames, 768 AS dim, 'ok' AS status"""),
     "image_latents": ("latents", "img", """SELECT {img_i} AS id, 'vae' AS model, 'latents/x/' || i || '.npy' AS path,
         sha256(i::VARCHAR) AS sha256, 4 AS channels, 64 AS height, 64 AS width, 512 AS resolution, 0.18215 AS scaling_factor,
@@ -70,7 +70,7 @@ TABLES = {
 
 
 def _sql(template: str, pool_chunks: int) -> str:
-    from sonify.engine.ids import variant_key
+    from sonify.engine.ids import chunk_id_sql, concept_id_sql, variant_id_from_key_sql, variant_key
 
     def pick(expr):   # the VLM of variant number `expr` (0 or 1)
         return f"(CASE WHEN {expr} = 0 THEN '{VLMS[0]}' ELSE '{VLMS[1]}' END)"
@@ -80,9 +80,14 @@ def _sql(template: str, pool_chunks: int) -> str:
 
     img = lambda x: f"substr(sha1('img' || ({x})), 1, 16)"
     clip = lambda x: f"substr(sha1('clip' || ({x})), 1, 16)"
-    return template.format(img_i=img("i"), img_v=img("i // 2"), img_c=img("i // 6"), vk=key("i % 2"), vlm=pick("i % 2"),
-                           vk_c=key("(i // 3) % 2"), vlm_c=pick("(i // 3) % 2"), clip_i=clip("i"), clip_c=clip("i // 2"),
-                           chunk_pick=f"{clip(f'hash(i) % {pool_chunks // CHUNKS_PER_CLIP}')} || '-' || (i % 2)")
+    args = dict(img_i=img("i"), img_v=img("i // 2"), img_c=img("i // 6"), vk=key("i % 2"), vlm=pick("i % 2"),
+                vk_c=key("(i // 3) % 2"), vlm_c=pick("(i // 3) % 2"), clip_i=clip("i"), clip_c=clip("i // 2"))
+    args.update(variant_id=variant_id_from_key_sql(args["vk"], args["img_v"]),   # the ids as the stages make them
+                variant_id_c=variant_id_from_key_sql(args["vk_c"], args["img_c"]),
+                chunk_id=chunk_id_sql(args["clip_c"], "(i % 2)"),
+                chunk_pick=chunk_id_sql(clip(f"hash(i) % {pool_chunks // CHUNKS_PER_CLIP}"), "(i % 2)"))
+    args["concept_id"] = concept_id_sql(args["variant_id_c"], "(i % 3)")
+    return template.format(**args)
 
 
 def config(root: Path, lists: Path, imports: bool = False):
