@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from sonify.engine.cli import command, command_parser, parse_command, run_of
+from sonify.engine.cli import command, command_parser, non_negative_int, parse_command, run_of
 from sonify.engine.errors import SonifyError
 from sonify.engine.store import open_run
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sql", nargs="?", help="SQL; the run's tables are views")
     p.add_argument("--file", help="run the SQL in this file instead")
     p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
-    p.add_argument("--max-rows", type=int, default=200)
+    p.add_argument("--max-rows", type=non_negative_int, default=200)
     a, settings = parse_command(p, argv)
     run_dir = run_of(p, settings)
     try:
