@@ -202,6 +202,13 @@ def test_manifest_of_another_version_is_refused(tmp_path, capsys):
     assert err[0].count(str(tmp_path / "old.parquet")) == 1, err   # the path said once
 
 
+@pytest.mark.parametrize("name", ["nope.parquet", "nope.jsonl"])
+def test_a_missing_manifest_is_one_line_saying_its_path_once(tmp_path, name, capsys):
+    assert mix_main(["--manifest", str(tmp_path / name), "--audio-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sonify.mix: manifest {tmp_path / name}: no such file"], err
+
+
 @pytest.mark.ray
 def test_render_on_ray_matches_the_pipeline(mixed_run, tmp_path, demo_dir, ray_driver):
     import hashlib
