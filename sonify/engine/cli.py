@@ -45,6 +45,17 @@ def non_negative_int(text: str) -> int:
     return n
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0 (a size limit)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return x
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
