@@ -8,7 +8,7 @@ its temporary folder is removed when it stops. See docs/app.md.
 
 from __future__ import annotations
 
-from sonify.engine.cli import command, command_parser, parse_command, run_of
+from sonify.engine.cli import command, command_parser, parse_command, positive_float, positive_int, run_of
 from sonify.engine.runs import RUN_KEYS
 
 import signal
@@ -27,19 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     p = command_parser("app", __doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="uploads over this are refused")
-    p.add_argument("--page-size", type=int, default=d.page_size, help="search results per page")
-    p.add_argument("--max-concepts", type=int, default=d.max_concepts, help="typed concepts per image")
-    p.add_argument("--num-images", type=int, default=d.num_images, help="images per draw")
+    p.add_argument("--max-upload-mb", type=positive_float, default=d.max_upload_mb, help="uploads over this are refused")
+    p.add_argument("--page-size", type=positive_int, default=d.page_size, help="search results per page")
+    p.add_argument("--max-concepts", type=positive_int, default=d.max_concepts, help="typed concepts per image")
+    p.add_argument("--num-images", type=positive_int, default=d.num_images, help="images per draw")
     p.add_argument("--device", default=d.device, help="where the checkpoint's sampler runs (auto | cpu | cuda)")
     p.add_argument("--screenshots", metavar="DIR", help="save a screenshot of each tab (driven in headless Chromium "
                    "with the demo's files) into DIR, then stop (make app-screenshots)")
     a, settings = parse_command(p, argv, RUN_KEYS + ("checkpoint",))
-    for flag, value in (("--page-size", a.page_size), ("--max-concepts", a.max_concepts), ("--num-images", a.num_images),
-                        ("--max-upload-mb", a.max_upload_mb)):
-        if not value > 0:
-            print(f"sonify.app: bad value {value} for {flag}: must be above 0", file=sys.stderr)
-            return 2
     conf = AppConf(max_upload_mb=a.max_upload_mb, page_size=a.page_size, max_concepts=a.max_concepts,
                    num_images=a.num_images, device=a.device)
     import importlib.util

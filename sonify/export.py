@@ -10,15 +10,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sonify.engine.cli import command, command_parser, parse_command, report_errors, run_of
+from sonify.engine.cli import command, command_parser, out_folder, parse_command, positive_int, report_errors, run_of
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
     p = command_parser("export", __doc__)
     p.add_argument("format", choices=["hf"], help="hf: a Hugging Face datasets dataset")
-    p.add_argument("--out", required=True, help="the dataset's folder (replaced whole)")
-    p.add_argument("--rows-per-parquet", type=int, default=1000)
+    p.add_argument("--out", required=True, type=out_folder,
+                   help="the dataset's folder: a new or empty one, or an earlier export of this command (replaced "
+                        "whole); refused when it is, holds or lies inside the run folder, or holds anything else")
+    p.add_argument("--rows-per-parquet", type=positive_int, default=1000)
     a, settings = parse_command(p, argv)
     run_dir = run_of(p, settings)
     try:

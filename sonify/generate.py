@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sonify.engine.cli import command, command_parser, report_errors
+from sonify.engine.cli import command, command_parser, out_folder, positive_int, report_errors
 from sonify.training.sampling import generate
 
 
@@ -25,14 +25,14 @@ def main(argv=None) -> int:
     p.add_argument("--sequential", action="store_true",
                    help="play the inputs one after another instead of mixing (any number: one AST slot of --seconds each)")
     p.add_argument("--guidance", type=float, default=4.5)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--num-images", type=positive_int, default=4)
     p.add_argument("--lufs", type=float, default=-23.0, help="loudness each input is normalised to before offsets")
     p.add_argument("--seconds", type=float, default=5.0, help="each input is cut or padded to this length")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="generated")
+    p.add_argument("--out", type=out_folder, default="generated")
     a = p.parse_args(argv)
     if a.sequential and len(a.audio) < 2:     # one input in sequence is that input alone: surely not what was meant
         print("sonify.generate: --sequential plays the inputs one after another: give at least 2 --audio files", file=sys.stderr)

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.audio_root or a.source or a.pipeline):
         p.error("say where the audio sources are: --source NAME=DIR (one per source), --audio-root DIR or --pipeline NAME")
     t0 = time.perf_counter()
+    if not Path(a.manifest).is_file():   # said here: the readers' own messages would repeat the path
+        print(f"sonify.mix: manifest {a.manifest}: no such file", file=sys.stderr)
+        return 2
     try:
         release = Release(a.manifest)
         dups = duplicate_outputs(release, a.out)   # a first pass checks every row before anything is rendered

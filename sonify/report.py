@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sonify.engine.cli import command, command_parser, parse_command, report_errors, run_of
+from sonify.engine.cli import command, command_parser, non_negative_int, out_folder, parse_command, positive_int, report_errors, run_of
 from sonify.publish.site import ReportConf, build_report
 
 
@@ -26,9 +26,9 @@ def run_chunk_seconds(run_dir: Path, default: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     d = ReportConf()
     p = command_parser("report", __doc__)
-    p.add_argument("--out", help="the site's folder (default <run>/report)")
-    p.add_argument("--max-images", type=int, default=d.max_images, help="kept images shown; more are sampled (seeded)")
-    p.add_argument("--page-size", type=int, default=d.page_size)
+    p.add_argument("--out", type=out_folder, help="the site's folder (default <run>/report)")
+    p.add_argument("--max-images", type=non_negative_int, default=d.max_images, help="kept images shown; more are sampled (seeded)")
+    p.add_argument("--page-size", type=positive_int, default=d.page_size)
     p.add_argument("--seed", type=int, default=d.seed)
     a, settings = parse_command(p, argv)
     run_dir = run_of(p, settings)

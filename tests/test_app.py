@@ -232,9 +232,12 @@ def test_handlers_show_one_line_and_escape_what_they_show():
     assert "/gradio_api/file=/tmp/x%20y/c.wav" in page
 
 
-def test_bad_settings_fail_in_one_line(capsys):
-    assert cmd.main(["run=demo", "--page-size", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "sonify.app: bad value 0 for --page-size: must be above 0"
+@pytest.mark.parametrize("flag, value, why", [("--page-size", "0", "must be a positive integer, got 0"),
+                                               ("--num-images", "-2", "must be a positive integer, got -2"),
+                                               ("--max-upload-mb", "0", "must be above 0, got 0")])
+def test_bad_settings_fail_in_one_line(flag, value, why, capsys):
+    assert cmd.main(["run=demo", flag, value]) == 2
+    assert capsys.readouterr().err.strip() == f"sonify.app: argument {flag}: {why}"
 
 
 def test_a_run_without_the_float32_pool_copy_is_read_not_written(opened, tmp_path):

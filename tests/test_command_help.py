@@ -68,6 +68,30 @@ def test_a_bad_argument_is_one_line_and_exit_2(name, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("sonify:" if name == "run" else f"sonify.{name}:"), (code, err)
 
 
+A_FILE = str(Path(__file__).resolve())   # an existing file where a folder is asked for
+BAD_VALUES = [("report", ["--out", A_FILE], "--out"), ("report", ["--page-size", "0"], "--page-size"),
+              ("report", ["--max-images", "-1"], "--max-images"), ("report", ["--page-size", "many"], "--page-size"),
+              ("export", ["hf", "--out", "x", "--rows-per-parquet", "0"], "--rows-per-parquet"),
+              ("export", ["hf", "--out", A_FILE], "--out"),
+              ("generate", ["--checkpoint", "nowhere", "--audio", "a.wav", "--num-images", "0"], "--num-images"),
+              ("generate", ["--checkpoint", "nowhere", "--audio", "a.wav", "--steps", "0"], "--steps"),
+              ("generate", ["--checkpoint", "nowhere", "--audio", "a.wav", "--out", A_FILE], "--out"),
+              ("query", ["--max-rows", "-1", "SELECT 1"], "--max-rows")]
+
+
+@pytest.mark.parametrize("name, argv, flag", BAD_VALUES, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_a_bad_flag_value_is_one_line_naming_the_flag_and_exit_2(name, argv, flag, capsys):
+    """A value a flag cannot take (0 pages, -1 rows, a file for a folder) is refused as the line is read:
+    one line naming the flag, exit 2, before any work (no traceback, nothing written first)."""
+    main = importlib.import_module(f"sonify.{name}").main
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"sonify.{name}:") and flag in err[0], (code, err)
+
+
 @pytest.mark.parametrize("argv", [["--no-such-flag"], ["audio", "--no-such-flag"], ["plan", "--images", "many"]])
 def test_a_bad_benchmark_argument_is_one_line_and_exit_2(argv, capsys):
     from sonify.bench.__main__ import main

@@ -92,3 +92,17 @@ def test_paper_build_without_its_corpora_fails_in_one_line_naming_the_missing_so
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "stage concepts needs table images: run stage=images first" in err
     assert "missing images source(s): sa1b (/data/sa1b)" in err
+
+
+def test_a_missing_prompt_file_names_each_folder_once(monkeypatch, tmp_path):
+    """The error lists the folders a prompt path is tried in; run from the repo they are one folder, said once."""
+    from sonify.engine.config import resolve_text
+    from sonify.engine.paths import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(ConfigError) as e:
+        resolve_text("prompts/no_such_prompt.txt")
+    assert str(e.value) == f"prompt file 'prompts/no_such_prompt.txt' not found (relative to {REPO_ROOT})"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"relative to {tmp_path} or {REPO_ROOT}"):
+        resolve_text("prompts/no_such_prompt.txt")

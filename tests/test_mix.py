@@ -192,11 +192,21 @@ def test_missing_corrupt_and_escaping_sources_are_row_errors(mixed_run, tmp_path
     assert errs[0].startswith("refused:") and errs[1].startswith("not_found:") and errs[2].startswith("failed:")
 
 
-def test_manifest_of_another_version_is_refused(tmp_path):
+def test_manifest_of_another_version_is_refused(tmp_path, capsys):
     import pyarrow as pa
 
     pq.write_table(pa.table({"x": [1]}), tmp_path / "old.parquet")
     assert mix_main(["--manifest", str(tmp_path / "old.parquet"), "--audio-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sonify.mix: manifest {tmp_path / 'old.parquet'}: release manifest version ?"), err
+    assert err[0].count(str(tmp_path / "old.parquet")) == 1, err   # the path said once
+
+
+@pytest.mark.parametrize("name", ["nope.parquet", "nope.jsonl"])
+def test_a_missing_manifest_is_one_line_saying_its_path_once(tmp_path, name, capsys):
+    assert mix_main(["--manifest", str(tmp_path / name), "--audio-root", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sonify.mix: manifest {tmp_path / name}: no such file"], err
 
 
 @pytest.mark.ray

@@ -266,3 +266,21 @@ def test_the_summary_says_where_every_row_went(demo_run):
     assert int(lines["concept_embeddings"][0][0]) == texts > 0
     assert lines["audio_chunks"][0][0] == lines["captions"][0][0] == lines["match_ablations"][0][0] == "derived"
     assert int(lines["concepts"][0][0]) == next(r.rows_in for r in runs if r.stage == "concepts")
+
+
+@pytest.mark.parametrize("sql, table", [("SELECT count(*) FROM mixes", "mixes"),
+                                        ("SELECT * FROM images i JOIN Matches m ON m.image_id = i.id", "matches")])
+def test_a_table_not_built_yet_says_run_its_stage(tmp_path, sql, table, capsys):
+    """docs/cli.md: a declared table the run has no partitions of is the store's line, not DuckDB's catalog error."""
+    store = TableStore(tmp_path)
+    store.write_partition("images", "p0", TABLES["images"].schema.empty_table())
+    assert main([f"run={tmp_path}", sql]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sonify.query: table {table!r} has no partitions under {store.table_dir(table)}; run its stage first"], err
+
+
+def test_an_unknown_table_keeps_duckdbs_message(tmp_path, capsys):
+    TableStore(tmp_path).write_partition("images", "p0", TABLES["images"].schema.empty_table())
+    assert main([f"run={tmp_path}", "SELECT * FROM no_such_table"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_table" in err[0] and "Catalog Error" in err[0], err

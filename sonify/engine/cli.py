@@ -29,6 +29,47 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog.removeprefix('python -m ')}: {message}\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count or size where 0 means nothing to do)."""
+    n = _integer(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return n
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    n = _integer(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0 (a size limit)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return x
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def out_folder(text: str) -> str:
+    """argparse type: a folder to write to (it may not exist yet); an existing file is refused."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return text
+
+
 def command_parser(name: str, doc: str | None, settings: bool = True, **kwargs) -> CommandParser:
     """The parser of `python -m sonify.<name>`: its docstring's first line as description, the settings named in the epilog."""
     kwargs.setdefault("description", (doc or "").strip().splitlines()[0] if doc else None)

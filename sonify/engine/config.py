@@ -37,7 +37,8 @@ def resolve_text(value: str) -> str:
         if len(value) < 4096 and p.suffix == ".txt" and p.is_file():
             return p.read_text().strip()
     if value.endswith(".txt"):
-        raise ConfigError(f"prompt file {value!r} not found (relative to {Path.cwd()} or {REPO_ROOT})")
+        bases = " or ".join(dict.fromkeys(str(b.resolve()) for b in (Path.cwd(), REPO_ROOT)))
+        raise ConfigError(f"prompt file {value!r} not found (relative to {bases})")
     return value.strip()
 
 

@@ -108,12 +108,16 @@ class TableStore:
         """Remove temp files left by a killed writer; returns how many."""
         return clean_temp_files(self.table_dir(name))
 
+    def missing(self, name: str) -> MissingTable:
+        """The one wording for a table of this run that has no partitions yet."""
+        return MissingTable(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first", name)
+
     def checked_files(self, name: str) -> list[Path]:
         """The table's files, each holding the schema version this code expects (else a one-line SchemaError)."""
         spec = table_spec(name)
         files = self.files(name)
         if not files:
-            raise MissingTable(f"table {name!r} has no partitions under {self.table_dir(name)}; run its stage first", name)
+            raise self.missing(name)
         for f in files:
             check_schema(f, spec)
         return files

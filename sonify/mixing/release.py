@@ -255,7 +255,7 @@ class Release:
             meta = pq.read_schema(self.path).metadata or {}
             self.version = meta.get(b"sonify.release_version", b"?").decode()
             if self.version not in READABLE_VERSIONS:
-                raise ValueError(f"{self.path}: release manifest version {self.version}, this sonify reads versions "
+                raise ValueError(f"release manifest version {self.version}, this sonify reads versions "
                                  f"{', '.join(sorted(READABLE_VERSIONS))}")
             self.num_rows = pq.ParquetFile(self.path).metadata.num_rows
             # a missing column fails before any row is read

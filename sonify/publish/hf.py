@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from sonify.engine.errors import ConfigError
 from sonify.engine.files import atomic_path
 from sonify.engine.ids import concept_id_sql
 from sonify.engine.schemas import COMPONENT_TYPE, EXPORT_COMPONENT_FIELDS, STATUS_OK
@@ -176,20 +177,54 @@ def _plan_memory(run: Run) -> str:
     return str(value or run.store.memory_limit)
 
 
+MARKER = "sonify-hf-export.txt"   # written into every export: what marks a folder `--out` may replace
+
+
+def earlier_export(folder: Path) -> bool:
+    """Whether `folder` is an export of this command: its marker, or (an export written before the marker)
+    what `save_to_disk` writes plus the `parquet/` copies and nothing else."""
+    if (folder / MARKER).is_file():
+        return True
+    names = {p.name for p in folder.iterdir()}
+    return {"dataset_info.json", "state.json", "parquet"} <= names and all(
+        n in ("dataset_info.json", "state.json", "parquet") or n.endswith(".arrow") for n in names)
+
+
+def check_out(run_dir: str | Path, out: str | Path) -> None:
+    """Refuse, in one line, an `out` whose replacement would delete something that is not an earlier export:
+    the run folder itself, a folder holding it or inside it, a file, or a folder holding anything else."""
+    run, dest = Path(run_dir).resolve(), Path(out).resolve()
+    if dest == run or dest in run.parents or run in dest.parents:
+        where = "is" if dest == run else "holds" if dest in run.parents else "lies inside"
+        raise ConfigError(f"--out {out} {where} the run folder {run_dir}: the export replaces its folder whole; give another folder")
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if dest.is_dir() and any(dest.iterdir()) and not earlier_export(dest):
+        raise ConfigError(f"--out {out} is a folder that holds other files (not an earlier export, no {MARKER}); "
+                          "give a new or empty folder")
+
+
 def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000) -> int:
-    """Write the dataset to `out` (replacing it whole); returns the number of examples."""
+    """Write the dataset to `out` (replacing an earlier export there whole); returns the number of examples.
+    Everything refused is refused before anything is written."""
     import shutil
 
     import datasets
 
     from sonify.engine.partitions import planner_connection
+    from sonify.engine.store import open_run
 
+    if rows_per_parquet < 1:
+        raise ConfigError(f"rows_per_parquet must be a positive integer, got {rows_per_parquet}")
     run = Run(run_dir)   # fails in one line before anything is written when run_dir holds no run
+    check_out(run.dir, Path(out))
+    open_run(run.dir, "mixes", "images").close()   # a missing table: its one-line MissingTable, not a generator's traceback
     memory = _plan_memory(run)
     planner_connection(memory).close()   # a bad run.plan_memory fails here in one line (ConfigError)
     raw_audio = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     with atomic_path(Path(out)) as tmp:
         (tmp / "parquet").mkdir(parents=True)
+        (tmp / MARKER).write_text("written by python -m sonify.export hf; --out may replace this folder\n")
         # Audio.encode_example imports torchcodec even for bytes; the bytes are stored as they are and
         # the column is then cast to Audio (a schema change only), so writing needs no decoder
         gen_kwargs = {"run_dir": str(run_dir), "memory_limit": memory, "work_dir": str(tmp)}
