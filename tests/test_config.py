@@ -92,3 +92,23 @@ def test_paper_build_without_its_corpora_fails_in_one_line_naming_the_missing_so
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "stage concepts needs table images: run stage=images first" in err
     assert "missing images source(s): sa1b (/data/sa1b)" in err
+
+
+@pytest.mark.parametrize("bad", ["run.plan_memory=lots", "stages.concepts.concepts_prompt=/nonexistent.txt",
+                                 "stages.filter.keywords=/nonexistent.txt", "models.clap=/nonexistent"])
+def test_rejected_setting_leaves_saved_config_and_readers_alone(tmp_path, demo_dir, capsys, bad):
+    from sonify.engine.store import open_run
+
+    args = ["pipeline=demo", f"run.root={tmp_path}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
+            "run.executor=local", "run.progress=false"]
+    saved = tmp_path / "demo" / "config.yaml"
+    assert main([*args, "stage=all", bad]) == 2
+    assert not saved.exists()   # a rejected first run saves nothing
+    assert main([*args, "stage=images"]) == 0
+    before = saved.read_text()
+    capsys.readouterr()
+    assert main([*args, "stage=all", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sonify: ") and "\n" not in err
+    assert saved.read_text() == before
+    assert open_run(tmp_path / "demo").execute("SELECT count(*) FROM images").fetchone()[0] > 0

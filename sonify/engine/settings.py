@@ -25,8 +25,15 @@ POSITIVE = (lambda v, c: v > 0, "a number > 0")
 NON_NEGATIVE = (lambda v, c: v >= 0, "a number >= 0")
 NONE_OR_AT_LEAST_1 = (lambda v, c: v is None or v >= 1, "null or an integer >= 1")
 FRACTION = (lambda v, c: 0 <= v <= 1, "a fraction in [0, 1]")
+MEMORY_SIZE = (lambda v, c: _is_memory_size(v), "a memory size, e.g. 1GB or 512MB")
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 FRONTENDS = ["torch", "transformers"]   # an audio model's features: torch (batched on its device) | transformers (the reference)
+
+
+def _is_memory_size(value: Any) -> bool:
+    from sonify.engine.partitions import is_memory_size   # DuckDB's reading, imported only when checked
+
+    return is_memory_size(value)
 
 
 def ranged(default: Any, rule: tuple, runtime: bool = False) -> Any:
@@ -80,7 +87,7 @@ class RunConf:
     max_error_fraction: float = ranged(0.5, (lambda v, c: 0 < v <= 1, "a fraction in (0, 1]"))
     # ... judged once at least this many rows were computed (a few bad files are not a trend)
     error_fraction_min_rows: int = ranged(20, NON_NEGATIVE)
-    plan_memory: str = "1GB"           # DuckDB memory limit of the driver's planning (it spills to <run>/plan/ beyond it)
+    plan_memory: str = ranged("1GB", MEMORY_SIZE)   # DuckDB memory limit of the driver's planning (it spills to <run>/plan/ beyond it)
     progress: bool = True
 
 
