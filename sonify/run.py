@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.config import load_config, save_config
 from sonify.engine.paths import check_run_dir
-from sonify.engine.errors import DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
+from sonify.engine.errors import ConfigError, DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
 from sonify.models.loading import TINY_PREFIX, check_local_model
 from sonify.stages import expand, get_stage, missing_inputs, missing_table_line, stage_names
 
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if any(a.split("=", 1)[0] == "run" for a in argv):   # the readers' spelling; here `run` is a section
+            raise ConfigError("run= is not a setting of sonify.run; use run.name=NAME or run.root=DIR "
+                              "(run= names a run for the readers: query, report, export, app)")
         cfg = load_config(argv, stage_names())
         return run_pipeline(cfg)
     except SonifyError as e:

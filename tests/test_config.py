@@ -112,3 +112,18 @@ def test_rejected_setting_leaves_saved_config_and_readers_alone(tmp_path, demo_d
     assert err.startswith("sonify: ") and "\n" not in err
     assert saved.read_text() == before
     assert open_run(tmp_path / "demo").execute("SELECT count(*) FROM images").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("args", [["run=foo"], ["run=foo", "run.name=x"], ["run.name=x", "run=foo"], ["stage=images", "run=foo"]])
+def test_run_equals_is_one_line_pointing_at_run_name_and_root(capsys, args):
+    assert main(["pipeline=demo", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("sonify: run= is not a setting of sonify.run; use run.name=NAME or run.root=DIR "
+                   "(run= names a run for the readers: query, report, export, app)")
+
+
+@pytest.mark.parametrize("arg, key", [("stages.retrieve=3", "stages.retrieve"), ("models=3", "models"), ("run=3", "run")])
+def test_a_value_given_to_a_section_names_the_section(arg, key):
+    with pytest.raises(ConfigError) as e:
+        _load("pipeline=demo", arg)
+    assert f"key '{key}' is a section" in str(e.value) and "?" not in str(e.value) and "\n" not in str(e.value)
