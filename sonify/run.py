@@ -54,8 +54,14 @@ def check_settings(cfg: DictConfig, stages: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
+        from sonify.engine.config import pipeline_schema
+        from sonify.engine.settings import describe
+
         print(__doc__)
         print(f"stages, in order: {', '.join(stage_names())} (or all; several: stage=images,audio)")
+        print("\nkeys (key=value) and their defaults; pipelines/<pipeline>.yaml sets some of them, the command line "
+              "overrides both:")
+        print("\n".join(describe(pipeline_schema())))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

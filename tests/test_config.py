@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -127,3 +129,27 @@ def test_a_value_given_to_a_section_names_the_section(arg, key):
     with pytest.raises(ConfigError) as e:
         _load("pipeline=demo", arg)
     assert f"key '{key}' is a section" in str(e.value) and "?" not in str(e.value) and "\n" not in str(e.value)
+
+
+def _leaf_keys(node, prefix=""):
+    """Every leaf key of a loaded config, list items of sections as `[i]` (as --help writes them)."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, DictConfig):
+        return [k for key in node for k in _leaf_keys(node[key], f"{prefix}{key}.")]
+    if isinstance(node, ListConfig) and len(node) and isinstance(node[0], DictConfig):
+        return _leaf_keys(node[0], f"{prefix[:-1]}[i].")
+    return [prefix[:-1]]
+
+
+def test_run_help_lists_every_key_with_its_default(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    keys = _leaf_keys(_load("pipeline=demo"))
+    assert len(keys) > 100
+    listed = set(re.findall(r"^  (\S+) = ", out, re.M))
+    for key in keys:   # a dict-valued setting (e.g. stages.concepts.generation) is listed whole
+        parts = key.split(".")
+        assert any(".".join(parts[:n]) in listed for n in range(1, len(parts) + 1)), f"--help does not list {key}"
+    assert "  run.plan_memory = 1GB" in out and "  run.executor = ray   (one of: ray, local)" in out
+    assert "\n[stages.mix]\n" in out

@@ -164,17 +164,21 @@ def load_object(schema: type, argv: list[str], default: str, what: str, pattern:
         raise ConfigError(f"bad {what}: {str(e).splitlines()[0]}") from None
 
 
+def pipeline_schema() -> type:
+    """`SonifyConf` with the stage registry's `stages` section (as written when no registry is imported)."""
+    if not _STAGE_SETTINGS:
+        return SonifyConf
+    stages = _STAGE_SETTINGS[0]()
+    return dataclasses.make_dataclass("SonifyConf", [("stages", stages, dataclasses.field(default_factory=stages))],
+                                      bases=(SonifyConf,))
+
+
 def load_config(overrides: list[str], stage_names: list[str] | None = None) -> DictConfig:
     """Defaults <- pipelines/<pipeline>.yaml <- `key=value` overrides, validated and resolved."""
     override_data = parse_overrides(overrides, "pipeline=demo stage=audio run.force=true")
     pipeline = str(override_data.get("pipeline", SonifyConf.pipeline))
     path = config_file(pipeline)
-    schema = SonifyConf
-    if _STAGE_SETTINGS:
-        stages = _STAGE_SETTINGS[0]()
-        schema = dataclasses.make_dataclass("SonifyConf", [("stages", stages, dataclasses.field(default_factory=stages))],
-                                            bases=(SonifyConf,))
-    cfg = compose(schema, path, override_data, before_resolve=absolute_run_root,
+    cfg = compose(pipeline_schema(), path, override_data, before_resolve=absolute_run_root,
                   pipeline=Path(pipeline).stem if path.suffix else pipeline)
     _check_pipeline(cfg, stage_names or [])
     absolute_source_paths(cfg)

@@ -153,3 +153,25 @@ class SonifyConf:
     stages: Any = None
     models: ModelsConf = field(default_factory=ModelsConf)
     demo_data: DemoDataConf = field(default_factory=DemoDataConf)
+
+
+
+def describe(cls: type, prefix: str = "", title: str = "") -> list[str]:
+    """Every key of the config class `cls` with its default (and its choices), a heading per section: the key
+    list a command's `--help` prints, generated from the classes so it cannot drift from what loads."""
+    import typing
+
+    hints, plain, sections = typing.get_type_hints(cls), [], []
+    for f in dataclasses.fields(cls):
+        typ, key = hints[f.name], f"{prefix}{f.name}"
+        item = typing.get_args(typ)[0] if typing.get_origin(typ) in (list, List) and typing.get_args(typ) else None
+        if dataclasses.is_dataclass(typ):
+            sections += describe(typ, f"{key}.", f"[{key}]")
+        elif dataclasses.is_dataclass(item):
+            sections += describe(item, f"{key}[i].", f"[{key}]  (a list; each item has these keys)")
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            choices = rules(cls, f.name).get("choices")
+            plain.append(f"  {key} = {'(required)' if default is dataclasses.MISSING else default}"
+                         + (f"   (one of: {', '.join(map(str, choices))})" if isinstance(choices, list) else ""))
+    return ([""] + ([title] if title else []) + plain if plain else []) + sections
