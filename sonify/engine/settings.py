@@ -7,7 +7,8 @@ line naming the key:
 - `range`: (test, what is valid); `test(value, cfg)` gets the value and the whole config (for a rule
   between two keys);
 - `runtime`: true for a setting that changes where and how fast work runs, never what it produces; it stays
-  out of the stage's fingerprint, so it must never change an output.
+  out of the stage's fingerprint, so it must never change an output. (A setting read only by the stage's
+  `finalize`, which runs even when every partition is skipped, is runtime too: `stages.mix.release_jsonl`.)
 A subclass that redeclares a field with its own default keeps the base's rules (`rules`).
 """
 
