@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sonify.engine.config import load_config, save_config
 from sonify.engine.paths import check_run_dir
-from sonify.engine.errors import DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
-from sonify.models.loading import TINY_PREFIX
+from sonify.engine.errors import ConfigError, DiskFull, MissingTable, SonifyError, disk_full, disk_full_line
+from sonify.models.loading import TINY_PREFIX, check_local_model
 from sonify.stages import expand, get_stage, missing_inputs, missing_table_line, stage_names
 
 log = logging.getLogger("sonify")
@@ -38,14 +38,36 @@ def tiny_model_roles(cfg: DictConfig, stages: list[str]) -> list[str]:
     return sorted(r for r in roles if any(str(m).startswith(TINY_PREFIX) for m in (names[r] if isinstance(names[r], list) else [names[r]])))
 
 
+def check_settings(cfg: DictConfig, stages: list[str]) -> None:
+    """What can fail before anything is written, so that a rejected setting leaves the run folder (and its
+    saved config.yaml, which readers take `run.plan_memory` from) as it was: every selected stage's lineage
+    (prompt and keyword files, model identities) and the local model folders its roles name."""
+    for name in stages:
+        stage = get_stage(name)
+        stage.lineage(cfg)
+        for role in stage.models:
+            names = cfg.models[role]
+            for model in [names] if isinstance(names, str) else names:
+                check_local_model(str(model), role)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
+        from sonify.engine.config import pipeline_schema
+        from sonify.engine.settings import describe
+
         print(__doc__)
         print(f"stages, in order: {', '.join(stage_names())} (or all; several: stage=images,audio)")
+        print("\nkeys (key=value) and their defaults; pipelines/<pipeline>.yaml sets some of them, the command line "
+              "overrides both:")
+        print("\n".join(describe(pipeline_schema())))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if any(a.split("=", 1)[0] == "run" for a in argv):   # the readers' spelling; here `run` is a section
+            raise ConfigError("run= is not a setting of sonify.run; use run.name=NAME or run.root=DIR "
+                              "(run= names a run for the readers: query, report, export, app)")
         cfg = load_config(argv, stage_names())
         return run_pipeline(cfg)
     except SonifyError as e:
@@ -58,6 +80,7 @@ def run_pipeline(cfg: DictConfig) -> int:
     from sonify.engine.lock import RunLock
 
     run_dir = str(check_run_dir(cfg))   # one line naming run.root when it is not a writable folder
+    check_settings(cfg, selected_stages(cfg))   # before config.yaml is saved: a rejected run changes nothing
     missing = missing_inputs(cfg, selected_stages(cfg))   # e.g. stage=concepts before images: names the absent corpora
     if missing:
         raise MissingInput(missing)

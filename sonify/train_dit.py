@@ -13,12 +13,12 @@ included, without reading what it consumed. `val_every` steps: validation loss a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
 
 from sonify.engine.errors import SonifyError
+from sonify.engine.settings import describe
 from sonify.training.config import TrainConf, load_train_config
 from sonify.training.loop import run_ray, train_loop
 
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-        print("keys:", ", ".join(f.name for f in dataclasses.fields(TrainConf)))
+        print("keys (key=value) and their defaults; pipelines/train_<config>.yaml sets some of them:")
+        print("\n".join(describe(TrainConf)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -106,3 +108,62 @@ def test_a_missing_prompt_file_names_each_folder_once(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=f"relative to {tmp_path} or {REPO_ROOT}"):
         resolve_text("prompts/no_such_prompt.txt")
+
+
+@pytest.mark.parametrize("bad", ["run.plan_memory=lots", "stages.concepts.concepts_prompt=/nonexistent.txt",
+                                 "stages.filter.keywords=/nonexistent.txt", "models.clap=/nonexistent"])
+def test_rejected_setting_leaves_saved_config_and_readers_alone(tmp_path, demo_dir, capsys, bad):
+    from sonify.engine.store import open_run
+
+    args = ["pipeline=demo", f"run.root={tmp_path}", f"demo_data.dir={demo_dir}", "demo_data.enabled=false",
+            "run.executor=local", "run.progress=false"]
+    saved = tmp_path / "demo" / "config.yaml"
+    assert main([*args, "stage=all", bad]) == 2
+    assert not saved.exists()   # a rejected first run saves nothing
+    assert main([*args, "stage=images"]) == 0
+    before = saved.read_text()
+    capsys.readouterr()
+    assert main([*args, "stage=all", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sonify: ") and "\n" not in err
+    assert saved.read_text() == before
+    assert open_run(tmp_path / "demo").execute("SELECT count(*) FROM images").fetchone()[0] > 0
+
+
+@pytest.mark.parametrize("args", [["run=foo"], ["run=foo", "run.name=x"], ["run.name=x", "run=foo"], ["stage=images", "run=foo"]])
+def test_run_equals_is_one_line_pointing_at_run_name_and_root(capsys, args):
+    assert main(["pipeline=demo", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("sonify: run= is not a setting of sonify.run; use run.name=NAME or run.root=DIR "
+                   "(run= names a run for the readers: query, report, export, app)")
+
+
+@pytest.mark.parametrize("arg, key", [("stages.retrieve=3", "stages.retrieve"), ("models=3", "models"), ("run=3", "run")])
+def test_a_value_given_to_a_section_names_the_section(arg, key):
+    with pytest.raises(ConfigError) as e:
+        _load("pipeline=demo", arg)
+    assert f"key '{key}' is a section" in str(e.value) and "?" not in str(e.value) and "\n" not in str(e.value)
+
+
+def _leaf_keys(node, prefix=""):
+    """Every leaf key of a loaded config, list items of sections as `[i]` (as --help writes them)."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, DictConfig):
+        return [k for key in node for k in _leaf_keys(node[key], f"{prefix}{key}.")]
+    if isinstance(node, ListConfig) and len(node) and isinstance(node[0], DictConfig):
+        return _leaf_keys(node[0], f"{prefix[:-1]}[i].")
+    return [prefix[:-1]]
+
+
+def test_run_help_lists_every_key_with_its_default(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    keys = _leaf_keys(_load("pipeline=demo"))
+    assert len(keys) > 100
+    listed = set(re.findall(r"^  (\S+) = ", out, re.M))
+    for key in keys:   # a dict-valued setting (e.g. stages.concepts.generation) is listed whole
+        parts = key.split(".")
+        assert any(".".join(parts[:n]) in listed for n in range(1, len(parts) + 1)), f"--help does not list {key}"
+    assert "  run.plan_memory = 1GB" in out and "  run.executor = ray   (one of: ray, local)" in out
+    assert "\n[stages.mix]\n" in out

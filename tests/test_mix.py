@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from conftest import copy_run
 
+from sonify.engine.config import load_config
 from sonify.engine.executor import run_stage
 from sonify.engine.schemas import RELEASE_COMPONENT_FIELDS
 from sonify.engine.partitions import work_table
@@ -18,7 +19,7 @@ from sonify.media.loudness import LoudnessMeter
 from sonify.mix import main as mix_main
 from sonify.mixing.release import read_release, release_paths
 from sonify.mixing.render import apply_mix_gain, db_to_gain, peak_guard_db, sum_components
-from sonify.stages import get_stage
+from sonify.stages import get_stage, stage_names
 
 
 def _sine(sr, seconds, dbfs_peak, freq=1000.0):
@@ -244,3 +245,18 @@ def test_repeated_chunks_are_recorded_in_the_mixes_row(mixed_run, tmp_path):
     assert stage._mix({**row, "components": [dict(a), dict(b), dict(a)]})["repeated_chunks"] == [a["chunk_id"]]
     both = stage._mix({**row, "components": [dict(b), dict(a), dict(b), dict(a)]})["repeated_chunks"]
     assert both == sorted([a["chunk_id"], b["chunk_id"]])
+
+
+def test_toggling_release_jsonl_recomputes_no_mixture_and_writes_or_removes_the_copy(mixed_run, tmp_path):
+    """`stages.mix.release_jsonl` only decides whether release/release.jsonl is written beside the release:
+    toggling it recomputes no partition (it is not in the fingerprint), yet the file follows the setting."""
+    off = copy_run(mixed_run, tmp_path, "stages.mix.release_jsonl=false")
+    parquet, jsonl = release_paths(off.run.dir)
+    assert jsonl.exists()   # the shared run was made with release_jsonl=true
+    result = run_stage(get_stage("mix"), off, progress_bar=False)
+    assert result.computed == 0 and result.skipped == result.partitions > 0
+    assert parquet.exists() and not jsonl.exists()
+    on = load_config([*mixed_run[1], f"run.root={tmp_path / 'runs'}", "stages.mix.release_jsonl=true"], stage_names())
+    result = run_stage(get_stage("mix"), on, progress_bar=False)
+    assert result.computed == 0 and result.skipped == result.partitions > 0
+    assert len(jsonl.read_text().splitlines()) == pq.read_metadata(parquet).num_rows > 0

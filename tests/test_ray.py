@@ -139,3 +139,22 @@ def test_a_stale_cluster_record_on_the_machine_is_not_joined(tmp_path, demo_dir)
         assert f"127.0.0.1:{dead}" not in p.stdout + p.stderr
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_model_that_does_not_load_in_a_ray_worker_is_one_line_not_a_traceback(make_cfg, tmp_path, capfd, ray_head):
+    """A worker's constructor that raises ModelNotAvailable reaches the driver as that error (one line,
+    printed as such, exit 2), not as Ray's ActorDiedError with the worker's stack; the stage stops."""
+    from sonify.run import main
+
+    empty = tmp_path / "no_model"
+    empty.mkdir()
+    cfg = make_cfg()
+    args = ["pipeline=demo", f"run.root={tmp_path / 'runs'}", f"demo_data.dir={cfg.demo_data.dir}", "demo_data.enabled=false",
+            "run.progress=false", f"models.tiny_dir={tmp_path / 'tiny'}"]
+    assert main([*args, "stage=audio", "run.executor=local"]) == 0
+    capfd.readouterr()
+    assert main([*args, "stage=embed_audio", "run.executor=ray", f"ray.address={ray_head}", f"models.clap={empty}"]) == 2
+    text = capfd.readouterr().err
+    err = [line for line in text.splitlines() if line.startswith("sonify")]
+    assert len(err) == 1 and err[0].startswith(f"sonify: clap at {empty} could not be loaded"), err
+    assert "ActorDiedError" not in text and "Traceback" not in text, text[-2000:]

@@ -39,9 +39,9 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
     one warning line and keeps waiting (an autoscaler may be adding nodes)."""
     import ray
 
-    actor_cls = ray.remote(worker_cls).options(max_restarts=-1, max_task_retries=0, **options)
+    actor_cls = ray.remote(WorkerShell).options(max_restarts=-1, max_task_retries=0, **options)
     queue = deque(calls)
-    actors = [actor_cls.remote(*args) for _ in range(max(1, min(int(concurrency), len(queue))))]
+    actors = [actor_cls.remote(worker_cls, *args) for _ in range(max(1, min(int(concurrency), len(queue))))]
     starting = {a.__ray_ready__.remote(): a for a in actors}
     running: dict = {}
     up, losses, probes = {}, {}, {}
@@ -103,6 +103,25 @@ def run_on_actors(worker_cls: type, args: tuple, calls: list[tuple], options: di
         _stop(ray, actors, up, failed)
 
 
+class WorkerShell:
+    """The actor: builds `worker_cls(*args)` and forwards `run` to it. A SonifyError of the constructor (a model
+    that does not load) is kept and raised by the first `run`, so it reaches the driver as itself, in one line
+    (`_get`), and stops the stage; raised in the constructor, Ray would report it as `ActorDiedError` with
+    the worker's whole traceback in its text and the exception itself gone."""
+
+    def __init__(self, worker_cls: type, *args):
+        self.worker, self.error = None, None
+        try:
+            self.worker = worker_cls(*args)
+        except SonifyError as e:
+            self.error = e
+
+    def run(self, *call):
+        if self.error is not None:
+            raise self.error
+        return self.worker.run(*call)
+
+
 def _stop(ray, actors: list, up: dict, failed: bool) -> None:
     """Actors that are up exit gracefully (no kill for Ray's teardown to race); the others (never placed,
     being rebuilt, or a stage stopped by an error), and any whose exit has not finished within 30 s (one
@@ -118,7 +137,7 @@ def _stop(ray, actors: list, up: dict, failed: bool) -> None:
 
 
 def _get(ray, ref):
-    """`ray.get`, with a sonify error raised in an actor's constructor re-raised as itself (one line)."""
+    """`ray.get`, with a sonify error raised in an actor (its constructor's: `WorkerShell`) re-raised as itself (one line)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as e:

@@ -57,6 +57,9 @@ def check_keys(cls: type, data: Any, prefix: str = "") -> None:
         if key not in hints:
             where = f" under '{prefix[:-1]}'" if prefix else ""
             raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys{where}: {', '.join(f.name for f in dataclasses.fields(cls))}")
+        if dataclasses.is_dataclass(hints[key]) and not isinstance(value, dict):
+            raise ConfigError(f"key '{prefix}{key}' is a section, not a value ({value!r}); set its keys, e.g. "
+                              f"{prefix}{key}.{dataclasses.fields(hints[key])[0].name}=...")
         if dataclasses.is_dataclass(hints[key]):
             check_keys(hints[key], value, f"{prefix}{key}.")
         elif _nested(hints[key]) and isinstance(value, list):
@@ -123,6 +126,11 @@ def parse_overrides(overrides: list[str], example: str) -> dict:
         raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
 
 
+def _dotted(data: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of a nested dict (to name what an error without a key came from)."""
+    return [k for key, v in data.items() for k in (_dotted(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
+
+
 def compose(schema: type, path: Path, override_data: dict, before_resolve=None, **set_after: Any) -> DictConfig:
     """The one config loader: defaults of `schema` <- the YAML file <- overrides, keys and rules checked, resolved.
     `before_resolve(cfg)` may adjust values that interpolations derive from."""
@@ -137,9 +145,9 @@ def compose(schema: type, path: Path, override_data: dict, before_resolve=None, 
             before_resolve(cfg)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"bad value for key '{key}': {msg}") from None
+        msg, key = str(e).splitlines()[0], getattr(e, "full_key", None) or getattr(e, "key", None)
+        where = f"key '{key}'" if key else f"{path.name} or the overrides ({', '.join(_dotted(override_data))})"
+        raise ConfigError(f"bad value for {where}: {msg}") from None
     check_rules(schema, cfg, cfg)
     return cfg
 
@@ -157,17 +165,21 @@ def load_object(schema: type, argv: list[str], default: str, what: str, pattern:
         raise ConfigError(f"bad {what}: {str(e).splitlines()[0]}") from None
 
 
+def pipeline_schema() -> type:
+    """`SonifyConf` with the stage registry's `stages` section (as written when no registry is imported)."""
+    if not _STAGE_SETTINGS:
+        return SonifyConf
+    stages = _STAGE_SETTINGS[0]()
+    return dataclasses.make_dataclass("SonifyConf", [("stages", stages, dataclasses.field(default_factory=stages))],
+                                      bases=(SonifyConf,))
+
+
 def load_config(overrides: list[str], stage_names: list[str] | None = None) -> DictConfig:
     """Defaults <- pipelines/<pipeline>.yaml <- `key=value` overrides, validated and resolved."""
     override_data = parse_overrides(overrides, "pipeline=demo stage=audio run.force=true")
     pipeline = str(override_data.get("pipeline", SonifyConf.pipeline))
     path = config_file(pipeline)
-    schema = SonifyConf
-    if _STAGE_SETTINGS:
-        stages = _STAGE_SETTINGS[0]()
-        schema = dataclasses.make_dataclass("SonifyConf", [("stages", stages, dataclasses.field(default_factory=stages))],
-                                            bases=(SonifyConf,))
-    cfg = compose(schema, path, override_data, before_resolve=absolute_run_root,
+    cfg = compose(pipeline_schema(), path, override_data, before_resolve=absolute_run_root,
                   pipeline=Path(pipeline).stem if path.suffix else pipeline)
     _check_pipeline(cfg, stage_names or [])
     absolute_source_paths(cfg)

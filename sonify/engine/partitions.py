@@ -77,16 +77,32 @@ def duckdb_type(t: pa.DataType, float32: str = "FLOAT") -> str:
     return float32 if t == pa.float32() else _DUCKDB_TYPES[t]
 
 
+def _set_memory_limit(con, memory_limit: str) -> bool:
+    """DuckDB's own reading of a memory size: True when it took `memory_limit`."""
+    import duckdb
+
+    try:
+        con.execute("SET memory_limit = " + sql_text(memory_limit))
+        return True
+    except duckdb.Error:
+        return False
+
+
+def is_memory_size(value: object) -> bool:
+    """Whether DuckDB reads `value` as a memory size (`run.plan_memory`'s rule, checked when the config loads)."""
+    import duckdb
+
+    with duckdb.connect() as con:
+        return isinstance(value, str) and _set_memory_limit(con, value)
+
+
 def planner_connection(memory_limit: str = "1GB", spill_dir: str | os.PathLike | None = None):
     """A DuckDB connection for planning: bounded memory, spilling to `spill_dir`."""
     import duckdb
 
     con = duckdb.connect()
-    try:
-        con.execute("SELECT ?::VARCHAR", [memory_limit])
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-    except duckdb.Error:
-        raise ConfigError(f"run.plan_memory={memory_limit!r} is not a memory size (write e.g. 1GB or 512MB)") from None
+    if not _set_memory_limit(con, str(memory_limit)):
+        raise ConfigError(f"run.plan_memory={memory_limit!r} is not a memory size (write e.g. 1GB or 512MB)")
     con.execute("SET preserve_insertion_order = false")   # order comes from ORDER BY; the rest need not hold rows back
     # DuckDB creates the spill folder (not its parent) when it first spills; none: never spill (not into the cwd)
     con.execute(f"SET temp_directory = '{spill_dir if spill_dir is not None else ''}'")

@@ -7,7 +7,8 @@ line naming the key:
 - `range`: (test, what is valid); `test(value, cfg)` gets the value and the whole config (for a rule
   between two keys);
 - `runtime`: true for a setting that changes where and how fast work runs, never what it produces; it stays
-  out of the stage's fingerprint, so it must never change an output.
+  out of the stage's fingerprint, so it must never change an output. (A setting read only by the stage's
+  `finalize`, which runs even when every partition is skipped, is runtime too: `stages.mix.release_jsonl`.)
 A subclass that redeclares a field with its own default keeps the base's rules (`rules`).
 """
 
@@ -25,8 +26,15 @@ POSITIVE = (lambda v, c: v > 0, "a number > 0")
 NON_NEGATIVE = (lambda v, c: v >= 0, "a number >= 0")
 NONE_OR_AT_LEAST_1 = (lambda v, c: v is None or v >= 1, "null or an integer >= 1")
 FRACTION = (lambda v, c: 0 <= v <= 1, "a fraction in [0, 1]")
+MEMORY_SIZE = (lambda v, c: _is_memory_size(v), "a memory size, e.g. 1GB or 512MB")
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 FRONTENDS = ["torch", "transformers"]   # an audio model's features: torch (batched on its device) | transformers (the reference)
+
+
+def _is_memory_size(value: Any) -> bool:
+    from sonify.engine.partitions import is_memory_size   # DuckDB's reading, imported only when checked
+
+    return is_memory_size(value)
 
 
 def ranged(default: Any, rule: tuple, runtime: bool = False) -> Any:
@@ -80,7 +88,7 @@ class RunConf:
     max_error_fraction: float = ranged(0.5, (lambda v, c: 0 < v <= 1, "a fraction in (0, 1]"))
     # ... judged once at least this many rows were computed (a few bad files are not a trend)
     error_fraction_min_rows: int = ranged(20, NON_NEGATIVE)
-    plan_memory: str = "1GB"           # DuckDB memory limit of the driver's planning (it spills to <run>/plan/ beyond it)
+    plan_memory: str = ranged("1GB", MEMORY_SIZE)   # DuckDB memory limit of the driver's planning (it spills to <run>/plan/ beyond it)
     progress: bool = True
 
 
@@ -146,3 +154,25 @@ class SonifyConf:
     stages: Any = None
     models: ModelsConf = field(default_factory=ModelsConf)
     demo_data: DemoDataConf = field(default_factory=DemoDataConf)
+
+
+
+def describe(cls: type, prefix: str = "", title: str = "") -> list[str]:
+    """Every key of the config class `cls` with its default (and its choices), a heading per section: the key
+    list a command's `--help` prints, generated from the classes so it cannot drift from what loads."""
+    import typing
+
+    hints, plain, sections = typing.get_type_hints(cls), [], []
+    for f in dataclasses.fields(cls):
+        typ, key = hints[f.name], f"{prefix}{f.name}"
+        item = typing.get_args(typ)[0] if typing.get_origin(typ) in (list, List) and typing.get_args(typ) else None
+        if dataclasses.is_dataclass(typ):
+            sections += describe(typ, f"{key}.", f"[{key}]")
+        elif dataclasses.is_dataclass(item):
+            sections += describe(item, f"{key}[i].", f"[{key}]  (a list; each item has these keys)")
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            choices = rules(cls, f.name).get("choices")
+            plain.append(f"  {key} = {'(required)' if default is dataclasses.MISSING else default}"
+                         + (f"   (one of: {', '.join(map(str, choices))})" if isinstance(choices, list) else ""))
+    return ([""] + ([title] if title else []) + plain if plain else []) + sections

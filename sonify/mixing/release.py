@@ -119,6 +119,8 @@ def write_release(cfg, store) -> Path:
             with ordered(con):
                 atomic_write(jsonl_path, lambda tmp: con.execute(
                     f"COPY (SELECT {columns} FROM read_parquet({sql_text(parquet_path)})) TO {sql_text(tmp)} (FORMAT JSON)"))
+        else:   # a copy of an earlier release would no longer match the Parquet beside it
+            jsonl_path.unlink(missing_ok=True)
     return parquet_path
 
 

@@ -29,6 +29,13 @@ def resolve_model(name: str, tiny_dir: str | Path, subfolder: str | None = None)
     return name
 
 
+def check_local_model(name: str, role: str) -> None:
+    """A name written as a path (absolute, or starting with `.` or `~`) must exist: a Hub id never starts so."""
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+        raise ModelNotAvailable(f"models.{role}={name!r}: no such file or folder (give a local model folder, "
+                                f"a Hugging Face id, or tiny:<kind>)")
+
+
 def quiet_model_loading() -> None:
     """No per-file "Loading weights" / "Writing model shards" bars: a stage shows one bar of its own,
     and in Ray workers these bars interleave with it under worker prefixes."""

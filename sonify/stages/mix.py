@@ -27,7 +27,7 @@ from sonify.engine.errors import error_reason, error_text
 from sonify.engine.ids import parse_variant_id, parent_of_indexed_sql
 from sonify.engine.partitions import nest_sorted
 from sonify.engine.schemas import COMPONENT_TYPE, STATUS_ERROR, STATUS_OK
-from sonify.engine.settings import AT_LEAST_1, StageSettings, ranged
+from sonify.engine.settings import AT_LEAST_1, StageSettings, ranged, runtime
 from sonify.engine.store import rows_to_table
 from sonify.media.audio import dbfs, load_chunk
 from sonify.mixing.rebuild import SourceRefused, relpath_problem, resolve_source
@@ -47,7 +47,9 @@ class MixSettings(StageSettings):
     lufs_max: float = ranged(-22.0, (lambda v, c: v >= c.stages.mix.lufs_min, "a loudness >= stages.mix.lufs_min"))   # EBU R128's -23 LUFS
     # the summed mixture is scaled down if its sample peak is above this
     peak_ceiling_dbfs: float = ranged(-1.0, (lambda v, c: v <= 0, "a level in dBFS <= 0"))
-    release_jsonl: bool = False        # also write release/release.jsonl beside release.parquet
+    # also write release/release.jsonl beside release.parquet: only the release step (`finalize`, run even when every
+    # partition is skipped) reads it, no mixture depends on it, so it stays out of the fingerprint
+    release_jsonl: bool = runtime(False)
 
 
 WORK_SCHEMA = pa.schema([("id", pa.string()), ("image_id", pa.string()), ("variant", pa.string()),
