@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import copy_run
 
+from sonify.engine.actors import WorkerShell   # the actor class every stage worker runs in
 from sonify.engine.executor import run_stage
 from sonify.engine.store import TableStore
 from sonify.stages import get_stage
@@ -116,7 +117,7 @@ def test_a_worker_node_lost_mid_stage(cluster, full_run, tmp_path, stage):
     from ray.util.state import list_actors
 
     def on_doomed():
-        return [a for a in list_actors(filters=[("class_name", "=", "PartitionWorker"), ("state", "=", "ALIVE")])
+        return [a for a in list_actors(filters=[("class_name", "=", WorkerShell.__name__), ("state", "=", "ALIVE")])
                 if a.node_id == doomed.node_id]
 
     # a partition finished and the doomed node's actor built (on a loaded machine the other actor can finish
