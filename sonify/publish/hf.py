@@ -21,6 +21,7 @@ from pathlib import Path
 from sonify.engine.errors import ConfigError
 from sonify.engine.files import atomic_path
 from sonify.engine.ids import concept_id_sql
+from sonify.engine.store import saved_plan_memory
 from sonify.engine.schemas import COMPONENT_TYPE, EXPORT_COMPONENT_FIELDS, STATUS_OK
 from sonify.publish.data import Run
 from sonify.sources.images import read_image_bytes
@@ -168,15 +169,6 @@ def examples(run_dir: str, memory_limit: str = "1GB", work_dir: str | None = Non
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _plan_memory(run: Run) -> str:
-    """The run's `run.plan_memory` from the config it saved (the default where it saved none)."""
-    from omegaconf import OmegaConf
-
-    saved = run.dir / "config.yaml"
-    value = OmegaConf.select(OmegaConf.load(saved), "run.plan_memory", default=None) if saved.is_file() else None
-    return str(value or run.store.memory_limit)
-
-
 MARKER = "sonify-hf-export.txt"   # written into every export: what marks a folder `--out` may replace
 
 
@@ -219,7 +211,7 @@ def export_hf(run_dir: str | Path, out: str | Path, rows_per_parquet: int = 1000
     run = Run(run_dir)   # fails in one line before anything is written when run_dir holds no run
     check_out(run.dir, Path(out))
     open_run(run.dir, "mixes", "images").close()   # a missing table: its one-line MissingTable, not a generator's traceback
-    memory = _plan_memory(run)
+    memory = run.store.memory_limit or saved_plan_memory(run.dir)   # as every reader of the run (TableStore)
     planner_connection(memory).close()   # a bad run.plan_memory fails here in one line (ConfigError)
     raw_audio = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     with atomic_path(Path(out)) as tmp:
